@@ -1,0 +1,59 @@
+//! `POST /session-complete`: records a finished session and grants its rewards, exactly
+//! once per client session id (rules: `complete_session` in migrations/).
+
+use libero_shared::economy::{self, CompletionOutcome, SessionCompletion};
+use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
+use libero_shared::{auth, validate, Platform};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const ENDPOINT: Endpoint = Endpoint {
+    name: "session-complete",
+    routes: &[Route { method: "POST", path: "/", handler: complete }],
+    body_limit: DEFAULT_BODY_LIMIT,
+};
+
+/// Longest session we accept: anything longer is a client bug, not a session.
+const MAX_DURATION_SECONDS: i64 = 4 * 60 * 60;
+
+/// The body as the app sends it (`duration` and `egoState` are the app's older names).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompletionBody {
+    #[serde(alias = "client_session_id")]
+    session_id: String,
+    #[serde(alias = "egoState")]
+    ego_state: String,
+    action: Option<String>,
+    #[serde(alias = "duration")]
+    duration_seconds: i64,
+    protocol_id: Option<String>,
+}
+
+impl TryFrom<CompletionBody> for SessionCompletion {
+    type Error = ApiError;
+
+    fn try_from(body: CompletionBody) -> Result<Self, ApiError> {
+        Ok(SessionCompletion {
+            client_session_id: validate::uuid("session_id", &body.session_id)?,
+            ego_state: validate::slug("ego_state", &body.ego_state, 64)?,
+            action: body.action.map(|a| validate::text("action", &a, 1, 64)).transpose()?,
+            duration_seconds: validate::in_range("duration_seconds", body.duration_seconds, 0, MAX_DURATION_SECONDS)?
+                as i32,
+            protocol_id: body.protocol_id.map(|p| validate::uuid("protocol_id", &p)).transpose()?,
+        })
+    }
+}
+
+fn complete(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
+    let user = auth::authenticate(request, platform)?;
+    let completion = SessionCompletion::try_from(request.json::<CompletionBody>()?)?;
+    // A replay answers exactly like the first time (with `"replayed": true`), so a client
+    // that retries after a lost response sees the grant it already received.
+    let document = match economy::complete_session(platform, &user.user_id, &completion)? {
+        CompletionOutcome::Created(document) | CompletionOutcome::Replayed(document) => document,
+    };
+    Ok(ApiResponse::json(200, &Value::Object(document)))
+}
+
+libero_shared::spin_component!(ENDPOINT);

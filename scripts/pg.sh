@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A throwaway Postgres for development and tests, under .local/pg (git-ignored).
+#   scripts/pg.sh start   start it (creating it the first time) and print its URL
+#   scripts/pg.sh stop    stop it
+#   scripts/pg.sh url     print its URL
+# Postgres refuses to run as root, so as root the cluster runs as the `postgres` user
+# (created with Debian's postgresql package, installed here when missing).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+dir="$root/.local/pg"
+data="$dir/data"
+url_file="$dir/url"
+
+find_bindir() {
+  if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
+    pg_config --bindir; return
+  fi
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+install_postgres() {
+  echo "pg.sh: Postgres binaries not found; installing Debian's postgresql" >&2
+  if [ "$(id -u)" -ne 0 ]; then echo "pg.sh: run as root once, or install postgresql" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+}
+
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+start() {
+  bindir="$(find_bindir)"
+  if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then install_postgres; bindir="$(find_bindir)"; fi
+  if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+  fi
+  mkdir -p "$dir"
+  if [ -f "$url_file" ] && [ -f "$data/postmaster.pid" ] && \
+     "$bindir/pg_isready" -q -d "$(cat "$url_file")" 2>/dev/null; then
+    cat "$url_file"; return
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    rm -rf "$data"; mkdir -p "$data"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$data"
+    as_owner "$bindir/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+  fi
+  port="$(free_port)"
+  [ "$(id -u)" -eq 0 ] && chown -R postgres "$data"
+  # A throwaway cluster: durability traded for speed; many test databases at once.
+  as_owner "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
+    -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=1000 \
+        -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null
+  echo "postgres://postgres@127.0.0.1:$port/postgres" > "$url_file"
+  cat "$url_file"
+}
+
+stop() {
+  bindir="$(find_bindir)"
+  [ -f "$data/postmaster.pid" ] && as_owner "$bindir/pg_ctl" -D "$data" -m fast stop >/dev/null || true
+  rm -f "$url_file"
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  url) cat "$url_file" ;;
+  *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+esac

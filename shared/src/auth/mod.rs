@@ -1,0 +1,323 @@
+//! Supabase access tokens (design.md, "Conventions": auth).
+//!
+//! Every user-facing endpoint calls [`authenticate`]: it reads `Authorization: Bearer
+//! <token>`, verifies the JWS signature (HS256 with the project's legacy JWT secret, or
+//! ES256 with a key from the project's JWKS), then the claims Supabase puts in a user's
+//! access token (`exp`, `nbf`, `aud`, `role`, `sub`). Only then is the payload trusted.
+//!
+//! The token is attacker-controlled input: nothing here panics on it, nothing about it is
+//! echoed back or logged, and the algorithm is chosen by the server's configuration, not
+//! by the token (an HS256 token is only ever checked against the HS256 secret, so a public
+//! ES256 key can never be abused as an HMAC key).
+
+mod jwks;
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use p256::ecdsa::signature::Verifier as _;
+use p256::ecdsa::Signature;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+
+pub use jwks::Jwks;
+
+use crate::{config, ApiError, ApiRequest, Platform};
+
+/// Supabase access tokens are ~1 KiB; anything far larger is not one, and is refused
+/// before any decoding work is spent on it.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Clock skew tolerated on `exp` and `nbf` between Supabase Auth and this server.
+pub const DEFAULT_LEEWAY_SECS: i64 = 30;
+
+/// The only role these endpoints serve: a signed-in user. `anon` (the public API key) and
+/// `service_role` (a server key that bypasses row-level security) are refused.
+const USER_ROLE: &str = "authenticated";
+
+/// The caller, as proven by a verified access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedUser {
+    /// `sub`: the user's id in `auth.users`, as a canonical lowercase uuid.
+    pub user_id: String,
+    pub email: Option<String>,
+    pub role: String,
+}
+
+/// How tokens are verified: from the Spin variables `supabase_jwt_secret`, `supabase_jwks`
+/// and `jwt_audience`.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// The legacy JWT secret; Supabase uses the string's bytes as the HMAC key.
+    pub hs256_secret: Option<Vec<u8>>,
+    /// The project's signing keys, for projects on asymmetric (ES256) keys.
+    pub jwks: Option<Jwks>,
+    pub audience: String,
+    pub leeway_secs: i64,
+}
+
+// Written by hand so the secret can never reach a log through `{:?}`.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field("jwks", &self.jwks)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    pub fn from_platform(platform: &dyn Platform) -> Result<AuthConfig, ApiError> {
+        let hs256_secret = config::optional(platform, "supabase_jwt_secret").map(String::into_bytes);
+        let jwks = match config::optional(platform, "supabase_jwks") {
+            None => None,
+            Some(document) => Some(Jwks::parse(&document).map_err(|reason| {
+                ApiError::new(
+                    500,
+                    "config_invalid",
+                    format!("The server setting `supabase_jwks` is not a usable JWKS document: {reason}."),
+                )
+            })?),
+        };
+        // `{"keys":[]}` (what a project without asymmetric keys publishes) verifies nothing.
+        let jwks = jwks.filter(|jwks| !jwks.is_empty());
+        if hs256_secret.is_none() && jwks.is_none() {
+            return Err(ApiError::config_missing("supabase_jwt_secret"));
+        }
+        Ok(AuthConfig {
+            hs256_secret,
+            jwks,
+            audience: config::or_default(platform, "jwt_audience", USER_ROLE),
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+        })
+    }
+}
+
+/// Why a token was refused. Every variant is a 401 with its own code; the messages say
+/// what to do and never repeat anything from the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    MissingToken,
+    MalformedToken,
+    UnsupportedAlgorithm,
+    InvalidSignature,
+    UnknownKey,
+    TokenExpired,
+    TokenNotYetValid,
+    WrongAudience,
+    WrongRole,
+    InvalidSubject,
+}
+
+impl AuthError {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::MalformedToken => "malformed_token",
+            AuthError::UnsupportedAlgorithm => "unsupported_algorithm",
+            AuthError::InvalidSignature => "invalid_signature",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::TokenExpired => "token_expired",
+            AuthError::TokenNotYetValid => "token_not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::WrongRole => "wrong_role",
+            AuthError::InvalidSubject => "invalid_subject",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthError::MissingToken => {
+                "Sign in and send the access token as `Authorization: Bearer <token>`."
+            }
+            AuthError::MalformedToken => {
+                "The access token is not a well-formed JWT; send the session's access_token as \
+                 `Authorization: Bearer <token>`."
+            }
+            AuthError::UnsupportedAlgorithm => {
+                "The access token is signed with an algorithm this server does not accept."
+            }
+            AuthError::InvalidSignature => "The access token's signature is not valid; sign in again.",
+            AuthError::UnknownKey => {
+                "The access token is signed with a key this server does not know; sign in again."
+            }
+            AuthError::TokenExpired => "The access token has expired; refresh the session and retry.",
+            AuthError::TokenNotYetValid => "The access token is not valid yet; check the device clock.",
+            AuthError::WrongAudience => "The access token was not issued for this API.",
+            AuthError::WrongRole => "This endpoint needs a signed-in user's access token, not an API key.",
+            AuthError::InvalidSubject => "The access token does not name a user.",
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        // RFC 6750 §3: tell the client whether the request lacked a token or the token failed.
+        let challenge = match error {
+            AuthError::MissingToken => r#"Bearer error="invalid_request""#,
+            _ => r#"Bearer error="invalid_token""#,
+        };
+        ApiError::unauthorized(error.code(), error.message()).with_header("www-authenticate", challenge)
+    }
+}
+
+/// The signed-in user behind a request, or the 401 to answer with (500 when the server's
+/// auth settings are missing or invalid).
+pub fn authenticate(request: &ApiRequest, platform: &dyn Platform) -> Result<AuthenticatedUser, ApiError> {
+    let config = AuthConfig::from_platform(platform)?;
+    let token = bearer_token(request.header("authorization"))?;
+    let now_unix = platform.now_unix_ms().div_euclid(1000);
+    Ok(verify_access_token(token, &config, now_unix)?)
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
+    let header = header.map(str::trim).unwrap_or("");
+    if header.is_empty() {
+        return Err(AuthError::MissingToken);
+    }
+    let (scheme, token) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::MalformedToken);
+    }
+    match token.trim() {
+        "" => Err(AuthError::MissingToken),
+        token => Ok(token),
+    }
+}
+
+/// Verifies a Supabase access token and returns the user it names.
+pub fn verify_access_token(token: &str, config: &AuthConfig, now_unix: i64) -> Result<AuthenticatedUser, AuthError> {
+    if token.is_empty() {
+        return Err(AuthError::MissingToken);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::MalformedToken);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::MalformedToken);
+    };
+    let header = decode_json_object(header_b64)?;
+    // RFC 7515 §4.1.11: extensions we do not understand must not be ignored.
+    if header.contains_key("crit") {
+        return Err(AuthError::MalformedToken);
+    }
+    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| AuthError::MalformedToken)?;
+    // The signature covers the two encoded segments exactly as sent.
+    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+
+    match header.get("alg").and_then(Value::as_str) {
+        Some("HS256") => {
+            let secret = config.hs256_secret.as_deref().ok_or(AuthError::UnsupportedAlgorithm)?;
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::InvalidSignature)?;
+            mac.update(signing_input.as_bytes());
+            // `verify_slice` compares in constant time (and rejects a wrong length).
+            mac.verify_slice(&signature).map_err(|_| AuthError::InvalidSignature)?;
+        }
+        Some("ES256") => {
+            let jwks = config.jwks.as_ref().ok_or(AuthError::UnsupportedAlgorithm)?;
+            let kid = match header.get("kid") {
+                None => None,
+                Some(Value::String(kid)) => Some(kid.as_str()),
+                Some(_) => return Err(AuthError::MalformedToken),
+            };
+            let key = jwks.find(kid).ok_or(AuthError::UnknownKey)?;
+            // JWS carries ES256 signatures as raw r||s (RFC 7518 §3.4), not DER.
+            let signature = Signature::from_slice(&signature).map_err(|_| AuthError::InvalidSignature)?;
+            key.verify(signing_input.as_bytes(), &signature).map_err(|_| AuthError::InvalidSignature)?;
+        }
+        // `none`, HS384/512, RS*, PS*, EdDSA, a missing or non-string alg: never accepted.
+        _ => return Err(AuthError::UnsupportedAlgorithm),
+    }
+
+    let claims = decode_json_object(payload_b64)?;
+    check_claims(&claims, config, now_unix)
+}
+
+fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64) -> Result<AuthenticatedUser, AuthError> {
+    // A token without `exp` would be valid forever; Supabase always sets it.
+    let exp = numeric_date(claims.get("exp"))?.ok_or(AuthError::MalformedToken)?;
+    if now_unix > exp.saturating_add(config.leeway_secs) {
+        return Err(AuthError::TokenExpired);
+    }
+    if let Some(nbf) = numeric_date(claims.get("nbf"))? {
+        if now_unix.saturating_add(config.leeway_secs) < nbf {
+            return Err(AuthError::TokenNotYetValid);
+        }
+    }
+    let audience_matches = match claims.get("aud") {
+        Some(Value::String(aud)) => *aud == config.audience,
+        Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(config.audience.as_str())),
+        _ => false,
+    };
+    if !audience_matches {
+        return Err(AuthError::WrongAudience);
+    }
+    let role = claims.get("role").and_then(Value::as_str);
+    if role != Some(USER_ROLE) {
+        return Err(AuthError::WrongRole);
+    }
+    let user_id = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .and_then(canonical_uuid)
+        .ok_or(AuthError::InvalidSubject)?;
+    // Supabase sends `"email": ""` for users without one (phone, anonymous sign-in).
+    let email = claims.get("email").and_then(Value::as_str).filter(|e| !e.is_empty()).map(str::to_string);
+    Ok(AuthenticatedUser { user_id, email, role: USER_ROLE.to_string() })
+}
+
+/// A base64url (unpadded) segment holding a JSON object.
+fn decode_json_object(segment: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| AuthError::MalformedToken)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::MalformedToken),
+    }
+}
+
+/// An optional NumericDate claim (RFC 7519 §2: seconds, possibly fractional). A present
+/// claim of any other type (a string, say) makes the token malformed.
+fn numeric_date(value: Option<&Value>) -> Result<Option<i64>, AuthError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            // `as` saturates for out-of-range floats; JSON numbers are never NaN.
+            (None, Some(f)) => Ok(Some(f.floor() as i64)),
+            (None, None) => Err(AuthError::MalformedToken),
+        },
+        Some(_) => Err(AuthError::MalformedToken),
+    }
+}
+
+/// `sub` as a canonical lowercase uuid (8-4-4-4-12 hex digits), or `None`.
+fn canonical_uuid(sub: &str) -> Option<String> {
+    let bytes = sub.as_bytes();
+    if bytes.len() != 36 {
+        return None;
+    }
+    let well_formed = bytes.iter().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => *b == b'-',
+        _ => b.is_ascii_hexdigit(),
+    });
+    well_formed.then(|| sub.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! Postgres for the tests and the local server.
+//!
+//! * [`migrate`] applies `migrations/*.sql` the way the Supabase CLI does: each file once,
+//!   recorded in `supabase_migrations.schema_migrations`, so `supabase db push` and this
+//!   runner never apply the same file twice to one database.
+//! * [`fresh_database`] hands every test its own database, cloned (`CREATE DATABASE ...
+//!   TEMPLATE`) from a template that is migrated once per migrations content. Cloning takes
+//!   tens of milliseconds, where running the migrations each time would take seconds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, NoTls};
+
+/// Env var that, when set, keeps test databases after the test (for post-mortems).
+const KEEP_ENV: &str = "LIBERO_KEEP_TEST_DB";
+
+/// The admin address of the Postgres cluster the tests use: `DATABASE_URL`, else the
+/// cluster started by `scripts/pg.sh` (its URL is in `.local/pg/url`).
+pub fn admin_url() -> Result<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.trim().is_empty() {
+            return Ok(url.trim().to_string());
+        }
+    }
+    let file = crate::repo_root().join(".local/pg/url");
+    match std::fs::read_to_string(&file) {
+        Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_string()),
+        _ => bail!(
+            "no Postgres for the tests: set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres) \
+             or start the local cluster with `scripts/pg.sh` (it writes {})",
+            file.display()
+        ),
+    }
+}
+
+/// The project's migrations directory (`<repo>/migrations`).
+pub fn migrations_dir() -> PathBuf {
+    crate::repo_root().join("migrations")
+}
+
+/// Connects and drives the connection on a background task.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", redact(url)))?;
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; an error here was already
+        // reported to whoever issued the failing query.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// One migration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The timestamp prefix (`20250101000000`): the Supabase CLI's primary key.
+    pub version: String,
+    /// The rest of the file stem (`init_economy`).
+    pub name: String,
+    pub path: PathBuf,
+    pub sql: String,
+}
+
+/// Reads `<dir>/*.sql` in filename order. Names follow the Supabase CLI:
+/// `<timestamp>_<name>.sql`.
+pub fn read_migrations(dir: &Path) -> Result<Vec<Migration>> {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sql") && p.is_file())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .with_context(|| format!("non-UTF-8 migration name {}", path.display()))?;
+            let (version, name) = stem.split_once('_').unwrap_or((stem, ""));
+            if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit()) {
+                bail!(
+                    "migration {} is not named <timestamp>_<name>.sql (as the Supabase CLI expects)",
+                    path.display()
+                );
+            }
+            let sql = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(Migration { version: version.to_string(), name: name.to_string(), path, sql })
+        })
+        .collect()
+}
+
+/// Applies the project's migrations (`<repo>/migrations`) to the database at `url`.
+/// Returns the migrations it applied (none when the database is up to date).
+pub async fn migrate(url: &str) -> Result<Vec<Migration>> {
+    migrate_dir(url, &migrations_dir()).await
+}
+
+/// Applies `<dir>/*.sql` to the database at `url`: each file not yet recorded, in filename
+/// order, each in its own transaction together with its record in
+/// `supabase_migrations.schema_migrations`.
+pub async fn migrate_dir(url: &str, dir: &Path) -> Result<Vec<Migration>> {
+    let migrations = read_migrations(dir)?;
+    let mut client = connect(url).await?;
+    // Two runners against one database (parallel test binaries, two servers starting)
+    // must not both apply a file: serialise them on a transaction-independent lock.
+    client
+        .batch_execute("SELECT pg_advisory_lock(hashtext('libero_migrate'))")
+        .await?;
+    let result = apply_pending(&mut client, migrations).await;
+    let _ = client
+        .batch_execute("SELECT pg_advisory_unlock(hashtext('libero_migrate'))")
+        .await;
+    result
+}
+
+async fn apply_pending(client: &mut Client, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
+    // The same shape the Supabase CLI creates (it adds `statements` and `name` with ALTERs).
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+             CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text NOT NULL PRIMARY KEY);
+             ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
+             ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;",
+        )
+        .await
+        .context("creating supabase_migrations.schema_migrations")?;
+    let applied: Vec<String> = client
+        .query("SELECT version FROM supabase_migrations.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let mut done = Vec::new();
+    for m in migrations.into_iter().filter(|m| !applied.contains(&m.version)) {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&m.sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
+            .with_context(|| format!("applying migration {}", m.path.display()))?;
+        // The CLI stores the file split into statements; splitting SQL faithfully (dollar
+        // quotes, comments) is beside the point here, so the file is one element.
+        tx.execute(
+            "INSERT INTO supabase_migrations.schema_migrations (version, name, statements) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &vec![m.sql.clone()]],
+        )
+        .await?;
+        tx.commit().await?;
+        done.push(m);
+    }
+    Ok(done)
+}
+
+/// A Postgres error with its SQLSTATE, message, detail, hint and position, for failures a
+/// person reads (a migration that does not apply).
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            if let Some(w) = db.where_() {
+                s.push_str(&format!(" (where: {w})"));
+            }
+            if let Some(p) = db.position() {
+                s.push_str(&format!(" (position: {p:?})"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+/// A database of its own for one test, cloned from the migrated template.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Address of this database (same credentials as [`admin_url`]).
+    pub url: String,
+    /// Its name (`test_<random>`).
+    pub name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// A new connection to this database.
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await.expect("connecting to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    /// Drops the database so test runs do not pile up databases in the cluster
+    /// (`LIBERO_KEEP_TEST_DB=1` keeps them). Blocking, on a thread of its own, because a
+    /// drop cannot await and may run inside a single-threaded runtime.
+    fn drop(&mut self) {
+        if std::env::var_os(KEEP_ENV).is_some() {
+            return;
+        }
+        let admin = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let client = connect(&admin).await.ok()?;
+                // FORCE: the app under test may still hold pooled connections.
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> Result<TestDb> {
+    let admin = admin_url()?;
+    let template = ensure_template(&admin).await?;
+    let name = format!("test_{}", random_suffix());
+    let client = connect(&admin).await?;
+    // Concurrent clones of one template can collide (SQLSTATE 55006, "source database is
+    // being accessed by other users") while another session briefly touches it: retry.
+    let mut attempt = 0;
+    loop {
+        let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&template));
+        match client.batch_execute(&sql).await {
+            Ok(()) => break,
+            Err(e) if attempt < 50 && e.code().is_some_and(|c| c.code() == "55006") => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating test database {name}")),
+        }
+    }
+    Ok(TestDb { url: with_dbname(&admin, &name)?, name, admin_url: admin })
+}
+
+/// Creates `libero_tpl_<hash of migrations>` if missing and returns its name. Built under
+/// another name and renamed when complete, so a half-migrated template is never cloned.
+async fn ensure_template(admin: &str) -> Result<String> {
+    let migrations = read_migrations(&migrations_dir())?;
+    let mut hasher = Sha256::new();
+    for m in &migrations {
+        hasher.update(m.version.as_bytes());
+        hasher.update([0]);
+        hasher.update(m.name.as_bytes());
+        hasher.update([0]);
+        hasher.update(m.sql.as_bytes());
+        hasher.update([0]);
+    }
+    let hash = hex::encode(&hasher.finalize()[..8]);
+    let template = format!("libero_tpl_{hash}");
+    let building = format!("{template}_building");
+
+    let client = connect(admin).await?;
+    // A session lock: parallel test binaries wait here while the first builds the template.
+    client
+        .batch_execute("SELECT pg_advisory_lock(hashtext('libero_test_template'))")
+        .await?;
+    let result = async {
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+            .await?
+            .is_some();
+        if exists {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building)))
+            .await?;
+        client.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&building))).await?;
+        migrate(&with_dbname(admin, &building)?)
+            .await
+            .context("migrating the test template database")?;
+        // The migration connection may take a moment to go away after it is dropped.
+        for _ in 0..50 {
+            let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&building), quote_ident(&template));
+            match client.batch_execute(&sql).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("template database {building} stayed in use")
+    }
+    .await;
+    let _ = client
+        .batch_execute("SELECT pg_advisory_unlock(hashtext('libero_test_template'))")
+        .await;
+    result.map(|()| template)
+}
+
+/// `url` with its database name replaced by `dbname` (URL or key=value form).
+pub fn with_dbname(url: &str, dbname: &str) -> Result<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (scheme, rest) = url.split_once("://").expect("checked above");
+        let (before_query, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (rest, None),
+        };
+        let authority = before_query.split_once('/').map_or(before_query, |(a, _)| a);
+        let mut out = format!("{scheme}://{authority}/{dbname}");
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Ok(out)
+    } else {
+        // key=value form: drop any dbname=... and append ours.
+        let kept: Vec<&str> = url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("dbname="))
+            .collect();
+        Ok(format!("{} dbname={dbname}", kept.join(" ")).trim().to_string())
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..12).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbname_is_replaced_in_both_forms() {
+        assert_eq!(
+            with_dbname("postgres://u:p@h:1/postgres?sslmode=disable", "x").unwrap(),
+            "postgres://u:p@h:1/x?sslmode=disable"
+        );
+        assert_eq!(with_dbname("postgres://u@h:1", "x").unwrap(), "postgres://u@h:1/x");
+        assert_eq!(with_dbname("host=h port=1 dbname=postgres", "x").unwrap(), "host=h port=1 dbname=x");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}

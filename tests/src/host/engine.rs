@@ -1,0 +1,75 @@
+//! One wasmtime `Engine` per process, and components compiled once per content: the
+//! compiled code is cached on disk (`target/libero-host-cache/<hash>.cwasm`) because
+//! Cranelift inside a debug-built host takes many seconds per component, and in memory so
+//! the tests in one process share it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+/// The process-wide engine (async, component model).
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.async_support(true).wasm_component_model(true);
+        Engine::new(&config).expect("creating the wasmtime engine")
+    })
+}
+
+/// Where compiled components are cached: `LIBERO_HOST_CACHE`, else
+/// `<repo>/target/libero-host-cache`.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("LIBERO_HOST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target/libero-host-cache"))
+}
+
+/// Loads and compiles the component at `path` (blocking; call from `spawn_blocking`).
+pub fn load_component(path: &Path) -> Result<Component> {
+    static LOADED: OnceLock<Mutex<HashMap<String, Component>>> = OnceLock::new();
+    let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+    let engine = engine();
+
+    // The key covers the wasm and everything about the engine that affects the code.
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    let mut sha = Sha256::new();
+    sha.update(&bytes);
+    sha.update(compat.finish().to_le_bytes());
+    let key = hex::encode(&sha.finalize()[..16]);
+
+    // Held while compiling, so concurrent loads of one component compile it once.
+    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = loaded.get(&key) {
+        return Ok(c.clone());
+    }
+    let cached = cache_dir().join(format!("{key}.cwasm"));
+    // SAFETY: the file was written by `precompile_component` of an engine with the same
+    // compatibility hash (part of the name), by this program, and replaced only atomically.
+    let component = match unsafe { Component::deserialize_file(engine, &cached) } {
+        Ok(c) => c,
+        Err(_) => {
+            let compiled = engine
+                .precompile_component(&bytes)
+                .with_context(|| format!("compiling component {}", path.display()))?;
+            // The cache is an optimisation: a read-only target dir only costs time.
+            if std::fs::create_dir_all(cached.parent().expect("cache file has a dir")).is_ok() {
+                let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, &compiled).is_ok() {
+                    let _ = std::fs::rename(&tmp, &cached);
+                }
+            }
+            // SAFETY: produced just now by this engine.
+            unsafe { Component::deserialize(engine, &compiled) }?
+        }
+    };
+    loaded.insert(key, component.clone());
+    Ok(component)
+}

@@ -1,0 +1,220 @@
+//! Helpers for end-to-end tests: the real `spin.toml` served by [`crate::host`] against a
+//! fresh database, with upstream base URLs pointed at a closed loopback port unless a
+//! test points them at its own fake (so no test can reach the internet by accident).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use libero_tests::testing::TestApp;
+//! let app = TestApp::spawn_with(|vars| {
+//!     vars.insert("openai_api_key".into(), "sk-test".into());
+//! })
+//! .await;
+//! let user = app.create_user().await;
+//! let response = app
+//!     .client
+//!     .post(app.url("/functions/v1/session-complete"))
+//!     .bearer_auth(app.token_for(user))
+//!     .send()
+//!     .await
+//!     .unwrap();
+//! app.assert_ledger_consistent().await;
+//! # }
+//! ```
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::db::{self, TestDb};
+use crate::host::{self, AppOptions, RunningApp};
+
+/// A closed port on loopback: the default for every upstream base URL in tests, so a
+/// request a test did not plan for fails fast instead of leaving the machine.
+pub const CLOSED_UPSTREAM: &str = "http://127.0.0.1:9";
+
+/// The app under test, its database and a client.
+pub struct TestApp {
+    pub app: RunningApp,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    /// The HS256 secret the app verifies tokens with (`supabase_jwt_secret`).
+    pub jwt_secret: String,
+    /// The variables the app was started with.
+    pub variables: HashMap<String, String>,
+}
+
+impl TestApp {
+    /// The app with default test variables.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// The app with default test variables, adjusted by `configure` (variable name →
+    /// value; e.g. point `openai_base_url` at a `wiremock` server's `uri()`).
+    pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+        let db = db::fresh_database().await.expect("creating the test database");
+        let jwt_secret = random_secret();
+        let mut variables = HashMap::new();
+        for (k, v) in [
+            ("database_url", db.url.as_str()),
+            ("supabase_jwt_secret", jwt_secret.as_str()),
+            ("allowed_origins", "*"),
+            ("app_origins", "http://localhost:5173"),
+            ("stripe_api_base", CLOSED_UPSTREAM),
+            ("openai_base_url", CLOSED_UPSTREAM),
+            ("elevenlabs_base_url", CLOSED_UPSTREAM),
+        ] {
+            variables.insert(k.to_string(), v.to_string());
+        }
+        variables.insert("db_host".into(), db_host(&db.url));
+        configure(&mut variables);
+
+        let mut options = AppOptions::new(crate::repo_root().join("spin.toml"));
+        options.variables = variables.clone();
+        options.echo_logs = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
+        let app = host::start(options).await.expect("starting the app (did scripts/build-wasm.sh run?)");
+        TestApp { app, db, client: reqwest::Client::new(), jwt_secret, variables }
+    }
+
+    /// `http://<app>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        self.app.url(path)
+    }
+
+    /// A connection to the test database (as its owner: bypasses RLS).
+    pub async fn db_client(&self) -> tokio_postgres::Client {
+        self.db.client().await
+    }
+
+    /// Guest output so far (see [`RunningApp::logs`]).
+    pub fn logs(&self) -> Vec<String> {
+        self.app.logs()
+    }
+
+    /// A Supabase-shaped access token for `user_id`, valid for an hour.
+    pub fn token_for(&self, user_id: Uuid) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.token_with_claims(json!({
+            "sub": user_id.to_string(),
+            "aud": "authenticated",
+            "role": "authenticated",
+            "email": format!("{user_id}@test.local"),
+            "iat": now,
+            "exp": now + 3600,
+            "iss": "http://127.0.0.1:54321/auth/v1",
+        }))
+    }
+
+    /// An HS256 token with exactly these claims, signed with the app's secret (for tests
+    /// of expired tokens, wrong audiences, ...).
+    pub fn token_with_claims(&self, claims: serde_json::Value) -> String {
+        sign_hs256(&self.jwt_secret, &claims)
+    }
+
+    /// A new user (auth.users row; the sign-up trigger creates the profile).
+    pub async fn create_user(&self) -> Uuid {
+        let id = Uuid::new_v4();
+        self.create_user_with_id(id, &format!("{id}@test.local")).await;
+        id
+    }
+
+    /// A new user with this id and email.
+    pub async fn create_user_with_id(&self, id: Uuid, email: &str) {
+        let client = self.db_client().await;
+        client
+            .execute("INSERT INTO auth.users (id, email) VALUES ($1, $2)", &[&id, &email])
+            .await
+            .expect("inserting auth.users");
+        // The trigger should have made the profile; this keeps the helper working if not.
+        client
+            .execute(
+                "INSERT INTO public.user_profiles (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&id, &email],
+            )
+            .await
+            .expect("inserting user_profiles");
+    }
+
+    /// Gives `user` `amount` tokens the way a purchase does: a ledger row and the
+    /// balance, in one statement.
+    pub async fn grant_tokens(&self, user: Uuid, amount: i32) {
+        let reference = format!("test-grant-{}", Uuid::new_v4());
+        self.db_client()
+            .await
+            .execute(
+                "WITH p AS (
+                     UPDATE public.user_profiles SET tokens = tokens + $2 WHERE id = $1 RETURNING tokens
+                 )
+                 INSERT INTO public.token_ledger (user_id, delta, reason, reference, balance_after)
+                 SELECT $1, $2, 'purchase', $3, p.tokens FROM p",
+                &[&user, &amount, &reference],
+            )
+            .await
+            .expect("granting tokens");
+    }
+
+    /// A user's token balance.
+    pub async fn tokens_of(&self, user: Uuid) -> i32 {
+        self.db_client()
+            .await
+            .query_one("SELECT tokens FROM public.user_profiles WHERE id = $1", &[&user])
+            .await
+            .expect("reading tokens")
+            .get(0)
+    }
+
+    /// Every profile's balance equals the sum of its ledger and none is negative.
+    pub async fn assert_ledger_consistent(&self) {
+        let rows = self
+            .db_client()
+            .await
+            .query(
+                "SELECT p.id, p.tokens, coalesce(sum(l.delta), 0)::int8
+                   FROM public.user_profiles p
+                   LEFT JOIN public.token_ledger l ON l.user_id = p.id
+                  GROUP BY p.id, p.tokens
+                 HAVING p.tokens <> coalesce(sum(l.delta), 0) OR p.tokens < 0",
+                &[],
+            )
+            .await
+            .expect("checking the ledger");
+        let bad: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{}: tokens {} ledger {}", r.get::<_, Uuid>(0), r.get::<_, i32>(1), r.get::<_, i64>(2)))
+            .collect();
+        assert!(bad.is_empty(), "balances do not match the ledger: {bad:?}");
+    }
+}
+
+/// `host:port` of a Postgres URL (for the `db_host` variable).
+pub fn db_host(url: &str) -> String {
+    let config: tokio_postgres::Config = url.parse().expect("a valid Postgres URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// A compact HS256 JWT.
+pub fn sign_hs256(secret: &str, claims: &serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}

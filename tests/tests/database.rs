@@ -1,0 +1,993 @@
+//! The database on its own, in SQL, the way its callers use it: the migrations; who may
+//! do what (Supabase's roles: `anon`, `authenticated` as PostgREST sets it up,
+//! `service_role` for the server); spending tokens; and the session rewards of
+//! `complete_session`. (The end-to-end tests through the HTTP endpoints live elsewhere.)
+//!
+//! Every test gets a database of its own, cloned from the migrated template, and ends by
+//! checking that every balance equals the sum of its ledger.
+
+use libero_tests::db::{self, TestDb};
+use serde_json::{json, Value};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+async fn fresh() -> (TestDb, Client) {
+    let test_db = db::fresh_database().await.expect("fresh database");
+    let client = test_db.client().await;
+    (test_db, client)
+}
+
+/// A user signing up: the row in auth.users; the sign-up trigger creates the profile.
+async fn new_user(client: &Client) -> Uuid {
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "insert into auth.users (id, email) values ($1, $2)",
+            &[&id, &format!("{id}@example.test")],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// Runs `sql` in a transaction as `role`; for `authenticated`, signed in as `user` the
+/// way PostgREST does it (the verified JWT claims in `request.jwt.claims`). Commits when
+/// the statement succeeds.
+async fn as_role(
+    client: &mut Client,
+    role: &str,
+    user: Option<Uuid>,
+    sql: &str,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let tx = client.transaction().await.unwrap();
+    if let Some(user) = user {
+        let claims = json!({ "sub": user, "role": role }).to_string();
+        tx.execute("select set_config('request.jwt.claims', $1, true)", &[&claims])
+            .await
+            .unwrap();
+    }
+    tx.batch_execute(&format!("set local role {role}")).await.unwrap();
+    let result = tx.query(sql, &[]).await;
+    if result.is_ok() {
+        tx.commit().await.unwrap();
+    }
+    result
+}
+
+async fn as_user(client: &mut Client, user: Uuid, sql: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
+    as_role(client, "authenticated", Some(user), sql).await
+}
+
+/// The jsonb a statement returns (first column of its one row).
+async fn json_of(client: &Client, sql: &str) -> Value {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[track_caller]
+fn assert_denied(result: Result<Vec<Row>, tokio_postgres::Error>, what: &str) {
+    match result {
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {}
+        other => panic!("{what}: expected permission denied (42501), got {other:?}"),
+    }
+}
+
+/// Credits tokens the way a purchase does: balance and ledger row in one statement.
+async fn credit(client: &Client, user: Uuid, tokens: i32, reference: &str) {
+    client
+        .execute(
+            "with p as (update user_profiles set tokens = tokens + $2 where id = $1 returning tokens)
+             insert into token_ledger (user_id, delta, reason, reference, balance_after)
+             select $1, $2, 'purchase', $3, tokens from p",
+            &[&user, &tokens, &reference],
+        )
+        .await
+        .unwrap();
+}
+
+/// (tokens, experience, level, session_streak)
+async fn progress(client: &Client, user: Uuid) -> (i32, i32, i32, i32) {
+    let row = client
+        .query_one(
+            "select tokens, experience, level, session_streak from user_profiles where id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+async fn assert_ledger_consistent(client: &Client) {
+    let rows = client
+        .query("select user_id::text, tokens, ledger_sum from ledger_mismatches", &[])
+        .await
+        .unwrap();
+    let mismatches: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert!(mismatches.is_empty(), "balances that disagree with the ledger: {mismatches:?}");
+}
+
+async fn complete_session(
+    client: &Client,
+    user: Uuid,
+    session: Uuid,
+    ego_state: &str,
+    seconds: i32,
+    protocol: Option<Uuid>,
+    fingerprint: &str,
+) -> Value {
+    client
+        .query_one(
+            "select complete_session($1, $2, $3, $4, $5, $6, $7)",
+            &[&user, &session, &ego_state, &None::<&str>, &seconds, &protocol, &fingerprint],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A new session of `seconds` in the 'guardian' ego state.
+async fn complete(client: &Client, user: Uuid, seconds: i32) -> Value {
+    complete_session(client, user, Uuid::new_v4(), "guardian", seconds, None, "fp").await
+}
+
+/// Runs `statements[i]` (each returning one jsonb), each on its own connection, all
+/// released at once.
+async fn in_parallel(test_db: &TestDb, statements: Vec<String>) -> Vec<Value> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(statements.len()));
+    let tasks: Vec<_> = statements
+        .into_iter()
+        .map(|sql| {
+            let url = test_db.url.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let client = db::connect(&url).await.unwrap();
+                barrier.wait().await;
+                client.query_one(sql.as_str(), &[]).await.unwrap().get::<_, Value>(0)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+fn count(values: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
+    values.iter().filter(|v| pred(v)).count()
+}
+
+// ---------------------------------------------------------------------------------------
+// Migrations
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_in_order_once() {
+    let admin_url = db::admin_url().unwrap();
+    let admin = db::connect(&admin_url).await.unwrap();
+    let name = format!("libero_empty_{}", Uuid::new_v4().simple());
+    admin.batch_execute(&format!("create database {}", db::quote_ident(&name))).await.unwrap();
+    let url = db::with_dbname(&admin_url, &name).unwrap();
+
+    let outcome = async {
+        let first = db::migrate(&url).await?;
+        let second = db::migrate(&url).await?;
+        anyhow::Ok((first, second))
+    }
+    .await;
+    admin
+        .batch_execute(&format!("drop database {} with (force)", db::quote_ident(&name)))
+        .await
+        .unwrap();
+
+    let (first, second) = outcome.expect("migrations apply to an empty database");
+    let expected: Vec<String> = db::read_migrations(&db::migrations_dir())
+        .unwrap()
+        .into_iter()
+        .map(|m| m.version)
+        .collect();
+    let applied: Vec<String> = first.into_iter().map(|m| m.version).collect();
+    assert_eq!(applied, expected, "every migration, in filename order");
+    assert!(second.is_empty(), "a second run applies nothing");
+}
+
+#[tokio::test]
+async fn test_databases_are_fully_migrated() {
+    let (test_db, _client) = fresh().await;
+    assert!(db::migrate(&test_db.url).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Who may do what
+// ---------------------------------------------------------------------------------------
+
+const TABLES: &[&str] = &[
+    "user_profiles",
+    "sessions",
+    "custom_protocols",
+    "user_achievements",
+    "token_ledger",
+    "token_prices",
+    "stripe_customers",
+    "stripe_subscriptions",
+    "stripe_orders",
+    "stripe_events",
+    "stripe_user_subscriptions",
+    "stripe_user_orders",
+    "ai_usage",
+    "tts_cache",
+    "ledger_mismatches",
+];
+
+#[tokio::test]
+async fn anon_can_read_nothing() {
+    let (_db, mut client) = fresh().await;
+    for table in TABLES {
+        assert_denied(as_role(&mut client, "anon", None, &format!("select * from {table}")).await, table);
+    }
+    assert_denied(
+        as_role(&mut client, "anon", None, "select spend_tokens('custom_protocol')").await,
+        "anon spending",
+    );
+}
+
+#[tokio::test]
+async fn users_read_only_their_own_rows() {
+    let (_db, mut client) = fresh().await;
+    let (alice, bob) = (new_user(&client).await, new_user(&client).await);
+    for user in [alice, bob] {
+        complete(&client, user, 60).await;
+        credit(&client, user, 5, "cs_test").await;
+        client
+            .execute(
+                "insert into custom_protocols (user_id, name) values ($1, 'mine')",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        client
+            .execute("insert into stripe_customers (user_id, customer_id) values ($1, $2)", &[&user, &user.to_string()])
+            .await
+            .unwrap();
+    }
+
+    for (table, owner) in [
+        ("user_profiles", "id"),
+        ("sessions", "user_id"),
+        ("custom_protocols", "user_id"),
+        ("user_achievements", "user_id"),
+        ("token_ledger", "user_id"),
+        ("stripe_customers", "user_id"),
+    ] {
+        let rows = as_user(&mut client, alice, &format!("select {owner} from {table}")).await.unwrap();
+        let owners: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(!owners.is_empty(), "{table}: alice sees her rows");
+        assert!(owners.iter().all(|o| *o == alice), "{table}: alice sees only hers: {owners:?}");
+    }
+    let prices = as_user(&mut client, alice, "select feature from token_prices").await.unwrap();
+    assert_eq!(prices.len(), 2, "prices are visible to every signed-in user");
+    for table in ["stripe_events", "tts_cache", "ledger_mismatches"] {
+        assert_denied(as_user(&mut client, alice, &format!("select * from {table}")).await, table);
+    }
+}
+
+#[tokio::test]
+async fn users_update_journey_and_settings_but_not_progress() {
+    let (_db, mut client) = fresh().await;
+    let (alice, bob) = (new_user(&client).await, new_user(&client).await);
+
+    let updated = as_user(
+        &mut client,
+        alice,
+        &format!(
+            "update user_profiles
+                set settings = '{{\"timezone\":\"Europe/Paris\"}}', journey_goals = '[\"sleep\"]',
+                    journey_preferences = '{{\"voice\":\"calm\"}}', onboarding_completed = true,
+                    display_name = 'Alice', active_ego_state = 'guardian'
+              where id = '{alice}'"
+        ),
+    )
+    .await;
+    assert!(updated.is_ok(), "{updated:?}");
+    let tz: String = client
+        .query_one("select settings->>'timezone' from user_profiles where id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tz, "Europe/Paris");
+
+    for column in [
+        "tokens = 1000",
+        "experience = 1000",
+        "level = 10",
+        "session_streak = 30",
+        "plan = 'mystic'",
+        "last_session_date = current_date",
+        "ego_state_usage = '{}'",
+        "id = gen_random_uuid()",
+    ] {
+        let sql = format!("update user_profiles set {column} where id = '{alice}'");
+        assert_denied(as_user(&mut client, alice, &sql).await, &sql);
+    }
+    assert_denied(
+        as_user(&mut client, alice, &format!("insert into user_profiles (id, tokens) values ('{alice}', 1000)")).await,
+        "inserting a profile",
+    );
+    assert_denied(
+        as_user(&mut client, alice, &format!("delete from user_profiles where id = '{alice}'")).await,
+        "deleting a profile",
+    );
+
+    // Someone else's profile is invisible, so updating it changes no row.
+    let sql = format!("update user_profiles set display_name = 'Mallory' where id = '{bob}' returning id");
+    assert!(as_user(&mut client, alice, &sql).await.unwrap().is_empty());
+
+    // Journey data stays the shape the app expects, and bounded.
+    let sql = format!("update user_profiles set journey_goals = '{{}}' where id = '{alice}'");
+    let err = as_user(&mut client, alice, &sql).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
+    let sql = format!(
+        "update user_profiles set settings = jsonb_build_object('x', repeat('y', 100000)) where id = '{alice}'"
+    );
+    let err = as_user(&mut client, alice, &sql).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
+}
+
+#[tokio::test]
+async fn users_cannot_write_the_economy_or_call_server_functions() {
+    let (_db, mut client) = fresh().await;
+    let alice = new_user(&client).await;
+    let session = complete(&client, alice, 60).await;
+    let session_id = session["session_id"].as_str().unwrap().to_string();
+
+    for sql in [
+        format!("insert into token_ledger (user_id, delta, reason, reference, balance_after) values ('{alice}', 100, 'purchase', 'x', 102)"),
+        format!("update token_ledger set delta = 100 where user_id = '{alice}'"),
+        format!("delete from token_ledger where user_id = '{alice}'"),
+        format!("insert into sessions (user_id, client_session_id, ego_state, duration, experience_gained, tokens_awarded, request_fingerprint, result, local_date) values ('{alice}', gen_random_uuid(), 'g', 60, 1000, 1000, 'f', '{{}}', current_date)"),
+        format!("update sessions set experience_gained = 1000 where id = '{session_id}'"),
+        // Deleting a session would let its client session id be rewarded again.
+        format!("delete from sessions where id = '{session_id}'"),
+        format!("insert into user_achievements (user_id, achievement_id) values ('{alice}', 'level_10')"),
+        format!("insert into custom_protocols (user_id, name) values ('{alice}', 'free')"),
+        format!("update custom_protocols set user_id = '{alice}'"),
+        format!("insert into stripe_orders (checkout_session_id, user_id, product, tokens) values ('cs', '{alice}', 'tokens-large', 650)"),
+        format!("update stripe_subscriptions set status = 'active' where user_id = '{alice}'"),
+        "insert into token_prices (feature, tokens) values ('free', 1)".to_string(),
+        "update token_prices set tokens = 1".to_string(),
+        format!("select complete_session('{alice}', gen_random_uuid(), 'g', null, 60, null, 'f')"),
+        format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r')"),
+        format!("select refund_spend('{alice}', 'r')"),
+        "select local_today('UTC')".to_string(),
+        format!("select ensure_user_profile('{alice}')"),
+    ] {
+        assert_denied(as_user(&mut client, alice, &sql).await, &sql);
+    }
+    assert_eq!(progress(&client, alice).await.0, 2);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn users_manage_their_own_protocols_and_pay_for_new_ones() {
+    let (_db, mut client) = fresh().await;
+    let (alice, bob) = (new_user(&client).await, new_user(&client).await);
+    credit(&client, alice, 7, "cs_test").await;
+    let protocol = Uuid::new_v4();
+    let create = format!("select create_custom_protocol('Sleep', 'Deep rest', p_duration => 20, p_id => '{protocol}')");
+
+    let created: Value = as_user(&mut client, alice, &create).await.unwrap()[0].get(0);
+    assert_eq!(created["ok"], true);
+    assert_eq!(created["replayed"], false);
+    assert_eq!(created["cost"], 5);
+    assert_eq!(created["balance"], 2);
+    assert_eq!(created["protocol"]["id"], protocol.to_string());
+    assert_eq!(created["protocol"]["name"], "Sleep");
+
+    // A retry (same id) returns the same protocol and charges nothing.
+    let retried: Value = as_user(&mut client, alice, &create).await.unwrap()[0].get(0);
+    assert_eq!(retried["ok"], true);
+    assert_eq!(retried["replayed"], true);
+    assert_eq!(retried["protocol"]["id"], protocol.to_string());
+    assert_eq!(progress(&client, alice).await.0, 2);
+
+    // Not enough tokens: nothing created.
+    let poor: Value = as_user(&mut client, alice, "select create_custom_protocol('Another')").await.unwrap()[0].get(0);
+    assert_eq!(poor, json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 2}));
+
+    // Edit and delete their own; someone else's are out of reach.
+    let sql = format!("update custom_protocols set name = 'Sleep well', duration = 25 where id = '{protocol}' returning id");
+    assert_eq!(as_user(&mut client, alice, &sql).await.unwrap().len(), 1);
+    let sql = format!("update custom_protocols set name = 'Mine now' where id = '{protocol}' returning id");
+    assert!(as_user(&mut client, bob, &sql).await.unwrap().is_empty());
+    let sql = format!("delete from custom_protocols where id = '{protocol}' returning id");
+    assert!(as_user(&mut client, bob, &sql).await.unwrap().is_empty());
+    assert_eq!(as_user(&mut client, alice, &sql).await.unwrap().len(), 1);
+
+    // A paid-for id whose protocol was deleted is not re-created for free.
+    credit(&client, alice, 10, "cs_test_2").await;
+    let again: Value = as_user(&mut client, alice, &create).await.unwrap()[0].get(0);
+    assert_eq!(again, json!({"ok": false, "reason": "protocol_id_used"}));
+    assert_eq!(progress(&client, alice).await.0, 12);
+
+    // Invalid content charges nothing.
+    let err = as_user(&mut client, alice, "select create_custom_protocol('')").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
+    assert_eq!(progress(&client, alice).await.0, 12);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn balances_change_only_through_the_ledger() {
+    let (_db, mut client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 10, "cs_test").await;
+
+    // Even with every privilege, a balance change without its ledger row is refused at
+    // commit, and so is a ledger row without the balance change or one that does not
+    // continue the previous balance.
+    let err = client
+        .execute("update user_profiles set tokens = 1000 where id = $1", &[&alice])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err:?}");
+    let err = client
+        .execute(
+            "insert into token_ledger (user_id, delta, reason, reference, balance_after) values ($1, 5, 'purchase', 'x', 15)",
+            &[&alice],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err:?}");
+    let err = client
+        .execute(
+            "with p as (update user_profiles set tokens = tokens + 5 where id = $1 returning tokens)
+             insert into token_ledger (user_id, delta, reason, reference, balance_after) select $1, 5, 'purchase', 'y', 1000 from p",
+            &[&alice],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err:?}");
+    // A reward keyed by a reference is written once.
+    let err = client
+        .execute(
+            "with p as (update user_profiles set tokens = tokens + 10 where id = $1 returning tokens)
+             insert into token_ledger (user_id, delta, reason, reference, balance_after) select $1, 10, 'purchase', 'cs_test', tokens from p",
+            &[&alice],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+
+    // The ledger is append-only for the server too.
+    for sql in [
+        format!("update token_ledger set delta = 1000 where user_id = '{alice}'"),
+        format!("delete from token_ledger where user_id = '{alice}'"),
+    ] {
+        assert_denied(as_role(&mut client, "service_role", None, &sql).await, &sql);
+    }
+    assert_eq!(progress(&client, alice).await.0, 10);
+    assert_ledger_consistent(&client).await;
+
+    // Deleting the user takes their rows with them.
+    client.execute("delete from auth.users where id = $1", &[&alice]).await.unwrap();
+    let left: i64 = client
+        .query_one("select count(*) from token_ledger where user_id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Spending
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn token_cost_charges_every_started_block() {
+    let (_db, client) = fresh().await;
+    for (feature, units, cost) in [
+        ("custom_protocol", 1, 5),
+        ("custom_protocol", 2, 10),
+        ("elevenlabs_tts", 1, 1),
+        ("elevenlabs_tts", 500, 1),
+        ("elevenlabs_tts", 501, 2),
+        ("elevenlabs_tts", 1200, 3),
+    ] {
+        let got: i32 = client
+            .query_one("select token_cost($1, $2)", &[&feature, &units])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, cost, "{feature} x {units}");
+    }
+    for (feature, units) in [("no_such_feature", 1), ("custom_protocol", 0), ("elevenlabs_tts", -1)] {
+        let err = client
+            .query_one("select token_cost($1, $2)", &[&feature, &units])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{feature} x {units}");
+    }
+}
+
+#[tokio::test]
+async fn a_spend_debits_once_per_reference() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 12, "cs_test").await;
+    let spend = |feature: &str, units: i32, reference: &str| {
+        format!("select spend_tokens_for('{alice}', '{feature}', {units}, '{reference}')")
+    };
+
+    let first = json_of(&client, &spend("custom_protocol", 1, "r1")).await;
+    assert_eq!(first, json!({"ok": true, "replayed": false, "cost": 5, "balance": 7, "reference": "r1"}));
+    let again = json_of(&client, &spend("custom_protocol", 1, "r1")).await;
+    assert_eq!(again, json!({"ok": true, "replayed": true, "cost": 5, "balance": 7, "reference": "r1"}));
+    assert_eq!(progress(&client, alice).await.0, 7);
+
+    let other_use = json_of(&client, &spend("elevenlabs_tts", 1200, "r1")).await;
+    assert_eq!(other_use, json!({"ok": false, "reason": "reference_conflict", "cost": 5, "balance": 7}));
+
+    let tts = json_of(&client, &spend("elevenlabs_tts", 1200, "r2")).await;
+    assert_eq!(tts["cost"], 3);
+    assert_eq!(tts["balance"], 4);
+
+    let rows: Vec<(String, i32, Option<String>)> = client
+        .query("select reason, delta, feature from token_ledger where user_id = $1 and reason = 'spend' order by id", &[&alice])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("spend".to_string(), -5, Some("custom_protocol".to_string())),
+            ("spend".to_string(), -3, Some("elevenlabs_tts".to_string()))
+        ]
+    );
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn a_spend_without_enough_tokens_changes_nothing() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 4, "cs_test").await;
+
+    let refused = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')")).await;
+    assert_eq!(refused, json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 4}));
+    assert_eq!(progress(&client, alice).await.0, 4);
+    let spends: i64 = client
+        .query_one("select count(*) from token_ledger where reason = 'spend'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(spends, 0);
+
+    // Refused spends record nothing, so the same reference works once there is enough.
+    credit(&client, alice, 1, "cs_test_2").await;
+    let paid = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')")).await;
+    assert_eq!(paid["ok"], true);
+    assert_eq!(paid["balance"], 0);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn a_refund_gives_a_spend_back_once() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 5, "cs_test").await;
+    let spend = format!("select spend_tokens_for('{alice}', 'elevenlabs_tts', 1200, 'tts:1')");
+    let refund = format!("select refund_spend('{alice}', 'tts:1')");
+
+    assert_eq!(json_of(&client, &spend).await["balance"], 2);
+    assert_eq!(
+        json_of(&client, &refund).await,
+        json!({"ok": true, "replayed": false, "refunded": 3, "balance": 5})
+    );
+    assert_eq!(
+        json_of(&client, &refund).await,
+        json!({"ok": true, "replayed": true, "refunded": 3, "balance": 5})
+    );
+    assert_eq!(
+        json_of(&client, &spend).await,
+        json!({"ok": false, "reason": "already_refunded", "cost": 3, "balance": 5})
+    );
+    assert_eq!(
+        json_of(&client, &format!("select refund_spend('{alice}', 'tts:2')")).await,
+        json!({"ok": false, "reason": "no_such_spend"})
+    );
+    assert_eq!(progress(&client, alice).await.0, 5);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn users_spend_for_themselves_through_rpc() {
+    let (_db, mut client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 10, "cs_test").await;
+
+    let spent: Value = as_user(&mut client, alice, "select spend_tokens('custom_protocol', 1, 'abc')").await.unwrap()[0].get(0);
+    assert_eq!(spent, json!({"ok": true, "replayed": false, "cost": 5, "balance": 5, "reference": "client:abc"}));
+    // The user's references live apart from the server's.
+    let server = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'abc')")).await;
+    assert_eq!(server["replayed"], false);
+    assert_eq!(progress(&client, alice).await.0, 0);
+
+    // Without a user in the claims: refused with SQLSTATE 42501.
+    let err = as_role(&mut client, "authenticated", None, "select spend_tokens('custom_protocol')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_spends_never_overdraw() {
+    let (test_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 23, "cs_test").await;
+
+    let results = in_parallel(
+        &test_db,
+        (0..20)
+            .map(|i| format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r{i}')"))
+            .collect(),
+    )
+    .await;
+    assert_eq!(count(&results, |r| r["ok"] == true), 4, "{results:?}");
+    assert_eq!(count(&results, |r| r["reason"] == "insufficient_tokens"), 16);
+    assert_eq!(progress(&client, alice).await.0, 3);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_spends_with_one_reference_debit_once() {
+    let (test_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    credit(&client, alice, 50, "cs_test").await;
+
+    let results = in_parallel(
+        &test_db,
+        vec![format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'same')"); 20],
+    )
+    .await;
+    assert_eq!(count(&results, |r| r["replayed"] == false), 1, "{results:?}");
+    assert_eq!(count(&results, |r| r["replayed"] == true), 19);
+    assert!(results.iter().all(|r| r["ok"] == true && r["balance"] == 45));
+    assert_eq!(progress(&client, alice).await.0, 45);
+    assert_ledger_consistent(&client).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// complete_session: the reward rules
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let id = Uuid::new_v4();
+
+    // 2.5 minutes: 10 + 2 per whole minute.
+    let result = complete_session(&client, alice, id, "guardian", 150, None, "fp").await;
+    assert_eq!(result["outcome"], "created");
+    assert_eq!(result["replayed"], false);
+    assert_eq!(result["client_session_id"], id.to_string());
+    assert_eq!(result["experience_gained"], 14);
+    assert_eq!(result["tokens_awarded"], 2);
+    assert_eq!(result["rewards"], json!([{"reason": "session_complete", "tokens": 2}]));
+    assert_eq!(result["level_before"], 1);
+    assert_eq!(result["level_after"], 1);
+    assert_eq!(result["streak"], 1);
+    assert_eq!(result["streak_extended"], true);
+    assert_eq!(result["achievements_unlocked"], json!(["first_session"]));
+    assert_eq!(
+        result["totals"],
+        json!({"tokens": 2, "experience": 14, "level": 1, "session_streak": 1})
+    );
+    assert_eq!(progress(&client, alice).await, (2, 14, 1, 1));
+
+    let row = client
+        .query_one(
+            "select id::text, ego_state, duration, experience_gained, tokens_awarded, local_date::text
+               from sessions where user_id = $1 and client_session_id = $2",
+            &[&alice, &id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), result["session_id"].as_str().unwrap());
+    assert_eq!(row.get::<_, String>(1), "guardian");
+    assert_eq!((row.get::<_, i32>(2), row.get::<_, i32>(3), row.get::<_, i32>(4)), (150, 14, 2));
+    assert_eq!(row.get::<_, String>(5), result["local_date"].as_str().unwrap());
+    let usage: Value = client
+        .query_one("select ego_state_usage from user_profiles where id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(usage, json!({"guardian": 1}));
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn xp_counts_whole_minutes_up_to_an_hour() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    for (seconds, xp) in [(0, 10), (59, 10), (61, 12), (600, 30), (3600, 130), (3659, 130), (86400, 130)] {
+        assert_eq!(complete(&client, alice, seconds).await["experience_gained"], xp, "{seconds}s");
+    }
+    for seconds in [-1, 86401] {
+        let err = client
+            .query_one(
+                "select complete_session($1, gen_random_uuid(), 'guardian', null, $2, null, 'fp')",
+                &[&alice, &seconds],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{seconds}s");
+    }
+}
+
+#[tokio::test]
+async fn each_level_reached_pays_five_tokens_once() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+
+    let first = complete(&client, alice, 3600).await; // 130 XP: level 2
+    assert_eq!(first["level_before"], 1);
+    assert_eq!(first["level_after"], 2);
+    assert_eq!(
+        first["rewards"],
+        json!([{"reason": "session_complete", "tokens": 2}, {"reason": "level_up", "tokens": 5, "level": 2}])
+    );
+    assert_eq!(first["tokens_awarded"], 7);
+
+    // 260 XP: level 3; 390 XP: still level 3, so only the session's 2 tokens.
+    assert_eq!(complete(&client, alice, 3600).await["level_after"], 3);
+    let same_level = complete(&client, alice, 3600).await;
+    assert_eq!(same_level["level_after"], 3);
+    assert_eq!(same_level["tokens_awarded"], 2);
+
+    // Two levels in one session: each pays.
+    client
+        .execute("update user_profiles set experience = 490 where id = $1", &[&alice])
+        .await
+        .unwrap();
+    let jump = complete(&client, alice, 3600).await; // 620 XP: level 7
+    assert_eq!(jump["level_before"], 3);
+    assert_eq!(jump["level_after"], 7);
+    let levels: Vec<i64> = jump["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "level_up")
+        .map(|r| r["level"].as_i64().unwrap())
+        .collect();
+    assert_eq!(levels, [4, 5, 6, 7]);
+    assert_eq!(jump["tokens_awarded"], 2 + 4 * 5);
+    assert_eq!(jump["achievements_unlocked"], json!(["level_5"]));
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn a_replay_returns_the_first_answer_and_grants_nothing() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let id = Uuid::new_v4();
+
+    let first = complete_session(&client, alice, id, "guardian", 300, None, "fp-1").await;
+    let replay = complete_session(&client, alice, id, "guardian", 300, None, "fp-1").await;
+    let mut expected = first.clone();
+    expected["outcome"] = json!("replayed");
+    expected["replayed"] = json!(true);
+    assert_eq!(replay, expected);
+
+    let conflict = complete_session(&client, alice, id, "guardian", 600, None, "fp-2").await;
+    assert_eq!(conflict, json!({"outcome": "conflict", "session_id": first["session_id"]}));
+
+    assert_eq!(progress(&client, alice).await, (2, 20, 1, 1));
+    let sessions: i64 = client
+        .query_one("select count(*) from sessions where user_id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 1);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn a_session_protocol_must_be_the_users_own() {
+    let (_db, client) = fresh().await;
+    let (alice, bob) = (new_user(&client).await, new_user(&client).await);
+    let protocol_of = |user: Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query_one("insert into custom_protocols (user_id, name) values ($1, 'p') returning id", &[&user])
+                .await
+                .unwrap()
+                .get::<_, Uuid>(0)
+        }
+    };
+    let (hers, his) = (protocol_of(alice).await, protocol_of(bob).await);
+
+    let unknown = complete_session(&client, alice, Uuid::new_v4(), "guardian", 60, Some(Uuid::new_v4()), "fp").await;
+    assert_eq!(unknown, json!({"outcome": "unknown_protocol"}));
+    let forbidden = complete_session(&client, alice, Uuid::new_v4(), "guardian", 60, Some(his), "fp").await;
+    assert_eq!(forbidden, json!({"outcome": "forbidden_protocol"}));
+    assert_eq!(progress(&client, alice).await, (0, 0, 1, 0), "nothing granted");
+
+    let id = Uuid::new_v4();
+    let own = complete_session(&client, alice, id, "guardian", 60, Some(hers), "fp").await;
+    assert_eq!(own["outcome"], "created");
+    let stored: Option<Uuid> = client
+        .query_one("select protocol_id from sessions where client_session_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, Some(hers));
+
+    let nobody = complete(&client, Uuid::new_v4(), 60).await;
+    assert_eq!(nobody, json!({"outcome": "unknown_user"}));
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn streaks_follow_the_users_local_days() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let set = |sql: String| {
+        let client = &client;
+        async move { client.batch_execute(&sql).await.unwrap() }
+    };
+    let local_today = |zone: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one("select ((now() at time zone $1)::date)::text", &[&zone])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+
+    // UTC+14 and UTC-11 are always on different dates: the day is the user's.
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'")).await;
+    let first = complete(&client, alice, 60).await;
+    assert_eq!(first["local_date"], local_today("Pacific/Kiritimati").await);
+    assert_ne!(first["local_date"], local_today("Pacific/Pago_Pago").await);
+    assert_eq!((first["streak"].clone(), first["streak_extended"].clone()), (json!(1), json!(true)));
+
+    // Another session the same day changes nothing.
+    let same_day = complete(&client, alice, 60).await;
+    assert_eq!((same_day["streak"].clone(), same_day["streak_extended"].clone()), (json!(1), json!(false)));
+
+    // A session yesterday (local): the streak grows; reaching 7 pays the bonus once.
+    set(format!(
+        "update user_profiles set session_streak = 6, last_session_date = (now() at time zone 'Pacific/Kiritimati')::date - 1 where id = '{alice}'"
+    ))
+    .await;
+    let seventh = complete(&client, alice, 60).await;
+    assert_eq!(seventh["streak"], 7);
+    assert_eq!(seventh["streak_extended"], true);
+    assert_eq!(
+        seventh["rewards"],
+        json!([{"reason": "session_complete", "tokens": 2}, {"reason": "streak_bonus", "tokens": 10, "streak": 7}])
+    );
+    assert_eq!(seventh["achievements_unlocked"], json!(["streak_7"]));
+    let later = complete(&client, alice, 60).await;
+    assert_eq!(later["streak"], 7);
+    assert_eq!(later["tokens_awarded"], 2, "no second bonus the same day");
+
+    // A missed day starts over.
+    set(format!(
+        "update user_profiles set last_session_date = (now() at time zone 'Pacific/Kiritimati')::date - 2 where id = '{alice}'"
+    ))
+    .await;
+    let restarted = complete(&client, alice, 60).await;
+    assert_eq!((restarted["streak"].clone(), restarted["streak_extended"].clone()), (json!(1), json!(true)));
+
+    // Moving west to a date before the last counted day: the streak stands.
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'")).await;
+    let west = complete(&client, alice, 60).await;
+    assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
+    assert_eq!((west["streak"].clone(), west["streak_extended"].clone()), (json!(1), json!(false)));
+
+    // Not a zone (or an offset, whose sign nobody agrees on): UTC.
+    for zone in ["Not/A_Zone", "UTC+5", "", "../etc"] {
+        set(format!(
+            "update user_profiles set settings = jsonb_build_object('timezone', '{zone}') where id = '{alice}'"
+        ))
+        .await;
+        assert_eq!(complete(&client, alice, 60).await["local_date"], local_today("UTC").await, "{zone:?}");
+    }
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test]
+async fn achievements_unlock_once_each() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let mut unlocked = Vec::new();
+    for (i, ego_state) in ["guardian", "rebel", "healer", "explorer", "mystic", "guardian", "rebel", "healer", "explorer", "mystic", "sage"]
+        .into_iter()
+        .enumerate()
+    {
+        let result = complete_session(&client, alice, Uuid::new_v4(), ego_state, 60, None, "fp").await;
+        for a in result["achievements_unlocked"].as_array().unwrap() {
+            unlocked.push((i + 1, a.as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(
+        unlocked,
+        [(1, "first_session".to_string()), (5, "ego_explorer".to_string()), (10, "sessions_10".to_string())]
+    );
+    let stored: Vec<String> = client
+        .query("select achievement_id from user_achievements where user_id = $1 order by 1", &[&alice])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["ego_explorer", "first_session", "sessions_10"]);
+}
+
+#[tokio::test]
+async fn users_without_a_profile_get_one_on_their_first_session() {
+    let (_db, client) = fresh().await;
+    // A user from before the sign-up trigger existed.
+    let old = Uuid::new_v4();
+    client
+        .batch_execute(&format!(
+            "alter table auth.users disable trigger on_auth_user_created_create_profile;
+             insert into auth.users (id, email) values ('{old}', 'old@example.test');
+             alter table auth.users enable trigger on_auth_user_created_create_profile;"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(complete(&client, old, 60).await["outcome"], "created");
+    assert_eq!(progress(&client, old).await, (2, 12, 1, 1));
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_completions_for_one_user_lose_no_update() {
+    let (test_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+
+    let results = in_parallel(
+        &test_db,
+        (0..20)
+            .map(|_| format!("select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp')"))
+            .collect(),
+    )
+    .await;
+    assert_eq!(count(&results, |r| r["outcome"] == "created"), 20, "{results:?}");
+    // 20 x 30 XP = 600 XP: level 7, six level-ups; 20 x 2 + 6 x 5 tokens.
+    assert_eq!(progress(&client, alice).await, (70, 600, 7, 1));
+    let first_sessions = count(&results, |r| r["achievements_unlocked"].as_array().unwrap().contains(&json!("first_session")));
+    assert_eq!(first_sessions, 1);
+    assert_ledger_consistent(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_repeats_of_one_session_grant_once() {
+    let (test_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let id = Uuid::new_v4();
+
+    let results = in_parallel(
+        &test_db,
+        vec![format!("select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp')"); 20],
+    )
+    .await;
+    assert_eq!(count(&results, |r| r["outcome"] == "created"), 1, "{results:?}");
+    assert_eq!(count(&results, |r| r["outcome"] == "replayed"), 19);
+    assert!(results.iter().all(|r| r["session_id"] == results[0]["session_id"]));
+    assert_eq!(progress(&client, alice).await, (2, 30, 1, 1));
+    assert_ledger_consistent(&client).await;
+}
