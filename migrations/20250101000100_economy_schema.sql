@@ -13,7 +13,9 @@
 --   their own custom protocols but creates them only through create_custom_protocol()
 --   (which charges for them). Tokens, experience, level, streak and plan change only
 --   through the SECURITY DEFINER functions of the later migrations.
--- * `service_role` (the server): everything, except that the ledger is append-only.
+-- * `service_role` (the server): everything, except that the ledger is append-only; and
+--   for every role, a balance changes only together with its ledger row (the triggers on
+--   token_ledger below refuse anything else).
 --
 -- Supabase grants every privilege on new tables and functions in `public` to anon,
 -- authenticated and service_role by default, so each object below first revokes

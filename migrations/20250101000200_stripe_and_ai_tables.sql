@@ -175,9 +175,9 @@ grant select on table
 
 grant all on table
   public.stripe_customers, public.stripe_subscriptions, public.stripe_orders, public.stripe_events,
-  public.stripe_user_subscriptions, public.stripe_user_orders,
   public.ai_usage, public.tts_cache
   to service_role;
+grant select on table public.stripe_user_subscriptions, public.stripe_user_orders to service_role;
 grant usage on sequence public.stripe_orders_id_seq to service_role;
 
 create policy "own customer: read" on public.stripe_customers

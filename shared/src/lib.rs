@@ -12,9 +12,15 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod economy;
+pub mod guidance;
 pub mod http;
+pub mod openai;
 pub mod platform;
+pub mod quota;
+pub mod scripts;
+pub mod upstream;
 pub mod validate;
+pub mod stripe;
 pub mod stripe_signature;
 
 #[cfg(target_arch = "wasm32")]

@@ -46,12 +46,17 @@ async fn as_role(
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let tx = client.transaction().await.unwrap();
     if let Some(user) = user {
-        let claims = json!({ "sub": user, "role": role }).to_string();
-        tx.execute("select set_config('request.jwt.claims', $1, true)", &[&claims])
-            .await
-            .unwrap();
+        let claims = json!({ "sub": user.to_string(), "role": role }).to_string();
+        tx.execute(
+            "select set_config('request.jwt.claims', $1, true)",
+            &[&claims],
+        )
+        .await
+        .unwrap();
     }
-    tx.batch_execute(&format!("set local role {role}")).await.unwrap();
+    tx.batch_execute(&format!("set local role {role}"))
+        .await
+        .unwrap();
     let result = tx.query(sql, &[]).await;
     if result.is_ok() {
         tx.commit().await.unwrap();
@@ -59,7 +64,11 @@ async fn as_role(
     result
 }
 
-async fn as_user(client: &mut Client, user: Uuid, sql: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
+async fn as_user(
+    client: &mut Client,
+    user: Uuid,
+    sql: &str,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
     as_role(client, "authenticated", Some(user), sql).await
 }
 
@@ -103,11 +112,20 @@ async fn progress(client: &Client, user: Uuid) -> (i32, i32, i32, i32) {
 
 async fn assert_ledger_consistent(client: &Client) {
     let rows = client
-        .query("select user_id::text, tokens, ledger_sum from ledger_mismatches", &[])
+        .query(
+            "select user_id::text, tokens, ledger_sum from ledger_mismatches",
+            &[],
+        )
         .await
         .unwrap();
-    let mismatches: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert!(mismatches.is_empty(), "balances that disagree with the ledger: {mismatches:?}");
+    let mismatches: Vec<(String, i32, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "balances that disagree with the ledger: {mismatches:?}"
+    );
 }
 
 async fn complete_session(
@@ -122,7 +140,15 @@ async fn complete_session(
     client
         .query_one(
             "select complete_session($1, $2, $3, $4, $5, $6, $7)",
-            &[&user, &session, &ego_state, &None::<&str>, &seconds, &protocol, &fingerprint],
+            &[
+                &user,
+                &session,
+                &ego_state,
+                &None::<&str>,
+                &seconds,
+                &protocol,
+                &fingerprint,
+            ],
         )
         .await
         .unwrap()
@@ -131,7 +157,16 @@ async fn complete_session(
 
 /// A new session of `seconds` in the 'guardian' ego state.
 async fn complete(client: &Client, user: Uuid, seconds: i32) -> Value {
-    complete_session(client, user, Uuid::new_v4(), "guardian", seconds, None, "fp").await
+    complete_session(
+        client,
+        user,
+        Uuid::new_v4(),
+        "guardian",
+        seconds,
+        None,
+        "fp",
+    )
+    .await
 }
 
 /// Runs `statements[i]` (each returning one jsonb), each on its own connection, all
@@ -146,7 +181,11 @@ async fn in_parallel(test_db: &TestDb, statements: Vec<String>) -> Vec<Value> {
             tokio::spawn(async move {
                 let client = db::connect(&url).await.unwrap();
                 barrier.wait().await;
-                client.query_one(sql.as_str(), &[]).await.unwrap().get::<_, Value>(0)
+                client
+                    .query_one(sql.as_str(), &[])
+                    .await
+                    .unwrap()
+                    .get::<_, Value>(0)
             })
         })
         .collect();
@@ -170,7 +209,10 @@ async fn migrations_apply_to_an_empty_database_in_order_once() {
     let admin_url = db::admin_url().unwrap();
     let admin = db::connect(&admin_url).await.unwrap();
     let name = format!("libero_empty_{}", Uuid::new_v4().simple());
-    admin.batch_execute(&format!("create database {}", db::quote_ident(&name))).await.unwrap();
+    admin
+        .batch_execute(&format!("create database {}", db::quote_ident(&name)))
+        .await
+        .unwrap();
     let url = db::with_dbname(&admin_url, &name).unwrap();
 
     let outcome = async {
@@ -180,7 +222,10 @@ async fn migrations_apply_to_an_empty_database_in_order_once() {
     }
     .await;
     admin
-        .batch_execute(&format!("drop database {} with (force)", db::quote_ident(&name)))
+        .batch_execute(&format!(
+            "drop database {} with (force)",
+            db::quote_ident(&name)
+        ))
         .await
         .unwrap();
 
@@ -227,10 +272,19 @@ const TABLES: &[&str] = &[
 async fn anon_can_read_nothing() {
     let (_db, mut client) = fresh().await;
     for table in TABLES {
-        assert_denied(as_role(&mut client, "anon", None, &format!("select * from {table}")).await, table);
+        assert_denied(
+            as_role(&mut client, "anon", None, &format!("select * from {table}")).await,
+            table,
+        );
     }
     assert_denied(
-        as_role(&mut client, "anon", None, "select spend_tokens('custom_protocol')").await,
+        as_role(
+            &mut client,
+            "anon",
+            None,
+            "select spend_tokens('custom_protocol')",
+        )
+        .await,
         "anon spending",
     );
 }
@@ -250,7 +304,10 @@ async fn users_read_only_their_own_rows() {
             .await
             .unwrap();
         client
-            .execute("insert into stripe_customers (user_id, customer_id) values ($1, $2)", &[&user, &user.to_string()])
+            .execute(
+                "insert into stripe_customers (user_id, customer_id) values ($1, $2)",
+                &[&user, &user.to_string()],
+            )
             .await
             .unwrap();
     }
@@ -263,15 +320,29 @@ async fn users_read_only_their_own_rows() {
         ("token_ledger", "user_id"),
         ("stripe_customers", "user_id"),
     ] {
-        let rows = as_user(&mut client, alice, &format!("select {owner} from {table}")).await.unwrap();
+        let rows = as_user(&mut client, alice, &format!("select {owner} from {table}"))
+            .await
+            .unwrap();
         let owners: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         assert!(!owners.is_empty(), "{table}: alice sees her rows");
-        assert!(owners.iter().all(|o| *o == alice), "{table}: alice sees only hers: {owners:?}");
+        assert!(
+            owners.iter().all(|o| *o == alice),
+            "{table}: alice sees only hers: {owners:?}"
+        );
     }
-    let prices = as_user(&mut client, alice, "select feature from token_prices").await.unwrap();
-    assert_eq!(prices.len(), 2, "prices are visible to every signed-in user");
+    let prices = as_user(&mut client, alice, "select feature from token_prices")
+        .await
+        .unwrap();
+    assert_eq!(
+        prices.len(),
+        2,
+        "prices are visible to every signed-in user"
+    );
     for table in ["stripe_events", "tts_cache", "ledger_mismatches"] {
-        assert_denied(as_user(&mut client, alice, &format!("select * from {table}")).await, table);
+        assert_denied(
+            as_user(&mut client, alice, &format!("select * from {table}")).await,
+            table,
+        );
     }
 }
 
@@ -294,7 +365,10 @@ async fn users_update_journey_and_settings_but_not_progress() {
     .await;
     assert!(updated.is_ok(), "{updated:?}");
     let tz: String = client
-        .query_one("select settings->>'timezone' from user_profiles where id = $1", &[&alice])
+        .query_one(
+            "select settings->>'timezone' from user_profiles where id = $1",
+            &[&alice],
+        )
         .await
         .unwrap()
         .get(0);
@@ -314,16 +388,28 @@ async fn users_update_journey_and_settings_but_not_progress() {
         assert_denied(as_user(&mut client, alice, &sql).await, &sql);
     }
     assert_denied(
-        as_user(&mut client, alice, &format!("insert into user_profiles (id, tokens) values ('{alice}', 1000)")).await,
+        as_user(
+            &mut client,
+            alice,
+            &format!("insert into user_profiles (id, tokens) values ('{alice}', 1000)"),
+        )
+        .await,
         "inserting a profile",
     );
     assert_denied(
-        as_user(&mut client, alice, &format!("delete from user_profiles where id = '{alice}'")).await,
+        as_user(
+            &mut client,
+            alice,
+            &format!("delete from user_profiles where id = '{alice}'"),
+        )
+        .await,
         "deleting a profile",
     );
 
     // Someone else's profile is invisible, so updating it changes no row.
-    let sql = format!("update user_profiles set display_name = 'Mallory' where id = '{bob}' returning id");
+    let sql = format!(
+        "update user_profiles set display_name = 'Mallory' where id = '{bob}' returning id"
+    );
     assert!(as_user(&mut client, alice, &sql).await.unwrap().is_empty());
 
     // Journey data stays the shape the app expects, and bounded.
@@ -395,13 +481,25 @@ async fn users_manage_their_own_protocols_and_pay_for_new_ones() {
     assert_eq!(progress(&client, alice).await.0, 2);
 
     // Not enough tokens: nothing created.
-    let poor: Value = as_user(&mut client, alice, "select create_custom_protocol('Another')").await.unwrap()[0].get(0);
-    assert_eq!(poor, json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 2}));
+    let poor: Value = as_user(
+        &mut client,
+        alice,
+        "select create_custom_protocol('Another')",
+    )
+    .await
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(
+        poor,
+        json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 2})
+    );
 
     // Edit and delete their own; someone else's are out of reach.
     let sql = format!("update custom_protocols set name = 'Sleep well', duration = 25 where id = '{protocol}' returning id");
     assert_eq!(as_user(&mut client, alice, &sql).await.unwrap().len(), 1);
-    let sql = format!("update custom_protocols set name = 'Mine now' where id = '{protocol}' returning id");
+    let sql = format!(
+        "update custom_protocols set name = 'Mine now' where id = '{protocol}' returning id"
+    );
     assert!(as_user(&mut client, bob, &sql).await.unwrap().is_empty());
     let sql = format!("delete from custom_protocols where id = '{protocol}' returning id");
     assert!(as_user(&mut client, bob, &sql).await.unwrap().is_empty());
@@ -414,7 +512,9 @@ async fn users_manage_their_own_protocols_and_pay_for_new_ones() {
     assert_eq!(progress(&client, alice).await.0, 12);
 
     // Invalid content charges nothing.
-    let err = as_user(&mut client, alice, "select create_custom_protocol('')").await.unwrap_err();
+    let err = as_user(&mut client, alice, "select create_custom_protocol('')")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
     assert_eq!(progress(&client, alice).await.0, 12);
     assert_ledger_consistent(&client).await;
@@ -430,7 +530,10 @@ async fn balances_change_only_through_the_ledger() {
     // commit, and so is a ledger row without the balance change or one that does not
     // continue the previous balance.
     let err = client
-        .execute("update user_profiles set tokens = 1000 where id = $1", &[&alice])
+        .execute(
+            "update user_profiles set tokens = 1000 where id = $1",
+            &[&alice],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err:?}");
@@ -473,9 +576,15 @@ async fn balances_change_only_through_the_ledger() {
     assert_ledger_consistent(&client).await;
 
     // Deleting the user takes their rows with them.
-    client.execute("delete from auth.users where id = $1", &[&alice]).await.unwrap();
+    client
+        .execute("delete from auth.users where id = $1", &[&alice])
+        .await
+        .unwrap();
     let left: i64 = client
-        .query_one("select count(*) from token_ledger where user_id = $1", &[&alice])
+        .query_one(
+            "select count(*) from token_ledger where user_id = $1",
+            &[&alice],
+        )
         .await
         .unwrap()
         .get(0);
@@ -504,12 +613,20 @@ async fn token_cost_charges_every_started_block() {
             .get(0);
         assert_eq!(got, cost, "{feature} x {units}");
     }
-    for (feature, units) in [("no_such_feature", 1), ("custom_protocol", 0), ("elevenlabs_tts", -1)] {
+    for (feature, units) in [
+        ("no_such_feature", 1),
+        ("custom_protocol", 0),
+        ("elevenlabs_tts", -1),
+    ] {
         let err = client
             .query_one("select token_cost($1, $2)", &[&feature, &units])
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{feature} x {units}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PARAMETER_VALUE),
+            "{feature} x {units}"
+        );
     }
 }
 
@@ -523,13 +640,22 @@ async fn a_spend_debits_once_per_reference() {
     };
 
     let first = json_of(&client, &spend("custom_protocol", 1, "r1")).await;
-    assert_eq!(first, json!({"ok": true, "replayed": false, "cost": 5, "balance": 7, "reference": "r1"}));
+    assert_eq!(
+        first,
+        json!({"ok": true, "replayed": false, "cost": 5, "balance": 7, "reference": "r1"})
+    );
     let again = json_of(&client, &spend("custom_protocol", 1, "r1")).await;
-    assert_eq!(again, json!({"ok": true, "replayed": true, "cost": 5, "balance": 7, "reference": "r1"}));
+    assert_eq!(
+        again,
+        json!({"ok": true, "replayed": true, "cost": 5, "balance": 7, "reference": "r1"})
+    );
     assert_eq!(progress(&client, alice).await.0, 7);
 
     let other_use = json_of(&client, &spend("elevenlabs_tts", 1200, "r1")).await;
-    assert_eq!(other_use, json!({"ok": false, "reason": "reference_conflict", "cost": 5, "balance": 7}));
+    assert_eq!(
+        other_use,
+        json!({"ok": false, "reason": "reference_conflict", "cost": 5, "balance": 7})
+    );
 
     let tts = json_of(&client, &spend("elevenlabs_tts", 1200, "r2")).await;
     assert_eq!(tts["cost"], 3);
@@ -558,11 +684,21 @@ async fn a_spend_without_enough_tokens_changes_nothing() {
     let alice = new_user(&client).await;
     credit(&client, alice, 4, "cs_test").await;
 
-    let refused = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')")).await;
-    assert_eq!(refused, json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 4}));
+    let refused = json_of(
+        &client,
+        &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')"),
+    )
+    .await;
+    assert_eq!(
+        refused,
+        json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 4})
+    );
     assert_eq!(progress(&client, alice).await.0, 4);
     let spends: i64 = client
-        .query_one("select count(*) from token_ledger where reason = 'spend'", &[])
+        .query_one(
+            "select count(*) from token_ledger where reason = 'spend'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -570,7 +706,11 @@ async fn a_spend_without_enough_tokens_changes_nothing() {
 
     // Refused spends record nothing, so the same reference works once there is enough.
     credit(&client, alice, 1, "cs_test_2").await;
-    let paid = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')")).await;
+    let paid = json_of(
+        &client,
+        &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')"),
+    )
+    .await;
     assert_eq!(paid["ok"], true);
     assert_eq!(paid["balance"], 0);
     assert_ledger_consistent(&client).await;
@@ -611,17 +751,36 @@ async fn users_spend_for_themselves_through_rpc() {
     let alice = new_user(&client).await;
     credit(&client, alice, 10, "cs_test").await;
 
-    let spent: Value = as_user(&mut client, alice, "select spend_tokens('custom_protocol', 1, 'abc')").await.unwrap()[0].get(0);
-    assert_eq!(spent, json!({"ok": true, "replayed": false, "cost": 5, "balance": 5, "reference": "client:abc"}));
+    let spent: Value = as_user(
+        &mut client,
+        alice,
+        "select spend_tokens('custom_protocol', 1, 'abc')",
+    )
+    .await
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(
+        spent,
+        json!({"ok": true, "replayed": false, "cost": 5, "balance": 5, "reference": "client:abc"})
+    );
     // The user's references live apart from the server's.
-    let server = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'abc')")).await;
+    let server = json_of(
+        &client,
+        &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'abc')"),
+    )
+    .await;
     assert_eq!(server["replayed"], false);
     assert_eq!(progress(&client, alice).await.0, 0);
 
     // Without a user in the claims: refused with SQLSTATE 42501.
-    let err = as_role(&mut client, "authenticated", None, "select spend_tokens('custom_protocol')")
-        .await
-        .unwrap_err();
+    let err = as_role(
+        &mut client,
+        "authenticated",
+        None,
+        "select spend_tokens('custom_protocol')",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     assert_ledger_consistent(&client).await;
 }
@@ -640,7 +799,10 @@ async fn concurrent_spends_never_overdraw() {
     )
     .await;
     assert_eq!(count(&results, |r| r["ok"] == true), 4, "{results:?}");
-    assert_eq!(count(&results, |r| r["reason"] == "insufficient_tokens"), 16);
+    assert_eq!(
+        count(&results, |r| r["reason"] == "insufficient_tokens"),
+        16
+    );
     assert_eq!(progress(&client, alice).await.0, 3);
     assert_ledger_consistent(&client).await;
 }
@@ -656,9 +818,15 @@ async fn concurrent_spends_with_one_reference_debit_once() {
         vec![format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'same')"); 20],
     )
     .await;
-    assert_eq!(count(&results, |r| r["replayed"] == false), 1, "{results:?}");
+    assert_eq!(
+        count(&results, |r| r["replayed"] == false),
+        1,
+        "{results:?}"
+    );
     assert_eq!(count(&results, |r| r["replayed"] == true), 19);
-    assert!(results.iter().all(|r| r["ok"] == true && r["balance"] == 45));
+    assert!(results
+        .iter()
+        .all(|r| r["ok"] == true && r["balance"] == 45));
     assert_eq!(progress(&client, alice).await.0, 45);
     assert_ledger_consistent(&client).await;
 }
@@ -680,7 +848,10 @@ async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
     assert_eq!(result["client_session_id"], id.to_string());
     assert_eq!(result["experience_gained"], 14);
     assert_eq!(result["tokens_awarded"], 2);
-    assert_eq!(result["rewards"], json!([{"reason": "session_complete", "tokens": 2}]));
+    assert_eq!(
+        result["rewards"],
+        json!([{"reason": "session_complete", "tokens": 2}])
+    );
     assert_eq!(result["level_before"], 1);
     assert_eq!(result["level_after"], 1);
     assert_eq!(result["streak"], 1);
@@ -700,12 +871,28 @@ async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), result["session_id"].as_str().unwrap());
+    assert_eq!(
+        row.get::<_, String>(0),
+        result["session_id"].as_str().unwrap()
+    );
     assert_eq!(row.get::<_, String>(1), "guardian");
-    assert_eq!((row.get::<_, i32>(2), row.get::<_, i32>(3), row.get::<_, i32>(4)), (150, 14, 2));
-    assert_eq!(row.get::<_, String>(5), result["local_date"].as_str().unwrap());
+    assert_eq!(
+        (
+            row.get::<_, i32>(2),
+            row.get::<_, i32>(3),
+            row.get::<_, i32>(4)
+        ),
+        (150, 14, 2)
+    );
+    assert_eq!(
+        row.get::<_, String>(5),
+        result["local_date"].as_str().unwrap()
+    );
     let usage: Value = client
-        .query_one("select ego_state_usage from user_profiles where id = $1", &[&alice])
+        .query_one(
+            "select ego_state_usage from user_profiles where id = $1",
+            &[&alice],
+        )
         .await
         .unwrap()
         .get(0);
@@ -717,8 +904,20 @@ async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
 async fn xp_counts_whole_minutes_up_to_an_hour() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
-    for (seconds, xp) in [(0, 10), (59, 10), (61, 12), (600, 30), (3600, 130), (3659, 130), (86400, 130)] {
-        assert_eq!(complete(&client, alice, seconds).await["experience_gained"], xp, "{seconds}s");
+    for (seconds, xp) in [
+        (0, 10),
+        (59, 10),
+        (61, 12),
+        (600, 30),
+        (3600, 130),
+        (3659, 130),
+        (86400, 130),
+    ] {
+        assert_eq!(
+            complete(&client, alice, seconds).await["experience_gained"],
+            xp,
+            "{seconds}s"
+        );
     }
     for seconds in [-1, 86401] {
         let err = client
@@ -728,7 +927,11 @@ async fn xp_counts_whole_minutes_up_to_an_hour() {
             )
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{seconds}s");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PARAMETER_VALUE),
+            "{seconds}s"
+        );
     }
 }
 
@@ -746,19 +949,21 @@ async fn each_level_reached_pays_five_tokens_once() {
     );
     assert_eq!(first["tokens_awarded"], 7);
 
-    // 260 XP: level 3; 390 XP: still level 3, so only the session's 2 tokens.
-    assert_eq!(complete(&client, alice, 3600).await["level_after"], 3);
-    let same_level = complete(&client, alice, 3600).await;
-    assert_eq!(same_level["level_after"], 3);
+    // 140 XP: still level 2, so only the session's own tokens.
+    let same_level = complete(&client, alice, 0).await;
+    assert_eq!(same_level["level_after"], 2);
     assert_eq!(same_level["tokens_awarded"], 2);
 
-    // Two levels in one session: each pays.
+    // Several levels in one session: each pays.
     client
-        .execute("update user_profiles set experience = 490 where id = $1", &[&alice])
+        .execute(
+            "update user_profiles set experience = 490 where id = $1",
+            &[&alice],
+        )
         .await
         .unwrap();
     let jump = complete(&client, alice, 3600).await; // 620 XP: level 7
-    assert_eq!(jump["level_before"], 3);
+    assert_eq!(jump["level_before"], 2);
     assert_eq!(jump["level_after"], 7);
     let levels: Vec<i64> = jump["rewards"]
         .as_array()
@@ -767,8 +972,8 @@ async fn each_level_reached_pays_five_tokens_once() {
         .filter(|r| r["reason"] == "level_up")
         .map(|r| r["level"].as_i64().unwrap())
         .collect();
-    assert_eq!(levels, [4, 5, 6, 7]);
-    assert_eq!(jump["tokens_awarded"], 2 + 4 * 5);
+    assert_eq!(levels, [3, 4, 5, 6, 7]);
+    assert_eq!(jump["tokens_awarded"], 2 + 5 * 5);
     assert_eq!(jump["achievements_unlocked"], json!(["level_5"]));
     assert_ledger_consistent(&client).await;
 }
@@ -787,11 +992,17 @@ async fn a_replay_returns_the_first_answer_and_grants_nothing() {
     assert_eq!(replay, expected);
 
     let conflict = complete_session(&client, alice, id, "guardian", 600, None, "fp-2").await;
-    assert_eq!(conflict, json!({"outcome": "conflict", "session_id": first["session_id"]}));
+    assert_eq!(
+        conflict,
+        json!({"outcome": "conflict", "session_id": first["session_id"]})
+    );
 
     assert_eq!(progress(&client, alice).await, (2, 20, 1, 1));
     let sessions: i64 = client
-        .query_one("select count(*) from sessions where user_id = $1", &[&alice])
+        .query_one(
+            "select count(*) from sessions where user_id = $1",
+            &[&alice],
+        )
         .await
         .unwrap()
         .get(0);
@@ -807,7 +1018,10 @@ async fn a_session_protocol_must_be_the_users_own() {
         let client = &client;
         async move {
             client
-                .query_one("insert into custom_protocols (user_id, name) values ($1, 'p') returning id", &[&user])
+                .query_one(
+                    "insert into custom_protocols (user_id, name) values ($1, 'p') returning id",
+                    &[&user],
+                )
                 .await
                 .unwrap()
                 .get::<_, Uuid>(0)
@@ -815,17 +1029,42 @@ async fn a_session_protocol_must_be_the_users_own() {
     };
     let (hers, his) = (protocol_of(alice).await, protocol_of(bob).await);
 
-    let unknown = complete_session(&client, alice, Uuid::new_v4(), "guardian", 60, Some(Uuid::new_v4()), "fp").await;
+    let unknown = complete_session(
+        &client,
+        alice,
+        Uuid::new_v4(),
+        "guardian",
+        60,
+        Some(Uuid::new_v4()),
+        "fp",
+    )
+    .await;
     assert_eq!(unknown, json!({"outcome": "unknown_protocol"}));
-    let forbidden = complete_session(&client, alice, Uuid::new_v4(), "guardian", 60, Some(his), "fp").await;
+    let forbidden = complete_session(
+        &client,
+        alice,
+        Uuid::new_v4(),
+        "guardian",
+        60,
+        Some(his),
+        "fp",
+    )
+    .await;
     assert_eq!(forbidden, json!({"outcome": "forbidden_protocol"}));
-    assert_eq!(progress(&client, alice).await, (0, 0, 1, 0), "nothing granted");
+    assert_eq!(
+        progress(&client, alice).await,
+        (0, 0, 1, 0),
+        "nothing granted"
+    );
 
     let id = Uuid::new_v4();
     let own = complete_session(&client, alice, id, "guardian", 60, Some(hers), "fp").await;
     assert_eq!(own["outcome"], "created");
     let stored: Option<Uuid> = client
-        .query_one("select protocol_id from sessions where client_session_id = $1", &[&id])
+        .query_one(
+            "select protocol_id from sessions where client_session_id = $1",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
@@ -860,11 +1099,20 @@ async fn streaks_follow_the_users_local_days() {
     let first = complete(&client, alice, 60).await;
     assert_eq!(first["local_date"], local_today("Pacific/Kiritimati").await);
     assert_ne!(first["local_date"], local_today("Pacific/Pago_Pago").await);
-    assert_eq!((first["streak"].clone(), first["streak_extended"].clone()), (json!(1), json!(true)));
+    assert_eq!(
+        (first["streak"].clone(), first["streak_extended"].clone()),
+        (json!(1), json!(true))
+    );
 
     // Another session the same day changes nothing.
     let same_day = complete(&client, alice, 60).await;
-    assert_eq!((same_day["streak"].clone(), same_day["streak_extended"].clone()), (json!(1), json!(false)));
+    assert_eq!(
+        (
+            same_day["streak"].clone(),
+            same_day["streak_extended"].clone()
+        ),
+        (json!(1), json!(false))
+    );
 
     // A session yesterday (local): the streak grows; reaching 7 pays the bonus once.
     set(format!(
@@ -889,13 +1137,22 @@ async fn streaks_follow_the_users_local_days() {
     ))
     .await;
     let restarted = complete(&client, alice, 60).await;
-    assert_eq!((restarted["streak"].clone(), restarted["streak_extended"].clone()), (json!(1), json!(true)));
+    assert_eq!(
+        (
+            restarted["streak"].clone(),
+            restarted["streak_extended"].clone()
+        ),
+        (json!(1), json!(true))
+    );
 
     // Moving west to a date before the last counted day: the streak stands.
     set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'")).await;
     let west = complete(&client, alice, 60).await;
     assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
-    assert_eq!((west["streak"].clone(), west["streak_extended"].clone()), (json!(1), json!(false)));
+    assert_eq!(
+        (west["streak"].clone(), west["streak_extended"].clone()),
+        (json!(1), json!(false))
+    );
 
     // Not a zone (or an offset, whose sign nobody agrees on): UTC.
     for zone in ["Not/A_Zone", "UTC+5", "", "../etc"] {
@@ -903,7 +1160,11 @@ async fn streaks_follow_the_users_local_days() {
             "update user_profiles set settings = jsonb_build_object('timezone', '{zone}') where id = '{alice}'"
         ))
         .await;
-        assert_eq!(complete(&client, alice, 60).await["local_date"], local_today("UTC").await, "{zone:?}");
+        assert_eq!(
+            complete(&client, alice, 60).await["local_date"],
+            local_today("UTC").await,
+            "{zone:?}"
+        );
     }
     assert_ledger_consistent(&client).await;
 }
@@ -913,21 +1174,32 @@ async fn achievements_unlock_once_each() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
     let mut unlocked = Vec::new();
-    for (i, ego_state) in ["guardian", "rebel", "healer", "explorer", "mystic", "guardian", "rebel", "healer", "explorer", "mystic", "sage"]
-        .into_iter()
-        .enumerate()
+    for (i, ego_state) in [
+        "guardian", "rebel", "healer", "explorer", "mystic", "guardian", "rebel", "healer",
+        "explorer", "mystic", "sage",
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let result = complete_session(&client, alice, Uuid::new_v4(), ego_state, 60, None, "fp").await;
+        let result =
+            complete_session(&client, alice, Uuid::new_v4(), ego_state, 60, None, "fp").await;
         for a in result["achievements_unlocked"].as_array().unwrap() {
             unlocked.push((i + 1, a.as_str().unwrap().to_string()));
         }
     }
     assert_eq!(
         unlocked,
-        [(1, "first_session".to_string()), (5, "ego_explorer".to_string()), (10, "sessions_10".to_string())]
+        [
+            (1, "first_session".to_string()),
+            (5, "ego_explorer".to_string()),
+            (10, "sessions_10".to_string())
+        ]
     );
     let stored: Vec<String> = client
-        .query("select achievement_id from user_achievements where user_id = $1 order by 1", &[&alice])
+        .query(
+            "select achievement_id from user_achievements where user_id = $1 order by 1",
+            &[&alice],
+        )
         .await
         .unwrap()
         .iter()
@@ -966,10 +1238,19 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
             .collect(),
     )
     .await;
-    assert_eq!(count(&results, |r| r["outcome"] == "created"), 20, "{results:?}");
+    assert_eq!(
+        count(&results, |r| r["outcome"] == "created"),
+        20,
+        "{results:?}"
+    );
     // 20 x 30 XP = 600 XP: level 7, six level-ups; 20 x 2 + 6 x 5 tokens.
     assert_eq!(progress(&client, alice).await, (70, 600, 7, 1));
-    let first_sessions = count(&results, |r| r["achievements_unlocked"].as_array().unwrap().contains(&json!("first_session")));
+    let first_sessions = count(&results, |r| {
+        r["achievements_unlocked"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("first_session"))
+    });
     assert_eq!(first_sessions, 1);
     assert_ledger_consistent(&client).await;
 }
@@ -982,12 +1263,23 @@ async fn concurrent_repeats_of_one_session_grant_once() {
 
     let results = in_parallel(
         &test_db,
-        vec![format!("select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp')"); 20],
+        vec![
+            format!(
+                "select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp')"
+            );
+            20
+        ],
     )
     .await;
-    assert_eq!(count(&results, |r| r["outcome"] == "created"), 1, "{results:?}");
+    assert_eq!(
+        count(&results, |r| r["outcome"] == "created"),
+        1,
+        "{results:?}"
+    );
     assert_eq!(count(&results, |r| r["outcome"] == "replayed"), 19);
-    assert!(results.iter().all(|r| r["session_id"] == results[0]["session_id"]));
+    assert!(results
+        .iter()
+        .all(|r| r["session_id"] == results[0]["session_id"]));
     assert_eq!(progress(&client, alice).await, (2, 30, 1, 1));
     assert_ledger_consistent(&client).await;
 }

@@ -1,16 +1,75 @@
-//! `stripe-checkout`: placeholder until its issue lands; answers 501 `not_implemented`.
+//! `stripe-checkout`: the catalog (`GET /products`), a Checkout Session for a product
+//! (`POST /`), and the Billing Portal (`POST /portal`). The rules live in
+//! `libero_shared::stripe`; this crate parses requests and maps results.
 
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
-use libero_shared::Platform;
+use libero_shared::stripe::catalog;
+use libero_shared::stripe::checkout::{self, CheckoutRequest};
+use libero_shared::{auth, Platform};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 pub const ENDPOINT: Endpoint = Endpoint {
     name: "stripe-checkout",
-    routes: &[Route { method: "POST", path: "/", handler: placeholder }],
+    routes: &[
+        Route { method: "POST", path: "/", handler: create_checkout },
+        Route { method: "GET", path: "/products", handler: list_products },
+        Route { method: "POST", path: "/portal", handler: create_portal },
+    ],
     body_limit: DEFAULT_BODY_LIMIT,
 };
 
-fn placeholder(_request: &ApiRequest, _platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
-    Err(ApiError::not_implemented(ENDPOINT.name))
+/// `{"product": "tokens-small", ...}`, or the Supabase Stripe template's
+/// `{"price_id": "price_...", "mode": "payment", ...}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckoutBody {
+    product: Option<String>,
+    price_id: Option<String>,
+    mode: Option<String>,
+    success_url: Option<String>,
+    cancel_url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PortalBody {
+    return_url: Option<String>,
+}
+
+/// The caller's `Idempotency-Key` when it is a plain token, else this request's id: our
+/// retries to Stripe reuse it, and so does a client that retries with the same key.
+fn request_key(request: &ApiRequest) -> String {
+    request
+        .header("idempotency-key")
+        .filter(|k| !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .unwrap_or(&request.request_id)
+        .to_string()
+}
+
+fn list_products(_request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
+    let products: Vec<Value> = catalog::PRODUCTS.iter().map(|p| p.listing(platform)).collect();
+    Ok(ApiResponse::json(200, &json!({ "products": products })))
+}
+
+fn create_checkout(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
+    let user = auth::authenticate(request, platform)?;
+    let body: CheckoutBody = request.json()?;
+    let product =
+        checkout::resolve_product(platform, body.product.as_deref(), body.price_id.as_deref(), body.mode.as_deref())?;
+    let checkout_request =
+        CheckoutRequest::new(platform, product, body.success_url.as_deref(), body.cancel_url.as_deref())?;
+    let session = checkout::start_checkout(platform, &user, &checkout_request, &request_key(request))?;
+    Ok(ApiResponse::json(200, &json!({ "session_id": session.session_id, "url": session.url })))
+}
+
+fn create_portal(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
+    let user = auth::authenticate(request, platform)?;
+    // The body is optional: `{}` or nothing at all uses the app's first origin.
+    let body: PortalBody =
+        if request.body.iter().all(u8::is_ascii_whitespace) { PortalBody::default() } else { request.json()? };
+    let url = checkout::open_portal(platform, &user, body.return_url.as_deref(), &request_key(request))?;
+    Ok(ApiResponse::json(200, &json!({ "url": url })))
 }
 
 libero_shared::spin_component!(ENDPOINT);

@@ -18,7 +18,8 @@ pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
-        config.async_support(true).wasm_component_model(true);
+        // Async support follows from the `async` feature in wasmtime 48.
+        config.wasm_component_model(true);
         Engine::new(&config).expect("creating the wasmtime engine")
     })
 }
@@ -58,6 +59,7 @@ pub fn load_component(path: &Path) -> Result<Component> {
         Err(_) => {
             let compiled = engine
                 .precompile_component(&bytes)
+                .map_err(anyhow::Error::from)
                 .with_context(|| format!("compiling component {}", path.display()))?;
             // The cache is an optimisation: a read-only target dir only costs time.
             if std::fs::create_dir_all(cached.parent().expect("cache file has a dir")).is_ok() {

@@ -145,7 +145,7 @@ struct RawComponent {
 #[serde(untagged)]
 enum RawSource {
     Path(String),
-    Other(toml::Value),
+    Other(#[allow(dead_code)] toml::Value),
 }
 
 impl Manifest {

@@ -155,8 +155,10 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
             })?;
         let pre = linker
             .instantiate_pre(&compiled)
+            .map_err(anyhow::Error::from)
             .with_context(|| format!("component {:?} imports something this host does not provide", component.id))?;
         let pre = ProxyPre::new(pre)
+            .map_err(anyhow::Error::from)
             .with_context(|| format!("component {:?} does not export wasi:http/incoming-handler", component.id))?;
 
         let allowed = component
@@ -293,7 +295,7 @@ impl App {
             Err(_) => {
                 let failure = match task.await {
                     Ok(Ok(())) => anyhow::anyhow!("the handler returned without setting a response"),
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => e.into(),
                     Err(e) => e.into(),
                 };
                 self.logs.push(format!("[{}] trap: {failure:?}", shared.id));

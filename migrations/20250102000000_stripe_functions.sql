@@ -1,0 +1,366 @@
+-- Applying Stripe webhook events, and the customer mapping the checkout endpoint keeps.
+--
+-- Exactly once. Every apply function below is ONE statement for its caller, and its first
+-- write is the event's row in stripe_events (insert ... on conflict do nothing). The
+-- event's effects and its row therefore commit together or not at all:
+-- * a redelivery finds the row and changes nothing ("duplicate");
+-- * concurrent deliveries of one event block on the primary key until the first commits,
+--   then see its row ("duplicate"); if the first rolls back, the next one applies it;
+-- * a failure (database down, a trap) records nothing, so Stripe's retry applies it.
+-- Token credits are also keyed in the ledger ((user, 'purchase', checkout session id) is
+-- unique), so even two different events for one session credit it once.
+--
+-- Out-of-order subscription events: the endpoint does not trust the event's copy of a
+-- subscription. It re-reads the subscription from Stripe's API and passes the time its
+-- read started (p_read_at_ms); the row is overwritten only by a read that started at
+-- the same time or later (stripe_subscriptions.stripe_updated_at). Why: Stripe sends an
+-- event after the change it describes, so the read made for the last event sees the
+-- final state, whatever order the events arrive in, and an older read that finishes late
+-- cannot overwrite it. Event `created` times are whole seconds and a checkout makes
+-- several subscription events within the same second (created/incomplete, updated/active,
+-- invoice.paid), so comparing them cannot order those.
+--
+-- Locks, in this order everywhere: the stripe_events row, then the user's profile (as
+-- every token function does), then the order or subscription row.
+
+alter table public.stripe_orders
+  -- Tokens taken back for refunds, and tokens that could not be taken back because the
+  -- user had already spent them (the shortfall, for operators to follow up).
+  add column tokens_reversed integer not null default 0 check (tokens_reversed >= 0),
+  add column refund_shortfall integer not null default 0 check (refund_shortfall >= 0),
+  add constraint stripe_orders_reversal_bounded check (tokens_reversed + refund_shortfall <= tokens);
+
+-- Records the event; false when it was recorded before (by a delivery that committed, or
+-- that commits while this one waits on the primary key).
+create function public.stripe_begin_event(p_event_id text, p_type text, p_created bigint) returns boolean
+  language plpgsql
+  set search_path = public, pg_temp
+  as $$
+begin
+  if p_event_id is null or p_event_id !~ '^evt_[A-Za-z0-9_]{1,200}$' then
+    raise exception using errcode = '22023', message = 'a Stripe event id (evt_...) is required';
+  end if;
+  insert into public.stripe_events (event_id, type, created, outcome)
+  values (p_event_id, p_type, to_timestamp(p_created), 'applying')
+  on conflict (event_id) do nothing;
+  return found;
+end
+$$;
+
+create function public.stripe_finish_event(p_event_id text, p_outcome jsonb) returns jsonb
+  language sql
+  set search_path = public, pg_temp
+  as $$
+  update public.stripe_events set outcome = p_outcome ->> 'outcome' where event_id = p_event_id;
+  select p_outcome;
+$$;
+
+-- Credits a purchase once per (user, checkout session). The caller holds the profile lock.
+create function public.stripe_credit_purchase(p_user uuid, p_tokens integer, p_session_id text) returns integer
+  language plpgsql
+  set search_path = public, pg_temp
+  as $$
+declare
+  v_balance integer;
+begin
+  if p_tokens <= 0 or exists (
+    select 1 from public.token_ledger
+     where user_id = p_user and reason = 'purchase' and reference = p_session_id
+  ) then
+    return 0;
+  end if;
+  update public.user_profiles set tokens = tokens + p_tokens where id = p_user
+    returning tokens into v_balance;
+  insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
+  values (p_user, p_tokens, 'purchase', p_session_id, v_balance);
+  return p_tokens;
+end
+$$;
+
+-- An event with no effects (an unknown type, or one that is not ours), recorded so it is
+-- visible to operators and answered 2xx. Returns {"outcome": p_outcome | "duplicate"}.
+create function public.stripe_record_event(p_event_id text, p_type text, p_created bigint, p_outcome text)
+  returns jsonb
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+begin
+  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
+    return jsonb_build_object('outcome', 'duplicate');
+  end if;
+  return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', p_outcome));
+end
+$$;
+
+-- A Checkout Session for a token package reached a payment state:
+-- p_status 'completed' (paid), 'pending' (a delayed method, not paid yet) or 'failed'.
+-- The order only moves forward (pending -> completed | failed; completed -> refunded),
+-- so a late 'pending' cannot undo a success. Reaching 'completed' credits the order's
+-- tokens (fixed when the order row is first written) with a 'purchase' ledger row whose
+-- reference is the session id.
+-- Returns {"outcome":"applied"|"duplicate"|"unknown_user", "order_status", "credited"}.
+create function public.stripe_apply_checkout_payment(
+  p_event_id text,
+  p_type text,
+  p_created bigint,
+  p_session_id text,
+  p_user uuid,
+  p_product text,
+  p_tokens integer,
+  p_customer text,
+  p_payment_intent text,
+  p_amount_total bigint,
+  p_currency text,
+  p_payment_status text,
+  p_status text
+) returns jsonb
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+declare
+  v_order public.stripe_orders;
+  v_credited integer := 0;
+begin
+  if p_status not in ('pending', 'completed', 'failed') then
+    raise exception using errcode = '22023', message = format('order status %L is not pending, completed or failed', p_status);
+  end if;
+  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
+    return jsonb_build_object('outcome', 'duplicate');
+  end if;
+
+  perform 1 from public.user_profiles where id = p_user for update;
+  if not found then
+    -- The user was deleted after paying; nothing to credit. Operators see the outcome.
+    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'unknown_user'));
+  end if;
+
+  insert into public.stripe_orders as o (
+    checkout_session_id, payment_intent_id, customer_id, user_id, product, tokens,
+    amount_total, currency, payment_status, status
+  ) values (
+    p_session_id, p_payment_intent, p_customer, p_user, p_product, p_tokens,
+    p_amount_total, p_currency, p_payment_status, p_status
+  )
+  on conflict (checkout_session_id) do update set
+    payment_intent_id = coalesce(excluded.payment_intent_id, o.payment_intent_id),
+    customer_id = coalesce(excluded.customer_id, o.customer_id),
+    amount_total = coalesce(excluded.amount_total, o.amount_total),
+    currency = coalesce(excluded.currency, o.currency),
+    payment_status = case when o.status = 'pending' then excluded.payment_status else o.payment_status end,
+    status = case when o.status = 'pending' then excluded.status else o.status end
+  returning * into v_order;
+
+  if v_order.status in ('completed', 'refunded') then
+    v_credited := public.stripe_credit_purchase(v_order.user_id, v_order.tokens, v_order.checkout_session_id);
+  end if;
+
+  return public.stripe_finish_event(p_event_id, jsonb_build_object(
+    'outcome', 'applied', 'order_status', v_order.status, 'credited', v_credited));
+end
+$$;
+
+-- A subscription as just read from Stripe's API (see the top of this file for why a
+-- re-read, and p_read_at_ms). The user is p_user (the subscription's metadata, written by
+-- our checkout) when that profile exists, else the owner of p_customer. The row is
+-- written unless a read that started later is already stored ("stale"), and the user's
+-- plan follows: 'mystic' while any of their subscriptions is active or trialing.
+-- Returns {"outcome":"applied"|"stale"|"duplicate"|"unknown_customer", "plan"}.
+create function public.stripe_apply_subscription(
+  p_event_id text,
+  p_type text,
+  p_created bigint,
+  p_subscription_id text,
+  p_customer text,
+  p_user uuid,
+  p_status text,
+  p_price text,
+  p_period_start bigint,
+  p_period_end bigint,
+  p_cancel_at_period_end boolean,
+  p_read_at_ms bigint
+) returns jsonb
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+declare
+  v_user uuid;
+  v_written boolean;
+  v_plan text;
+begin
+  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
+    return jsonb_build_object('outcome', 'duplicate');
+  end if;
+
+  select id into v_user from public.user_profiles where id = p_user;
+  if v_user is null then
+    select c.user_id into v_user from public.stripe_customers c where c.customer_id = p_customer;
+  end if;
+  if v_user is null then
+    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'unknown_customer'));
+  end if;
+  perform 1 from public.user_profiles where id = v_user for update;
+
+  -- A subscription made outside our checkout still maps its customer (one per user).
+  insert into public.stripe_customers (user_id, customer_id) values (v_user, p_customer)
+  on conflict do nothing;
+
+  insert into public.stripe_subscriptions as s (
+    subscription_id, customer_id, user_id, status, price_id, current_period_start,
+    current_period_end, cancel_at_period_end, stripe_updated_at
+  ) values (
+    p_subscription_id, p_customer, v_user, p_status, p_price, to_timestamp(p_period_start),
+    to_timestamp(p_period_end), coalesce(p_cancel_at_period_end, false), to_timestamp(p_read_at_ms / 1000.0)
+  )
+  on conflict (subscription_id) do update set
+    customer_id = excluded.customer_id,
+    status = excluded.status,
+    price_id = excluded.price_id,
+    current_period_start = excluded.current_period_start,
+    current_period_end = excluded.current_period_end,
+    cancel_at_period_end = excluded.cancel_at_period_end,
+    stripe_updated_at = excluded.stripe_updated_at
+  where s.stripe_updated_at <= excluded.stripe_updated_at;
+  v_written := found;
+
+  update public.user_profiles p
+     set plan = case when exists (
+                  select 1 from public.stripe_subscriptions s
+                   where s.user_id = v_user and s.status in ('active', 'trialing'))
+                then 'mystic' else 'free' end
+   where p.id = v_user
+  returning p.plan into v_plan;
+
+  return public.stripe_finish_event(p_event_id, jsonb_build_object(
+    'outcome', case when v_written then 'applied' else 'stale' end, 'plan', v_plan));
+end
+$$;
+
+-- `charge.refunded` (cumulative: p_amount_refunded is the total refunded so far). Takes
+-- back the refunded share of the order's tokens, rounded down, all of them once the
+-- charge is fully refunded, never more than the user still has; what could not be taken
+-- is added to the order's refund_shortfall. The ledger row's reference
+-- ('refund:<charge>:<amount refunded>') keys each refund step, so it is taken once.
+-- Returns {"outcome":"applied"|"duplicate"|"no_order"|"not_completed", "taken", "shortfall"}.
+create function public.stripe_apply_charge_refund(
+  p_event_id text,
+  p_type text,
+  p_created bigint,
+  p_charge_id text,
+  p_payment_intent text,
+  p_amount_captured bigint,
+  p_amount_refunded bigint,
+  p_fully_refunded boolean
+) returns jsonb
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+declare
+  v_user uuid;
+  v_order public.stripe_orders;
+  v_target integer;
+  v_owed integer;
+  v_balance integer;
+  v_taken integer := 0;
+  v_reference text := 'refund:' || p_charge_id || ':' || p_amount_refunded;
+begin
+  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
+    return jsonb_build_object('outcome', 'duplicate');
+  end if;
+
+  select user_id into v_user from public.stripe_orders where payment_intent_id = p_payment_intent;
+  if v_user is null then
+    -- Not a token order (a subscription invoice's charge, or a payment made elsewhere).
+    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'no_order'));
+  end if;
+  select tokens into v_balance from public.user_profiles where id = v_user for update;
+  select * into v_order from public.stripe_orders where payment_intent_id = p_payment_intent for update;
+  if v_order.status not in ('completed', 'refunded') then
+    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'not_completed'));
+  end if;
+
+  v_target := case
+    when p_fully_refunded or coalesce(p_amount_captured, 0) <= 0 then v_order.tokens
+    else least(v_order.tokens, (v_order.tokens::bigint * p_amount_refunded / p_amount_captured)::integer)
+  end;
+  v_owed := greatest(0, v_target - v_order.tokens_reversed - v_order.refund_shortfall);
+
+  if v_owed > 0 and not exists (
+    select 1 from public.token_ledger where user_id = v_user and reason = 'refund' and reference = v_reference
+  ) then
+    v_taken := least(v_owed, v_balance);
+    if v_taken > 0 then
+      update public.user_profiles set tokens = tokens - v_taken where id = v_user returning tokens into v_balance;
+      insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
+      values (v_user, -v_taken, 'refund', v_reference, v_balance);
+    end if;
+  else
+    v_owed := 0;
+  end if;
+
+  update public.stripe_orders
+     set tokens_reversed = tokens_reversed + v_taken,
+         refund_shortfall = refund_shortfall + (v_owed - v_taken),
+         status = case when p_fully_refunded then 'refunded' else status end
+   where id = v_order.id
+  returning * into v_order;
+
+  return public.stripe_finish_event(p_event_id, jsonb_build_object(
+    'outcome', 'applied', 'order_status', v_order.status, 'taken', v_taken, 'shortfall', v_owed - v_taken));
+end
+$$;
+
+-- What the checkout endpoint needs to know about a user, in one read:
+-- {"customer_id": text|null, "has_active_subscription": bool}.
+create function public.stripe_checkout_state(p_user uuid) returns jsonb
+  language sql
+  stable
+  security definer
+  set search_path = public, pg_temp
+  as $$
+  select jsonb_build_object(
+    'customer_id', (select customer_id from public.stripe_customers
+                     where user_id = p_user and deleted_at is null),
+    'has_active_subscription', exists (
+      select 1 from public.stripe_subscriptions
+       where user_id = p_user and status in ('active', 'trialing')));
+$$;
+
+-- Maps the user to p_customer unless they already have a customer, and returns the
+-- user's customer either way. Two first checkouts racing both create (the same, thanks to
+-- Stripe's Idempotency-Key) customer and call this; the primary key lets one mapping in,
+-- and both continue with it. Returns null when p_customer belongs to another user.
+create function public.stripe_link_customer(p_user uuid, p_customer text) returns text
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+begin
+  insert into public.stripe_customers (user_id, customer_id) values (p_user, p_customer)
+  on conflict do nothing;
+  return (select customer_id from public.stripe_customers where user_id = p_user);
+end
+$$;
+
+revoke all on function public.stripe_begin_event(text, text, bigint) from public, anon, authenticated, service_role;
+revoke all on function public.stripe_finish_event(text, jsonb) from public, anon, authenticated, service_role;
+revoke all on function public.stripe_credit_purchase(uuid, integer, text) from public, anon, authenticated, service_role;
+revoke all on function public.stripe_record_event(text, text, bigint, text) from public, anon, authenticated, service_role;
+revoke all on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text)
+  from public, anon, authenticated, service_role;
+revoke all on function public.stripe_apply_subscription(text, text, bigint, text, text, uuid, text, text, bigint, bigint, boolean, bigint)
+  from public, anon, authenticated, service_role;
+revoke all on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean)
+  from public, anon, authenticated, service_role;
+revoke all on function public.stripe_checkout_state(uuid) from public, anon, authenticated, service_role;
+revoke all on function public.stripe_link_customer(uuid, text) from public, anon, authenticated, service_role;
+
+grant execute on function public.stripe_record_event(text, text, bigint, text) to service_role;
+grant execute on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text) to service_role;
+grant execute on function public.stripe_apply_subscription(text, text, bigint, text, text, uuid, text, text, bigint, bigint, boolean, bigint) to service_role;
+grant execute on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean) to service_role;
+grant execute on function public.stripe_checkout_state(uuid) to service_role;
+grant execute on function public.stripe_link_customer(uuid, text) to service_role;

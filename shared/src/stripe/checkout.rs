@@ -1,0 +1,305 @@
+//! Selling: the user's Stripe customer (exactly one per user), Checkout Sessions for the
+//! catalog's products, and Billing Portal sessions.
+
+use serde_json::Value;
+
+use super::catalog::{self, Product, ProductKind};
+use super::client::{Form, StripeClient};
+use crate::auth::AuthenticatedUser;
+use crate::db::{self, SqlParam};
+use crate::{config, ApiError, Platform};
+
+/// Longest redirect URL we pass to Stripe (Stripe's own limit is 5000).
+const MAX_URL_LEN: usize = 2048;
+
+/// Where the client is sent back to when it names no URL (below the first app origin).
+const DEFAULT_SUCCESS_PATH: &str = "/?checkout=success&session_id={CHECKOUT_SESSION_ID}";
+const DEFAULT_CANCEL_PATH: &str = "/?checkout=cancel";
+const DEFAULT_RETURN_PATH: &str = "/";
+
+/// The path of the portal route, named in the 409 for an existing subscriber.
+pub const PORTAL_PATH: &str = "/functions/v1/stripe-checkout/portal";
+
+/// A checkout the user asked for, checked: a catalog product and redirect URLs on the
+/// app's origins.
+#[derive(Debug, PartialEq)]
+pub struct CheckoutRequest {
+    pub product: &'static Product,
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct CheckoutSession {
+    pub session_id: String,
+    pub url: String,
+}
+
+/// The product a request names, either by key (`product`) or, as the Supabase Stripe
+/// template sends it, by price id (`price_id`, with an optional `mode` that must agree).
+pub fn resolve_product(
+    platform: &dyn Platform,
+    product: Option<&str>,
+    price_id: Option<&str>,
+    mode: Option<&str>,
+) -> Result<&'static Product, ApiError> {
+    let found = match (product, price_id) {
+        (Some(key), _) => catalog::find(key).ok_or_else(|| {
+            let keys: Vec<&str> = catalog::PRODUCTS.iter().map(|p| p.key).collect();
+            ApiError::bad_request("unknown_product", format!("Unknown product; use one of: {}.", keys.join(", ")))
+        })?,
+        (None, Some(price)) => catalog::find_by_price(platform, price).ok_or_else(|| {
+            ApiError::bad_request("unknown_price", "That price_id is not one of this app's products.")
+        })?,
+        (None, None) => return Err(ApiError::bad_request("missing_product", "Name a `product` (or a `price_id`).")),
+    };
+    if let Some(mode) = mode {
+        if mode != found.checkout_mode() {
+            return Err(ApiError::bad_request(
+                "mode_mismatch",
+                format!("{} is sold in `{}` mode, not `{mode}`.", found.key, found.checkout_mode()),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The allowed origins (`app_origins`), each as `scheme://host[:port]` without a slash.
+fn app_origins(platform: &dyn Platform) -> Vec<String> {
+    config::list(platform, "app_origins").into_iter().map(|o| o.trim_end_matches('/').to_string()).collect()
+}
+
+/// A redirect URL the client chose, accepted only on one of the app's origins (no open
+/// redirects through our Stripe account); `None` gives the first origin + `default_path`.
+pub fn redirect_url(
+    platform: &dyn Platform,
+    field: &str,
+    value: Option<&str>,
+    default_path: &str,
+) -> Result<String, ApiError> {
+    let origins = app_origins(platform);
+    let Some(url) = value else {
+        let first = origins.first().ok_or_else(|| ApiError::config_missing("app_origins"))?;
+        return Ok(format!("{first}{default_path}"));
+    };
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_redirect",
+            format!("Field `{field}` must be a URL on one of the app's origins ({}).", origins.join(", ")),
+        )
+    };
+    if url.len() > MAX_URL_LEN || url.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        return Err(invalid());
+    }
+    // The origin must be followed by the end, a path, a query or a fragment: this refuses
+    // `https://app.example.com.evil.test` and `https://app.example.com@evil.test`.
+    let on_origin = origins.iter().any(|origin| {
+        origin != "*"
+            && url.len() >= origin.len()
+            && url.is_char_boundary(origin.len())
+            && url[..origin.len()].eq_ignore_ascii_case(origin)
+            && matches!(url.as_bytes().get(origin.len()), None | Some(b'/' | b'?' | b'#'))
+    });
+    if on_origin {
+        Ok(url.to_string())
+    } else {
+        Err(invalid())
+    }
+}
+
+impl CheckoutRequest {
+    pub fn new(
+        platform: &dyn Platform,
+        product: &'static Product,
+        success_url: Option<&str>,
+        cancel_url: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            product,
+            success_url: redirect_url(platform, "success_url", success_url, DEFAULT_SUCCESS_PATH)?,
+            cancel_url: redirect_url(platform, "cancel_url", cancel_url, DEFAULT_CANCEL_PATH)?,
+        })
+    }
+}
+
+/// What we know of the user's billing, in one read.
+struct BillingState {
+    customer_id: Option<String>,
+    has_active_subscription: bool,
+}
+
+fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState, ApiError> {
+    let state = db::query_json(platform, "select public.stripe_checkout_state($1::uuid)", &[SqlParam::Uuid(
+        user_id.to_string(),
+    )])
+    .map_err(|e| db::report(platform, "stripe_checkout_state", e))?;
+    Ok(BillingState {
+        customer_id: state["customer_id"].as_str().map(str::to_string),
+        has_active_subscription: state["has_active_subscription"].as_bool().unwrap_or(false),
+    })
+}
+
+/// The user's customer, created on their first checkout. Never two per user: the create
+/// uses an Idempotency-Key derived from the user id (so racing first checkouts get the
+/// same customer from Stripe), and the mapping is unique per user (so if Stripe ever did
+/// create two, every request continues with the one that was stored first).
+fn ensure_customer(
+    platform: &dyn Platform,
+    stripe: &StripeClient,
+    user: &AuthenticatedUser,
+    known: Option<String>,
+) -> Result<String, ApiError> {
+    if let Some(customer) = known {
+        return Ok(customer);
+    }
+    let mut form = Form::new().add("metadata[user_id]", user.user_id.as_str());
+    if let Some(email) = &user.email {
+        form = form.add("email", email.as_str());
+    }
+    let created = stripe.post("customers", &form, &format!("libero-customer-{}", user.user_id))?;
+    let customer = stripe_id(&created)?;
+    let linked = db::query_json(platform, "select to_jsonb(public.stripe_link_customer($1::uuid, $2::text))", &[
+        SqlParam::Uuid(user.user_id.clone()),
+        SqlParam::Text(customer),
+    ])
+    .map_err(|e| db::report(platform, "stripe_link_customer", e))?;
+    linked
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::internal("The Stripe customer could not be linked to this user."))
+}
+
+fn stripe_id(object: &Value) -> Result<String, ApiError> {
+    object["id"]
+        .as_str()
+        .filter(|id| super::is_object_id(id))
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_gateway("stripe_unavailable", "Stripe answered without an object id."))
+}
+
+/// Creates a Checkout Session for the user. `request_key` makes our own retries of this
+/// request idempotent at Stripe (the caller's `Idempotency-Key`, else the request id).
+pub fn start_checkout(
+    platform: &dyn Platform,
+    user: &AuthenticatedUser,
+    request: &CheckoutRequest,
+    request_key: &str,
+) -> Result<CheckoutSession, ApiError> {
+    let product = request.product;
+    let price = product.price_id(platform)?;
+    let state = billing_state(platform, &user.user_id)?;
+    if product.kind == ProductKind::Subscription && state.has_active_subscription {
+        return Err(ApiError::conflict(
+            "already_subscribed",
+            format!("You already have an active subscription; manage it in the customer portal (POST {PORTAL_PATH})."),
+        )
+        .with_field("portal", PORTAL_PATH));
+    }
+    let stripe = StripeClient::from_platform(platform)?;
+    let customer = ensure_customer(platform, &stripe, user, state.customer_id)?;
+
+    // The user and product ride on the session (client_reference_id, metadata) and on
+    // the object it creates, so every webhook event can be traced back to them. The
+    // tokens granted are not sent: the webhook looks the product up in the catalog.
+    let mut form = Form::new()
+        .add("mode", product.checkout_mode())
+        .add("customer", customer.as_str())
+        .add("line_items[0][price]", price)
+        .add("line_items[0][quantity]", "1")
+        .add("success_url", request.success_url.as_str())
+        .add("cancel_url", request.cancel_url.as_str())
+        .add("client_reference_id", user.user_id.as_str())
+        .add("metadata[user_id]", user.user_id.as_str())
+        .add("metadata[product]", product.key);
+    let nested = match product.kind {
+        ProductKind::Subscription => "subscription_data",
+        ProductKind::Tokens => "payment_intent_data",
+    };
+    form = form
+        .add(&format!("{nested}[metadata][user_id]"), user.user_id.as_str())
+        .add(&format!("{nested}[metadata][product]"), product.key);
+
+    let key = format!("libero-checkout-{}-{}-{}", user.user_id, product.key, request_key);
+    let session = stripe.post("checkout/sessions", &form, &key)?;
+    let session_id = stripe_id(&session)?;
+    let url = session["url"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_gateway("stripe_unavailable", "Stripe answered without a checkout URL."))?;
+    Ok(CheckoutSession { session_id, url })
+}
+
+/// A Billing Portal session for the user's customer; 404 when they never checked out.
+pub fn open_portal(
+    platform: &dyn Platform,
+    user: &AuthenticatedUser,
+    return_url: Option<&str>,
+    request_key: &str,
+) -> Result<String, ApiError> {
+    let return_url = redirect_url(platform, "return_url", return_url, DEFAULT_RETURN_PATH)?;
+    let customer = billing_state(platform, &user.user_id)?.customer_id.ok_or_else(|| {
+        ApiError::not_found("no_customer", "You have no billing account yet; buy a product or subscribe first.")
+    })?;
+    let stripe = StripeClient::from_platform(platform)?;
+    let form = Form::new().add("customer", customer).add("return_url", return_url);
+    let session = stripe.post("billing_portal/sessions", &form, &format!("libero-portal-{}-{request_key}", user.user_id))?;
+    session["url"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_gateway("stripe_unavailable", "Stripe answered without a portal URL."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakePlatform;
+
+    fn platform() -> FakePlatform {
+        FakePlatform::with_vars(&[
+            ("app_origins", "https://app.example.com, http://localhost:5173/"),
+            ("stripe_price_tokens_small", "price_small"),
+            ("stripe_price_mystic_subscription", "price_mystic"),
+        ])
+    }
+
+    #[test]
+    fn stripe_redirects_stay_on_app_origins() {
+        let p = platform();
+        let ok = |u: &str| redirect_url(&p, "success_url", Some(u), "/").map_err(|e| e.code);
+        assert_eq!(ok("https://app.example.com"), Ok("https://app.example.com".to_string()));
+        assert!(ok("https://app.example.com/done?x=1").is_ok());
+        assert!(ok("http://localhost:5173#paid").is_ok());
+        for bad in [
+            "https://evil.test/",
+            "https://app.example.com.evil.test/",
+            "https://app.example.com@evil.test/",
+            "https://app.example.com:444/",
+            "http://app.example.com/",
+            "//app.example.com/",
+            "https://app.example.com/\\evil",
+            "https://app.example.com/ x",
+            "javascript:alert(1)",
+            "",
+        ] {
+            assert_eq!(ok(bad), Err("invalid_redirect"), "{bad}");
+        }
+        assert_eq!(
+            redirect_url(&p, "cancel_url", None, DEFAULT_CANCEL_PATH).unwrap(),
+            "https://app.example.com/?checkout=cancel"
+        );
+        let star = FakePlatform::with_vars(&[("app_origins", "*")]);
+        assert!(redirect_url(&star, "success_url", Some("https://evil.test/"), "/").is_err());
+    }
+
+    #[test]
+    fn stripe_products_resolve_by_key_or_price() {
+        let p = platform();
+        assert_eq!(resolve_product(&p, Some("tokens-small"), None, None).unwrap().key, "tokens-small");
+        assert_eq!(resolve_product(&p, None, Some("price_mystic"), Some("subscription")).unwrap().key, "mystic-subscription");
+        let code = |r: Result<&Product, ApiError>| r.unwrap_err().code;
+        assert_eq!(code(resolve_product(&p, Some("tokens-free"), None, None)), "unknown_product");
+        assert_eq!(code(resolve_product(&p, None, Some("price_other"), None)), "unknown_price");
+        assert_eq!(code(resolve_product(&p, None, Some("price_small"), Some("subscription"))), "mode_mismatch");
+        assert_eq!(code(resolve_product(&p, None, None, None)), "missing_product");
+    }
+}

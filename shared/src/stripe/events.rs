@@ -1,0 +1,427 @@
+//! Webhook events: verified, parsed into what they mean for us, and applied exactly once
+//! (each by one SQL function that also records the event id: see
+//! `migrations/20250102000000_stripe_functions.sql`).
+//!
+//! Out-of-order delivery. Token orders carry the whole Checkout Session in every event,
+//! and an order only moves forward (pending → completed | failed → refunded), so any
+//! order of arrival ends in the same state. Subscriptions change back and forth
+//! (active → past_due → active → canceled), so for every subscription event we re-read
+//! the subscription from Stripe and store what Stripe says now, stamped with the time
+//! our read started; a stored read is only replaced by one that started later. Event
+//! `created` times are not used for ordering: they are whole seconds, and one checkout
+//! emits several subscription events in the same second.
+
+use serde_json::{json, Value};
+
+use super::catalog::{self, ProductKind};
+use super::client::StripeClient;
+use super::is_object_id;
+use crate::db::{self, SqlParam};
+use crate::stripe_signature::{self, DEFAULT_TOLERANCE_SECS};
+use crate::{config, validate, ApiError, Platform};
+
+/// A verified event, as much of it as we use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub event_type: String,
+    /// Seconds since the epoch (Stripe's clock).
+    pub created: i64,
+    /// `data.object`: the object the event is about, as of the event.
+    pub object: Value,
+}
+
+/// Checks `Stripe-Signature` over the raw body, before anything parses it.
+pub fn verify(platform: &dyn Platform, signature_header: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
+    let secrets = config::list(platform, "stripe_webhook_secrets");
+    let now = platform.now_unix_ms().div_euclid(1000);
+    stripe_signature::verify(body, signature_header.unwrap_or(""), &secrets, now, DEFAULT_TOLERANCE_SECS)?;
+    Ok(())
+}
+
+impl Event {
+    pub fn parse(body: &[u8]) -> Result<Event, ApiError> {
+        let invalid = || ApiError::bad_request("invalid_event", "The body is not a Stripe event.");
+        let value: Value = serde_json::from_slice(body).map_err(|_| invalid())?;
+        let id = value["id"].as_str().filter(|id| id.starts_with("evt_") && is_object_id(id)).ok_or_else(invalid)?;
+        let event_type = value["type"]
+            .as_str()
+            .filter(|t| !t.is_empty() && t.len() <= 100 && t.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(invalid)?;
+        let created = value["created"].as_i64().filter(|c| *c >= 0).ok_or_else(invalid)?;
+        let object = value["data"]["object"].clone();
+        if !object.is_object() {
+            return Err(invalid());
+        }
+        Ok(Event { id: id.to_string(), event_type: event_type.to_string(), created, object })
+    }
+}
+
+/// A token package's Checkout Session reaching a payment state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckoutPayment {
+    pub session_id: String,
+    pub user_id: String,
+    pub product: &'static str,
+    pub tokens: i32,
+    pub customer: Option<String>,
+    pub payment_intent: Option<String>,
+    pub amount_total: Option<i64>,
+    pub currency: Option<String>,
+    pub payment_status: String,
+    /// `completed` (paid), `pending` (a delayed payment method) or `failed`.
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeRefund {
+    pub charge_id: String,
+    pub payment_intent: String,
+    pub amount_captured: i64,
+    /// Cumulative: everything refunded on the charge so far.
+    pub amount_refunded: i64,
+    pub fully_refunded: bool,
+}
+
+/// What an event means for us.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    CheckoutPayment(CheckoutPayment),
+    /// Re-read this subscription and store Stripe's current state.
+    SyncSubscription { subscription_id: String },
+    ChargeRefund(ChargeRefund),
+    /// Recorded with this outcome, nothing else.
+    Nothing(&'static str),
+}
+
+/// A field holding an object id, or the expanded object carrying it.
+fn id_field(value: &Value) -> Option<String> {
+    let id = value.as_str().or_else(|| value["id"].as_str())?;
+    is_object_id(id).then(|| id.to_string())
+}
+
+/// The user our checkout attached (metadata first, then client_reference_id).
+fn user_of(object: &Value) -> Option<String> {
+    [&object["metadata"]["user_id"], &object["client_reference_id"]]
+        .into_iter()
+        .filter_map(Value::as_str)
+        .find(|u| validate::is_uuid(u))
+        .map(str::to_ascii_lowercase)
+}
+
+pub fn effect_of(event: &Event) -> Effect {
+    let object = &event.object;
+    match event.event_type.as_str() {
+        "checkout.session.completed"
+        | "checkout.session.async_payment_succeeded"
+        | "checkout.session.async_payment_failed" => checkout_effect(event),
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted"
+        | "customer.subscription.paused"
+        | "customer.subscription.resumed" => match id_field(&object["id"]) {
+            Some(subscription_id) => Effect::SyncSubscription { subscription_id },
+            None => Effect::Nothing("malformed"),
+        },
+        "invoice.paid" | "invoice.payment_failed" => {
+            // 2025-03-31.basil moved the subscription under `parent`; older versions had
+            // it at the top level (an endpoint created with an older version sends that).
+            let subscription = id_field(&object["parent"]["subscription_details"]["subscription"])
+                .or_else(|| id_field(&object["subscription"]));
+            match subscription {
+                Some(subscription_id) => Effect::SyncSubscription { subscription_id },
+                None => Effect::Nothing("not_a_subscription_invoice"),
+            }
+        }
+        "charge.refunded" => {
+            let (Some(charge_id), Some(payment_intent)) = (id_field(&object["id"]), id_field(&object["payment_intent"]))
+            else {
+                return Effect::Nothing("no_payment_intent");
+            };
+            Effect::ChargeRefund(ChargeRefund {
+                charge_id,
+                payment_intent,
+                amount_captured: object["amount_captured"].as_i64().unwrap_or(0),
+                amount_refunded: object["amount_refunded"].as_i64().unwrap_or(0),
+                fully_refunded: object["refunded"].as_bool().unwrap_or(false),
+            })
+        }
+        _ => Effect::Nothing("unhandled_type"),
+    }
+}
+
+fn checkout_effect(event: &Event) -> Effect {
+    let session = &event.object;
+    let Some(session_id) = id_field(&session["id"]) else { return Effect::Nothing("malformed") };
+    match session["mode"].as_str() {
+        Some("subscription") => {
+            return match id_field(&session["subscription"]) {
+                Some(subscription_id) => Effect::SyncSubscription { subscription_id },
+                None => Effect::Nothing("no_subscription"),
+            }
+        }
+        Some("payment") => {}
+        _ => return Effect::Nothing("unhandled_mode"),
+    }
+    // Sessions our checkout made name the user and a token product; others (a Payment
+    // Link, the dashboard) are not orders of ours.
+    let product = session["metadata"]["product"].as_str().and_then(catalog::find);
+    let (Some(user_id), Some(product)) = (user_of(session), product) else { return Effect::Nothing("not_our_order") };
+    if product.kind != ProductKind::Tokens {
+        return Effect::Nothing("not_our_order");
+    }
+    let payment_status = session["payment_status"].as_str().unwrap_or("unpaid").to_string();
+    let status = match event.event_type.as_str() {
+        "checkout.session.async_payment_failed" => "failed",
+        "checkout.session.async_payment_succeeded" => "completed",
+        _ if payment_status == "paid" || payment_status == "no_payment_required" => "completed",
+        _ => "pending",
+    };
+    Effect::CheckoutPayment(CheckoutPayment {
+        session_id,
+        user_id,
+        product: product.key,
+        tokens: product.credited_tokens(),
+        customer: id_field(&session["customer"]),
+        payment_intent: id_field(&session["payment_intent"]),
+        amount_total: session["amount_total"].as_i64(),
+        currency: session["currency"].as_str().map(|c| c.chars().take(3).collect()),
+        payment_status,
+        status,
+    })
+}
+
+/// A subscription as Stripe's API returns it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub id: String,
+    pub customer: String,
+    pub status: String,
+    pub user_hint: Option<String>,
+    pub price_id: Option<String>,
+    pub current_period_start: Option<i64>,
+    pub current_period_end: Option<i64>,
+    pub cancel_at_period_end: bool,
+}
+
+const SUBSCRIPTION_STATUSES: [&str; 8] =
+    ["incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled", "unpaid", "paused"];
+
+impl Subscription {
+    pub fn parse(value: &Value) -> Option<Subscription> {
+        let item = &value["items"]["data"][0];
+        // Basil keeps the period on the items; older versions on the subscription.
+        let period = |key: &str| item[key].as_i64().or_else(|| value[key].as_i64());
+        let status = value["status"].as_str().filter(|s| SUBSCRIPTION_STATUSES.contains(s))?;
+        Some(Subscription {
+            id: id_field(&value["id"])?,
+            customer: id_field(&value["customer"])?,
+            status: status.to_string(),
+            user_hint: user_of(value),
+            price_id: id_field(&item["price"]),
+            current_period_start: period("current_period_start"),
+            current_period_end: period("current_period_end"),
+            cancel_at_period_end: value["cancel_at_period_end"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+/// Applies a verified event exactly once and returns the SQL function's outcome document
+/// (`{"outcome": "applied" | "duplicate" | ...}`). Database trouble is a 5xx, Stripe
+/// trouble a 502: Stripe then delivers the event again, and nothing was recorded.
+pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> {
+    let head = [
+        SqlParam::Text(event.id.clone()),
+        SqlParam::Text(event.event_type.clone()),
+        SqlParam::Int64(event.created),
+    ];
+    let text = |v: &Option<String>| v.clone().map(SqlParam::Text).unwrap_or(SqlParam::Null);
+    let int = |v: Option<i64>| v.map(SqlParam::Int64).unwrap_or(SqlParam::Null);
+
+    let (function, sql, params): (&str, &str, Vec<SqlParam>) = match effect_of(event) {
+        Effect::Nothing(outcome) => (
+            "stripe_record_event",
+            "select public.stripe_record_event($1::text, $2::text, $3::int8, $4::text)",
+            vec![SqlParam::Text(outcome.to_string())],
+        ),
+        Effect::CheckoutPayment(p) => (
+            "stripe_apply_checkout_payment",
+            "select public.stripe_apply_checkout_payment($1::text, $2::text, $3::int8, $4::text, $5::uuid, \
+             $6::text, $7::int4, $8::text, $9::text, $10::int8, $11::text, $12::text, $13::text)",
+            vec![
+                SqlParam::Text(p.session_id),
+                SqlParam::Uuid(p.user_id),
+                SqlParam::Text(p.product.to_string()),
+                SqlParam::Int32(p.tokens),
+                text(&p.customer),
+                text(&p.payment_intent),
+                int(p.amount_total),
+                text(&p.currency),
+                SqlParam::Text(p.payment_status),
+                SqlParam::Text(p.status.to_string()),
+            ],
+        ),
+        Effect::ChargeRefund(r) => (
+            "stripe_apply_charge_refund",
+            "select public.stripe_apply_charge_refund($1::text, $2::text, $3::int8, $4::text, $5::text, \
+             $6::int8, $7::int8, $8::bool)",
+            vec![
+                SqlParam::Text(r.charge_id),
+                SqlParam::Text(r.payment_intent),
+                SqlParam::Int64(r.amount_captured),
+                SqlParam::Int64(r.amount_refunded),
+                SqlParam::Bool(r.fully_refunded),
+            ],
+        ),
+        Effect::SyncSubscription { subscription_id } => {
+            // The time the read starts: whatever it returns is at least this fresh.
+            let read_at_ms = platform.now_unix_ms();
+            let stripe = StripeClient::from_platform(platform)?;
+            let subscription = match stripe.get(&format!("subscriptions/{subscription_id}")) {
+                Ok(value) => Subscription::parse(&value),
+                // Gone from Stripe (test data deleted): nothing left to mirror.
+                Err(error) if error.is_missing() => None,
+                Err(error) => return Err(error.into()),
+            };
+            match subscription {
+                None => (
+                    "stripe_record_event",
+                    "select public.stripe_record_event($1::text, $2::text, $3::int8, $4::text)",
+                    vec![SqlParam::Text("subscription_unreadable".to_string())],
+                ),
+                Some(s) => (
+                    "stripe_apply_subscription",
+                    "select public.stripe_apply_subscription($1::text, $2::text, $3::int8, $4::text, $5::text, \
+                     $6::uuid, $7::text, $8::text, $9::int8, $10::int8, $11::bool, $12::int8)",
+                    vec![
+                        SqlParam::Text(s.id),
+                        SqlParam::Text(s.customer),
+                        s.user_hint.map(SqlParam::Uuid).unwrap_or(SqlParam::Null),
+                        SqlParam::Text(s.status),
+                        text(&s.price_id),
+                        int(s.current_period_start),
+                        int(s.current_period_end),
+                        SqlParam::Bool(s.cancel_at_period_end),
+                        SqlParam::Int64(read_at_ms),
+                    ],
+                ),
+            }
+        }
+    };
+    let params: Vec<SqlParam> = head.into_iter().chain(params).collect();
+    let outcome = db::query_json(platform, sql, &params).map_err(|e| db::report(platform, function, e))?;
+    platform.log(&format!(
+        "stripe event {} {}: {}",
+        event.id,
+        event.event_type,
+        outcome["outcome"].as_str().unwrap_or("?")
+    ));
+    Ok(json!({ "received": true, "event_id": event.id, "outcome": outcome["outcome"] }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USER: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
+
+    fn event(event_type: &str, object: Value) -> Event {
+        Event { id: "evt_1".into(), event_type: event_type.into(), created: 1_700_000_000, object }
+    }
+
+    fn session(mode: &str, payment_status: &str, product: &str) -> Value {
+        json!({
+            "id": "cs_test_1", "object": "checkout.session", "mode": mode,
+            "payment_status": payment_status, "status": "complete",
+            "client_reference_id": USER, "customer": "cus_1", "payment_intent": "pi_1",
+            "subscription": if mode == "subscription" { json!("sub_1") } else { Value::Null },
+            "amount_total": 499, "currency": "usd",
+            "metadata": {"user_id": USER, "product": product}
+        })
+    }
+
+    #[test]
+    fn stripe_event_parse_requires_id_type_created_object() {
+        let ok = br#"{"id":"evt_1A","object":"event","type":"x.y","created":1,"data":{"object":{"id":"o"}}}"#;
+        assert_eq!(Event::parse(ok).unwrap().event_type, "x.y");
+        for bad in [
+            &br#"{"id":"evt_1","type":"x","created":1}"#[..],
+            br#"{"id":"ev_1","type":"x","created":1,"data":{"object":{}}}"#,
+            br#"{"id":"evt_../x","type":"x","created":1,"data":{"object":{}}}"#,
+            br#"not json"#,
+        ] {
+            assert_eq!(Event::parse(bad).unwrap_err().code, "invalid_event");
+        }
+    }
+
+    #[test]
+    fn stripe_checkout_events_map_to_order_states() {
+        let paid = effect_of(&event("checkout.session.completed", session("payment", "paid", "tokens-large")));
+        let Effect::CheckoutPayment(p) = paid else { panic!("{paid:?}") };
+        assert_eq!((p.status, p.tokens, p.user_id.as_str()), ("completed", 650, USER));
+        let unpaid = effect_of(&event("checkout.session.completed", session("payment", "unpaid", "tokens-small")));
+        assert!(matches!(unpaid, Effect::CheckoutPayment(CheckoutPayment { status: "pending", .. })));
+        let failed = effect_of(&event("checkout.session.async_payment_failed", session("payment", "unpaid", "tokens-small")));
+        assert!(matches!(failed, Effect::CheckoutPayment(CheckoutPayment { status: "failed", .. })));
+        let later = effect_of(&event("checkout.session.async_payment_succeeded", session("payment", "paid", "tokens-small")));
+        assert!(matches!(later, Effect::CheckoutPayment(CheckoutPayment { status: "completed", tokens: 110, .. })));
+        assert_eq!(
+            effect_of(&event("checkout.session.completed", session("subscription", "paid", "mystic-subscription"))),
+            Effect::SyncSubscription { subscription_id: "sub_1".into() }
+        );
+        let foreign = effect_of(&event("checkout.session.completed", session("payment", "paid", "tokens-free")));
+        assert_eq!(foreign, Effect::Nothing("not_our_order"));
+    }
+
+    #[test]
+    fn stripe_invoice_and_subscription_events_sync_the_subscription() {
+        let basil = json!({"id": "in_1", "parent": {"type": "subscription_details",
+            "subscription_details": {"subscription": "sub_9"}}});
+        assert_eq!(effect_of(&event("invoice.paid", basil)), Effect::SyncSubscription { subscription_id: "sub_9".into() });
+        let legacy = json!({"id": "in_1", "subscription": "sub_8"});
+        assert_eq!(
+            effect_of(&event("invoice.payment_failed", legacy)),
+            Effect::SyncSubscription { subscription_id: "sub_8".into() }
+        );
+        let one_off = json!({"id": "in_1", "parent": null});
+        assert_eq!(effect_of(&event("invoice.paid", one_off)), Effect::Nothing("not_a_subscription_invoice"));
+        let sub = json!({"id": "sub_7", "object": "subscription"});
+        assert_eq!(
+            effect_of(&event("customer.subscription.deleted", sub)),
+            Effect::SyncSubscription { subscription_id: "sub_7".into() }
+        );
+        assert_eq!(effect_of(&event("customer.created", json!({"id": "cus_1"}))), Effect::Nothing("unhandled_type"));
+        let injected = json!({"id": "sub_7/../../v1/customers"});
+        assert_eq!(effect_of(&event("customer.subscription.updated", injected)), Effect::Nothing("malformed"));
+    }
+
+    #[test]
+    fn stripe_subscription_parses_basil_and_legacy_periods() {
+        let basil = json!({"id": "sub_1", "customer": "cus_1", "status": "active", "cancel_at_period_end": true,
+            "metadata": {"user_id": USER},
+            "items": {"data": [{"price": {"id": "price_m"}, "current_period_start": 10, "current_period_end": 20}]}});
+        let s = Subscription::parse(&basil).unwrap();
+        assert_eq!((s.current_period_start, s.current_period_end, s.cancel_at_period_end), (Some(10), Some(20), true));
+        assert_eq!((s.price_id.as_deref(), s.user_hint.as_deref()), (Some("price_m"), Some(USER)));
+        let legacy = json!({"id": "sub_1", "customer": {"id": "cus_1"}, "status": "past_due",
+            "current_period_start": 1, "current_period_end": 2, "items": {"data": []}});
+        assert_eq!(Subscription::parse(&legacy).unwrap().current_period_end, Some(2));
+        assert!(Subscription::parse(&json!({"id": "sub_1", "customer": "cus_1", "status": "weird"})).is_none());
+    }
+
+    #[test]
+    fn stripe_refund_event_is_cumulative() {
+        let charge = json!({"id": "ch_1", "object": "charge", "payment_intent": "pi_1",
+            "amount": 999, "amount_captured": 999, "amount_refunded": 500, "refunded": false});
+        assert_eq!(
+            effect_of(&event("charge.refunded", charge)),
+            Effect::ChargeRefund(ChargeRefund {
+                charge_id: "ch_1".into(),
+                payment_intent: "pi_1".into(),
+                amount_captured: 999,
+                amount_refunded: 500,
+                fully_refunded: false
+            })
+        );
+    }
+}

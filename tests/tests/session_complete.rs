@@ -1,0 +1,407 @@
+//! session-complete end to end: the real component through the host, a fresh database
+//! per test, and after every test `tokens == sum(ledger)` for every user.
+
+use futures_util::future::join_all;
+use libero_tests::testing::TestApp;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const PATH: &str = "/functions/v1/session-complete";
+
+async fn complete(app: &TestApp, user: Uuid, body: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(PATH))
+        .bearer_auth(app.token_for(user))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json body"))
+}
+
+fn session(duration_seconds: i64) -> Value {
+    json!({
+        "session_id": Uuid::new_v4().to_string(),
+        "ego_state": "guardian",
+        "action": "calm",
+        "duration_seconds": duration_seconds,
+    })
+}
+
+async fn count(app: &TestApp, sql: &str, user: Uuid) -> i64 {
+    app.db_client().await.query_one(sql, &[&user]).await.expect(sql).get(0)
+}
+
+async fn sessions_of(app: &TestApp, user: Uuid) -> i64 {
+    count(app, "select count(*) from public.sessions where user_id = $1", user).await
+}
+
+async fn ledger_rows_of(app: &TestApp, user: Uuid) -> i64 {
+    count(app, "select count(*) from public.token_ledger where user_id = $1", user).await
+}
+
+async fn set_profile(app: &TestApp, user: Uuid, sql_set: &str) {
+    app.db_client()
+        .await
+        .execute(&format!("update public.user_profiles set {sql_set} where id = $1"), &[&user])
+        .await
+        .expect("updating the profile");
+}
+
+#[tokio::test]
+async fn first_session_grants_xp_tokens_streak_and_achievement() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+
+    let (status, body) = complete(&app, user, session(150)).await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], false);
+    assert_eq!(body["experience_gained"], 10 + 2 * 2, "two whole minutes");
+    assert_eq!(body["tokens_awarded"], 2);
+    assert_eq!(body["rewards"], json!([{"reason": "session_complete", "tokens": 2}]));
+    assert_eq!(body["streak"], 1);
+    assert_eq!(body["streak_extended"], true);
+    assert_eq!(body["achievements_unlocked"], json!(["first_session"]));
+    assert_eq!(body["totals"], json!({"tokens": 2, "experience": 14, "level": 1, "session_streak": 1}));
+    assert_eq!(sessions_of(&app, user).await, 1);
+    assert_eq!(app.tokens_of(user).await, 2);
+    let usage: Value = app
+        .db_client()
+        .await
+        .query_one("select to_jsonb(p) from public.user_profiles p where id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(usage.to_string().contains("guardian"), "ego-state usage recorded: {usage}");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn minutes_are_capped_and_level_ups_pay_tokens() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+
+    // 90 minutes count as 60: 10 + 120 = 130 XP, which reaches level 2.
+    let (status, body) = complete(&app, user, session(90 * 60)).await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["experience_gained"], 130);
+    assert_eq!(body["level_before"], 1);
+    assert_eq!(body["level_after"], 2);
+    assert_eq!(body["tokens_awarded"], 2 + 5);
+    let reasons: Vec<&str> = body["rewards"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["session_complete", "level_up"]);
+    assert_eq!(app.tokens_of(user).await, 7);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn several_levels_at_once_pay_each_level() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "experience = 390").await; // level 1 held, 390 XP earned by the old client
+
+    let (_, body) = complete(&app, user, session(60)).await; // +12 XP → 402 → level 5
+
+    assert_eq!(body["level_after"], 5);
+    let level_ups = body["rewards"].as_array().unwrap().iter().filter(|r| r["reason"] == "level_up").count();
+    assert_eq!(level_ups, 4);
+    assert!(body["achievements_unlocked"].as_array().unwrap().contains(&json!("level_5")));
+    assert_eq!(app.tokens_of(user).await, 2 + 4 * 5);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn replay_returns_the_first_answer_and_grants_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let body = session(300);
+
+    let (first_status, first) = complete(&app, user, body.clone()).await;
+    let (second_status, second) = complete(&app, user, body).await;
+
+    assert_eq!((first_status, second_status), (200, 200));
+    assert_eq!(second["replayed"], true);
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("replayed");
+        v
+    };
+    assert_eq!(strip(first), strip(second), "the same answer");
+    assert_eq!(sessions_of(&app, user).await, 1);
+    assert_eq!(app.tokens_of(user).await, 2);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn same_id_with_different_details_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let mut body = session(300);
+    complete(&app, user, body.clone()).await;
+    let ledger_before = ledger_rows_of(&app, user).await;
+
+    body["duration_seconds"] = json!(600);
+    let (status, error) = complete(&app, user, body).await;
+
+    assert_eq!(status, 409);
+    assert_eq!(error["error"]["code"], "session_conflict");
+    assert_eq!(sessions_of(&app, user).await, 1);
+    assert_eq!(ledger_rows_of(&app, user).await, ledger_before);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_seventh_day_pays_the_streak_bonus() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "session_streak = 6, last_session_date = (now() at time zone 'UTC')::date - 1").await;
+
+    let (_, body) = complete(&app, user, session(60)).await;
+
+    assert_eq!(body["streak"], 7);
+    assert_eq!(body["streak_extended"], true);
+    assert!(body["rewards"].as_array().unwrap().contains(&json!({"reason": "streak_bonus", "tokens": 10, "streak": 7})));
+    assert!(body["achievements_unlocked"].as_array().unwrap().contains(&json!("streak_7")));
+    assert_eq!(app.tokens_of(user).await, 12);
+
+    // A second session the same day changes nothing about the streak and pays no bonus.
+    let (_, again) = complete(&app, user, session(60)).await;
+    assert_eq!(again["streak"], 7);
+    assert_eq!(again["streak_extended"], false);
+    assert_eq!(again["tokens_awarded"], 2);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_missed_day_restarts_the_streak() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "session_streak = 12, last_session_date = (now() at time zone 'UTC')::date - 2").await;
+
+    let (_, body) = complete(&app, user, session(60)).await;
+
+    assert_eq!(body["streak"], 1);
+    assert_eq!(body["streak_extended"], true);
+    app.assert_ledger_consistent().await;
+}
+
+/// UTC+14 and UTC-11: at any moment at least one of them is on a different date than UTC,
+/// so a server that counted days in UTC would fail one of these.
+#[tokio::test]
+async fn streak_days_follow_the_users_time_zone() {
+    let app = TestApp::spawn().await;
+    for zone in ["Pacific/Kiritimati", "Pacific/Pago_Pago"] {
+        let extends = app.create_user().await;
+        set_profile(
+            &app,
+            extends,
+            &format!(
+                "settings = '{{\"timezone\":\"{zone}\"}}', session_streak = 3, \
+                 last_session_date = (now() at time zone '{zone}')::date - 1"
+            ),
+        )
+        .await;
+        let (_, body) = complete(&app, extends, session(60)).await;
+        assert_eq!(body["streak"], 4, "{zone}: yesterday in the user's zone extends the streak");
+
+        let same_day = app.create_user().await;
+        set_profile(
+            &app,
+            same_day,
+            &format!(
+                "settings = '{{\"timezone\":\"{zone}\"}}', session_streak = 3, \
+                 last_session_date = (now() at time zone '{zone}')::date"
+            ),
+        )
+        .await;
+        let (_, body) = complete(&app, same_day, session(60)).await;
+        assert_eq!(body["streak"], 3, "{zone}: today in the user's zone leaves the streak");
+        assert_eq!(body["streak_extended"], false, "{zone}");
+    }
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn own_protocol_is_accepted_and_others_are_refused() {
+    let app = TestApp::spawn().await;
+    let owner = app.create_user().await;
+    let stranger = app.create_user().await;
+    let protocol: Uuid = app
+        .db_client()
+        .await
+        .query_one(
+            "insert into public.custom_protocols (user_id, name) values ($1, 'Evening calm') returning id",
+            &[&owner],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let mut body = session(120);
+    body["protocol_id"] = json!(protocol.to_string());
+    let (status, _) = complete(&app, owner, body.clone()).await;
+    assert_eq!(status, 200);
+
+    body["session_id"] = json!(Uuid::new_v4().to_string());
+    let (status, error) = complete(&app, stranger, body.clone()).await;
+    assert_eq!(status, 403);
+    assert_eq!(error["error"]["code"], "protocol_forbidden");
+
+    body["protocol_id"] = json!(Uuid::new_v4().to_string());
+    let (status, error) = complete(&app, stranger, body).await;
+    assert_eq!(status, 404);
+    assert_eq!(error["error"]["code"], "protocol_not_found");
+
+    assert_eq!(sessions_of(&app, stranger).await, 0);
+    assert_eq!(ledger_rows_of(&app, stranger).await, 0);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let id = Uuid::new_v4().to_string();
+    let cases = [
+        json!({}),
+        json!({"ego_state": "guardian", "duration_seconds": 60}),
+        json!({"session_id": id, "duration_seconds": 60}),
+        json!({"session_id": id, "ego_state": "guardian"}),
+        json!({"session_id": id, "ego_state": "guardian", "duration_seconds": "60"}),
+        json!({"session_id": id, "ego_state": "guardian", "duration_seconds": -1}),
+        json!({"session_id": id, "ego_state": "guardian", "duration_seconds": 10_000_000}),
+        json!({"session_id": id, "ego_state": "guardian", "duration_seconds": 1.5}),
+        json!({"session_id": "not-a-uuid", "ego_state": "guardian", "duration_seconds": 60}),
+        json!({"session_id": id, "ego_state": "", "duration_seconds": 60}),
+        json!({"session_id": id, "ego_state": "<script>", "duration_seconds": 60}),
+        json!({"session_id": id, "ego_state": "guardian", "duration_seconds": 60, "protocol_id": "x"}),
+        json!({"session_id": id, "ego_state": "guardian", "duration_seconds": 60, "tokens": 1000}),
+        json!([1, 2, 3]),
+    ];
+    for case in cases {
+        let (status, body) = complete(&app, user, case.clone()).await;
+        assert_eq!(status, 400, "{case} → {body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    // Not JSON at all.
+    let response = app
+        .client
+        .post(app.url(PATH))
+        .bearer_auth(app.token_for(user))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    assert_eq!(sessions_of(&app, user).await, 0);
+    assert_eq!(ledger_rows_of(&app, user).await, 0);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn without_a_valid_token_nothing_happens() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+
+    let anonymous = app.client.post(app.url(PATH)).json(&session(60)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "missing_token");
+
+    let now = chrono::Utc::now().timestamp();
+    let expired = app.token_with_claims(json!({
+        "sub": user.to_string(), "aud": "authenticated", "role": "authenticated", "exp": now - 3600
+    }));
+    let response = app.client.post(app.url(PATH)).bearer_auth(expired).json(&session(60)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    assert_eq!(sessions_of(&app, user).await, 0);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_completions_lose_no_update() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+
+    let results = join_all((0..50).map(|_| complete(&app, user, session(60)))).await;
+
+    let mut tokens = 0;
+    let mut experience = 0;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        tokens += body["tokens_awarded"].as_i64().unwrap();
+        experience += body["experience_gained"].as_i64().unwrap();
+    }
+    assert_eq!(sessions_of(&app, user).await, 50);
+    assert_eq!(experience, 50 * 12);
+    let totals: (i32, i32) = {
+        let row = app
+            .db_client()
+            .await
+            .query_one("select tokens, experience from public.user_profiles where id = $1", &[&user])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(totals, (tokens as i32, experience as i32));
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_repeats_of_one_id_grant_once() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let body = session(60);
+
+    let results = join_all((0..50).map(|_| complete(&app, user, body.clone()))).await;
+
+    let fresh = results.iter().filter(|(status, b)| *status == 200 && b["replayed"] == false).count();
+    let replays = results.iter().filter(|(status, b)| *status == 200 && b["replayed"] == true).count();
+    assert_eq!((fresh, replays), (1, 49));
+    let session_ids: std::collections::HashSet<String> =
+        results.iter().map(|(_, b)| b["session_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(session_ids.len(), 1);
+    assert_eq!(sessions_of(&app, user).await, 1);
+    assert_eq!(app.tokens_of(user).await, 2);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn both_paths_and_the_preflight_answer() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    for path in ["/session-complete", PATH] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(app.token_for(user))
+            .json(&session(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers().contains_key("x-request-id"));
+
+        let preflight = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .header("origin", "http://localhost:5173")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204, "{path}");
+        assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+
+        let wrong_method = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(wrong_method.status(), 405);
+        assert_eq!(wrong_method.headers()["allow"], "POST, OPTIONS");
+    }
+    app.assert_ledger_consistent().await;
+}

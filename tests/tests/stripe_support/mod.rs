@@ -1,0 +1,313 @@
+//! Shared by the two Stripe test binaries: the app with a fake Stripe API (wiremock on
+//! loopback), signed deliveries, and event payloads shaped like Stripe's for the pinned
+//! API version (2025-03-31.basil).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac};
+use libero_tests::db;
+use libero_tests::host::{self, AppOptions, RunningApp};
+use libero_tests::testing::{db_host, TestApp};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use uuid::Uuid;
+use wiremock::MockServer;
+
+pub const SECRET_KEY: &str = "sk_test_51LiberoSecretKeyNeverLogged";
+pub const WEBHOOK_SECRET: &str = "whsec_primary_test_secret";
+pub const OLD_WEBHOOK_SECRET: &str = "whsec_previous_test_secret";
+pub const API_VERSION: &str = "2025-03-31.basil";
+
+pub const PRICES: [(&str, &str); 4] = [
+    ("stripe_price_mystic_subscription", "price_1MysticMonthly"),
+    ("stripe_price_tokens_small", "price_1TokensSmall"),
+    ("stripe_price_tokens_medium", "price_1TokensMedium"),
+    ("stripe_price_tokens_large", "price_1TokensLarge"),
+];
+
+/// `spin.toml` with only the Stripe components (sources made absolute), so these tests
+/// do not depend on the other components being built.
+pub fn stripe_manifest() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = libero_tests::repo_root();
+        let text = std::fs::read_to_string(root.join("spin.toml")).expect("reading spin.toml");
+        let mut manifest: toml::Table = toml::from_str(&text).expect("parsing spin.toml");
+        let ours = |id: &str| id.starts_with("stripe-");
+        if let Some(toml::Value::Table(components)) = manifest.get_mut("component") {
+            components.retain(|id, _| ours(id));
+            for (_, component) in components.iter_mut() {
+                let source = component["source"].as_str().expect("a source path").to_string();
+                component
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("source".into(), root.join(source).display().to_string().into());
+            }
+        }
+        if let Some(toml::Value::Table(trigger)) = manifest.get_mut("trigger") {
+            if let Some(toml::Value::Array(routes)) = trigger.get_mut("http") {
+                routes.retain(|r| r["component"].as_str().is_some_and(ours));
+            }
+        }
+        let dir = root.join("target/stripe-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("spin.toml");
+        let tmp = dir.join(format!("spin.toml.{}", std::process::id()));
+        std::fs::write(&tmp, toml::to_string(&manifest).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// The app (only the Stripe components) on a fresh database, with Stripe pointed at a
+/// fake on loopback.
+pub struct StripeApp {
+    pub app: TestApp,
+    pub stripe: MockServer,
+}
+
+impl std::ops::Deref for StripeApp {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+pub async fn spawn() -> StripeApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> StripeApp {
+    let stripe = MockServer::start().await;
+    let db = db::fresh_database().await.expect("creating the test database");
+    let jwt_secret = Uuid::new_v4().simple().to_string();
+    let mut variables: HashMap<String, String> = [
+        ("database_url", db.url.as_str()),
+        ("supabase_jwt_secret", jwt_secret.as_str()),
+        ("allowed_origins", "*"),
+        ("app_origins", "http://localhost:5173,https://app.libero.test"),
+        ("stripe_api_base", &stripe.uri()),
+        ("stripe_secret_key", SECRET_KEY),
+        ("stripe_webhook_secrets", WEBHOOK_SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (name, price) in PRICES {
+        variables.insert(name.into(), price.into());
+    }
+    variables.insert("db_host".into(), db_host(&db.url));
+    configure(&mut variables);
+    let app = start_instance(&variables).await;
+    let app = TestApp { app, db, client: reqwest::Client::new(), jwt_secret, variables };
+    StripeApp { app, stripe }
+}
+
+/// Another instance of the app with these variables (e.g. the same database, or one
+/// that cannot reach it).
+pub async fn start_instance(variables: &HashMap<String, String>) -> RunningApp {
+    let mut options = AppOptions::new(stripe_manifest());
+    options.variables = variables.clone();
+    options.echo_logs = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
+    host::start(options).await.expect("starting the app (build the stripe components for wasm32-wasip2)")
+}
+
+/// A `Stripe-Signature` header as Stripe makes it.
+pub fn signature(body: &[u8], secret: &str, timestamp: i64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Posts raw bytes with this signature header (or none) to the webhook at `base`.
+pub async fn post_raw(client: &reqwest::Client, url: &str, body: &[u8], signature: Option<&str>) -> (u16, Value) {
+    let mut request = client.post(url).header("content-type", "application/json; charset=utf-8").body(body.to_vec());
+    if let Some(signature) = signature {
+        request = request.header("stripe-signature", signature);
+    }
+    let response = request.send().await.expect("webhook request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Delivers `event` to the app at `url`, signed now with the primary secret.
+pub async fn deliver_to(client: &reqwest::Client, url: &str, event: &Value) -> (u16, Value) {
+    let body = serde_json::to_vec(event).unwrap();
+    post_raw(client, url, &body, Some(&signature(&body, WEBHOOK_SECRET, now()))).await
+}
+
+pub async fn deliver(app: &TestApp, event: &Value) -> (u16, Value) {
+    deliver_to(&app.client, &app.url("/functions/v1/stripe-webhook"), event).await
+}
+
+pub fn random_id(prefix: &str) -> String {
+    format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..24])
+}
+
+/// An event envelope as Stripe sends it.
+pub fn event(event_type: &str, object: Value) -> Value {
+    json!({
+        "id": random_id("evt_1Q"),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": now(),
+        "data": { "object": object },
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": random_id("req"), "idempotency_key": Uuid::new_v4().to_string() },
+        "type": event_type,
+    })
+}
+
+/// A Checkout Session made by our checkout for `product`.
+pub fn checkout_session(user: Uuid, product: &str, mode: &str, payment_status: &str) -> Value {
+    let id = random_id("cs_test_a1");
+    let subscription = mode == "subscription";
+    json!({
+        "id": id,
+        "object": "checkout.session",
+        "adaptive_pricing": { "enabled": false },
+        "after_expiration": null,
+        "allow_promotion_codes": null,
+        "amount_subtotal": 999,
+        "amount_total": 999,
+        "automatic_tax": { "enabled": false, "liability": null, "provider": null, "status": null },
+        "billing_address_collection": null,
+        "cancel_url": "http://localhost:5173/?checkout=cancel",
+        "client_reference_id": user.to_string(),
+        "client_secret": null,
+        "collected_information": null,
+        "consent": null,
+        "created": now() - 60,
+        "currency": "usd",
+        "custom_fields": [],
+        "customer": "cus_RtestCustomer01",
+        "customer_creation": null,
+        "customer_details": { "address": null, "email": format!("{user}@test.local"), "name": null, "phone": null, "tax_exempt": "none", "tax_ids": [] },
+        "customer_email": null,
+        "discounts": [],
+        "expires_at": now() + 86_000,
+        "invoice": if subscription { json!(random_id("in_1Q")) } else { Value::Null },
+        "invoice_creation": null,
+        "livemode": false,
+        "locale": null,
+        "metadata": { "user_id": user.to_string(), "product": product },
+        "mode": mode,
+        "payment_intent": if subscription { Value::Null } else { json!(random_id("pi_3Q")) },
+        "payment_link": null,
+        "payment_method_collection": "if_required",
+        "payment_method_types": ["card", "us_bank_account"],
+        "payment_status": payment_status,
+        "permissions": null,
+        "phone_number_collection": { "enabled": false },
+        "recovered_from": null,
+        "saved_payment_method_options": null,
+        "setup_intent": null,
+        "shipping_address_collection": null,
+        "shipping_cost": null,
+        "status": "complete",
+        "submit_type": null,
+        "subscription": if subscription { json!("sub_1QtestSubscription") } else { Value::Null },
+        "success_url": "http://localhost:5173/?checkout=success&session_id={CHECKOUT_SESSION_ID}",
+        "total_details": { "amount_discount": 0, "amount_shipping": 0, "amount_tax": 0 },
+        "ui_mode": "hosted",
+        "url": null,
+    })
+}
+
+/// A subscription as `GET /v1/subscriptions/:id` returns it in 2025-03-31.basil (the
+/// current period is on the item).
+pub fn subscription(id: &str, user: Uuid, status: &str, cancel_at_period_end: bool) -> Value {
+    let start = now() - 3600;
+    json!({
+        "id": id,
+        "object": "subscription",
+        "application": null,
+        "automatic_tax": { "disabled_reason": null, "enabled": false, "liability": null },
+        "billing_cycle_anchor": start,
+        "cancel_at": null,
+        "cancel_at_period_end": cancel_at_period_end,
+        "canceled_at": if status == "canceled" { json!(now()) } else { Value::Null },
+        "collection_method": "charge_automatically",
+        "created": start,
+        "currency": "usd",
+        "customer": "cus_RtestCustomer01",
+        "default_payment_method": "pm_1Qtest",
+        "ended_at": null,
+        "items": {
+            "object": "list",
+            "data": [{
+                "id": "si_Rtest",
+                "object": "subscription_item",
+                "created": start,
+                "current_period_start": start,
+                "current_period_end": start + 30 * 86_400,
+                "metadata": {},
+                "price": { "id": "price_1MysticMonthly", "object": "price", "recurring": { "interval": "month", "interval_count": 1 }, "unit_amount": 999, "currency": "usd" },
+                "quantity": 1,
+                "subscription": id,
+            }],
+            "has_more": false,
+            "url": format!("/v1/subscription_items?subscription={id}"),
+        },
+        "latest_invoice": "in_1Qtest",
+        "livemode": false,
+        "metadata": { "user_id": user.to_string(), "product": "mystic-subscription" },
+        "start_date": start,
+        "status": status,
+        "trial_end": null,
+        "trial_start": null,
+    })
+}
+
+/// An invoice of a subscription, as in 2025-03-31.basil (`parent.subscription_details`).
+pub fn invoice(subscription_id: &str, status: &str) -> Value {
+    json!({
+        "id": random_id("in_1Q"),
+        "object": "invoice",
+        "amount_due": 999,
+        "amount_paid": if status == "paid" { 999 } else { 0 },
+        "billing_reason": "subscription_cycle",
+        "currency": "usd",
+        "customer": "cus_RtestCustomer01",
+        "parent": {
+            "quote_details": null,
+            "subscription_details": { "metadata": {}, "subscription": subscription_id },
+            "type": "subscription_details",
+        },
+        "status": status,
+    })
+}
+
+/// A charge after a refund of `refunded` of `amount`.
+pub fn refunded_charge(charge_id: &str, payment_intent: &str, amount: i64, refunded: i64) -> Value {
+    json!({
+        "id": charge_id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": refunded,
+        "captured": true,
+        "currency": "usd",
+        "customer": "cus_RtestCustomer01",
+        "paid": true,
+        "payment_intent": payment_intent,
+        "refunded": refunded >= amount,
+        "status": "succeeded",
+    })
+}
+
+/// Everything an app's database says about Stripe, for assertions.
+pub async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.db_client().await.query_one(sql, &[]).await.expect(sql).get(0)
+}
