@@ -314,7 +314,8 @@ end
 $$;
 
 -- What the checkout endpoint needs to know about a user, in one read:
--- {"customer_id": text|null, "has_active_subscription": bool}.
+-- {"customer_id": text|null, "has_active_subscription": bool, "has_paid": bool}.
+-- has_paid: any subscription, or a token order that was paid (the portal is for them).
 create function public.stripe_checkout_state(p_user uuid) returns jsonb
   language sql
   stable
@@ -326,22 +327,49 @@ create function public.stripe_checkout_state(p_user uuid) returns jsonb
                      where user_id = p_user and deleted_at is null),
     'has_active_subscription', exists (
       select 1 from public.stripe_subscriptions
-       where user_id = p_user and status in ('active', 'trialing')));
+       where user_id = p_user and status in ('active', 'trialing')),
+    'has_paid', exists (select 1 from public.stripe_subscriptions where user_id = p_user)
+             or exists (select 1 from public.stripe_orders
+                         where user_id = p_user and status in ('completed', 'refunded')));
 $$;
 
 -- Maps the user to p_customer unless they already have a customer, and returns the
 -- user's customer either way. Two first checkouts racing both create (the same, thanks to
 -- Stripe's Idempotency-Key) customer and call this; the primary key lets one mapping in,
--- and both continue with it. Returns null when p_customer belongs to another user.
+-- and both continue with it. A mapping to a customer deleted in Stripe is replaced.
+-- Returns null when p_customer belongs to another user.
 create function public.stripe_link_customer(p_user uuid, p_customer text) returns text
   language plpgsql
   security definer
   set search_path = public, pg_temp
   as $$
 begin
-  insert into public.stripe_customers (user_id, customer_id) values (p_user, p_customer)
-  on conflict do nothing;
-  return (select customer_id from public.stripe_customers where user_id = p_user);
+  insert into public.stripe_customers as c (user_id, customer_id) values (p_user, p_customer)
+  on conflict (user_id) do update set customer_id = excluded.customer_id, deleted_at = null
+    where c.deleted_at is not null;
+  return (select customer_id from public.stripe_customers where user_id = p_user and deleted_at is null);
+exception when unique_violation then
+  -- p_customer is mapped to another user.
+  return null;
+end
+$$;
+
+-- `customer.deleted`: the mapping is kept for the history but no longer used, so the
+-- user's next checkout creates a new customer.
+-- Returns {"outcome":"applied"|"duplicate"|"unknown_customer"}.
+create function public.stripe_apply_customer_deleted(p_event_id text, p_type text, p_created bigint, p_customer text)
+  returns jsonb
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+begin
+  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
+    return jsonb_build_object('outcome', 'duplicate');
+  end if;
+  update public.stripe_customers set deleted_at = coalesce(deleted_at, now()) where customer_id = p_customer;
+  return public.stripe_finish_event(p_event_id, jsonb_build_object(
+    'outcome', case when found then 'applied' else 'unknown_customer' end));
 end
 $$;
 
@@ -357,6 +385,7 @@ revoke all on function public.stripe_apply_charge_refund(text, text, bigint, tex
   from public, anon, authenticated, service_role;
 revoke all on function public.stripe_checkout_state(uuid) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_link_customer(uuid, text) from public, anon, authenticated, service_role;
+revoke all on function public.stripe_apply_customer_deleted(text, text, bigint, text) from public, anon, authenticated, service_role;
 
 grant execute on function public.stripe_record_event(text, text, bigint, text) to service_role;
 grant execute on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text) to service_role;
@@ -364,3 +393,4 @@ grant execute on function public.stripe_apply_subscription(text, text, bigint, t
 grant execute on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean) to service_role;
 grant execute on function public.stripe_checkout_state(uuid) to service_role;
 grant execute on function public.stripe_link_customer(uuid, text) to service_role;
+grant execute on function public.stripe_apply_customer_deleted(text, text, bigint, text) to service_role;

@@ -275,6 +275,32 @@ mod tests {
     }
 
     #[test]
+    fn guide_falls_back_with_the_reason() {
+        use crate::testing::FakePlatform;
+        let request = HypnosisRequest {
+            ego_state: "sage".into(),
+            phase: Phase::Induction,
+            user_input: Some("secret words".into()),
+            history: vec![],
+        };
+        let platform = FakePlatform::with_vars(&[]);
+        assert_eq!(guide(&platform, None, "m", &request).source, Err("not_configured"));
+
+        let platform = FakePlatform::with_vars(&[("openai_api_key", "k"), ("openai_base_url", "http://o.test")]);
+        let client = OpenAi::from_platform(&platform).unwrap();
+        let reply = |content: &str| json!({"model": "m-2", "choices": [{"message": {"content": content}}]}).to_string();
+        platform.push_upstream(200, &[], reply(r#"{"guidance":"Settle in...","next_phase":"deepening"}"#).as_bytes());
+        let step = guide(&platform, client.as_ref(), "m", &request);
+        assert_eq!((step.text.as_str(), step.next_phase, step.source), ("Settle in...", Phase::Deepening, Ok("m-2".into())));
+
+        platform.push_upstream(200, &[], reply(r#"{"guidance":"x","next_phase":"emergence"}"#).as_bytes());
+        assert_eq!(guide(&platform, client.as_ref(), "m", &request).source, Err("invalid_output"));
+        platform.push_upstream(403, &[], b"");
+        assert_eq!(guide(&platform, client.as_ref(), "m", &request).source, Err("upstream_unavailable"));
+        assert!(platform.logs.borrow().iter().all(|l| !l.contains("secret words")));
+    }
+
+    #[test]
     fn guidance_answers_are_checked() {
         let ok = r#"{"guidance":"Breathe... deeper now.","next_phase":"suggestion"}"#;
         assert_eq!(parse_guidance(ok, Phase::Deepening), Ok(("Breathe... deeper now.".into(), Phase::Suggestion)));

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod economy;
+pub mod elevenlabs;
 pub mod guidance;
 pub mod http;
 pub mod openai;
@@ -22,6 +23,7 @@ pub mod upstream;
 pub mod validate;
 pub mod stripe;
 pub mod stripe_signature;
+pub mod tts;
 
 #[cfg(target_arch = "wasm32")]
 pub mod spin;

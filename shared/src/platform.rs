@@ -30,4 +30,12 @@ pub trait Platform {
 
     /// One line to the operator's log. Never pass secrets or user content here.
     fn log(&self, line: &str);
+
+    /// An independent platform of the same kind that a streamed response body can own,
+    /// for work after the last chunk (filling a cache, refunding a broken paid stream):
+    /// the handler's `&dyn Platform` does not live as long as the body. `None` (the
+    /// default) makes callers hold such bodies whole instead of streaming them.
+    fn detached(&self) -> Option<Box<dyn Platform>> {
+        None
+    }
 }

@@ -6,15 +6,12 @@
 //! Retry settings are shrunk through the `openai_*` variables so the tests stay fast;
 //! the one `Retry-After` test waits the real second the fake asks for.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use libero_tests::db;
-use libero_tests::host::{self, AppOptions};
-use libero_tests::testing::{db_host, sign_hs256, TestApp, CLOSED_UPSTREAM};
+use libero_tests::testing::{TestApp, CLOSED_UPSTREAM};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -32,88 +29,38 @@ const UPSTREAM_SECRET: &str = "UPSTREAM-ERROR-BODY-sk-live-leaked";
 /// Put in every user text: user content must never reach the log.
 const USER_SECRET: &str = "my-private-worry-42";
 
-/// The components under test. The app is served from a manifest holding only these
-/// (cut from the real spin.toml), so these tests do not depend on other endpoints' builds.
-const COMPONENTS: [&str; 3] = ["generate-script", "chatgpt-chat", "ai-hypnosis"];
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// The three AI components with test variables: `openai` is the fake's base URL (None:
-/// a closed port), `key` whether `openai_api_key` is set, then `extra` overrides.
+/// The app with test variables: `openai` is the fake's base URL (None: a closed port),
+/// `key` whether `openai_api_key` is set, then `extra` overrides.
 async fn spawn(openai: Option<&str>, key: bool, extra: &[(&str, &str)]) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = dir.path().join("spin.toml");
-    std::fs::write(&manifest, ai_manifest()).expect("writing the manifest");
-
-    let db = db::fresh_database().await.expect("creating the test database");
-    let jwt_secret = hex_secret();
-    let mut variables: HashMap<String, String> = HashMap::new();
-    for (k, v) in [
-        ("database_url", db.url.as_str()),
-        ("supabase_jwt_secret", jwt_secret.as_str()),
-        ("allowed_origins", "*"),
-        ("openai_base_url", openai.unwrap_or(CLOSED_UPSTREAM)),
-        ("openai_chat_model", "gpt-test-chat"),
-        ("openai_script_model", "gpt-test-script"),
-        // Fast retries: ~20–40 ms waits, a 2 s attempt timeout, 5 s for everything.
-        ("openai_retry_base_ms", "40"),
-        ("openai_retry_max_ms", "2000"),
-        ("openai_timeout_ms", "2000"),
-        ("openai_deadline_ms", "5000"),
-    ] {
-        variables.insert(k.into(), v.into());
-    }
-    if key {
-        variables.insert("openai_api_key".into(), API_KEY.into());
-    }
-    variables.insert("db_host".into(), db_host(&db.url));
-    for (k, v) in extra {
-        variables.insert(k.to_string(), v.to_string());
-    }
-    let mut options = AppOptions::new(manifest);
-    options.variables = variables.clone();
-    options.echo_logs = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
-    let app = host::start(options).await.expect("starting the app (build the three components for wasm32-wasip2 first)");
-    TestApp { app, db, client: reqwest::Client::new(), jwt_secret, variables }
-}
-
-/// spin.toml with only [`COMPONENTS`] and their routes, sources made absolute.
-fn ai_manifest() -> String {
-    let root = libero_tests::repo_root();
-    let text = std::fs::read_to_string(root.join("spin.toml")).expect("reading spin.toml");
-    let mut manifest: toml::Table = toml::from_str(&text).expect("parsing spin.toml");
-    if let Some(toml::Value::Table(components)) = manifest.get_mut("component") {
-        let others: Vec<String> = components.keys().filter(|id| !COMPONENTS.contains(&id.as_ref())).cloned().collect();
-        for id in others {
-            components.remove(&id);
+    TestApp::spawn_with(|variables| {
+        for (k, v) in [
+            ("openai_base_url", openai.unwrap_or(CLOSED_UPSTREAM)),
+            ("openai_chat_model", "gpt-test-chat"),
+            ("openai_script_model", "gpt-test-script"),
+            // Fast retries: ~20–40 ms waits, a 2 s attempt timeout, 5 s for everything.
+            ("openai_retry_base_ms", "40"),
+            ("openai_retry_max_ms", "2000"),
+            ("openai_timeout_ms", "2000"),
+            ("openai_deadline_ms", "5000"),
+        ] {
+            variables.insert(k.into(), v.into());
         }
-        for (_, component) in components.iter_mut() {
-            if let Some(toml::Value::String(source)) = component.get_mut("source") {
-                let absolute = root.join(source.as_str()).display().to_string();
-                *source = absolute;
-            }
+        if key {
+            variables.insert("openai_api_key".into(), API_KEY.into());
         }
-    }
-    if let Some(toml::Value::Table(trigger)) = manifest.get_mut("trigger") {
-        if let Some(toml::Value::Array(routes)) = trigger.get_mut("http") {
-            routes.retain(|r| r.get("component").and_then(|c| c.as_str()).is_some_and(|c| COMPONENTS.contains(&c)));
+        for (k, v) in extra {
+            variables.insert(k.to_string(), v.to_string());
         }
-    }
-    toml::to_string(&manifest).expect("writing the manifest")
-}
-
-fn hex_secret() -> String {
-    Uuid::new_v4().simple().to_string() + &Uuid::new_v4().simple().to_string()
+    })
+    .await
 }
 
 fn token(app: &TestApp, user: Uuid) -> String {
-    let now = chrono::Utc::now().timestamp();
-    sign_hs256(
-        &app.jwt_secret,
-        &json!({"sub": user.to_string(), "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 3600}),
-    )
+    app.token_for(user)
 }
 
 struct Answer {

@@ -233,7 +233,7 @@ async fn out_of_order_subscription_events_end_in_stripes_final_state() {
     let sub = "sub_1QtestSubscription";
     // What happened at Stripe, in order: created incomplete, paid, active, then the user
     // chose to cancel at the period end. The events carry those intermediate states.
-    let happened = vec![
+    let happened = [
         event("customer.subscription.created", subscription(sub, user, "incomplete", false)),
         event("checkout.session.completed", checkout_session(user, "mystic-subscription", "subscription", "paid")),
         event("invoice.paid", invoice(sub, "paid")),

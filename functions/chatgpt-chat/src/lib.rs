@@ -33,8 +33,9 @@ struct ChatBody {
     stream: bool,
 }
 
+/// Other members of a message (an id, a timestamp the app keeps) are ignored: they are
+/// the client's bookkeeping and never reach the model.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MessageBody {
     role: String,
     content: String,

@@ -3,9 +3,10 @@
 //!
 //! Calls go through [`crate::upstream::Retrier`], so retries, backoff and the deadline
 //! follow the one policy in `upstream::retry` (variables `openai_*`). Nothing here logs
-//! message content, and upstream error bodies are drained and dropped, never returned.
+//! message content, and upstream error bodies are dropped unread, never returned.
 
 mod relay;
+pub mod speech;
 mod sse;
 
 use serde::Serialize;

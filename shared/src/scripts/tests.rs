@@ -65,3 +65,62 @@ fn schema_and_prompts() {
     assert!(user_prompt("sage", "sleep better", Some("gentle"), Some("my protocol")).contains("my protocol"));
     assert!(max_tokens(60) <= 16_000 && max_tokens(1) >= 400);
 }
+
+mod generation {
+    use super::*;
+    use crate::openai::OpenAi;
+    use crate::testing::FakePlatform;
+
+    fn platform() -> FakePlatform {
+        FakePlatform::with_vars(&[("openai_api_key", "sk-x"), ("openai_base_url", "http://openai.test")])
+    }
+
+    fn request() -> ScriptRequest {
+        ScriptRequest { ego_state: "sage".into(), intent: "focus".into(), duration_minutes: 3, style: None, protocol: None }
+    }
+
+    fn answer(platform: &FakePlatform, content: &str) {
+        let body = json!({ "model": "m-1", "choices": [{ "message": { "content": content } }] });
+        platform.push_upstream(200, &[], body.to_string().as_bytes());
+    }
+
+    #[test]
+    fn no_client_is_the_fallback() {
+        let platform = FakePlatform::with_vars(&[]);
+        let (script, source) = generate(&platform, None, "m", &request());
+        assert_eq!(source, Source::Fallback { reason: "not_configured" });
+        assert_eq!(script, fallback_script("sage", 3));
+    }
+
+    #[test]
+    fn an_invalid_answer_is_asked_again_once() {
+        let platform = platform();
+        answer(&platform, "{}");
+        answer(&platform, &model_answer(&ALL, 30));
+        let client = OpenAi::from_platform(&platform).unwrap();
+        let (script, source) = generate(&platform, client.as_ref(), "m", &request());
+        assert_eq!(source, Source::OpenAi { model: "m-1".into() });
+        assert_eq!(script.title, "Calm Waters");
+
+        let platform = self::platform();
+        answer(&platform, "{}");
+        answer(&platform, "still not a script");
+        answer(&platform, &model_answer(&ALL, 30));
+        let client = OpenAi::from_platform(&platform).unwrap();
+        let (_, source) = generate(&platform, client.as_ref(), "m", &request());
+        assert_eq!(source, Source::Fallback { reason: "invalid_output" });
+        assert_eq!(platform.sent.borrow().len(), 2);
+    }
+
+    #[test]
+    fn an_unavailable_upstream_is_not_asked_again() {
+        let platform = platform();
+        for _ in 0..3 {
+            platform.push_upstream(502, &[], b"");
+        }
+        let client = OpenAi::from_platform(&platform).unwrap();
+        let (_, source) = generate(&platform, client.as_ref(), "m", &request());
+        assert_eq!(source, Source::Fallback { reason: "upstream_unavailable" });
+        assert_eq!(platform.sent.borrow().len(), 3);
+    }
+}

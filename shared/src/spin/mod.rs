@@ -208,4 +208,9 @@ impl Platform for SpinPlatform {
     fn log(&self, line: &str) {
         eprintln!("{line}");
     }
+
+    fn detached(&self) -> Option<Box<dyn Platform>> {
+        // Opens its own database connection on first use; everything else is stateless.
+        Some(Box::new(SpinPlatform::default()))
+    }
 }

@@ -23,9 +23,6 @@ use crate::config;
 use crate::http::outbound::{OutboundError, OutboundRequest, OutboundResponse};
 use crate::{ApiError, Platform};
 
-/// Error bodies are read (so the connection can be reused) but never kept beyond this.
-const ERROR_BODY_DRAIN_LIMIT: usize = 64 * 1024;
-
 /// An attempt needs at least this much time left to be worth starting.
 const MIN_ATTEMPT_MS: u64 = 50;
 
@@ -102,7 +99,7 @@ fn finite_ms(ms: f64) -> Option<u64> {
 
 /// Why an upstream call produced no usable response. Carries status codes and error
 /// kinds only: an upstream error body can echo a key or the user's text, so it is
-/// dropped unread beyond draining.
+/// dropped unread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamError {
     /// A status that retrying cannot fix (400, 401, 403, 404, 422, ...).
@@ -170,8 +167,10 @@ impl<'a> Retrier<'a> {
                 Ok(response) => {
                     let status = response.status;
                     let asked = retry_after_ms(&response);
-                    // Drain and drop: the body is never logged or passed on.
-                    let _ = response.read_all(ERROR_BODY_DRAIN_LIMIT);
+                    // The body is dropped unread: it is never logged or passed on, and
+                    // reading it would only spend time under the deadline (a fresh
+                    // instance per request has no connection worth keeping).
+                    drop(response);
                     if !is_retryable_status(status) {
                         return Err(UpstreamError::Rejected { status });
                     }

@@ -20,6 +20,9 @@
 //! Range types (`range-int32`, ...) are not supported here (the app does not use them):
 //! such parameters fail with `bad-parameter` and such columns read as `unsupported`.
 
+// The WIT error type is large; it is what the interface returns.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use bytes::BufMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{NoTls, Row};
 use wasmtime::component::Resource;
 
@@ -57,11 +61,14 @@ impl Pools {
             return Ok(pool.clone());
         }
         let config: tokio_postgres::Config = address.parse()?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Clean },
-        );
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Clean };
+        // Like Spin: TLS unless the address disables it (the default, `prefer`, falls
+        // back to plain TCP when the server does not offer TLS, as a local one does not).
+        let manager = if config.get_ssl_mode() == SslMode::Disable {
+            Manager::from_config(config, NoTls, manager_config)
+        } else {
+            Manager::from_config(config, tls_connector()?, manager_config)
+        };
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build()?;
         pools.insert(address.to_string(), pool.clone());
         Ok(pool)
@@ -73,6 +80,16 @@ impl Pools {
             pool.close();
         }
     }
+}
+
+/// Verifies servers against the webpki roots (Supabase and other hosted Postgres).
+fn tls_connector() -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// The per-request side of the interface.

@@ -1,0 +1,359 @@
+//! Speech (issue 6): the `tts` chain and the premium ElevenLabs voice.
+//!
+//! `tts`: the shared cache ([`cache`]), then OpenAI (`/v1/audio/speech`, the requested
+//! voice), then ElevenLabs when its key is set (the operator's default voice), then a 503
+//! `{"error": ..., "fallback": "browser"}` telling the client to speak locally. Only
+//! answers in the requested voice (OpenAI's) are cached: an ElevenLabs stand-in would
+//! otherwise keep being served in the wrong voice after OpenAI recovers.
+//!
+//! Premium (`elevenlabs-tts-proxy`): charged through [`premium`] before the call,
+//! refunded when ElevenLabs fails, audio streamed through by [`relay`].
+
+pub mod cache;
+pub mod premium;
+pub mod relay;
+
+use crate::elevenlabs::{self, ElevenLabs, Synthesis};
+use crate::openai::speech::SpeechRequest;
+use crate::openai::OpenAi;
+use crate::upstream::UpstreamError;
+use crate::{config, ApiError, ApiResponse, Platform};
+
+use cache::{CacheSettings, KeyParts};
+use relay::CacheFill;
+use premium::Charge;
+
+/// OpenAI's limit on `input`, in characters.
+pub const MAX_TEXT_CHARS: usize = 4096;
+pub const DEFAULT_MODEL: &str = "gpt-4o-mini-tts";
+pub const DEFAULT_VOICE: &str = "alloy";
+
+/// OpenAI's `response_format`s and the content type each is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioFormat {
+    Mp3,
+    Opus,
+    Aac,
+    Flac,
+    Wav,
+    Pcm,
+}
+
+impl AudioFormat {
+    pub const ALL: [AudioFormat; 6] =
+        [AudioFormat::Mp3, AudioFormat::Opus, AudioFormat::Aac, AudioFormat::Flac, AudioFormat::Wav, AudioFormat::Pcm];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AudioFormat::Mp3 => "mp3",
+            AudioFormat::Opus => "opus",
+            AudioFormat::Aac => "aac",
+            AudioFormat::Flac => "flac",
+            AudioFormat::Wav => "wav",
+            AudioFormat::Pcm => "pcm",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<AudioFormat, ApiError> {
+        let lower = value.to_ascii_lowercase();
+        AudioFormat::ALL.into_iter().find(|f| f.name() == lower).ok_or_else(|| {
+            ApiError::bad_request("invalid_field", "Field `format` must be one of mp3, opus, aac, flac, wav, pcm.")
+        })
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            AudioFormat::Mp3 => "audio/mpeg",
+            // OpenAI's opus is Opus in an Ogg container: `audio/ogg` (RFC 7845) is that
+            // file's type and what browsers play; `audio/opus` names the RTP payload.
+            AudioFormat::Opus => "audio/ogg",
+            AudioFormat::Aac => "audio/aac",
+            AudioFormat::Flac => "audio/flac",
+            AudioFormat::Wav => "audio/wav",
+            // Raw 24 kHz 16-bit signed little-endian mono samples, no header.
+            AudioFormat::Pcm => "audio/pcm",
+        }
+    }
+
+    /// The ElevenLabs output the fallback asks for: the same raw 24 kHz PCM for pcm;
+    /// mp3 otherwise (ElevenLabs has no aac, flac or wav). The content type tells the
+    /// client which it got.
+    fn elevenlabs_output(self) -> &'static str {
+        match self {
+            AudioFormat::Pcm => "pcm_24000",
+            _ => elevenlabs::DEFAULT_OUTPUT_FORMAT,
+        }
+    }
+}
+
+/// A validated `tts` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speech {
+    /// Trimmed, 1 to [`MAX_TEXT_CHARS`] characters.
+    pub text: String,
+    pub voice: String,
+    /// `None`: `openai_tts_model`.
+    pub model: Option<String>,
+    /// In hundredths, 25 to 400 (0.25x to 4x).
+    pub speed_hundredths: i64,
+    pub format: AudioFormat,
+    pub instructions: Option<String>,
+}
+
+impl Speech {
+    /// Speed as a number, rounded to hundredths so equal requests share a cache entry.
+    pub fn speed_hundredths(field: &str, speed: f64) -> Result<i64, ApiError> {
+        if !speed.is_finite() || !(0.25..=4.0).contains(&speed) {
+            return Err(ApiError::bad_request("invalid_field", format!("Field `{field}` must be between 0.25 and 4.")));
+        }
+        Ok((speed * 100.0).round() as i64)
+    }
+}
+
+/// Why the client should speak locally.
+fn browser_fallback(reason: &'static str) -> ApiError {
+    ApiError::service_unavailable(
+        "tts_unavailable",
+        "Server speech is not available right now; use the browser's speech synthesis.",
+    )
+    .with_field("fallback", "browser")
+    .with_field("reason", reason)
+}
+
+/// The `tts` chain: cache, OpenAI, ElevenLabs, then the browser fallback.
+pub fn speak(platform: &dyn Platform, speech: &Speech) -> Result<ApiResponse, ApiError> {
+    let openai = OpenAi::from_platform(platform)?;
+    let elevenlabs = ElevenLabs::from_platform(platform)?;
+    if openai.is_none() && elevenlabs.is_none() {
+        return Err(browser_fallback("not_configured"));
+    }
+    let settings = CacheSettings::from_platform(platform)?;
+    let model = speech.model.clone().unwrap_or_else(|| config::or_default(platform, "openai_tts_model", DEFAULT_MODEL));
+    let key = cache::key(&KeyParts {
+        text: &speech.text,
+        voice: &speech.voice,
+        model: &model,
+        speed_hundredths: speech.speed_hundredths,
+        format: speech.format.name(),
+        instructions: speech.instructions.as_deref(),
+    });
+
+    // A cache the database cannot serve is skipped (and not filled) rather than failing.
+    let mut cache_usable = settings.enabled();
+    if cache_usable {
+        match cache::get(platform, &key, &settings) {
+            Ok(Some(hit)) => {
+                return Ok(ApiResponse::bytes(200, &hit.content_type, hit.audio)
+                    .with_header("x-tts-provider", &hit.provider)
+                    .with_header("x-tts-cache", "hit"));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let _ = crate::db::report(platform, "tts_cache_get", error);
+                cache_usable = false;
+            }
+        }
+    }
+
+    if let Some(openai) = &openai {
+        let request = SpeechRequest {
+            model,
+            voice: speech.voice.clone(),
+            input: speech.text.clone(),
+            speed: speech.speed_hundredths as f64 / 100.0,
+            response_format: speech.format.name(),
+            instructions: speech.instructions.clone(),
+        };
+        match openai.audio_speech(&openai.retrier(platform), &request) {
+            Ok(upstream) => {
+                let fill = cache_usable.then(|| CacheFill::new(key, settings));
+                let response = relay::respond(platform, upstream, "openai", speech.format.content_type(), fill, None)?;
+                return Ok(response.with_header("x-tts-cache", "miss"));
+            }
+            Err(error) => platform.log(&format!("tts: openai {}", error.summary())),
+        }
+    }
+
+    if let Some(elevenlabs) = &elevenlabs {
+        let (voice_id, model_id) = elevenlabs::defaults(platform)?;
+        let output_format = speech.format.elevenlabs_output();
+        let (_, content_type) = elevenlabs::output_format(output_format)?;
+        let synthesis = Synthesis { voice_id, text: speech.text.clone(), model_id, voice_settings: None, output_format };
+        match elevenlabs.synthesize(&elevenlabs.retrier(platform), &synthesis) {
+            Ok(upstream) => {
+                let response = relay::respond(platform, upstream, "elevenlabs", content_type, None, None)?;
+                return Ok(response.with_header("x-tts-cache", "miss"));
+            }
+            Err(error) => platform.log(&format!("tts: elevenlabs {}", error.summary())),
+        }
+    }
+    Err(browser_fallback("upstream_unavailable"))
+}
+
+/// A validated premium request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PremiumSpeech {
+    pub text: String,
+    pub voice_id: String,
+    pub model_id: Option<String>,
+    pub voice_settings: Option<elevenlabs::VoiceSettings>,
+    pub output_format: &'static str,
+}
+
+/// The premium voice: pay (or not, on mystic), call ElevenLabs, refund if it fails.
+pub fn speak_premium(platform: &dyn Platform, user_id: &str, speech: &PremiumSpeech) -> Result<ApiResponse, ApiError> {
+    let Some(client) = ElevenLabs::from_platform(platform)? else {
+        // Checked before charging: nobody pays for a voice that is not there.
+        return Err(ApiError::service_unavailable(
+            "elevenlabs_not_configured",
+            "The premium voice is not available on this server; use the standard voice.",
+        )
+        .with_field("fallback", "browser"));
+    };
+    let (_, content_type) = elevenlabs::output_format(speech.output_format)?;
+    let model_id = match &speech.model_id {
+        Some(model) => model.clone(),
+        None => elevenlabs::defaults(platform)?.1,
+    };
+    let charge = premium::charge(platform, user_id, speech.text.chars().count())?;
+    let synthesis = Synthesis {
+        voice_id: speech.voice_id.clone(),
+        text: speech.text.clone(),
+        model_id,
+        voice_settings: speech.voice_settings.clone(),
+        output_format: speech.output_format,
+    };
+    let refund = match &charge {
+        Charge::Free => None,
+        Charge::Paid { refund, .. } => Some(refund.clone()),
+    };
+    match client.synthesize(&client.retrier(platform), &synthesis) {
+        Ok(upstream) => {
+            let response = relay::respond(platform, upstream, "elevenlabs", content_type, None, refund)?;
+            Ok(match charge {
+                Charge::Free => response.with_header("x-tokens-charged", "0"),
+                Charge::Paid { cost, balance, .. } => response
+                    .with_header("x-tokens-charged", &cost.to_string())
+                    .with_header("x-tokens-balance", &balance.to_string()),
+            })
+        }
+        Err(error) => {
+            platform.log(&format!("elevenlabs-tts-proxy: elevenlabs {}", error.summary()));
+            if let Some(refund) = &refund {
+                premium::refund(platform, refund);
+            }
+            Err(premium_upstream_error(&error))
+        }
+    }
+}
+
+fn premium_upstream_error(error: &UpstreamError) -> ApiError {
+    match error {
+        // The key, voice id or settings were refused; the body (which may echo the key)
+        // is not passed on, only the status.
+        UpstreamError::Rejected { status } => ApiError::bad_gateway(
+            "elevenlabs_rejected",
+            format!(
+                "The premium voice service refused the request (status {status}); check voice_id and the settings. \
+                 No tokens were charged."
+            ),
+        ),
+        UpstreamError::Unavailable { retry_after_secs, .. } => ApiError::service_unavailable(
+            "elevenlabs_unavailable",
+            "The premium voice service is unavailable; no tokens were charged. Try again shortly.",
+        )
+        .with_header("retry-after", retry_after_secs.unwrap_or(5).max(1).to_string())
+        .with_field("fallback", "browser"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::SqlValue;
+    use crate::testing::FakePlatform;
+
+    fn speech() -> Speech {
+        Speech {
+            text: "Breathe in.".into(),
+            voice: "alloy".into(),
+            model: None,
+            speed_hundredths: 100,
+            format: AudioFormat::Opus,
+            instructions: None,
+        }
+    }
+
+    #[test]
+    fn tts_formats_and_speeds() {
+        assert_eq!(AudioFormat::parse("OPUS").unwrap().content_type(), "audio/ogg");
+        assert!(AudioFormat::parse("ogg").is_err());
+        assert_eq!(Speech::speed_hundredths("speed", 1.234).unwrap(), 123);
+        for bad in [0.2, 4.01, f64::NAN, f64::INFINITY] {
+            assert!(Speech::speed_hundredths("speed", bad).is_err());
+        }
+    }
+
+    #[test]
+    fn tts_no_keys_means_browser_fallback() {
+        let platform = FakePlatform::with_vars(&[]);
+        let error = speak(&platform, &speech()).err().expect("fallback");
+        assert_eq!((error.status, error.extra["fallback"].as_str()), (503, Some("browser")));
+        assert!(platform.sent.borrow().is_empty() && platform.queries.borrow().is_empty());
+    }
+
+    #[test]
+    fn tts_openai_then_elevenlabs_in_the_default_voice() {
+        let platform = FakePlatform::with_vars(&[
+            ("openai_api_key", "sk-x"),
+            ("openai_max_attempts", "1"),
+            ("elevenlabs_api_key", "xi-x"),
+            ("elevenlabs_default_voice_id", "voiceA"),
+        ]);
+        platform.db_answers.borrow_mut().push_back(Ok(vec![])); // cache miss
+        platform.push_upstream(500, &[], b"sk-x leaked?");
+        platform.push_upstream(200, &[], b"mp3 audio");
+        let response = speak(&platform, &speech()).unwrap();
+        assert_eq!(response.header("x-tts-provider"), Some("elevenlabs"));
+        assert_eq!(response.header("content-type"), Some("audio/mpeg"));
+        assert_eq!(response.body_bytes(), Some(&b"mp3 audio"[..]));
+        assert!(platform.sent.borrow()[1].url.contains("/text-to-speech/voiceA/"));
+        // Only the cache lookup: an ElevenLabs stand-in is not cached.
+        assert_eq!(platform.queries.borrow().len(), 1);
+        assert!(platform.logs.borrow().iter().all(|l| !l.contains("sk-x")));
+    }
+
+    #[test]
+    fn tts_openai_answer_fills_the_cache() {
+        let platform = FakePlatform::with_vars(&[("openai_api_key", "sk-x")]);
+        platform.db_answers.borrow_mut().push_back(Ok(vec![]));
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(br#"{"stored":true}"#.to_vec())]]));
+        platform.push_upstream(200, &[], b"OggS...");
+        let response = speak(&platform, &speech()).unwrap();
+        assert_eq!(response.header("content-type"), Some("audio/ogg"));
+        let queries = platform.queries.borrow();
+        assert!(queries[1].0.contains("tts_cache_put"));
+        assert_eq!(queries[1].1[3], crate::db::SqlParam::Bytes(b"OggS...".to_vec()));
+    }
+
+    #[test]
+    fn tts_premium_refunds_when_the_upstream_fails() {
+        let platform = FakePlatform::with_vars(&[("elevenlabs_api_key", "xi-x"), ("elevenlabs_max_attempts", "1")]);
+        let json = |s: &str| Ok(vec![vec![SqlValue::Json(s.as_bytes().to_vec())]]);
+        platform.db_answers.borrow_mut().push_back(json(r#"{"ok":true,"charged":true,"cost":1,"balance":4}"#));
+        platform.db_answers.borrow_mut().push_back(json(r#"{"ok":true,"refunded":1,"balance":5}"#));
+        platform.push_upstream(503, &[], b"");
+        let premium = PremiumSpeech {
+            text: "hi".into(),
+            voice_id: "abc".into(),
+            model_id: None,
+            voice_settings: None,
+            output_format: elevenlabs::DEFAULT_OUTPUT_FORMAT,
+        };
+        let error = speak_premium(&platform, "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34", &premium).err().expect("error");
+        assert_eq!(error.code, "elevenlabs_unavailable");
+        let queries = platform.queries.borrow();
+        assert!(queries[0].0.contains("premium_tts_charge") && queries[1].0.contains("refund_spend"));
+        assert_eq!(queries[0].1[1], crate::db::SqlParam::Int32(2));
+    }
+}

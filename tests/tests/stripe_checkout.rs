@@ -1,0 +1,512 @@
+#![recursion_limit = "256"]
+//! stripe-checkout end to end: the real component through the host, a real database, and
+//! a fake Stripe API (wiremock) on loopback that records what the component sent.
+
+mod stripe_support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use stripe_support::*;
+use uuid::Uuid;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, Request, ResponseTemplate};
+
+const CHECKOUT: &str = "/functions/v1/stripe-checkout";
+
+/// A form body as Stripe receives it, decoded.
+fn form(request: &Request) -> HashMap<String, String> {
+    fn decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).expect("hex escape"));
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+    String::from_utf8(request.body.clone())
+        .unwrap()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn header(request: &Request, name: &str) -> Option<String> {
+    request.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+/// The fake Stripe: customers (a new id per call, as if Stripe did not deduplicate, after
+/// `customer_delay`), Checkout Sessions and Billing Portal sessions.
+async fn fake_stripe(app: &StripeApp, customer_delay: Duration) {
+    let customers = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .and(path("/v1/customers"))
+        .respond_with(move |_: &Request| {
+            let n = customers.fetch_add(1, Ordering::SeqCst);
+            ResponseTemplate::new(200)
+                .set_delay(customer_delay)
+                .set_body_json(json!({"id": format!("cus_Rtest{n:04}"), "object": "customer", "livemode": false}))
+        })
+        .mount(&app.stripe)
+        .await;
+    let sessions = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .and(path("/v1/checkout/sessions"))
+        .respond_with(move |request: &Request| {
+            let n = sessions.fetch_add(1, Ordering::SeqCst);
+            let sent = form(request);
+            let id = format!("cs_test_a1Libero{n:04}");
+            ResponseTemplate::new(200).set_body_json(json!({
+                "id": id,
+                "object": "checkout.session",
+                "mode": sent.get("mode"),
+                "customer": sent.get("customer"),
+                "payment_status": "unpaid",
+                "status": "open",
+                "url": format!("https://checkout.stripe.com/c/pay/{id}#fidkdWxOYHwnPyd1blpxYHZxWjA0"),
+            }))
+        })
+        .mount(&app.stripe)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/billing_portal/sessions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "bps_1QLibero", "object": "billing_portal.session",
+            "url": "https://billing.stripe.com/p/session/test_YWNjdF8xTGliZXJv",
+        })))
+        .mount(&app.stripe)
+        .await;
+}
+
+async fn requests_to(app: &StripeApp, path: &str) -> Vec<Request> {
+    app.stripe.received_requests().await.unwrap_or_default().into_iter().filter(|r| r.url.path() == path).collect()
+}
+
+async fn checkout(app: &StripeApp, user: Uuid, body: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(CHECKOUT))
+        .bearer_auth(app.token_for(user))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn products_are_listed_from_the_server_catalog_without_sign_in() {
+    let app = spawn().await;
+    let response = app.client.get(app.url(&format!("{CHECKOUT}/products"))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let products: Vec<(String, String, i64, i64, String)> = body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["available"], true);
+            (
+                p["product"].as_str().unwrap().into(),
+                p["kind"].as_str().unwrap().into(),
+                p["tokens"].as_i64().unwrap(),
+                p["bonus"].as_i64().unwrap(),
+                p["price_label"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        products,
+        vec![
+            ("mystic-subscription".into(), "subscription".into(), 0, 0, "Subscription".into()),
+            ("tokens-small".into(), "tokens".into(), 100, 10, "$4.99".into()),
+            ("tokens-medium".into(), "tokens".into(), 250, 50, "$9.99".into()),
+            ("tokens-large".into(), "tokens".into(), 500, 150, "$19.99".into()),
+        ]
+    );
+    assert!(requests_to(&app, "/v1/customers").await.is_empty());
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn checkout_for_each_product_makes_one_customer_and_a_session() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+
+    for (product, price) in [
+        ("mystic-subscription", "price_1MysticMonthly"),
+        ("tokens-small", "price_1TokensSmall"),
+        ("tokens-medium", "price_1TokensMedium"),
+        ("tokens-large", "price_1TokensLarge"),
+    ] {
+        let (status, body) = checkout(&app, user, json!({ "product": product })).await;
+        assert_eq!(status, 200, "{product}: {body}");
+        let session_id = body["session_id"].as_str().unwrap();
+        assert!(session_id.starts_with("cs_test_"));
+        assert_eq!(body["url"].as_str().unwrap(), format!("https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0"));
+
+        let sent = requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap();
+        let f = form(&sent);
+        let subscription = product == "mystic-subscription";
+        let nested = if subscription { "subscription_data" } else { "payment_intent_data" };
+        assert_eq!(f["mode"], if subscription { "subscription" } else { "payment" });
+        assert_eq!(f["line_items[0][price]"], price);
+        assert_eq!(f["line_items[0][quantity]"], "1");
+        assert_eq!(f["customer"], "cus_Rtest0000");
+        assert_eq!(f["client_reference_id"], user.to_string());
+        assert_eq!(f["metadata[user_id]"], user.to_string());
+        assert_eq!(f["metadata[product]"], product);
+        assert_eq!(f[&format!("{nested}[metadata][user_id]")], user.to_string());
+        assert_eq!(f["success_url"], "http://localhost:5173/?checkout=success&session_id={CHECKOUT_SESSION_ID}");
+        assert_eq!(f["cancel_url"], "http://localhost:5173/?checkout=cancel");
+        assert!(!f.keys().any(|k| k.contains("tokens")), "token amounts never go through Stripe or the client");
+        assert_eq!(header(&sent, "authorization").unwrap(), format!("Bearer {SECRET_KEY}"));
+        assert_eq!(header(&sent, "stripe-version").as_deref(), Some(API_VERSION));
+        let key = header(&sent, "idempotency-key").unwrap();
+        assert!(key.starts_with(&format!("libero-checkout-{user}-{product}-")), "{key}");
+    }
+
+    // A redirect on another configured app origin is passed through.
+    let (status, _) = checkout(
+        &app,
+        user,
+        json!({"product": "tokens-small", "success_url": "https://app.libero.test/shop?paid=1", "cancel_url": "https://app.libero.test/shop"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let f = form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap());
+    assert_eq!(f["success_url"], "https://app.libero.test/shop?paid=1");
+
+    let customers = requests_to(&app, "/v1/customers").await;
+    assert_eq!(customers.len(), 1, "the customer is created on the first checkout only");
+    let f = form(&customers[0]);
+    assert_eq!(f["metadata[user_id]"], user.to_string());
+    assert_eq!(f["email"], format!("{user}@test.local"));
+    assert_eq!(header(&customers[0], "idempotency-key").unwrap(), format!("libero-customer-{user}"));
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn the_supabase_template_shape_is_accepted_for_catalog_prices() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+    let (status, body) = checkout(
+        &app,
+        user,
+        json!({"price_id": "price_1TokensLarge", "mode": "payment",
+               "success_url": "http://localhost:5173/success", "cancel_url": "http://localhost:5173/pricing"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let f = form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap());
+    assert_eq!((f["metadata[product]"].as_str(), f["mode"].as_str()), ("tokens-large", "payment"));
+
+    let (status, body) = checkout(&app, user, json!({"price_id": "price_1TokensLarge", "mode": "subscription"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("mode_mismatch")));
+    let (status, body) = checkout(&app, user, json!({"price_id": "price_1SomeoneElses", "mode": "payment"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unknown_price")));
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn racing_first_checkouts_make_one_customer() {
+    let app = spawn().await;
+    // Every create returns a new customer after a delay, so the requests overlap and a
+    // missing guard would show up as several customers.
+    fake_stripe(&app, Duration::from_millis(300)).await;
+    let user = app.create_user().await;
+
+    let answers = join_all((0..6).map(|_| checkout(&app, user, json!({"product": "tokens-small"})))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let row = app
+        .db_client()
+        .await
+        .query("SELECT customer_id FROM public.stripe_customers WHERE user_id = $1", &[&user])
+        .await
+        .unwrap();
+    assert_eq!(row.len(), 1);
+    let customer: String = row[0].get(0);
+
+    let creates = requests_to(&app, "/v1/customers").await;
+    assert!(creates.len() >= 2, "the requests raced ({} creates)", creates.len());
+    let keys: std::collections::HashSet<String> =
+        creates.iter().map(|r| header(r, "idempotency-key").unwrap()).collect();
+    assert_eq!(keys.len(), 1, "one Idempotency-Key per user, so real Stripe returns one customer: {keys:?}");
+    let sessions = requests_to(&app, "/v1/checkout/sessions").await;
+    assert_eq!(sessions.len(), 6);
+    assert!(sessions.iter().all(|r| form(r)["customer"] == customer), "every session uses the stored customer");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_stripe_is_called() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+    let cases = [
+        (json!({"product": "tokens-infinite"}), 400, "unknown_product"),
+        (json!({}), 400, "missing_product"),
+        (json!({"product": "tokens-small", "tokens": 100000}), 400, "invalid_body"),
+        (json!({"product": "tokens-small", "success_url": "https://evil.test/phish"}), 400, "invalid_redirect"),
+        (json!({"product": "tokens-small", "success_url": "http://localhost:5173.evil.test/"}), 400, "invalid_redirect"),
+        (json!({"product": "tokens-small", "cancel_url": "http://localhost:5173@evil.test/"}), 400, "invalid_redirect"),
+        (json!({"product": "tokens-small", "cancel_url": "javascript:alert(1)"}), 400, "invalid_redirect"),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = checkout(&app, user, body.clone()).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
+    }
+    let response = app.client.post(app.url(CHECKOUT)).json(&json!({"product": "tokens-small"})).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = app.client.get(app.url(CHECKOUT)).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert!(app.stripe.received_requests().await.unwrap().is_empty(), "Stripe was never called");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_asking_again_is_pointed_at_the_portal() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+    let db = app.db_client().await;
+    db.execute("INSERT INTO public.stripe_customers (user_id, customer_id) VALUES ($1, 'cus_RtestExisting')", &[&user])
+        .await
+        .unwrap();
+    db.execute(
+        "INSERT INTO public.stripe_subscriptions (subscription_id, customer_id, user_id, status, stripe_updated_at)
+         VALUES ('sub_1QExisting', 'cus_RtestExisting', $1, 'active', now())",
+        &[&user],
+    )
+    .await
+    .unwrap();
+
+    let (status, body) = checkout(&app, user, json!({"product": "mystic-subscription"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_subscribed")), "{body}");
+    assert_eq!(body["portal"], "/functions/v1/stripe-checkout/portal");
+    assert!(requests_to(&app, "/v1/checkout/sessions").await.is_empty());
+
+    // Token packages are still for sale, on the existing customer.
+    let (status, _) = checkout(&app, user, json!({"product": "tokens-small"})).await;
+    assert_eq!(status, 200);
+    assert!(requests_to(&app, "/v1/customers").await.is_empty());
+    assert_eq!(form(&requests_to(&app, "/v1/checkout/sessions").await[0])["customer"], "cus_RtestExisting");
+
+    // The portal.
+    let response = app
+        .client
+        .post(app.url(&format!("{CHECKOUT}/portal")))
+        .bearer_auth(app.token_for(user))
+        .json(&json!({"return_url": "https://app.libero.test/account"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["url"], "https://billing.stripe.com/p/session/test_YWNjdF8xTGliZXJv");
+    let sent = requests_to(&app, "/v1/billing_portal/sessions").await;
+    let f = form(&sent[0]);
+    assert_eq!((f["customer"].as_str(), f["return_url"].as_str()), ("cus_RtestExisting", "https://app.libero.test/account"));
+    assert!(header(&sent[0], "idempotency-key").is_some());
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn the_portal_is_404_for_a_user_who_never_paid_and_checks_the_return_url() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+    let portal = app.url(&format!("{CHECKOUT}/portal"));
+    let response = app.client.post(&portal).bearer_auth(app.token_for(user)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_customer");
+
+    let response = app
+        .client
+        .post(&portal)
+        .bearer_auth(app.token_for(user))
+        .json(&json!({"return_url": "https://evil.test/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = app.client.post(&portal).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(app.stripe.received_requests().await.unwrap().is_empty());
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn stripe_errors_become_502_with_type_and_message_but_no_secrets() {
+    let app = spawn().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/customers"))
+        .respond_with(ResponseTemplate::new(401).insert_header("stripe-should-retry", "false").set_body_json(json!({
+            "error": {
+                "type": "invalid_request_error",
+                "message": format!("Invalid API Key provided: {}", SECRET_KEY),
+                "request_log_url": "https://dashboard.stripe.com/test/logs/req_secret?t=1",
+            }
+        })))
+        .mount(&app.stripe)
+        .await;
+    let user = app.create_user().await;
+    let (status, body) = checkout(&app, user, json!({"product": "tokens-small"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("stripe_error")), "{body}");
+    assert_eq!(body["stripe_error_type"], "invalid_request_error");
+    let text = body.to_string();
+    assert!(text.contains("Invalid API Key provided"), "{text}");
+    assert!(!text.contains(SECRET_KEY) && !text.contains("request_log_url") && !text.contains("req_secret"), "{text}");
+    let logs = app.logs().join("\n");
+    assert!(!logs.contains(SECRET_KEY), "{logs}");
+    assert_eq!(requests_to(&app, "/v1/customers").await.len(), 1, "not retried when Stripe says so");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_stripe_that_does_not_answer_is_given_up_on_in_bounded_time() {
+    let app = spawn().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/customers"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)).set_body_json(json!({"id": "cus_late"})))
+        .mount(&app.stripe)
+        .await;
+    let user = app.create_user().await;
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(45), checkout(&app, user, json!({"product": "tokens-small"})))
+        .await
+        .expect("the endpoint answers before the upstream does");
+    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("stripe_unavailable")), "{body}");
+    // Two attempts of at most 10 s each, plus the pause between them.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let creates = requests_to(&app, "/v1/customers").await;
+    assert_eq!(creates.len(), 2);
+    assert_eq!(header(&creates[0], "idempotency-key"), header(&creates[1], "idempotency-key"));
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn racing_first_checkouts_against_an_idempotent_stripe_all_succeed_with_one_customer() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    // Stripe's Idempotency-Key behaviour: while the first request with a key is in
+    // progress, others with that key get 409 `idempotency_error`; afterwards they get the
+    // first response again. A new key creates a new customer.
+    let seen: Arc<std::sync::Mutex<HashMap<String, (Instant, String)>>> = Default::default();
+    let created = Arc::new(AtomicUsize::new(0));
+    let counter = created.clone();
+    Mock::given(method("POST"))
+        .and(path("/v1/customers"))
+        .respond_with(move |request: &Request| {
+            let key = header(request, "idempotency-key").expect("an Idempotency-Key");
+            let mut seen = seen.lock().unwrap();
+            match seen.get(&key) {
+                Some((started, _)) if started.elapsed() < Duration::from_millis(300) => ResponseTemplate::new(409)
+                    .set_body_json(json!({"error": {"type": "idempotency_error",
+                        "message": "There is currently another in-progress request using this Idempotent Key. Please try again later."}})),
+                Some((_, id)) => ResponseTemplate::new(200)
+                    .insert_header("idempotent-replayed", "true")
+                    .set_body_json(json!({"id": id, "object": "customer"})),
+                None => {
+                    let id = format!("cus_RIdem{:04}", counter.fetch_add(1, Ordering::SeqCst));
+                    seen.insert(key, (Instant::now(), id.clone()));
+                    ResponseTemplate::new(200)
+                        .set_delay(Duration::from_millis(300))
+                        .set_body_json(json!({"id": id, "object": "customer"}))
+                }
+            }
+        })
+        .with_priority(1)
+        .mount(&app.stripe)
+        .await;
+    let user = app.create_user().await;
+
+    let answers = join_all((0..4).map(|_| checkout(&app, user, json!({"product": "tokens-medium"})))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(created.load(Ordering::SeqCst), 1, "Stripe created one customer");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1);
+    let sessions = requests_to(&app, "/v1/checkout/sessions").await;
+    assert!(sessions.iter().all(|r| form(r)["customer"] == "cus_RIdem0000"));
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn the_whole_loop_checkout_then_webhook_credits_the_package_and_the_plan() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+
+    // Token package: the session Stripe completes carries what our checkout sent.
+    let (status, body) = checkout(&app, user, json!({"product": "tokens-large"})).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap());
+    let mut session = checkout_session(user, "tokens-large", "payment", "paid");
+    session["id"] = body["session_id"].clone();
+    session["customer"] = json!(sent["customer"]);
+    session["client_reference_id"] = json!(sent["client_reference_id"]);
+    session["metadata"] = json!({"user_id": sent["metadata[user_id]"], "product": sent["metadata[product]"]});
+    let (status, answer) = deliver(&app, &event("checkout.session.completed", session)).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    assert_eq!(app.tokens_of(user).await, 650);
+
+    // Subscription: Stripe's subscription carries the subscription_data metadata.
+    let (status, _) = checkout(&app, user, json!({"product": "mystic-subscription"})).await;
+    assert_eq!(status, 200);
+    let sent = form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap());
+    assert_eq!(sent["subscription_data[metadata][user_id]"], user.to_string());
+    let mut stripe_subscription = subscription("sub_1QtestSubscription", user, "active", false);
+    stripe_subscription["customer"] = json!(sent["customer"]);
+    Mock::given(method("GET"))
+        .and(path("/v1/subscriptions/sub_1QtestSubscription"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(stripe_subscription))
+        .mount(&app.stripe)
+        .await;
+    let mut session = checkout_session(user, "mystic-subscription", "subscription", "paid");
+    session["customer"] = json!(sent["customer"]);
+    deliver(&app, &event("checkout.session.completed", session)).await;
+    let plan: String = app
+        .db_client()
+        .await
+        .query_one("SELECT plan FROM public.user_profiles WHERE id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plan, "mystic");
+
+    // Asking for the subscription again now points at the portal.
+    let (status, body) = checkout(&app, user, json!({"product": "mystic-subscription"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_subscribed")));
+    app.assert_ledger_consistent().await;
+}
