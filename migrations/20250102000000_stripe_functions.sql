@@ -314,7 +314,9 @@ end
 $$;
 
 -- What the checkout endpoint needs to know about a user, in one read:
--- {"customer_id": text|null, "has_active_subscription": bool, "has_paid": bool}.
+-- {"customer_id": text|null, "deleted_customer_id": text|null,
+--  "has_active_subscription": bool, "has_paid": bool}.
+-- deleted_customer_id: the customer Stripe reported deleted, which a new one replaces.
 -- has_paid: any subscription, or a token order that was paid (the portal is for them).
 create function public.stripe_checkout_state(p_user uuid) returns jsonb
   language sql
@@ -325,6 +327,8 @@ create function public.stripe_checkout_state(p_user uuid) returns jsonb
   select jsonb_build_object(
     'customer_id', (select customer_id from public.stripe_customers
                      where user_id = p_user and deleted_at is null),
+    'deleted_customer_id', (select customer_id from public.stripe_customers
+                             where user_id = p_user and deleted_at is not null),
     'has_active_subscription', exists (
       select 1 from public.stripe_subscriptions
        where user_id = p_user and status in ('active', 'trialing')),

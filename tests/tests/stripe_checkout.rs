@@ -363,6 +363,13 @@ async fn the_portal_is_404_for_a_user_who_never_paid_and_checks_the_return_url()
     let response = app.client.post(&portal).send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert!(app.stripe.received_requests().await.unwrap().is_empty());
+
+    // An abandoned checkout makes a customer, but still nothing to manage.
+    let (status, _) = checkout(&app, user, json!({"product": "tokens-small"})).await;
+    assert_eq!(status, 200);
+    let response = app.client.post(&portal).bearer_auth(app.token_for(user)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(requests_to(&app, "/v1/billing_portal/sessions").await.is_empty());
     app.assert_ledger_consistent().await;
 }
 
@@ -508,5 +515,31 @@ async fn the_whole_loop_checkout_then_webhook_credits_the_package_and_the_plan()
     // Asking for the subscription again now points at the portal.
     let (status, body) = checkout(&app, user, json!({"product": "mystic-subscription"})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_subscribed")));
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_customer_deleted_in_stripe_is_replaced_on_the_next_checkout() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+    let (status, _) = checkout(&app, user, json!({"product": "tokens-small"})).await;
+    assert_eq!(status, 200);
+
+    let deleted = event("customer.deleted", json!({"id": "cus_Rtest0000", "object": "customer", "deleted": true}));
+    let (status, answer) = deliver(&app, &deleted).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+
+    let (status, _) = checkout(&app, user, json!({"product": "tokens-small"})).await;
+    assert_eq!(status, 200);
+    let creates = requests_to(&app, "/v1/customers").await;
+    assert_eq!(creates.len(), 2);
+    assert_eq!(
+        header(&creates[1], "idempotency-key").unwrap(),
+        format!("libero-customer-{user}-replaces-cus_Rtest0000"),
+        "a new key, or Stripe would answer with the deleted customer"
+    );
+    assert_eq!(form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap())["customer"], "cus_Rtest0001");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers WHERE deleted_at IS NULL").await, 1);
     app.assert_ledger_consistent().await;
 }

@@ -5,7 +5,8 @@ use super::{ApiError, ApiRequest, ApiResponse};
 use crate::Platform;
 
 const ALLOWED_HEADERS: &str = "authorization, x-client-info, apikey, content-type, x-request-id";
-const EXPOSED_HEADERS: &str = "x-request-id, x-tts-provider, retry-after";
+const EXPOSED_HEADERS: &str =
+    "x-request-id, x-tts-provider, x-tts-cache, x-tokens-charged, x-tokens-balance, retry-after";
 
 pub struct Cors {
     any_origin: bool,

@@ -125,7 +125,11 @@ impl CheckoutRequest {
 /// What we know of the user's billing, in one read.
 struct BillingState {
     customer_id: Option<String>,
+    /// A customer deleted in Stripe, which the next one replaces.
+    deleted_customer_id: Option<String>,
     has_active_subscription: bool,
+    /// Has (had) a subscription or a paid token order.
+    has_paid: bool,
 }
 
 fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState, ApiError> {
@@ -135,28 +139,36 @@ fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState,
     .map_err(|e| db::report(platform, "stripe_checkout_state", e))?;
     Ok(BillingState {
         customer_id: state["customer_id"].as_str().map(str::to_string),
+        deleted_customer_id: state["deleted_customer_id"].as_str().map(str::to_string),
         has_active_subscription: state["has_active_subscription"].as_bool().unwrap_or(false),
+        has_paid: state["has_paid"].as_bool().unwrap_or(false),
     })
 }
 
 /// The user's customer, created on their first checkout. Never two per user: the create
 /// uses an Idempotency-Key derived from the user id (so racing first checkouts get the
 /// same customer from Stripe), and the mapping is unique per user (so if Stripe ever did
-/// create two, every request continues with the one that was stored first).
+/// create two, every request continues with the one that was stored first). A customer
+/// deleted in Stripe is replaced under a key naming it, since Stripe would answer the
+/// old key with the deleted customer for 24 hours.
 fn ensure_customer(
     platform: &dyn Platform,
     stripe: &StripeClient,
     user: &AuthenticatedUser,
-    known: Option<String>,
+    state: &BillingState,
 ) -> Result<String, ApiError> {
-    if let Some(customer) = known {
-        return Ok(customer);
+    if let Some(customer) = &state.customer_id {
+        return Ok(customer.clone());
     }
+    let key = match &state.deleted_customer_id {
+        None => format!("libero-customer-{}", user.user_id),
+        Some(deleted) => format!("libero-customer-{}-replaces-{deleted}", user.user_id),
+    };
     let mut form = Form::new().add("metadata[user_id]", user.user_id.as_str());
     if let Some(email) = &user.email {
         form = form.add("email", email.as_str());
     }
-    let created = stripe.post("customers", &form, &format!("libero-customer-{}", user.user_id))?;
+    let created = stripe.post("customers", &form, &key)?;
     let customer = stripe_id(&created)?;
     let linked = db::query_json(platform, "select to_jsonb(public.stripe_link_customer($1::uuid, $2::text))", &[
         SqlParam::Uuid(user.user_id.clone()),
@@ -196,7 +208,7 @@ pub fn start_checkout(
         .with_field("portal", PORTAL_PATH));
     }
     let stripe = StripeClient::from_platform(platform)?;
-    let customer = ensure_customer(platform, &stripe, user, state.customer_id)?;
+    let customer = ensure_customer(platform, &stripe, user, &state)?;
 
     // The user and product ride on the session (client_reference_id, metadata) and on
     // the object it creates, so every webhook event can be traced back to them. The
@@ -229,7 +241,8 @@ pub fn start_checkout(
     Ok(CheckoutSession { session_id, url })
 }
 
-/// A Billing Portal session for the user's customer; 404 when they never checked out.
+/// A Billing Portal session for the user's customer; 404 when they never paid (an
+/// abandoned checkout leaves a customer with nothing to manage).
 pub fn open_portal(
     platform: &dyn Platform,
     user: &AuthenticatedUser,
@@ -237,8 +250,9 @@ pub fn open_portal(
     request_key: &str,
 ) -> Result<String, ApiError> {
     let return_url = redirect_url(platform, "return_url", return_url, DEFAULT_RETURN_PATH)?;
-    let customer = billing_state(platform, &user.user_id)?.customer_id.ok_or_else(|| {
-        ApiError::not_found("no_customer", "You have no billing account yet; buy a product or subscribe first.")
+    let state = billing_state(platform, &user.user_id)?;
+    let customer = state.customer_id.filter(|_| state.has_paid).ok_or_else(|| {
+        ApiError::not_found("no_customer", "You have no purchases or subscription to manage yet; buy a product or subscribe first.")
     })?;
     let stripe = StripeClient::from_platform(platform)?;
     let form = Form::new().add("customer", customer).add("return_url", return_url);

@@ -90,6 +90,8 @@ pub enum Effect {
     /// Re-read this subscription and store Stripe's current state.
     SyncSubscription { subscription_id: String },
     ChargeRefund(ChargeRefund),
+    /// The customer was deleted in Stripe: the user's next checkout makes a new one.
+    CustomerDeleted { customer: String },
     /// Recorded with this outcome, nothing else.
     Nothing(&'static str),
 }
@@ -146,6 +148,10 @@ pub fn effect_of(event: &Event) -> Effect {
                 fully_refunded: object["refunded"].as_bool().unwrap_or(false),
             })
         }
+        "customer.deleted" => match id_field(&object["id"]) {
+            Some(customer) => Effect::CustomerDeleted { customer },
+            None => Effect::Nothing("malformed"),
+        },
         _ => Effect::Nothing("unhandled_type"),
     }
 }
@@ -273,6 +279,11 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
                 SqlParam::Bool(r.fully_refunded),
             ],
         ),
+        Effect::CustomerDeleted { customer } => (
+            "stripe_apply_customer_deleted",
+            "select public.stripe_apply_customer_deleted($1::text, $2::text, $3::int8, $4::text)",
+            vec![SqlParam::Text(customer)],
+        ),
         Effect::SyncSubscription { subscription_id } => {
             // The time the read starts: whatever it returns is at least this fresh.
             let read_at_ms = platform.now_unix_ms();
@@ -391,6 +402,10 @@ mod tests {
             Effect::SyncSubscription { subscription_id: "sub_7".into() }
         );
         assert_eq!(effect_of(&event("customer.created", json!({"id": "cus_1"}))), Effect::Nothing("unhandled_type"));
+        assert_eq!(
+            effect_of(&event("customer.deleted", json!({"id": "cus_1", "object": "customer"}))),
+            Effect::CustomerDeleted { customer: "cus_1".into() }
+        );
         let injected = json!({"id": "sub_7/../../v1/customers"});
         assert_eq!(effect_of(&event("customer.subscription.updated", injected)), Effect::Nothing("malformed"));
     }

@@ -1,6 +1,7 @@
 //! Guest stdout/stderr, captured line by line (the secret-leak tests read them) and
 //! optionally echoed to the host's stderr.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -9,10 +10,13 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+/// Lines kept; older ones are dropped so a long-running server does not grow forever.
+const MAX_LINES: usize = 100_000;
+
 /// The lines an app's components (and the host, about them) have written.
 #[derive(Clone, Default)]
 pub struct LogBuffer {
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<VecDeque<String>>>,
     echo: bool,
 }
 
@@ -25,11 +29,15 @@ impl LogBuffer {
         if self.echo {
             eprintln!("{line}");
         }
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == MAX_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
     }
 
     pub fn snapshot(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// A WASI output stream whose lines land here, prefixed `[<component>] `.

@@ -231,8 +231,10 @@ fn full(status: u16, content_type: Option<&str>, body: impl Into<Bytes>) -> hype
         .expect("static response parts are valid")
 }
 
-/// The answer when a component traps or fails to produce a response.
-fn internal_error(message: &str) -> hyper::Response<ResponseBody> {
+/// The answer when a component traps or fails to produce a response. The details go to
+/// the log only: a trap message can quote anything the guest had in memory.
+fn internal_error(component: &str) -> hyper::Response<ResponseBody> {
+    let message = format!("{component} failed unexpectedly; the server log has the details");
     let body = serde_json::json!({ "error": { "code": "internal_error", "message": message } });
     full(500, Some("application/json"), body.to_string())
 }
@@ -251,7 +253,7 @@ impl App {
             Ok(response) => response,
             Err(e) => {
                 self.logs.push(format!("[{}] error: {e:?}", shared.id));
-                internal_error(&format!("component {} failed: {e}", shared.id))
+                internal_error(&shared.id)
             }
         }
     }
@@ -290,7 +292,7 @@ impl App {
             }
             Ok(Err(code)) => {
                 self.logs.push(format!("[{}] responded with error {code:?}", shared.id));
-                Ok(internal_error(&format!("component {} failed: {code:?}", shared.id)))
+                Ok(internal_error(&shared.id))
             }
             Err(_) => {
                 let failure = match task.await {
@@ -299,7 +301,7 @@ impl App {
                     Err(e) => e.into(),
                 };
                 self.logs.push(format!("[{}] trap: {failure:?}", shared.id));
-                Ok(internal_error(&format!("component {} trapped: {failure}", shared.id)))
+                Ok(internal_error(&shared.id))
             }
         }
     }
