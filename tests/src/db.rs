@@ -227,7 +227,13 @@ impl Drop for TestDb {
 
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> Result<TestDb> {
-    let admin = admin_url()?;
+    fresh_database_on(&admin_url()?).await
+}
+
+/// A fresh, migrated database for one test on the cluster at `admin` (a cluster of the
+/// test's own, e.g. one the fault tests stop and restart).
+pub async fn fresh_database_on(admin: &str) -> Result<TestDb> {
+    let admin = admin.to_string();
     let template = ensure_template(&admin).await?;
     let name = format!("test_{}", random_suffix());
     let client = connect(&admin).await?;

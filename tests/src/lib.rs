@@ -5,7 +5,9 @@
 //! * [`db`]: Postgres for tests and for the local server: the migration runner and
 //!   fresh per-test databases cloned from a migrated template.
 //! * [`testing`]: helpers for end-to-end tests (`TestApp`).
+//! * [`contract`]: responses against `openapi.yaml`, and the secret-leak check.
 
+pub mod contract;
 pub mod db;
 pub mod host;
 pub mod testing;

@@ -58,6 +58,12 @@ impl TestApp {
     /// value; e.g. point `openai_base_url` at a `wiremock` server's `uri()`).
     pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
         let db = db::fresh_database().await.expect("creating the test database");
+        Self::spawn_on(db, configure).await
+    }
+
+    /// Like [`TestApp::spawn_with`], on a database the test made (e.g. with
+    /// [`db::fresh_database_on`] on a cluster of its own).
+    pub async fn spawn_on(db: TestDb, configure: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
         let jwt_secret = random_secret();
         let mut variables = HashMap::new();
         for (k, v) in [
@@ -188,6 +194,40 @@ impl TestApp {
             .map(|r| format!("{}: tokens {} ledger {}", r.get::<_, Uuid>(0), r.get::<_, i32>(1), r.get::<_, i64>(2)))
             .collect();
         assert!(bad.is_empty(), "balances do not match the ledger: {bad:?}");
+    }
+}
+
+impl TestApp {
+    /// Every recorded response that breaks `openapi.yaml`, and every place a secret
+    /// variable's value shows up in a response or the log (see [`crate::contract`]).
+    pub fn contract_and_leak_problems(&self) -> Vec<String> {
+        let responses = self.app.recorded();
+        let spec = crate::contract::Spec::repo();
+        let mut problems: Vec<String> = responses.iter().flat_map(|r| spec.violations(r)).collect();
+        let names = crate::contract::secret_variable_names(&crate::repo_root().join("spin.toml"));
+        let secrets = crate::contract::secret_values(&names, &self.variables);
+        problems.extend(crate::contract::leaks(&secrets, &responses, &self.logs()));
+        problems.dedup();
+        problems
+    }
+}
+
+/// When a test ends (and has not failed already), every response it got must conform
+/// to `openapi.yaml` and no secret may appear in a response or the log. Set
+/// `LIBERO_SKIP_CONTRACT=1` to turn this off while debugging.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("LIBERO_SKIP_CONTRACT").is_some() {
+            return;
+        }
+        let problems = self.contract_and_leak_problems();
+        if !problems.is_empty() {
+            panic!(
+                "{} contract or secret-leak problem(s) in this test's responses:\n  {}",
+                problems.len(),
+                problems.join("\n  ")
+            );
+        }
     }
 }
 

@@ -108,21 +108,27 @@ impl From<StripeError> for ApiError {
 }
 
 /// Masks anything shaped like a Stripe key (`sk_...`, `rk_...`, `pk_...`, `whsec_...`)
-/// in a message we pass on or log.
+/// in a message we pass on or log, wherever it appears in the text.
 pub fn redact(message: &str) -> String {
     const PREFIXES: [&str; 4] = ["sk_", "rk_", "pk_", "whsec_"];
-    message
-        .split(' ')
-        .map(|word| {
-            let bare = word.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
-            if PREFIXES.iter().any(|p| bare.starts_with(p)) {
-                "[redacted]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '*';
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    let mut previous: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let starts_word = !previous.is_some_and(|p| p.is_ascii_alphanumeric() || p == '_');
+        if starts_word && PREFIXES.iter().any(|p| rest.starts_with(p)) {
+            let end = rest.find(|c: char| !is_key_char(c)).unwrap_or(rest.len());
+            out.push_str("[redacted]");
+            previous = rest[..end].chars().last();
+            rest = &rest[end..];
+        } else {
+            out.push(c);
+            previous = Some(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
 }
 
 pub struct StripeClient<'a> {
@@ -310,6 +316,13 @@ mod tests {
         assert!(!api.body().to_string().contains("sk_test"));
         assert!(!api.body().to_string().contains("request_log_url"));
         assert!(platform.logs.borrow().iter().all(|l| !l.contains("sk_test")));
+    }
+
+    #[test]
+    fn stripe_redaction_finds_keys_anywhere() {
+        assert_eq!(redact("key:sk_live_abc*** and (rk_test_1) whsec_x."), "key:[redacted] and ([redacted]) [redacted].");
+        assert_eq!(redact("ask_for_it desk_1 No such customer: 'cus_1'"), "ask_for_it desk_1 No such customer: 'cus_1'");
+        assert_eq!(redact("é sk_1"), "é [redacted]");
     }
 
     #[test]

@@ -13,15 +13,46 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
-/// The process-wide engine (async, component model).
+/// The process-wide engine (async, component model). Instances come from wasmtime's
+/// pooling allocator, as under Spin (which uses it whenever the system allows): a
+/// request's instance reuses a warm slot instead of mapping and unmapping its memories
+/// and tables. Where the pool's address-space reservation fails, instances are
+/// allocated on demand instead.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let mut config = Config::new();
-        // Async support follows from the `async` feature in wasmtime 48.
-        config.wasm_component_model(true);
-        Engine::new(&config).expect("creating the wasmtime engine")
+        let mut config = base_config();
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
+        Engine::new(&config).or_else(|_| Engine::new(&base_config())).expect("creating the wasmtime engine")
     })
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    // Async support follows from the `async` feature in wasmtime 48.
+    config.wasm_component_model(true);
+    config
+}
+
+/// Limits in the spirit of Spin's defaults: up to 1,000 instances at once.
+fn pooling() -> wasmtime::PoolingAllocationConfig {
+    let mut pooling = wasmtime::PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(1_000)
+        .max_component_instance_size(10 << 20)
+        .max_core_instances_per_component(200)
+        .max_tables_per_component(20)
+        .table_elements(100_000)
+        .max_memories_per_component(20)
+        .total_memories(1_000)
+        .total_tables(2_000)
+        .total_core_instances(5_000)
+        .total_stacks(1_000)
+        // Keep the first pages of each warm slot resident instead of returning them to
+        // the kernel after every request (the guest's stack and data live there).
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(1 << 16);
+    pooling
 }
 
 /// Where compiled components are cached: `LIBERO_HOST_CACHE`, else

@@ -18,6 +18,7 @@ mod engine;
 mod logs;
 pub mod manifest;
 mod postgres;
+pub mod record;
 pub mod routes;
 mod state;
 pub mod variables;
@@ -43,6 +44,7 @@ use wasmtime_wasi_http::WasiHttpView;
 
 pub use engine::{engine, load_component};
 use logs::LogBuffer;
+use record::{RecordedResponse, Recorder};
 use manifest::Manifest;
 use routes::{RouteMatch, Router};
 use state::{ComponentShared, RequestState};
@@ -81,6 +83,7 @@ pub struct RunningApp {
     /// The address it listens on.
     pub addr: SocketAddr,
     logs: LogBuffer,
+    recorder: Recorder,
     pools: Arc<postgres::Pools>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -93,9 +96,20 @@ impl RunningApp {
         self.logs.snapshot()
     }
 
+    /// Every response sent so far whose body has ended (see [`record`]).
+    pub fn recorded(&self) -> Vec<RecordedResponse> {
+        self.recorder.snapshot()
+    }
+
     /// `http://<addr><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Postgres statements the components have run so far (each `query`/`execute` call
+    /// of `spin:postgres`), for counting database round trips per request.
+    pub fn db_statements(&self) -> u64 {
+        self.pools.statements()
     }
 
     /// Stops serving and waits for the server task to end.
@@ -127,6 +141,7 @@ struct App {
     router: Router,
     components: HashMap<String, (ProxyPre<RequestState>, ComponentShared)>,
     logs: LogBuffer,
+    recorder: Recorder,
 }
 
 /// Loads the manifest, resolves variables (failing, as Spin does, if a required one has
@@ -182,7 +197,8 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
         components.insert(component.id.clone(), (pre, shared));
     }
     let router = Router::new(manifest.routes.iter().map(|r| (r.route.as_str(), r.component.as_str())))?;
-    let app = Arc::new(App { router, components, logs: logs.clone() });
+    let recorder = Recorder::default();
+    let app = Arc::new(App { router, components, logs: logs.clone(), recorder: recorder.clone() });
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -190,7 +206,7 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel();
     let server = tokio::spawn(serve(listener, app, stopped));
-    Ok(RunningApp { addr, logs, pools, stop: Some(stop), server: Some(server) })
+    Ok(RunningApp { addr, logs, recorder, pools, stop: Some(stop), server: Some(server) })
 }
 
 async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: oneshot::Receiver<()>) {
@@ -201,6 +217,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stopped: oneshot::Recei
             _ = &mut stopped => break,
             accepted = listener.accept() => {
                 let Ok((stream, client)) = accepted else { continue };
+                // A response's head and body go out as separate writes when the body
+                // streams from the guest; with Nagle's algorithm on, the body would wait
+                // for the client's delayed ACK of the head (~40 ms on Linux).
+                let _ = stream.set_nodelay(true);
                 let app = app.clone();
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -240,7 +260,13 @@ fn internal_error(component: &str) -> hyper::Response<ResponseBody> {
 }
 
 impl App {
-    async fn handle(&self, mut req: hyper::Request<Incoming>, client: SocketAddr) -> hyper::Response<ResponseBody> {
+    async fn handle(&self, req: hyper::Request<Incoming>, client: SocketAddr) -> hyper::Response<ResponseBody> {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        let response = self.dispatch(req, client).await;
+        self.recorder.tee(&method, &path, response)
+    }
+
+    async fn dispatch(&self, mut req: hyper::Request<Incoming>, client: SocketAddr) -> hyper::Response<ResponseBody> {
         let Some(route) = self.router.route(req.uri().path()) else {
             return full(404, None, "Not Found");
         };
@@ -331,4 +357,37 @@ fn add_spin_headers(req: &mut hyper::Request<Incoming>, route: &RouteMatch, clie
     for (name, value) in &route.params {
         set(&format!("spin-path-match-{}", name.to_ascii_lowercase()), value);
     }
+}
+
+/// For the benchmark: compiles the component at `path` with Cranelift (bypassing the
+/// on-disk cache) and instantiates it `iterations` times, each in a fresh store as a
+/// request does. Returns the compile time and the median time to instantiate.
+pub async fn measure_component(path: &std::path::Path, iterations: usize) -> Result<(std::time::Duration, std::time::Duration)> {
+    use std::time::Instant;
+    let engine = engine();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let started = Instant::now();
+    let component = tokio::task::spawn_blocking(move || wasmtime::component::Component::new(engine, &bytes))
+        .await?
+        .map_err(anyhow::Error::from)?;
+    let compile = started.elapsed();
+    let linker = state::linker(engine)?;
+    let pre = ProxyPre::new(linker.instantiate_pre(&component).map_err(anyhow::Error::from)?).map_err(anyhow::Error::from)?;
+    let shared = ComponentShared {
+        id: "bench".into(),
+        variables: Arc::new(HashMap::new()),
+        allowed: Arc::new(allowed_hosts::AllowedHosts::parse::<String>(&[])?),
+        environment: Vec::new(),
+        pools: Arc::new(postgres::Pools::default()),
+        logs: LogBuffer::new(false),
+    };
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations.max(1) {
+        let started = Instant::now();
+        let mut store = Store::new(engine, RequestState::new(&shared));
+        let _proxy = pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok((compile, times[times.len() / 2]))
 }

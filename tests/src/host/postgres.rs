@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BufMut;
@@ -52,6 +53,9 @@ pub struct Connection {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<String, Pool>>,
+    /// Statements the guests ran (`query` and `execute` calls), for the benchmark's
+    /// round-trips-per-request figure.
+    statements: AtomicU64,
 }
 
 impl Pools {
@@ -72,6 +76,11 @@ impl Pools {
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build()?;
         pools.insert(address.to_string(), pool.clone());
         Ok(pool)
+    }
+
+    /// Statements run so far through these pools.
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
     /// Closes every pooled connection (the app is stopping).
@@ -125,6 +134,7 @@ impl pg::HostConnection for PgHost {
     ) -> Result<RowSet, pg::Error> {
         let params = to_sql_parameters(&params).map_err(|e| pg::Error::BadParameter(format!("{e:?}")))?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        self.pools.statements.fetch_add(1, Ordering::Relaxed);
         let client = self.client(&conn)?;
         let rows = client.query(statement.as_str(), &refs).await.map_err(query_failed)?;
         let Some(first) = rows.first() else {
@@ -153,6 +163,7 @@ impl pg::HostConnection for PgHost {
         let params =
             to_sql_parameters(&params).map_err(|e| pg::Error::ValueConversionFailed(format!("{e:?}")))?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        self.pools.statements.fetch_add(1, Ordering::Relaxed);
         let client = self.client(&conn)?;
         client.execute(statement.as_str(), &refs).await.map_err(query_failed)
     }

@@ -1,0 +1,314 @@
+//! Load with invariants (issue 8): many users and one hot user, concurrently completing
+//! sessions (some sent twice at once), buying token packages through the webhook (every
+//! event delivered two or three times, concurrently), spending on the premium voice
+//! (some upstream calls fail and are refunded) and getting charges refunded. Afterwards:
+//! every user's `tokens == sum(ledger)`, no balance below zero, every reward and purchase
+//! applied exactly once (counted against what was sent), and the counts printed.
+//!
+//! Size: `LIBERO_LOAD_USERS` users (default 30) plus one hot user; a few hundred requests
+//! at up to 24 in flight, a few seconds on 2 cores.
+
+#![recursion_limit = "256"]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[path = "stripe_support/mod.rs"]
+mod stripe_support;
+
+use futures_util::stream::{self, StreamExt};
+use libero_tests::testing::TestApp;
+use serde_json::{json, Value};
+use stripe_support::{checkout_session, event, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use uuid::Uuid;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ELEVEN_KEY: &str = "xi-load-test-key-000111";
+
+#[derive(Clone)]
+enum Op {
+    /// A session completion (the same body may be queued twice: a client retry).
+    Session { user: Uuid, body: Value },
+    /// A signed webhook delivery (the same event queued 2-3 times).
+    Webhook { event: Value },
+    /// A premium voice request; `fail` makes the fake upstream refuse (refund expected).
+    Spend { user: Uuid, fail: bool },
+}
+
+#[derive(Default)]
+struct Tally {
+    session_200: AtomicUsize,
+    session_replayed: AtomicUsize,
+    session_other: AtomicUsize,
+    webhook_applied: AtomicUsize,
+    webhook_duplicate: AtomicUsize,
+    webhook_other: AtomicUsize,
+    spend_ok: AtomicUsize,
+    spend_refunded: AtomicUsize,
+    spend_402: AtomicUsize,
+    spend_other: AtomicUsize,
+    unexpected: std::sync::Mutex<Vec<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_concurrent_traffic_keeps_every_invariant() {
+    let users_n: usize = std::env::var("LIBERO_LOAD_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let eleven = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v1/text-to-speech/fail/stream$"))
+        .respond_with(ResponseTemplate::new(422).set_body_string("{\"detail\":\"refused\"}"))
+        .mount(&eleven)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v1/text-to-speech/[A-Za-z0-9]+/stream$"))
+        .respond_with(ResponseTemplate::new(200).insert_header("content-type", "audio/mpeg").set_body_bytes(b"ID3 load audio".to_vec()))
+        .mount(&eleven)
+        .await;
+    let app = TestApp::spawn_with(|vars| {
+        vars.insert("stripe_secret_key".into(), SECRET_KEY.into());
+        vars.insert("stripe_webhook_secrets".into(), WEBHOOK_SECRET.into());
+        for (name, price) in PRICES {
+            vars.insert(name.into(), price.into());
+        }
+        vars.insert("elevenlabs_base_url".into(), eleven.uri());
+        vars.insert("elevenlabs_api_key".into(), ELEVEN_KEY.into());
+        vars.insert("elevenlabs_max_attempts".into(), "1".into());
+    })
+    .await;
+
+    let hot = app.create_user().await;
+    let mut users = vec![hot];
+    for _ in 0..users_n {
+        users.push(app.create_user().await);
+    }
+
+    // What is sent, and what each user should end with.
+    let mut ops: Vec<Op> = Vec::new();
+    let mut expected_sessions: HashMap<Uuid, i64> = HashMap::new();
+    let mut expected_purchases: HashMap<Uuid, i64> = HashMap::new();
+    let mut expected_refund_events = 0i64;
+    let mut unique_events = 0i64;
+    let mut rng_state = 0x2545F4914F6CDD1Du64;
+    let mut rand = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for (i, &user) in users.iter().enumerate() {
+        let is_hot = i == 0;
+        let sessions = if is_hot { 40 } else { 3 };
+        for _ in 0..sessions {
+            let ego_state = ["guardian", "healer", "sage", "explorer", "child"][(rand() % 5) as usize];
+            let duration = (rand() % 3600) as i64;
+            let body = json!({ "session_id": Uuid::new_v4().to_string(), "ego_state": ego_state, "duration_seconds": duration });
+            let copies = if rand() % 4 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
+                ops.push(Op::Session { user, body: body.clone() });
+            }
+            *expected_sessions.entry(user).or_default() += 1;
+        }
+        // Purchases: the hot user buys 4 times, every other user once, every third none.
+        let purchases = if is_hot { 4 } else if i % 3 == 0 { 0 } else { 1 };
+        for p in 0..purchases {
+            let product = ["tokens-small", "tokens-medium", "tokens-large"][(rand() % 3) as usize];
+            let mut session = checkout_session(user, product, "payment", "paid");
+            session["customer"] = json!(format!("cus_load{}", user.simple()));
+            let payment_intent = session["payment_intent"].as_str().unwrap().to_string();
+            let paid = event("checkout.session.completed", session);
+            let copies = 2 + (rand() % 2) as usize;
+            for _ in 0..copies {
+                ops.push(Op::Webhook { event: paid.clone() });
+            }
+            unique_events += 1;
+            *expected_purchases.entry(user).or_default() += 1;
+            // Some purchases are refunded in part (the hot user's first, every fifth user's).
+            if (is_hot && p == 0) || (!is_hot && i % 5 == 0) {
+                let refund = event("charge.refunded", refunded_charge(&random_id("ch_3Q"), &payment_intent, 999, 500));
+                // Delivered after its purchase (queued late); twice.
+                ops.push(Op::Webhook { event: refund.clone() });
+                ops.push(Op::Webhook { event: refund });
+                unique_events += 1;
+                expected_refund_events += 1;
+            }
+        }
+        // Spends: the hot user 30 (a quarter failing upstream), others 2.
+        let spends = if is_hot { 30 } else { 2 };
+        for _ in 0..spends {
+            ops.push(Op::Spend { user, fail: rand() % 4 == 0 });
+        }
+    }
+    // Shuffle; purchases all go in the first wave, refunds in the second (Stripe sends a
+    // refund only for a charge that was paid), mixed with a third of the other traffic.
+    let (refund_ops, mut early): (Vec<Op>, Vec<Op>) =
+        ops.into_iter().partition(|op| matches!(op, Op::Webhook { event } if event["type"] == "charge.refunded"));
+    for i in (1..early.len()).rev() {
+        early.swap(i, (rand() % (i as u64 + 1)) as usize);
+    }
+    let mut tail: Vec<Op> = Vec::new();
+    let mut keep = Vec::new();
+    for op in early {
+        if !matches!(op, Op::Webhook { .. }) && rand() % 3 == 0 {
+            tail.push(op);
+        } else {
+            keep.push(op);
+        }
+    }
+    let early = keep;
+    tail.extend(refund_ops);
+    for i in (1..tail.len()).rev() {
+        tail.swap(i, (rand() % (i as u64 + 1)) as usize);
+    }
+    let total_ops = early.len() + tail.len();
+
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    for batch in [early, tail] {
+        stream::iter(batch)
+            .for_each_concurrent(24, |op| {
+                let tally = tally.clone();
+                let app = &app;
+                async move { run(app, op, &tally).await }
+            })
+            .await;
+    }
+    let elapsed = started.elapsed();
+
+    let client = app.db_client().await;
+    let t = |a: &AtomicUsize| a.load(Ordering::SeqCst);
+    let unexpected = tally.unexpected.lock().unwrap().clone();
+    assert!(unexpected.is_empty(), "unexpected answers:\n  {}", unexpected.join("\n  "));
+
+    // Invariants.
+    app.assert_ledger_consistent().await;
+    let negative: i64 = client.query_one("SELECT count(*) FROM public.user_profiles WHERE tokens < 0", &[]).await.unwrap().get(0);
+    assert_eq!(negative, 0);
+    let mut session_mismatch = Vec::new();
+    let mut purchase_mismatch = Vec::new();
+    for &user in &users {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM public.sessions WHERE user_id = $1),
+                        (SELECT count(*) FROM public.token_ledger WHERE user_id = $1 AND reason = 'session_complete'),
+                        (SELECT count(*) FROM public.token_ledger WHERE user_id = $1 AND reason = 'purchase'),
+                        (SELECT count(*) FROM public.stripe_orders WHERE user_id = $1)",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        let (sessions, rewards, purchases, orders): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let want_sessions = expected_sessions.get(&user).copied().unwrap_or(0);
+        let want_purchases = expected_purchases.get(&user).copied().unwrap_or(0);
+        if sessions != want_sessions || rewards != want_sessions {
+            session_mismatch.push(format!("{user}: {sessions} sessions, {rewards} rewards, want {want_sessions}"));
+        }
+        if purchases != want_purchases || orders != want_purchases {
+            purchase_mismatch.push(format!("{user}: {purchases} purchase rows, {orders} orders, want {want_purchases}"));
+        }
+    }
+    assert!(session_mismatch.is_empty(), "sessions lost or doubled: {session_mismatch:?}");
+    assert!(purchase_mismatch.is_empty(), "purchases lost or doubled: {purchase_mismatch:?}");
+    let events: i64 = client.query_one("SELECT count(*) FROM public.stripe_events", &[]).await.unwrap().get(0);
+    assert_eq!(events, unique_events, "every event recorded exactly once");
+    assert_eq!(t(&tally.webhook_applied) as i64 + 0, unique_events, "every event applied exactly once");
+    let refunds: i64 = client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'refund'", &[]).await.unwrap().get(0);
+    assert!(refunds <= expected_refund_events, "{refunds} refunds for {expected_refund_events} refund events");
+    let spend_rows: i64 = client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'spend'", &[]).await.unwrap().get(0);
+    let spend_refunds: i64 = client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'spend_refund'", &[]).await.unwrap().get(0);
+    assert_eq!(spend_rows as usize, t(&tally.spend_ok) + t(&tally.spend_refunded), "one debit per paid call");
+    assert_eq!(spend_refunds as usize, t(&tally.spend_refunded), "one refund per failed call");
+    let ledger_rows: i64 = client.query_one("SELECT count(*) FROM public.token_ledger", &[]).await.unwrap().get(0);
+    let hot_tokens = app.tokens_of(hot).await;
+
+    println!(
+        "load: {} users (1 hot), {total_ops} requests in {elapsed:?} (24 in flight)\n  \
+         sessions: {} granted, {} replays answered without granting, {} other\n  \
+         webhook: {} events applied once, {} duplicate deliveries ignored, {} other ({} refund events)\n  \
+         premium spends: {} paid, {} refunded after an upstream refusal, {} refused for lack of tokens\n  \
+         ledger: {ledger_rows} rows, {spend_rows} spends, {spend_refunds} spend refunds, {refunds} purchase refunds; \
+         hot user ends with {hot_tokens} tokens\n  invariants: tokens == sum(ledger) for all, none negative, none lost or doubled: OK",
+        users.len(),
+        t(&tally.session_200),
+        t(&tally.session_replayed),
+        t(&tally.session_other),
+        t(&tally.webhook_applied),
+        t(&tally.webhook_duplicate),
+        t(&tally.webhook_other),
+        expected_refund_events,
+        t(&tally.spend_ok),
+        t(&tally.spend_refunded),
+        t(&tally.spend_402),
+    );
+}
+
+async fn run(app: &TestApp, op: Op, tally: &Tally) {
+    match op {
+        Op::Session { user, body } => {
+            let response = app
+                .client
+                .post(app.url("/functions/v1/session-complete"))
+                .bearer_auth(app.token_for(user))
+                .json(&body)
+                .send()
+                .await
+                .expect("session request");
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            match (status, answer["replayed"].as_bool()) {
+                (200, Some(false)) => tally.session_200.fetch_add(1, Ordering::SeqCst),
+                (200, Some(true)) => tally.session_replayed.fetch_add(1, Ordering::SeqCst),
+                _ => {
+                    tally.unexpected.lock().unwrap().push(format!("session: {status} {answer}"));
+                    tally.session_other.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+        }
+        Op::Webhook { event } => {
+            let body = serde_json::to_vec(&event).unwrap();
+            let response = app
+                .client
+                .post(app.url("/functions/v1/stripe-webhook"))
+                .header("content-type", "application/json")
+                .header("stripe-signature", signature(&body, WEBHOOK_SECRET, now()))
+                .body(body)
+                .send()
+                .await
+                .expect("webhook request");
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            match (status, answer["outcome"].as_str()) {
+                (200, Some("applied")) => tally.webhook_applied.fetch_add(1, Ordering::SeqCst),
+                (200, Some("duplicate")) => tally.webhook_duplicate.fetch_add(1, Ordering::SeqCst),
+                _ => {
+                    tally.unexpected.lock().unwrap().push(format!("webhook {}: {status} {answer}", event["type"]));
+                    tally.webhook_other.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+        }
+        Op::Spend { user, fail } => {
+            let voice = if fail { "fail" } else { "Voice01" };
+            let response = app
+                .client
+                .post(app.url("/functions/v1/elevenlabs-tts-proxy"))
+                .bearer_auth(app.token_for(user))
+                .json(&json!({ "text": "a calm and steady voice", "voice_id": voice }))
+                .send()
+                .await
+                .expect("premium request");
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            match (status, fail) {
+                (200, false) => tally.spend_ok.fetch_add(1, Ordering::SeqCst),
+                (502, true) => tally.spend_refunded.fetch_add(1, Ordering::SeqCst),
+                (402, _) => tally.spend_402.fetch_add(1, Ordering::SeqCst),
+                _ => {
+                    tally.unexpected.lock().unwrap().push(format!("premium: {status} {}", String::from_utf8_lossy(&bytes)));
+                    tally.spend_other.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+        }
+    }
+}
