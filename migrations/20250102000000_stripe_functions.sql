@@ -314,17 +314,24 @@ end
 $$;
 
 -- What the checkout endpoint needs to know about a user, in one read:
--- {"customer_id": text|null, "deleted_customer_id": text|null,
+-- {"user_exists": bool, "customer_id": text|null, "deleted_customer_id": text|null,
 --  "has_active_subscription": bool, "has_paid": bool}.
+-- user_exists: false when the signed-in user is no auth user of this project (nothing
+--   else is returned then, and no Stripe customer may be made for them); an auth user
+--   without a profile gets one, so the customer mapping can reference it.
 -- deleted_customer_id: the customer Stripe reported deleted, which a new one replaces.
 -- has_paid: any subscription, or a token order that was paid (the portal is for them).
 create function public.stripe_checkout_state(p_user uuid) returns jsonb
-  language sql
-  stable
+  language plpgsql
   security definer
   set search_path = public, pg_temp
   as $$
-  select jsonb_build_object(
+begin
+  if not public.ensure_user_profile(p_user) then
+    return jsonb_build_object('user_exists', false);
+  end if;
+  return jsonb_build_object(
+    'user_exists', true,
     'customer_id', (select customer_id from public.stripe_customers
                      where user_id = p_user and deleted_at is null),
     'deleted_customer_id', (select customer_id from public.stripe_customers
@@ -335,6 +342,7 @@ create function public.stripe_checkout_state(p_user uuid) returns jsonb
     'has_paid', exists (select 1 from public.stripe_subscriptions where user_id = p_user)
              or exists (select 1 from public.stripe_orders
                          where user_id = p_user and status in ('completed', 'refunded')));
+end
 $$;
 
 -- Maps the user to p_customer unless they already have a customer, and returns the

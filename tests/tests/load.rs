@@ -5,7 +5,7 @@
 //! every user's `tokens == sum(ledger)`, no balance below zero, every reward and purchase
 //! applied exactly once (counted against what was sent), and the counts printed.
 //!
-//! Size: `LIBERO_LOAD_USERS` users (default 30) plus one hot user; a few hundred requests
+//! Size: `LIBERO_LOAD_USERS` users (default 80) plus one hot user; a few hundred requests
 //! at up to 24 in flight, a few seconds on 2 cores.
 
 #![recursion_limit = "256"]
@@ -55,7 +55,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_concurrent_traffic_keeps_every_invariant() {
-    let users_n: usize = std::env::var("LIBERO_LOAD_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let users_n: usize = std::env::var("LIBERO_LOAD_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(80);
     let eleven = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path_regex("^/v1/text-to-speech/fail/stream$"))
@@ -100,7 +100,7 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
     };
     for (i, &user) in users.iter().enumerate() {
         let is_hot = i == 0;
-        let sessions = if is_hot { 40 } else { 3 };
+        let sessions = if is_hot { 60 } else { 3 };
         for _ in 0..sessions {
             let ego_state = ["guardian", "healer", "sage", "explorer", "child"][(rand() % 5) as usize];
             let duration = (rand() % 3600) as i64;

@@ -288,6 +288,13 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
     assert_eq!(response.status(), 401);
     let response = app.client.get(app.url(CHECKOUT)).send().await.unwrap();
     assert_eq!(response.status(), 405);
+    // A valid token for a user this project does not have: no customer is made for them.
+    let ghost = Uuid::new_v4();
+    let (status, answer) = checkout(&app, ghost, json!({"product": "tokens-small"})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (404, Some("user_not_found")), "{answer}");
+    let response =
+        app.client.post(app.url(&format!("{CHECKOUT}/portal"))).bearer_auth(app.token_for(ghost)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
     assert!(app.stripe.received_requests().await.unwrap().is_empty(), "Stripe was never called");
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
     app.assert_ledger_consistent().await;

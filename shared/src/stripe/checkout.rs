@@ -137,6 +137,11 @@ fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState,
         user_id.to_string(),
     )])
     .map_err(|e| db::report(platform, "stripe_checkout_state", e))?;
+    // A valid token for a user this project does not have (deleted, or another
+    // project's): refused before anything is created at Stripe for them.
+    if state["user_exists"] != Value::Bool(true) {
+        return Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."));
+    }
     Ok(BillingState {
         customer_id: state["customer_id"].as_str().map(str::to_string),
         deleted_customer_id: state["deleted_customer_id"].as_str().map(str::to_string),

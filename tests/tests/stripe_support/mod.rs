@@ -4,13 +4,10 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use hmac::{Hmac, Mac};
-use libero_tests::db;
 use libero_tests::host::{self, AppOptions, RunningApp};
-use libero_tests::testing::{db_host, TestApp};
+use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -28,42 +25,7 @@ pub const PRICES: [(&str, &str); 4] = [
     ("stripe_price_tokens_large", "price_1TokensLarge"),
 ];
 
-/// `spin.toml` with only the Stripe components (sources made absolute), so these tests
-/// do not depend on the other components being built.
-pub fn stripe_manifest() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = libero_tests::repo_root();
-        let text = std::fs::read_to_string(root.join("spin.toml")).expect("reading spin.toml");
-        let mut manifest: toml::Table = toml::from_str(&text).expect("parsing spin.toml");
-        let ours = |id: &str| id.starts_with("stripe-");
-        if let Some(toml::Value::Table(components)) = manifest.get_mut("component") {
-            components.retain(|id, _| ours(id));
-            for (_, component) in components.iter_mut() {
-                let source = component["source"].as_str().expect("a source path").to_string();
-                component
-                    .as_table_mut()
-                    .unwrap()
-                    .insert("source".into(), root.join(source).display().to_string().into());
-            }
-        }
-        if let Some(toml::Value::Table(trigger)) = manifest.get_mut("trigger") {
-            if let Some(toml::Value::Array(routes)) = trigger.get_mut("http") {
-                routes.retain(|r| r["component"].as_str().is_some_and(ours));
-            }
-        }
-        let dir = root.join("target/stripe-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("spin.toml");
-        let tmp = dir.join(format!("spin.toml.{}", std::process::id()));
-        std::fs::write(&tmp, toml::to_string(&manifest).unwrap()).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    })
-    .clone()
-}
-
-/// The app (only the Stripe components) on a fresh database, with Stripe pointed at a
+/// The app on a fresh database, with Stripe pointed at a
 /// fake on loopback.
 pub struct StripeApp {
     pub app: TestApp,
@@ -83,37 +45,32 @@ pub async fn spawn() -> StripeApp {
 
 pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> StripeApp {
     let stripe = MockServer::start().await;
-    let db = db::fresh_database().await.expect("creating the test database");
-    let jwt_secret = Uuid::new_v4().simple().to_string();
-    let mut variables: HashMap<String, String> = [
-        ("database_url", db.url.as_str()),
-        ("supabase_jwt_secret", jwt_secret.as_str()),
-        ("allowed_origins", "*"),
-        ("app_origins", "http://localhost:5173,https://app.libero.test"),
-        ("stripe_api_base", &stripe.uri()),
-        ("stripe_secret_key", SECRET_KEY),
-        ("stripe_webhook_secrets", WEBHOOK_SECRET),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (name, price) in PRICES {
-        variables.insert(name.into(), price.into());
-    }
-    variables.insert("db_host".into(), db_host(&db.url));
-    configure(&mut variables);
-    let app = start_instance(&variables).await;
-    let app = TestApp { app, db, client: reqwest::Client::new(), jwt_secret, variables };
+    let stripe_uri = stripe.uri();
+    let app = TestApp::spawn_with(|variables| {
+        for (k, v) in [
+            ("app_origins", "http://localhost:5173,https://app.libero.test"),
+            ("stripe_api_base", stripe_uri.as_str()),
+            ("stripe_secret_key", SECRET_KEY),
+            ("stripe_webhook_secrets", WEBHOOK_SECRET),
+        ] {
+            variables.insert(k.to_string(), v.to_string());
+        }
+        for (name, price) in PRICES {
+            variables.insert(name.into(), price.into());
+        }
+        configure(variables);
+    })
+    .await;
     StripeApp { app, stripe }
 }
 
 /// Another instance of the app with these variables (e.g. the same database, or one
 /// that cannot reach it).
 pub async fn start_instance(variables: &HashMap<String, String>) -> RunningApp {
-    let mut options = AppOptions::new(stripe_manifest());
+    let mut options = AppOptions::new(libero_tests::repo_root().join("spin.toml"));
     options.variables = variables.clone();
     options.echo_logs = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
-    host::start(options).await.expect("starting the app (build the stripe components for wasm32-wasip2)")
+    host::start(options).await.expect("starting the app (did scripts/build-wasm.sh run?)")
 }
 
 /// A `Stripe-Signature` header as Stripe makes it.
