@@ -616,3 +616,32 @@ async fn premium_stream_broken_off_is_refunded() {
     assert_eq!(reasons, ["purchase", "spend", "spend_refund"]);
     app.assert_ledger_consistent().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// tts: the hourly AI quota
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tts_misses_count_against_the_ai_quota_and_hits_do_not() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(1).mount(&openai).await;
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("ai_quota_free_per_hour", "1")]).await;
+    let user = app.create_user().await;
+
+    let first = post(&app, TTS, user, &json!({"text": "Breathe in slowly."})).await;
+    assert_eq!(first.status, 200);
+
+    // Another text needs the upstream again: over the quota, the client speaks locally.
+    let limited = post(&app, TTS, user, &json!({"text": "And out again."})).await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(limited.json()["fallback"], "browser");
+    assert_eq!(limited.json()["error"]["code"], "rate_limited");
+
+    // The cached text is still served: a hit costs nothing upstream.
+    let hit = post(&app, TTS, user, &json!({"text": "Breathe in slowly."})).await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.header("x-tts-cache"), Some("hit"));
+    assert_eq!(hit.bytes, MP3);
+    assert_nothing_leaked(&app, &[&first, &limited, &hit]);
+}

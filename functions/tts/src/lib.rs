@@ -50,9 +50,9 @@ impl TryFrom<SpeechBody> for Speech {
 }
 
 fn speak(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
-    auth::authenticate(request, platform)?;
+    let user = auth::authenticate(request, platform)?;
     let speech = Speech::try_from(request.json::<SpeechBody>()?)?;
-    tts::speak(platform, &speech)
+    tts::speak(platform, &user.user_id, &speech)
 }
 
 libero_shared::spin_component!(ENDPOINT);

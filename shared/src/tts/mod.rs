@@ -121,7 +121,7 @@ fn browser_fallback(reason: &'static str) -> ApiError {
 }
 
 /// The `tts` chain: cache, OpenAI, ElevenLabs, then the browser fallback.
-pub fn speak(platform: &dyn Platform, speech: &Speech) -> Result<ApiResponse, ApiError> {
+pub fn speak(platform: &dyn Platform, user_id: &str, speech: &Speech) -> Result<ApiResponse, ApiError> {
     let openai = OpenAi::from_platform(platform)?;
     let elevenlabs = ElevenLabs::from_platform(platform)?;
     if openai.is_none() && elevenlabs.is_none() {
@@ -154,6 +154,16 @@ pub fn speak(platform: &dyn Platform, speech: &Speech) -> Result<ApiResponse, Ap
             }
         }
     }
+
+    // A miss costs upstream money: it counts against the user's hourly AI quota (a hit
+    // is free). Over the quota the client speaks locally, as when no provider answers.
+    crate::quota::take(platform, user_id, "tts").map_err(|e| {
+        if e.status == 429 {
+            e.with_field("fallback", "browser")
+        } else {
+            e
+        }
+    })?;
 
     if let Some(openai) = &openai {
         let request = SpeechRequest {
