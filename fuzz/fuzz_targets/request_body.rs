@@ -29,6 +29,10 @@ fuzz_target!(|data: &[u8]| {
         ("elevenlabs_api_key", "xi-fuzz"),
         ("elevenlabs_max_attempts", "1"),
         ("allowed_origins", "*"),
+        // Without these the endpoints rightly answer 500 config_missing.
+        ("app_origins", "http://localhost:5173"),
+        ("database_url", "postgres://fake"),
+        ("jwt_audience", "authenticated"),
     ]);
     let t = platform.now_unix_ms / 1000;
     for (endpoint, path) in endpoints {

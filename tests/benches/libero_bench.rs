@@ -41,7 +41,10 @@ const NOTES: &str = r#"
   (as Spin does) so a request's instance reuses a warm slot instead of mapping and
   unmapping memories; and sets `TCP_NODELAY` on accepted connections: a guest response
   whose head and body leave as two writes waited ~40 ms for the client's delayed ACK
-  (the webhook's p50 at c=1 was 50 ms before, a few ms after).
+  (the webhook's p50 at c=1 was 50 ms before, a few ms after); and hands out pooled
+  Postgres connections most-recently-used first (deadpool `Lifo`; its default, FIFO,
+  rotated every request through all of the up to 64 backends the pool had opened, each
+  one cold): session-complete at c=32 went from ~410 to ~830 requests/s in a quick run.
 - **session-complete against the one-query floor (≤ 1.3×):** the floor runs `SELECT 1`;
   session-complete runs `complete_session`, one statement that locks the profile, writes
   1–3 ledger rows (each through the balance-chain trigger and the deferred
@@ -52,9 +55,15 @@ const NOTES: &str = r#"
   threshold can be crossed), which changes the economy's rules code and was not attempted
   in this pass.
 - **Throughput at c=32 on 2 cores:** Postgres, the host and the load generator share the
-  same two cores (and other engineers' compilers when this ran). Session-complete and the
-  webhook are Postgres-CPU bound: requests/s ≈ 2 cores ÷ (Postgres CPU per request + host
-  CPU per request). The host part is near the no-op floor; the rest is the SQL above.
+  same two cores (and other engineers' compilers when this ran): requests/s ≈ 2 cores ÷
+  (Postgres CPU + host CPU + client CPU per request). In Postgres, `complete_session`
+  alone measured ~1.3 ms per call with pgbench at c=1, and the pool's reset batch adds
+  more (with pgbench, `DISCARD SEQUENCES` and `SET SESSION AUTHORIZATION DEFAULT` each
+  added 0.3–0.5 ms to the next `complete_session`).
+- **Left to profile:** compare the wasm row with "native plus the no-op floor" in the
+  wasm/native table; what remains is guest work in wasm (JWT check, JSON, fingerprint)
+  and the host's Postgres binding (value conversion, pool hand-out), not yet profiled
+  separately.
 - **wasm/native:** the native figure is the endpoint called in-process with no HTTP and a
   connection that is never reset, so the ratio also charges the host for HTTP, a fresh
   instance and the pool's reset round trip (deadpool `Clean`, which Spin uses too:

@@ -221,6 +221,13 @@ impl Drop for TestApp {
             return;
         }
         let problems = self.contract_and_leak_problems();
+        // `LIBERO_CONTRACT_TALLY=<file>`: append how many responses and log lines were checked.
+        if let Some(path) = std::env::var_os("LIBERO_CONTRACT_TALLY") {
+            use std::io::Write as _;
+            if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(file, "{} {}", self.app.recorded().len(), self.logs().len());
+            }
+        }
         if !problems.is_empty() {
             panic!(
                 "{} contract or secret-leak problem(s) in this test's responses:\n  {}",

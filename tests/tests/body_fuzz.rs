@@ -4,10 +4,10 @@
 //! and arbitrary bodies. It must never panic, never answer 500, and answer a 4xx JSON
 //! error for anything that is not a JSON object.
 //!
-//! Cases per property: `PROPTEST_CASES` (default 64 here, so CI stays quick); for a long
+//! Cases per property: `PROPTEST_CASES` (default 256 here: about a second in CI); for a long
 //! run by hand: `PROPTEST_CASES=100000 cargo test -p libero-tests --test body_fuzz --release`.
-//! Any failure proptest finds is saved under `tests/proptest-regressions/` (commit it)
-//! and replayed first on every later run.
+//! A failure prints the minimal input; add it to `regression_corpus` below so it is
+//! replayed on every run (nothing is persisted automatically).
 
 use libero_shared::http::{dispatch, ApiRequest, Endpoint};
 use libero_shared::testing::FakePlatform;
@@ -112,8 +112,11 @@ fn body_like() -> impl Strategy<Value = Value> {
     prop::collection::vec((fields, value), 0..8).prop_map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
 }
 
-fn assert_sane(results: &[(String, u16, Value)], garbage: bool) -> Result<(), TestCaseError> {
+fn assert_sane(results: &[(String, u16, Value)], garbage: bool, body: &[u8]) -> Result<(), TestCaseError> {
+    // The portal's body is optional: an empty one is no garbage there.
+    let empty = body.iter().all(u8::is_ascii_whitespace);
     for (name, status, json) in results {
+        let garbage = garbage && !(empty && name == "stripe-checkout/portal");
         prop_assert!(*status != 500, "{name}: 500 {json}");
         prop_assert!(matches!(status, 200..=299 | 400..=499 | 502 | 503), "{name}: {status} {json}");
         if *status >= 400 {
@@ -127,7 +130,7 @@ fn assert_sane(results: &[(String, u16, Value)], garbage: bool) -> Result<(), Te
 }
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
@@ -138,28 +141,30 @@ proptest! {
     #[test]
     fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
         let is_object = serde_json::from_slice::<Value>(&body).map(|v| v.is_object()).unwrap_or(false);
-        assert_sane(&call_all(&body), !is_object)?;
+        assert_sane(&call_all(&body), !is_object, &body)?;
     }
 
     /// Text that is almost JSON (brackets, quotes, escapes, numbers).
     #[test]
     fn json_ish_text(body in r#"[\[\]{}",:0-9a-z\\ .eE+-]{0,200}"#) {
         let is_object = serde_json::from_str::<Value>(&body).map(|v| v.is_object()).unwrap_or(false);
-        assert_sane(&call_all(body.as_bytes()), !is_object)?;
+        assert_sane(&call_all(body.as_bytes()), !is_object, body.as_bytes())?;
     }
 
     /// JSON objects with the endpoints' own field names and values of any shape: a
     /// 4xx, or past validation (the fake database and upstreams then answer 502/503).
     #[test]
     fn body_shaped_json(body in body_like()) {
-        assert_sane(&call_all(&serde_json::to_vec(&body).unwrap()), false)?;
+        let bytes = serde_json::to_vec(&body).unwrap();
+        assert_sane(&call_all(&bytes), false, &bytes)?;
     }
 
     /// Non-object JSON values are always refused.
     #[test]
     fn json_that_is_not_an_object(n in any::<i64>(), s in ".{0,30}", items in prop::collection::vec(any::<i32>(), 0..5)) {
         for body in [json!(n), json!(s), json!(items), Value::Null, json!(true)] {
-            assert_sane(&call_all(&serde_json::to_vec(&body).unwrap()), true)?;
+            let bytes = serde_json::to_vec(&body).unwrap();
+            assert_sane(&call_all(&bytes), true, &bytes)?;
         }
     }
 }
@@ -185,6 +190,8 @@ fn regression_corpus() {
         br#"{"messages": [{"role": "user"}]}"#.to_vec(),
         br#"{"voice_settings": {"speed": "NaN"}, "text": "a"}"#.to_vec(),
         br#"{"session_id": "00000000-0000-0000-0000-000000000000", "ego_state": "a", "duration_seconds": 14401}"#.to_vec(),
+        // Found by json_ish_text: the portal takes an empty body (its body is optional).
+        b"".to_vec(),
     ];
     for body in corpus {
         let results = call_all(&body);

@@ -156,9 +156,10 @@ pub fn speak(platform: &dyn Platform, user_id: &str, speech: &Speech) -> Result<
     }
 
     // A miss costs upstream money: it counts against the user's hourly AI quota (a hit
-    // is free). Over the quota the client speaks locally, as when no provider answers.
+    // is free). Over the quota, or with the quota unreadable (database down: 503), the
+    // client speaks locally, as when no provider answers.
     crate::quota::take(platform, user_id, "tts").map_err(|e| {
-        if e.status == 429 {
+        if e.status == 429 || e.status == 503 {
             e.with_field("fallback", "browser")
         } else {
             e
@@ -283,6 +284,13 @@ mod tests {
     use crate::db::SqlValue;
     use crate::testing::FakePlatform;
 
+    const USER: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
+    const QUOTA_GRANTED: &str = r#"{"allowed":true,"limit":30,"remaining":29,"reset_after":600}"#;
+
+    fn quota_granted(platform: &FakePlatform) {
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(QUOTA_GRANTED.as_bytes().to_vec())]]));
+    }
+
     fn speech() -> Speech {
         Speech {
             text: "Breathe in.".into(),
@@ -307,7 +315,7 @@ mod tests {
     #[test]
     fn tts_no_keys_means_browser_fallback() {
         let platform = FakePlatform::with_vars(&[]);
-        let error = speak(&platform, &speech()).err().expect("fallback");
+        let error = speak(&platform, USER, &speech()).err().expect("fallback");
         assert_eq!((error.status, error.extra["fallback"].as_str()), (503, Some("browser")));
         assert!(platform.sent.borrow().is_empty() && platform.queries.borrow().is_empty());
     }
@@ -321,15 +329,16 @@ mod tests {
             ("elevenlabs_default_voice_id", "voiceA"),
         ]);
         platform.db_answers.borrow_mut().push_back(Ok(vec![])); // cache miss
+        quota_granted(&platform);
         platform.push_upstream(500, &[], b"sk-x leaked?");
         platform.push_upstream(200, &[], b"mp3 audio");
-        let response = speak(&platform, &speech()).unwrap();
+        let response = speak(&platform, USER, &speech()).unwrap();
         assert_eq!(response.header("x-tts-provider"), Some("elevenlabs"));
         assert_eq!(response.header("content-type"), Some("audio/mpeg"));
         assert_eq!(response.body_bytes(), Some(&b"mp3 audio"[..]));
         assert!(platform.sent.borrow()[1].url.contains("/text-to-speech/voiceA/"));
-        // Only the cache lookup: an ElevenLabs stand-in is not cached.
-        assert_eq!(platform.queries.borrow().len(), 1);
+        // The cache lookup and the quota, no store: an ElevenLabs stand-in is not cached.
+        assert_eq!(platform.queries.borrow().len(), 2);
         assert!(platform.logs.borrow().iter().all(|l| !l.contains("sk-x")));
     }
 
@@ -337,13 +346,15 @@ mod tests {
     fn tts_openai_answer_fills_the_cache() {
         let platform = FakePlatform::with_vars(&[("openai_api_key", "sk-x")]);
         platform.db_answers.borrow_mut().push_back(Ok(vec![]));
+        quota_granted(&platform);
         platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(br#"{"stored":true}"#.to_vec())]]));
         platform.push_upstream(200, &[], b"OggS...");
-        let response = speak(&platform, &speech()).unwrap();
+        let response = speak(&platform, USER, &speech()).unwrap();
         assert_eq!(response.header("content-type"), Some("audio/ogg"));
         let queries = platform.queries.borrow();
-        assert!(queries[1].0.contains("tts_cache_put"));
-        assert_eq!(queries[1].1[3], crate::db::SqlParam::Bytes(b"OggS...".to_vec()));
+        assert!(queries[1].0.contains("ai_quota_take"));
+        assert!(queries[2].0.contains("tts_cache_put"));
+        assert_eq!(queries[2].1[3], crate::db::SqlParam::Bytes(b"OggS...".to_vec()));
     }
 
     #[test]

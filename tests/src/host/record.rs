@@ -16,6 +16,9 @@ use super::ResponseBody;
 pub const MAX_RECORDED_BODY: usize = 1 << 20;
 /// At most this many responses are kept per app.
 const MAX_RECORDS: usize = 20_000;
+/// At most this many body bytes in all per app; past it, bodies are dropped (marked
+/// truncated, so the contract check skips their schema).
+const MAX_TOTAL_BODY: usize = 256 << 20;
 
 /// One response as the client received it.
 #[derive(Debug, Clone)]
@@ -45,6 +48,7 @@ impl RecordedResponse {
 #[derive(Clone, Default)]
 pub struct Recorder {
     records: Arc<Mutex<Vec<RecordedResponse>>>,
+    body_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -52,7 +56,12 @@ impl Recorder {
         self.records.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn push(&self, record: RecordedResponse) {
+    fn push(&self, mut record: RecordedResponse) {
+        use std::sync::atomic::Ordering;
+        if self.body_bytes.fetch_add(record.body.len(), Ordering::Relaxed) + record.body.len() > MAX_TOTAL_BODY {
+            record.body = Vec::new();
+            record.truncated = true;
+        }
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         if records.len() < MAX_RECORDS {
             records.push(record);
