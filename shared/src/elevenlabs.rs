@@ -166,7 +166,7 @@ impl ElevenLabs {
             .header("xi-api-key", self.api_key.clone())
             .header("accept", "audio/*")
             .json_body(&body);
-        retrier.send(&request)
+        retrier.send(&request).and_then(crate::upstream::audio_only)
     }
 }
 

@@ -426,6 +426,30 @@ async fn premium_is_refunded_when_the_upstream_fails() {
 }
 
 #[tokio::test]
+async fn an_answer_that_is_not_audio_is_neither_played_nor_paid_for() {
+    let eleven = MockServer::start().await;
+    let page = ResponseTemplate::new(200).insert_header("content-type", "application/json").set_body_string(r#"{"status":"ok"}"#);
+    premium_mock("json").respond_with(page.clone()).expect(1).mount(&eleven).await;
+    let openai = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(page).expect(1).mount(&openai).await;
+    Mock::given(method("POST")).and(path_regex("^/v1/text-to-speech/")).respond_with(audio(MP3, "audio/mpeg")).mount(&eleven).await;
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
+    let user = app.create_user().await;
+    app.grant_tokens(user, 5).await;
+
+    let premium = post(&app, PREMIUM, user, &json!({"text": "hello", "voice_id": "json"})).await;
+    assert_eq!(premium.status, 503, "{:?}", premium.json());
+    assert_eq!(app.tokens_of(user).await, 5, "refunded");
+
+    // tts treats it like OpenAI being down and takes the next link of the chain.
+    let speech = post(&app, TTS, user, &json!({"text": "hello"})).await;
+    assert_eq!(speech.status, 200);
+    assert_eq!(speech.header("x-tts-provider"), Some("elevenlabs"));
+    assert_eq!(speech.bytes, MP3);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
 async fn premium_402_with_the_balance_when_short() {
     let eleven = MockServer::start().await;
     Mock::given(method("POST")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;

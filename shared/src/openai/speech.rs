@@ -58,7 +58,7 @@ impl OpenAi {
             .header("authorization", format!("Bearer {}", self.api_key))
             .header("accept", "audio/*")
             .json_body(&speech.body());
-        retrier.send(&request)
+        retrier.send(&request).and_then(crate::upstream::audio_only)
     }
 }
 
