@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${PORT:-3000}"
 scripts/build-wasm.sh
-cargo build --quiet --release -p libero-tests --bin libero-host
-host=target/release/libero-host
+# The bench-host profile: optimized like release, without the fat LTO that the release
+# profile (tuned for small .wasm) would spend minutes on for wasmtime.
+cargo build --quiet --profile bench-host -p libero-tests --bin libero-host
+host=target/bench-host/libero-host
 if [ -z "${SPIN_VARIABLE_DATABASE_URL:-}" ]; then
   url="$(scripts/pg.sh start)"
   export SPIN_VARIABLE_DATABASE_URL="$url"
