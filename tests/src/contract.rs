@@ -259,13 +259,13 @@ mod tests {
     fn secrets_are_found_in_bodies_headers_and_logs() {
         let names: BTreeSet<String> = ["k".to_string(), "db".to_string(), "hooks".to_string()].into();
         let vars: HashMap<String, String> = [
-            ("k".to_string(), "sk_live_abcdefgh".to_string()),
+            ("k".to_string(), "sk_live_fake-test-value".to_string()),
             ("db".to_string(), "postgres://u:hunter2hunter2@h:5432/d".to_string()),
             ("hooks".to_string(), "whsec_aaaaaaaa,whsec_bbbbbbbb".to_string()),
         ]
         .into();
         let secrets = secret_values(&names, &vars);
-        let r = record("POST", "/x", 200, None, "oops sk_live_abcdefgh");
+        let r = record("POST", "/x", 200, None, "oops sk_live_fake-test-value");
         let logs = vec!["connect failed for hunter2hunter2".to_string(), "whsec_bbbbbbbb".to_string()];
         assert_eq!(leaks(&secrets, &[r], &logs).len(), 3);
     }

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 use wiremock::MockServer;
 
-pub const SECRET_KEY: &str = "sk_test_51LiberoSecretKeyNeverLogged";
+pub const SECRET_KEY: &str = "sk_test_fake-libero-key-never-logged";
 pub const WEBHOOK_SECRET: &str = "whsec_primary_test_secret";
 pub const OLD_WEBHOOK_SECRET: &str = "whsec_previous_test_secret";
 pub const API_VERSION: &str = "2025-03-31.basil";
