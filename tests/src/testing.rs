@@ -83,6 +83,7 @@ impl TestApp {
         let mut options = AppOptions::new(crate::repo_root().join("spin.toml"));
         options.variables = variables.clone();
         options.echo_logs = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
+        options.record_responses = true;
         let app = host::start(options).await.expect("starting the app (did scripts/build-wasm.sh run?)");
         TestApp { app, db, client: reqwest::Client::new(), jwt_secret, variables }
     }

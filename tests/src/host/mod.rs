@@ -63,6 +63,9 @@ pub struct AppOptions {
     pub env_variables: bool,
     /// Echo guest output to this process's stderr as well as capturing it.
     pub echo_logs: bool,
+    /// Keep a copy of every response for [`RunningApp::recorded`] (the tests' contract
+    /// and leak checks). Off when serving: a long-running server should not hoard them.
+    pub record_responses: bool,
 }
 
 impl AppOptions {
@@ -74,6 +77,7 @@ impl AppOptions {
             variables: HashMap::new(),
             env_variables: false,
             echo_logs: false,
+            record_responses: false,
         }
     }
 }
@@ -141,7 +145,8 @@ struct App {
     router: Router,
     components: HashMap<String, (ProxyPre<RequestState>, ComponentShared)>,
     logs: LogBuffer,
-    recorder: Recorder,
+    /// `Some` when [`AppOptions::record_responses`] is on.
+    recorder: Option<Recorder>,
 }
 
 /// Loads the manifest, resolves variables (failing, as Spin does, if a required one has
@@ -198,7 +203,12 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
     }
     let router = Router::new(manifest.routes.iter().map(|r| (r.route.as_str(), r.component.as_str())))?;
     let recorder = Recorder::default();
-    let app = Arc::new(App { router, components, logs: logs.clone(), recorder: recorder.clone() });
+    let app = Arc::new(App {
+        router,
+        components,
+        logs: logs.clone(),
+        recorder: options.record_responses.then(|| recorder.clone()),
+    });
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -263,7 +273,10 @@ impl App {
     async fn handle(&self, req: hyper::Request<Incoming>, client: SocketAddr) -> hyper::Response<ResponseBody> {
         let (method, path) = (req.method().to_string(), req.uri().path().to_string());
         let response = self.dispatch(req, client).await;
-        self.recorder.tee(&method, &path, response)
+        match &self.recorder {
+            Some(recorder) => recorder.tee(&method, &path, response),
+            None => response,
+        }
     }
 
     async fn dispatch(&self, mut req: hyper::Request<Incoming>, client: SocketAddr) -> hyper::Response<ResponseBody> {
