@@ -6,10 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-wasm.sh
-if [ -z "${DATABASE_URL:-}" ]; then
-  DATABASE_URL="$(scripts/pg.sh start)"
-  export DATABASE_URL
-fi
+DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
+export DATABASE_URL
 export LIBERO_BENCH_COMMAND="scripts/bench.sh${*:+ $*}"
 # Optimized, but without the workspace release profile's fat LTO (tuned for small .wasm).
 cargo bench --quiet -p libero-tests --profile bench-host --bench libero-bench -- "$@"

@@ -4,8 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-wasm.sh
-if [ -z "${DATABASE_URL:-}" ]; then
-  DATABASE_URL="$(scripts/pg.sh start)"
-  export DATABASE_URL
-fi
+DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
+export DATABASE_URL
 cargo test --workspace --exclude libero-fixture "$@"

@@ -59,10 +59,6 @@ async fn spawn(openai: Option<&str>, key: bool, extra: &[(&str, &str)]) -> TestA
     .await
 }
 
-fn token(app: &TestApp, user: Uuid) -> String {
-    app.token_for(user)
-}
-
 struct Answer {
     status: u16,
     headers: reqwest::header::HeaderMap,
@@ -73,7 +69,7 @@ async fn post(app: &TestApp, path: &str, user: Uuid, body: &Value) -> Answer {
     let response = app
         .client
         .post(app.url(path))
-        .bearer_auth(token(app, user))
+        .bearer_auth(app.token_for(user))
         .json(body)
         .send()
         .await
@@ -525,7 +521,7 @@ async fn bad_input_is_a_4xx_and_never_reaches_the_model() {
         assert_eq!(anonymous.status().as_u16(), 401, "{path}");
         let get = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(get.status().as_u16(), 405, "{path}");
-        let text = app.client.post(app.url(path)).bearer_auth(token(&app, user)).body("{").send().await.unwrap();
+        let text = app.client.post(app.url(path)).bearer_auth(app.token_for(user)).body("{").send().await.unwrap();
         assert_eq!(text.status().as_u16(), 400, "{path}");
     }
     assert!(requests_to(&server).await.is_empty());
@@ -625,7 +621,7 @@ async fn streaming_relays_deltas_and_ends_cleanly() {
         .await;
     let app = spawn(Some(&server.uri()), true, &[]).await;
     let user = app.create_user().await;
-    let response = app.client.post(app.url(CHAT)).bearer_auth(token(&app, user)).json(&stream_body()).send().await.unwrap();
+    let response = app.client.post(app.url(CHAT)).bearer_auth(app.token_for(user)).json(&stream_body()).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let data = sse_data(&response.text().await.unwrap());
@@ -649,7 +645,7 @@ async fn streaming_relays_deltas_and_ends_cleanly() {
         .respond_with(ResponseTemplate::new(200).set_body_string(sse_delta("Hel")))
         .mount(&server)
         .await;
-    let cut = app.client.post(app.url(CHAT)).bearer_auth(token(&app, user)).json(&stream_body()).send().await.unwrap();
+    let cut = app.client.post(app.url(CHAT)).bearer_auth(app.token_for(user)).json(&stream_body()).send().await.unwrap();
     let data = sse_data(&cut.text().await.unwrap());
     assert_eq!(data[0], r#"{"delta":"Hel"}"#);
     assert!(data[1].contains("ai_interrupted"), "{data:?}");
@@ -661,7 +657,7 @@ async fn streaming_relays_deltas_and_ends_cleanly() {
 async fn streaming_without_a_key_sends_the_fallback_as_a_stream() {
     let app = spawn(None, false, &[]).await;
     let user = app.create_user().await;
-    let response = app.client.post(app.url(CHAT)).bearer_auth(token(&app, user)).json(&stream_body()).send().await.unwrap();
+    let response = app.client.post(app.url(CHAT)).bearer_auth(app.token_for(user)).json(&stream_body()).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let data = sse_data(&response.text().await.unwrap());
     let delta: Value = serde_json::from_str(&data[0]).unwrap();
@@ -727,7 +723,7 @@ async fn streaming_delivers_the_first_delta_before_the_upstream_finishes() {
     let (base, release, released) = holding_openai().await;
     let app = spawn(Some(&base), true, &[]).await;
     let user = app.create_user().await;
-    let response = app.client.post(app.url(CHAT)).bearer_auth(token(&app, user)).json(&stream_body()).send().await.unwrap();
+    let response = app.client.post(app.url(CHAT)).bearer_auth(app.token_for(user)).json(&stream_body()).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let mut body = response.bytes_stream();
     let mut received = String::new();

@@ -62,15 +62,17 @@ impl OpenAi {
         Retrier::new(platform, self.policy)
     }
 
-    /// `<base>/v1/chat/completions`. The base is documented without `/v1`; one that
-    /// already ends in `/v1` (the form OpenAI's own SDKs use) is accepted as well.
-    pub fn chat_url(&self) -> String {
+    /// `<base>/v1/<path>`. The base is documented without `/v1`; one that already ends
+    /// in `/v1` (the form OpenAI's own SDKs use) is accepted as well.
+    pub(crate) fn v1_url(&self, path: &str) -> String {
         let base = self.base_url.trim_end_matches('/');
-        if base.ends_with("/v1") {
-            format!("{base}/chat/completions")
-        } else {
-            format!("{base}/v1/chat/completions")
-        }
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        format!("{base}/v1/{path}")
+    }
+
+    /// `<base>/v1/chat/completions`.
+    pub fn chat_url(&self) -> String {
+        self.v1_url("chat/completions")
     }
 
     fn request(&self, body: &Value) -> OutboundRequest {

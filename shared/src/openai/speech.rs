@@ -44,12 +44,7 @@ impl SpeechRequest {
 impl OpenAi {
     /// `<base>/v1/audio/speech` (a base ending in `/v1` is accepted too, as for chat).
     pub fn speech_url(&self) -> String {
-        let base = self.base_url.trim_end_matches('/');
-        if base.ends_with("/v1") {
-            format!("{base}/audio/speech")
-        } else {
-            format!("{base}/v1/audio/speech")
-        }
+        self.v1_url("audio/speech")
     }
 
     /// Asks for speech; a 2xx answer comes back with its audio body unread.
