@@ -4,7 +4,8 @@
 //! table and writes `BENCHMARKS.md` at the repository root.
 //!
 //! Flags (after `--`): `--quick` (shorter runs), `--skip-big` (no 1,000,000-row load),
-//! `--out <path>` (default `<repo>/BENCHMARKS.md`, `-` for none).
+//! `--out <path>` (default `<repo>/BENCHMARKS.md`, `-` for none), `--only <text>` (the floors and the
+//! endpoint rows whose name contains it, printed; for profiling).
 
 #![recursion_limit = "256"]
 
@@ -87,6 +88,8 @@ struct Settings {
     measure: Duration,
     big: bool,
     out: Option<std::path::PathBuf>,
+    /// `--only <text>`: just the endpoint rows whose name contains it, printed, no report.
+    only: Option<String>,
 }
 
 fn settings() -> Settings {
@@ -102,6 +105,7 @@ fn settings() -> Settings {
         measure: Duration::from_millis(if quick { 1000 } else { 4000 }),
         big: !args.iter().any(|a| a == "--skip-big"),
         out,
+        only: args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned(),
     }
 }
 
@@ -853,6 +857,9 @@ async fn run(s: Settings) -> Result<()> {
     ];
     let mut by_name: HashMap<String, (Stats, Stats)> = HashMap::new();
     for (name, make, expect, note) in &endpoints {
+        if s.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
+            continue;
+        }
         say(name);
         // The preflight answers 200 or 204 depending on the CORS module; accept what it says.
         let expect = if *expect == 204 {
@@ -865,6 +872,14 @@ async fn run(s: Settings) -> Result<()> {
         let c32 = load(app.addr, make, expect, 32, &s).await.with_context(|| name.to_string())?;
         by_name.insert(name.to_string(), (c1, c32));
         rows.push(Row { name: name.to_string(), c1, c32: Some(c32), note: note.to_string() });
+    }
+
+    if s.only.is_some() {
+        for row in &rows {
+            let c32 = row.c32.unwrap_or_default();
+            println!("{}: c=1 {:.0} req/s p50 {} ms | c=32 {:.0} req/s p50 {} ms", row.name, row.c1.rps, ms(row.c1.p50), c32.rps, ms(c32.p50));
+        }
+        return Ok(());
     }
 
     // --- statements per request ---------------------------------------------------------
@@ -883,7 +898,7 @@ async fn run(s: Settings) -> Result<()> {
     let native = {
         let (url, vars) = (db.url.clone(), vars.clone());
         let (complete, unauthorized) = (complete.clone(), unauthorized.clone());
-        let s2 = Settings { warmup: s.warmup, measure: s.measure, big: s.big, out: None };
+        let s2 = Settings { warmup: s.warmup, measure: s.measure, big: s.big, out: None, only: None };
         tokio::task::spawn_blocking(move || -> Result<(Stats, Stats, Stats)> {
             let platform = NativePlatform::new(&url, vars)?;
             let sc = native_load(&platform, &session_complete::ENDPOINT, &complete, 200, &s2, false)?;
