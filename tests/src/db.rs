@@ -254,6 +254,14 @@ pub async fn fresh_database_on(admin: &str) -> Result<TestDb> {
     Ok(TestDb { url: with_dbname(&admin, &name)?, name, admin_url: admin })
 }
 
+/// A fresh database with no migrations applied (for tests of the migrations themselves).
+pub async fn empty_database() -> Result<TestDb> {
+    let admin = admin_url()?;
+    let name = format!("test_{}", random_suffix());
+    connect(&admin).await?.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))).await?;
+    Ok(TestDb { url: with_dbname(&admin, &name)?, name, admin_url: admin })
+}
+
 /// Creates `libero_tpl_<hash of migrations>` if missing and returns its name. Built under
 /// another name and renamed when complete, so a half-migrated template is never cloned.
 async fn ensure_template(admin: &str) -> Result<String> {

@@ -382,6 +382,7 @@ async fn users_update_journey_and_settings_but_not_progress() {
         "plan = 'mystic'",
         "last_session_date = current_date",
         "ego_state_usage = '{}'",
+        "sessions_completed = 100",
         "id = gen_random_uuid()",
     ] {
         let sql = format!("update user_profiles set {column} where id = '{alice}'");
@@ -1206,6 +1207,93 @@ async fn achievements_unlock_once_each() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored, ["ego_explorer", "first_session", "sessions_10"]);
+}
+
+/// The migration that made complete_session write only newly reached achievements
+/// first records, for existing profiles, the achievements their values already reach
+/// and counts their sessions; completions after it go on from there.
+#[tokio::test]
+async fn upgrading_records_achievements_existing_profiles_had_reached() {
+    const UPGRADE: &str = "20250105000000";
+    let test_db = db::empty_database().await.unwrap();
+    let before = tempfile::tempdir().unwrap();
+    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
+        if m.version.as_str() < UPGRADE {
+            std::fs::copy(&m.path, before.path().join(m.path.file_name().unwrap())).unwrap();
+        }
+    }
+    db::migrate_dir(&test_db.url, before.path()).await.unwrap();
+    let client = test_db.client().await;
+
+    // A profile the old client advanced: level 7, a 7-day streak, five ego states and
+    // twelve sessions, with no achievement recorded.
+    let veteran = new_user(&client).await;
+    client
+        .execute(
+            "update user_profiles set level = 7, experience = 650, session_streak = 7,
+                    last_session_date = (now() at time zone 'UTC')::date,
+                    ego_state_usage = '{\"a\":1,\"b\":1,\"c\":1,\"d\":1,\"e\":8}'
+              where id = $1",
+            &[&veteran],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "insert into sessions (user_id, client_session_id, ego_state, duration, experience_gained,
+                                   tokens_awarded, request_fingerprint, result, local_date)
+             select $1, gen_random_uuid(), 'a', 60, 12, 2, 'fp', '{}', current_date from generate_series(1, 12)",
+            &[&veteran],
+        )
+        .await
+        .unwrap();
+    let newcomer = new_user(&client).await;
+
+    let applied = db::migrate(&test_db.url).await.unwrap();
+    assert_eq!(applied.first().map(|m| m.version.as_str()), Some(UPGRADE));
+
+    let achievements = |user: Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "select achievement_id from user_achievements where user_id = $1 order by 1",
+                    &[&user],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        achievements(veteran).await,
+        ["ego_explorer", "first_session", "level_5", "sessions_10", "streak_7"]
+    );
+    assert!(achievements(newcomer).await.is_empty());
+    let counted: i32 = client
+        .query_one("select sessions_completed from user_profiles where id = $1", &[&veteran])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 12);
+
+    // Nothing is unlocked twice; the next threshold still unlocks.
+    let next = complete(&client, veteran, 60).await;
+    assert_eq!(next["achievements_unlocked"], json!([]));
+    let to_level_8 = complete(&client, veteran, 3600 * 3).await; // +130 XP: 792 → level 8
+    assert_eq!(to_level_8["level_after"], 8);
+    assert_eq!(to_level_8["achievements_unlocked"], json!([]));
+    client
+        .execute("update user_profiles set experience = 980 where id = $1", &[&veteran])
+        .await
+        .unwrap();
+    let tenth = complete(&client, veteran, 60).await;
+    assert_eq!(tenth["level_after"], 10);
+    assert_eq!(tenth["achievements_unlocked"], json!(["level_10"]));
+    assert_eq!(complete(&client, newcomer, 60).await["achievements_unlocked"], json!(["first_session"]));
+    assert_ledger_consistent(&client).await;
 }
 
 #[tokio::test]
