@@ -17,7 +17,7 @@ mod bindings;
 mod engine;
 mod logs;
 pub mod manifest;
-mod postgres;
+pub mod postgres;
 pub mod record;
 pub mod routes;
 mod state;
@@ -66,6 +66,9 @@ pub struct AppOptions {
     /// Keep a copy of every response for [`RunningApp::recorded`] (the tests' contract
     /// and leak checks). Off when serving: a long-running server should not hoard them.
     pub record_responses: bool,
+    /// Connections per database address. Spin's is 64 ([`postgres::SPIN_POOL_SIZE`]); the
+    /// benchmark also runs with fewer to show what Postgres oversubscription costs.
+    pub pg_pool_size: usize,
 }
 
 impl AppOptions {
@@ -78,6 +81,7 @@ impl AppOptions {
             env_variables: false,
             echo_logs: false,
             record_responses: false,
+            pg_pool_size: postgres::SPIN_POOL_SIZE,
         }
     }
 }
@@ -157,7 +161,7 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
     resolver.check_required()?;
 
     let logs = LogBuffer::new(options.echo_logs);
-    let pools = Arc::new(postgres::Pools::default());
+    let pools = Arc::new(postgres::Pools::new(options.pg_pool_size));
     let engine = engine();
     let linker = state::linker(engine)?;
 
@@ -391,7 +395,7 @@ pub async fn measure_component(path: &std::path::Path, iterations: usize) -> Res
         variables: Arc::new(HashMap::new()),
         allowed: Arc::new(allowed_hosts::AllowedHosts::parse::<String>(&[])?),
         environment: Vec::new(),
-        pools: Arc::new(postgres::Pools::default()),
+        pools: Arc::new(postgres::Pools::new(postgres::SPIN_POOL_SIZE)),
         logs: LogBuffer::new(false),
     };
     let mut times = Vec::with_capacity(iterations);

@@ -13,7 +13,7 @@
 //!   `extract(epoch from col)` or `col::text` instead. `json` (not `jsonb`), `name` and
 //!   other types come back as `unsupported` raw bytes.
 //! * A query with no rows returns no column descriptions either.
-//! * Connections are pooled per address (64 at most) and recycled with deadpool's
+//! * Connections are pooled per address (64 at most, as in Spin) and recycled with deadpool's
 //!   `Clean` method, as Spin does: session state is reset but an open transaction
 //!   survives into the next request that gets the connection.
 //!
@@ -38,8 +38,8 @@ use wasmtime::component::Resource;
 use super::allowed_hosts::AllowedHosts;
 use super::bindings::pg::{self, Column, DbDataType, DbValue, ParameterValue, RowSet};
 
-/// Spin's per-address pool size.
-const POOL_SIZE: usize = 64;
+/// Spin's per-address pool size (`CONNECTION_POOL_SIZE` in its outbound Postgres).
+pub const SPIN_POOL_SIZE: usize = 64;
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 
@@ -50,15 +50,20 @@ pub struct Connection {
 }
 
 /// The connection pools of one running app, one per address.
-#[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<String, Pool>>,
+    /// Connections per address at most.
+    size: usize,
     /// Statements the guests ran (`query` and `execute` calls), for the benchmark's
     /// round-trips-per-request figure.
     statements: AtomicU64,
 }
 
 impl Pools {
+    pub fn new(size: usize) -> Self {
+        Pools { pools: Mutex::default(), size, statements: AtomicU64::new(0) }
+    }
+
     fn pool(&self, address: &str) -> anyhow::Result<Pool> {
         let mut pools = self.pools.lock().expect("pool map lock");
         if let Some(pool) = pools.get(address) {
@@ -78,7 +83,7 @@ impl Pools {
         // opened. Which connection a request gets is not something a guest can observe
         // beyond what `Clean` recycling already allows (see the module docs).
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(self.size)
             .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .build()?;
         pools.insert(address.to_string(), pool.clone());
