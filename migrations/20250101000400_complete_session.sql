@@ -1,4 +1,7 @@
 -- Completing a session: the reward rules, in one function.
+--
+-- Superseded: 20250105000000_faster_complete_session.sql replaces complete_session with
+-- a version that gives the same answers with fewer statements, and holds the rules now.
 
 -- Today's date in the given IANA time zone, or in UTC when the name is missing or is not
 -- a zone Postgres knows. Only zone names are accepted: AT TIME ZONE would also take
