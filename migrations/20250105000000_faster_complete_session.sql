@@ -22,7 +22,9 @@ update public.user_profiles p
 -- The achievement rules: [id, metric, threshold] rows. An achievement is unlocked (once)
 -- by the session after which its metric first reaches the threshold. Metrics: sessions
 -- (completed sessions), streak (days), level, ego_states (distinct ego states used).
--- A constant, inlined where it is used.
+-- A constant, inlined where it is used. A migration that adds a rule must also record it
+-- for the profiles that already reach it (as the statement after this function does):
+-- complete_session only writes achievements a session newly reaches.
 create function public.achievement_rules() returns text[]
   language sql
   immutable
@@ -105,7 +107,7 @@ create or replace function public.complete_session(
 declare
   ----------------------------------------------------------------------------------------
   -- THE REWARD RULES (design.md, "Rewards for a completed session"). All of them live
-  -- here; the code below only applies them.
+  -- here and in achievement_rules() above; the code below only applies them.
   ----------------------------------------------------------------------------------------
   xp_base             constant integer := 10;  -- XP for every completed session,
   xp_per_minute       constant integer := 2;   -- plus this much per whole minute,
@@ -115,7 +117,6 @@ declare
   tokens_per_session  constant integer := 2;   -- for every completed session
   streak_bonus_every  constant integer := 7;   -- when a session extends the streak to a
   streak_bonus_tokens constant integer := 10;  -- multiple of 7 days: this many tokens
-  -- Achievements: public.achievement_rules(), above.
   ----------------------------------------------------------------------------------------
 
   v_profile public.user_profiles;

@@ -5,7 +5,8 @@
 //!
 //! Flags (after `--`): `--quick` (shorter runs), `--skip-big` (no 1,000,000-row load),
 //! `--out <path>` (default `<repo>/BENCHMARKS.md`, `-` for none), `--only <text>` (the floors and the
-//! endpoint rows whose name contains it, printed; for profiling).
+//! endpoint rows whose name contains it, printed; for profiling; `--only pool` for the
+//! smaller-pool rows).
 
 #![recursion_limit = "256"]
 
@@ -951,7 +952,8 @@ async fn run(s: Settings) -> Result<()> {
 
     // --- the same at c=32 with fewer Postgres connections ------------------------------
     let mut small_pools: Vec<(usize, Stats, Stats)> = Vec::new();
-    for size in SMALL_POOLS {
+    let pools_to_run = if s.only.as_deref().is_none_or(|only| only == "pool") { &SMALL_POOLS[..] } else { &[] };
+    for &size in pools_to_run {
         say(&format!("c=32 with {size} Postgres connections"));
         let small = start_app_with_pool(libero_tests::repo_root().join("spin.toml"), &vars, size).await?;
         let sc = load(small.addr, &complete, 200, 32, &s).await?;
