@@ -67,16 +67,19 @@ const NOTES: &str = r#"
   that writes a row), and disabling the ledger triggers about 0.1 ms. Both guard the
   money, so they stay.
 - **Throughput at c=32 on 2 cores:** Postgres, the host and the load generator share two
-  cores. Sampled during a session-complete run at c=32: Postgres used ~1.7 ms of CPU per
-  request and this process (host and load generator) ~0.7 ms, so 2 cores give ~800
-  requests/s. pgbench alone, with no host at all, runs the pool's reset batch plus
+  cores, and the machine's other tenants move these figures: session-complete at c=32
+  measured anywhere between ~750 and ~1,300 requests/s in runs of the same code within
+  one hour (hence the median of three passes). In a run sampled at ~800 requests/s,
+  Postgres used ~1.7 ms of CPU per request and this process (host and load generator)
+  ~0.7 ms. The webhook's one statement writes the event, the order, the profile and a
+  ledger row (with the same triggers); 1,500 requests/s would need all of a delivery,
+  database included, in ~1.3 ms of CPU on the cores the host and the client also use.
+  pgbench alone, with no host at all, runs the pool's reset batch plus
   `complete_session` at ~800 transactions/s with 32 connections and ~1,650 with 4 (32
-  backends on 2 cores spend much of their time contending). Through the host a smaller
-  pool gains little (the smaller-pool table; between −15 % and +20 % across runs) and
-  neither request reaches its budget with it, because the host then needs the CPU the
-  database gave up. On a separate database machine (as on Supabase) the host's share alone would allow
-  several thousand requests/s. The webhook is in the same position: one statement that
-  writes the event, the order, the profile and a ledger row.
+  backends on 2 cores contend); through the host a smaller pool gains little (the
+  smaller-pool table; between −15 % and +40 % across runs) because the host then needs
+  the CPU the database gave up. On a database machine of its own (as on Supabase) the
+  host's share alone would allow several thousand requests/s.
 - **Where a session completion's time goes through the host (c=1, `perf trace` of the
   sockets):** ~0.3 ms from the request arriving to the guest opening its connection
   (instance, reading the body, JWT check, validation), the reset batch ~0.2 ms, the
@@ -105,6 +108,10 @@ const NOTES: &str = r#"
 
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789abcdef";
 const USERS: usize = 1000;
+
+/// Passes over the rows the budgets are judged on (the median pass is reported).
+const BUDGET_PASSES: usize = 3;
+const BUDGET_ROWS: [&str; 2] = ["session-complete", "stripe-webhook (verified delivery)"];
 
 /// Alternating measuring rounds per growth size (the median is reported).
 const GROWTH_ROUNDS: usize = 3;
@@ -258,6 +265,12 @@ fn stats(mut all: Vec<Duration>, window: Duration) -> Stats {
     }
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     Stats { rps: all.len() as f64 / window.as_secs_f64(), p50: pct(0.50), p99: pct(0.99), n: all.len() }
+}
+
+/// The middle one of `all` ordered by `key` (the upper middle for an even count).
+fn median_by<K: Ord>(mut all: Vec<Stats>, key: impl Fn(&Stats) -> K) -> Stats {
+    all.sort_by_key(|st| key(st));
+    all[all.len() / 2]
 }
 
 /// Sends `n` requests one after another and returns statements per request.
@@ -986,21 +999,33 @@ async fn run(s: Settings) -> Result<()> {
         ("tts (cache hit)", &tts, 200, "same text; served from tts_cache"),
         ("elevenlabs-tts-proxy (spend)", &spend, 200, "debits tokens; fake ElevenLabs"),
     ];
-    let mut by_name: HashMap<String, (Stats, Stats)> = HashMap::new();
-    for (name, make, expect, note) in &endpoints {
-        if s.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
-            continue;
+    // Every row once; the rows budgets are judged on again in further passes, each figure
+    // the median of its passes, so one slow minute on this shared machine does not decide
+    // a budget alone.
+    let mut passes: HashMap<&str, Vec<(Stats, Stats)>> = HashMap::new();
+    for pass in 1..=BUDGET_PASSES {
+        for (name, make, expect, _) in &endpoints {
+            if s.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) || (pass > 1 && !BUDGET_ROWS.contains(name)) {
+                continue;
+            }
+            say(&format!("{name}, pass {pass}"));
+            // The preflight answers 200 or 204 depending on the CORS module; accept what it says.
+            let expect = if *expect == 204 {
+                let mut sender = connect(app.addr).await?;
+                send(&mut sender, app.addr, &make(0)).await?.0
+            } else {
+                *expect
+            };
+            let c1 = load(app.addr, make, expect, 1, &s).await.with_context(|| name.to_string())?;
+            let c32 = load(app.addr, make, expect, 32, &s).await.with_context(|| name.to_string())?;
+            passes.entry(name).or_default().push((c1, c32));
         }
-        say(name);
-        // The preflight answers 200 or 204 depending on the CORS module; accept what it says.
-        let expect = if *expect == 204 {
-            let mut sender = connect(app.addr).await?;
-            send(&mut sender, app.addr, &make(0)).await?.0
-        } else {
-            *expect
-        };
-        let c1 = load(app.addr, make, expect, 1, &s).await.with_context(|| name.to_string())?;
-        let c32 = load(app.addr, make, expect, 32, &s).await.with_context(|| name.to_string())?;
+    }
+    let mut by_name: HashMap<String, (Stats, Stats)> = HashMap::new();
+    for (name, _, _, note) in &endpoints {
+        let Some(measured) = passes.remove(name) else { continue };
+        let c1 = median_by(measured.iter().map(|m| m.0).collect(), |st| st.p50);
+        let c32 = median_by(measured.iter().map(|m| m.1).collect(), |st| (st.rps * 1000.0) as u64);
         by_name.insert(name.to_string(), (c1, c32));
         rows.push(Row { name: name.to_string(), c1, c32: Some(c32), note: note.to_string() });
     }
@@ -1126,14 +1151,10 @@ async fn run(s: Settings) -> Result<()> {
             size.rounds.push((sc, wh));
         }
     }
-    let median = |mut v: Vec<Stats>| -> Stats {
-        v.sort_by_key(|st| st.p50);
-        v[v.len() / 2]
-    };
     let mut growth: Vec<(String, Stats, Stats, f64)> = Vec::new();
     for size in growth_sizes {
-        let sc = median(size.rounds.iter().map(|r| r.0).collect());
-        let wh = median(size.rounds.iter().map(|r| r.1).collect());
+        let sc = median_by(size.rounds.iter().map(|r| r.0).collect(), |st| st.p50);
+        let wh = median_by(size.rounds.iter().map(|r| r.1).collect(), |st| st.p50);
         growth.push((size.name, sc, wh, size.load_time));
         size.app.shutdown().await;
     }
@@ -1162,7 +1183,8 @@ async fn run(s: Settings) -> Result<()> {
     writeln!(
         report,
         "- method: host `libero-tests` built with the `bench-host` profile; load generator in the same process \
-         (keep-alive HTTP/1.1 on loopback, {} s warm-up, {} s measured per row); local Postgres 15 \
+         (keep-alive HTTP/1.1 on loopback, {} s warm-up, {} s measured per row; the session-complete and webhook \
+         rows are the median of {BUDGET_PASSES} passes); local Postgres 15 \
          (`scripts/pg.sh`: fsync off); fake Stripe/OpenAI/ElevenLabs on loopback answering at once; run took {:.0} s\n",
         s.warmup.as_secs_f64(),
         s.measure.as_secs_f64(),
