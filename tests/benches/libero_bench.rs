@@ -77,7 +77,7 @@ const NOTES: &str = r#"
   pgbench alone, with no host at all, runs the pool's reset batch plus
   `complete_session` at ~800 transactions/s with 32 connections and ~1,650 with 4 (32
   backends on 2 cores contend); through the host a smaller pool gains little (the
-  smaller-pool table; between −15 % and +40 % across runs) because the host then needs
+  smaller-pool table; between −20 % and +40 % across runs) because the host then needs
   the CPU the database gave up. On a database machine of its own (as on Supabase) the
   host's share alone would allow several thousand requests/s.
 - **Where a session completion's time goes through the host (c=1, `perf trace` of the
@@ -89,14 +89,17 @@ const NOTES: &str = r#"
   glibc malloc each take a few per cent, and each hand-off between the runtime's threads
   costs a wake-up.
 - **wasm/native:** the native side is the same endpoint code behind the same kind of
-  HTTP server (hyper on loopback), measured with the same client and requests, and paying
-  the pool's reset round trip too for session-complete (deadpool `Clean`, which Spin
-  uses). So the ratio charges wasm for what wasm adds: a fresh instance per request, the
-  guest's own work compiled to wasm (JWT check, JSON, validation), the component-model
-  calls into the host's WASI and Postgres bindings, and the hand-offs between the guest's
-  task and the connection's. The breakdown above puts most of it before the connection
-  is opened and after the result arrives. The in-process rows show how much of a request
-  is HTTP at all.
+  HTTP server (hyper on loopback), measured with the same client and requests, in turn
+  with the host, and paying the pool's reset round trip too for session-complete
+  (deadpool `Clean`, which Spin uses). So the ratio charges wasm for what wasm adds: a
+  fresh instance per request, the guest's own work compiled to wasm (JWT check, JSON,
+  validation), the component-model calls into the host's WASI and Postgres bindings,
+  and the hand-offs between the guest's task and the connection's. The breakdown above
+  puts most of it before the connection is opened and after the result arrives. The
+  401 answer is almost no work, so its ratio compares the host's floor (a fresh
+  instance, its WASI context and the guest's start, ~0.1–0.15 ms) with a native handler
+  that has none: it could only be met by lowering that floor, which is wasmtime's and
+  the host's per-request set-up rather than anything in our components.
 - **Growth:** after the counter above, no statement of session-complete or the webhook
   reads more than a handful of rows per user (the plans below use indexes). At c=1 the
   two sizes differ by less than this machine's run-to-run noise (a single run swung
