@@ -14,8 +14,9 @@
 //!   other types come back as `unsupported` raw bytes.
 //! * A query with no rows returns no column descriptions either.
 //! * Connections are pooled per address (`AppOptions::pg_pool_size` at most: 64, Spin's
-//!   size, unless set) and recycled with deadpool's `Clean` method, as Spin does: session state is reset but an open transaction
-//!   survives into the next request that gets the connection.
+//!   size, unless set) and recycled with deadpool's `Clean` method, as Spin does: session
+//!   state is reset but an open transaction survives into the next request that gets the
+//!   connection.
 //!
 //! Range types (`range-int32`, ...) are not supported here (the app does not use them):
 //! such parameters fail with `bad-parameter` and such columns read as `unsupported`.
