@@ -634,7 +634,7 @@ async fn native_server(platform: &'static Mutex<NativePlatform>, endpoint: &'sta
                         let body = req.into_body().collect().await?.to_bytes().to_vec();
                         // On this worker thread (no hand-off to a blocking thread), as the
                         // host runs a guest on the worker that took its request.
-                        let answer = tokio::task::block_in_place(move || -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+                        tokio::task::block_in_place(move || -> Result<hyper::Response<Full<Bytes>>> {
                             let platform = platform.lock().unwrap();
                             if reset {
                                 platform.batch(POOL_RESET_SQL)?;
@@ -645,13 +645,12 @@ async fn native_server(platform: &'static Mutex<NativePlatform>, endpoint: &'sta
                             let libero_shared::http::Body::Bytes(bytes) = response.body else {
                                 bail!("native server: streamed bodies are not benchmarked");
                             };
-                            Ok((response.status, response.headers, bytes))
-                        })?;
-                        let mut builder = hyper::Response::builder().status(answer.0);
-                        for (name, value) in &answer.1 {
-                            builder = builder.header(name, value);
-                        }
-                        Ok::<_, anyhow::Error>(builder.body(Full::new(Bytes::from(answer.2)))?)
+                            let mut builder = hyper::Response::builder().status(response.status);
+                            for (name, value) in &response.headers {
+                                builder = builder.header(name, value);
+                            }
+                            Ok(builder.body(Full::new(Bytes::from(bytes)))?)
+                        })
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;

@@ -110,6 +110,20 @@ async fn progress(client: &Client, user: Uuid) -> (i32, i32, i32, i32) {
     (row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
+/// The user's unlocked achievement ids, in order.
+async fn achievements_of(client: &Client, user: Uuid) -> Vec<String> {
+    client
+        .query(
+            "select achievement_id from user_achievements where user_id = $1 order by 1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn assert_ledger_consistent(client: &Client) {
     let rows = client
         .query(
@@ -1196,17 +1210,7 @@ async fn achievements_unlock_once_each() {
             (10, "sessions_10".to_string())
         ]
     );
-    let stored: Vec<String> = client
-        .query(
-            "select achievement_id from user_achievements where user_id = $1 order by 1",
-            &[&alice],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(stored, ["ego_explorer", "first_session", "sessions_10"]);
+    assert_eq!(achievements_of(&client, alice).await, ["ego_explorer", "first_session", "sessions_10"]);
 }
 
 /// The migration that made complete_session write only newly reached achievements
@@ -1252,26 +1256,11 @@ async fn upgrading_records_achievements_existing_profiles_had_reached() {
     let applied = db::migrate(&test_db.url).await.unwrap();
     assert_eq!(applied.first().map(|m| m.version.as_str()), Some(UPGRADE));
 
-    let achievements = |user: Uuid| {
-        let client = &client;
-        async move {
-            client
-                .query(
-                    "select achievement_id from user_achievements where user_id = $1 order by 1",
-                    &[&user],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
     assert_eq!(
-        achievements(veteran).await,
+        achievements_of(&client, veteran).await,
         ["ego_explorer", "first_session", "level_5", "sessions_10", "streak_7"]
     );
-    assert!(achievements(newcomer).await.is_empty());
+    assert!(achievements_of(&client, newcomer).await.is_empty());
     let counted: i32 = client
         .query_one("select sessions_completed from user_profiles where id = $1", &[&veteran])
         .await
