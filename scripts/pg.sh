@@ -4,13 +4,19 @@
 #   scripts/pg.sh stop    stop it
 #   scripts/pg.sh url     print its URL
 # Postgres refuses to run as root, so as root the cluster runs as the `postgres` user
-# (created with Debian's postgresql package, installed here when missing).
+# (created with Debian's postgresql package, installed here when missing). That user
+# may not be able to enter the clone (root's home is 0700), so as root the data
+# directory lives under /var/tmp/libero-pg/, one per clone; .local/pg keeps its URL.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$root/.local/pg"
-data="$dir/data"
 url_file="$dir/url"
+if [ "$(id -u)" -eq 0 ]; then
+  data="/var/tmp/libero-pg/$(printf '%s' "$root" | sha256sum | cut -c1-16)/data"
+else
+  data="$dir/data"
+fi
 
 find_bindir() {
   if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
@@ -47,7 +53,7 @@ start() {
   fi
   if [ ! -f "$data/PG_VERSION" ]; then
     rm -rf "$data"; mkdir -p "$data"
-    [ "$(id -u)" -eq 0 ] && chown postgres "$data"
+    if [ "$(id -u)" -eq 0 ]; then chmod 755 /var/tmp/libero-pg "$(dirname "$data")"; chown postgres "$data"; fi
     as_owner "$bindir/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C >/dev/null
   fi
   port="$(free_port)"

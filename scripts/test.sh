@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite: builds the components, starts a throwaway Postgres unless
-# DATABASE_URL names one, and runs every test against the real .wasm.
+# DATABASE_URL names one, and runs every test against the real .wasm: first under the
+# bundled host, then the end-to-end HTTP tests again under real `spin up` when Spin is
+# found (SPIN, PATH, then ../shared/bin/spin). Arguments go to both `cargo test` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-wasm.sh
 DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
 export DATABASE_URL
 cargo test --workspace --exclude libero-fixture "$@"
+
+# The end-to-end tests that run under real Spin too. Fault injection and response
+# recording stay on the bundled host (tests/tests/faults.rs, the contract check).
+spin_tests=(session_complete stripe_checkout stripe_webhook ai_text voice hostile load)
+spin="$(scripts/find-spin.sh || true)"
+if [ -z "$spin" ]; then
+  echo "test.sh: real Spin not found (SPIN, PATH, ../shared/bin/spin): the real-Spin pass is skipped" >&2
+  exit 0
+fi
+version="$("$spin" --version | head -n 1)"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+targets=()
+for t in "${spin_tests[@]}"; do targets+=(--test "$t"); done
+SPIN="$spin" LIBERO_RUNTIME=spin cargo test -p libero-tests "${targets[@]}" "$@" 2>&1 | tee "$log"
+passed="$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')"
+echo "test.sh: under real Spin ($version): $passed tests passed in ${#spin_tests[@]} end-to-end test binaries"

@@ -77,12 +77,32 @@ impl From<DbError> for ApiError {
     }
 }
 
+/// Runs a statement that returns exactly one row, and returns that row. This is the only
+/// way the request logic talks to the database (`Platform::query` is its backend).
+///
+/// Why exactly one: on Spin 4.0.0–4.0.2 a `spin:postgres` `query` whose result has zero
+/// rows never returns (spin#3671, fixed after 4.0.2). The guest cannot time out a host
+/// call, so the instance hangs for good and keeps its pooled connection: a request that
+/// can find nothing could exhaust the database's connections. So every statement is
+/// written to answer one row whatever it finds (a scalar or jsonb function result,
+/// `select (select …)`, or a `left join` from a one-row `values`), and a statement that
+/// comes back with any other number of rows is a bug reported here, not data.
+pub fn query_row(platform: &dyn Platform, sql: &str, params: &[SqlParam]) -> Result<SqlRow, DbError> {
+    let mut rows = platform.query(sql, params)?;
+    if rows.len() != 1 {
+        return Err(DbError::Conversion(format!(
+            "a statement returned {} rows; every statement must return exactly one (Spin 4.0.x hangs on zero)",
+            rows.len()
+        )));
+    }
+    Ok(rows.pop().unwrap_or_default())
+}
+
 /// Runs a statement that returns one jsonb (or json) value in its first column, the way
 /// every SQL function of the economy answers.
 pub fn query_json(platform: &dyn Platform, sql: &str, params: &[SqlParam]) -> Result<Value, DbError> {
-    let rows = platform.query(sql, params)?;
-    let first = rows.into_iter().next().and_then(|row| row.into_iter().next());
-    match first {
+    let row = query_row(platform, sql, params)?;
+    match row.into_iter().next() {
         Some(SqlValue::Json(bytes)) => serde_json::from_slice(&bytes)
             .map_err(|e| DbError::Conversion(format!("invalid json from database: {e}"))),
         Some(SqlValue::Text(text)) => serde_json::from_str(&text)

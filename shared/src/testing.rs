@@ -48,10 +48,17 @@ impl Platform for FakePlatform {
 
     fn query(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<SqlRow>, DbError> {
         self.queries.borrow_mut().push((sql.to_string(), params.to_vec()));
-        self.db_answers
+        let answer = self
+            .db_answers
             .borrow_mut()
             .pop_front()
-            .unwrap_or_else(|| Err(DbError::Unavailable("no scripted answer".into())))
+            .unwrap_or_else(|| Err(DbError::Unavailable("no scripted answer".into())));
+        // As strict as Spin 4.0.x, which never returns from a query with zero rows.
+        assert!(
+            !matches!(&answer, Ok(rows) if rows.is_empty()),
+            "scripted a zero-row answer for {sql:?}: on Spin 4.0.0-4.0.2 such a query hangs forever (spin#3671)"
+        );
+        answer
     }
 
     fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {

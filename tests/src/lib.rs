@@ -5,11 +5,13 @@
 //! * [`db`]: Postgres for tests and for the local server: the migration runner and
 //!   fresh per-test databases cloned from a migrated template.
 //! * [`testing`]: helpers for end-to-end tests (`TestApp`).
+//! * [`spin`]: real `spin up` as the runtime under those tests (`LIBERO_RUNTIME=spin`).
 //! * [`contract`]: responses against `openapi.yaml`, and the secret-leak check.
 
 pub mod contract;
 pub mod db;
 pub mod host;
+pub mod spin;
 pub mod testing;
 
 use std::path::PathBuf;

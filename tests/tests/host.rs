@@ -223,11 +223,24 @@ async fn postgres_conversions_fail_where_spin_fails() {
     // ...so components select it in UTC, without time zone.
     let ok = f.ok(&format!("/fixture/pg/query?sql={}", encode("SELECT now() AT TIME ZONE 'UTC' AS t"))).await;
     assert_eq!(ok["columns"][0]["type"], "Datetime");
-    // json (not jsonb) and name come back unsupported; no rows means no columns either.
+    // json (not jsonb) and name come back unsupported.
     let ok = f.ok(&format!("/fixture/pg/query?sql={}", encode("SELECT '{}'::json AS j"))).await;
     assert_eq!(ok["columns"][0]["type"], "Other(\"json\")");
-    let ok = f.ok(&format!("/fixture/pg/query?sql={}", encode("SELECT 1 WHERE false"))).await;
-    assert_eq!(ok, json!({"columns": [], "rows": []}));
+}
+
+#[tokio::test]
+async fn a_query_with_zero_rows_traps_where_spin_4_0_hangs() {
+    let f = Fixture::start(&[], "", true).await.unwrap();
+    let (status, _) = f.get(&format!("/fixture/pg/query?sql={}", encode("SELECT 1 WHERE false"))).await;
+    assert_eq!(status, 500, "the instance traps instead of answering");
+    assert_eq!(f.app.zero_row_queries(), 1);
+    let logs = f.app.logs().join("\n");
+    assert!(logs.contains("Spin 4.0.0-4.0.2 never return") && logs.contains("SELECT 1 WHERE false"), "{logs}");
+    // `execute` has no rows to hang on, and a one-row query still answers.
+    assert_eq!(f.ok(&format!("/fixture/pg/execute?sql={}", encode("SELECT 1 WHERE false"))).await, 0);
+    let ok = f.ok(&format!("/fixture/pg/query?sql={}", encode("SELECT (SELECT 1 WHERE false) AS n"))).await;
+    assert_eq!(ok["rows"], json!([["db-null"]]));
+    assert_eq!(f.app.zero_row_queries(), 1);
 }
 
 #[tokio::test]

@@ -90,13 +90,17 @@ pub struct Hit {
 
 /// The entry for `key` if present and not expired (and marks it used).
 pub fn get(platform: &dyn Platform, key: &str, settings: &CacheSettings) -> Result<Option<Hit>, db::DbError> {
-    let rows = platform.query(
-        "select provider, content_type, audio from public.tts_cache_get($1, $2)",
+    // A miss is a row of nulls: see `db::query_row` for why a statement never finds nothing.
+    let row = db::query_row(
+        platform,
+        "select hit.provider, hit.content_type, hit.audio
+           from (values (1)) as one (n)
+           left join lateral public.tts_cache_get($1, $2) as hit on true",
         &[SqlParam::Text(key.to_string()), SqlParam::Int32(settings.ttl_seconds)],
     )?;
-    let Some(row) = rows.into_iter().next() else { return Ok(None) };
     let mut values = row.into_iter();
     match (values.next(), values.next(), values.next()) {
+        (Some(SqlValue::Null), Some(SqlValue::Null), Some(SqlValue::Null)) => Ok(None),
         (Some(SqlValue::Text(provider)), Some(SqlValue::Text(content_type)), Some(SqlValue::Bytes(audio))) => {
             Ok(Some(Hit { provider, content_type, audio }))
         }

@@ -328,7 +328,7 @@ mod tests {
             ("elevenlabs_api_key", "xi-x"),
             ("elevenlabs_default_voice_id", "voiceA"),
         ]);
-        platform.db_answers.borrow_mut().push_back(Ok(vec![])); // cache miss
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
         quota_granted(&platform);
         platform.push_upstream(500, &[], b"sk-x leaked?");
         platform.push_upstream(200, &[], b"mp3 audio");
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn tts_openai_answer_fills_the_cache() {
         let platform = FakePlatform::with_vars(&[("openai_api_key", "sk-x")]);
-        platform.db_answers.borrow_mut().push_back(Ok(vec![]));
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
         quota_granted(&platform);
         platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(br#"{"stored":true}"#.to_vec())]]));
         platform.push_upstream(200, &[], b"OggS...");

@@ -4,7 +4,12 @@
 wasmtime::component::bindgen!({
     path: "wit",
     world: "spin-imports",
-    imports: { default: async },
+    imports: {
+        // Trappable: a query that comes back with zero rows stops the instance here,
+        // where Spin 4.0.x would hang forever (see `postgres::ZERO_ROWS_HANG`).
+        "spin:postgres/postgres.[method]connection.query": async | trappable,
+        default: async,
+    },
     with: {
         "spin:postgres/postgres.connection": super::postgres::Connection,
     },

@@ -120,6 +120,12 @@ impl RunningApp {
         self.pools.statements()
     }
 
+    /// Queries that came back with zero rows. Each trapped its instance here; under Spin
+    /// 4.0.0–4.0.2 each would have hung forever (see [`postgres::ZERO_ROWS_HANG`]).
+    pub fn zero_row_queries(&self) -> u64 {
+        self.pools.zero_row_queries()
+    }
+
     /// Stops serving and waits for the server task to end.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

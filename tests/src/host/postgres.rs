@@ -12,7 +12,10 @@
 //!   format does not allow, so such a query fails: select `col AT TIME ZONE 'UTC'`,
 //!   `extract(epoch from col)` or `col::text` instead. `json` (not `jsonb`), `name` and
 //!   other types come back as `unsupported` raw bytes.
-//! * A query with no rows returns no column descriptions either.
+//! * A query with no rows never returns under Spin 4.0.0–4.0.2 (spin#3671): the instance
+//!   hangs and keeps its pooled connection. Here such a query traps the instance with
+//!   [`ZERO_ROWS_HANG`] in the message and is counted ([`Pools::zero_row_queries`]), so
+//!   the test that sent it fails instead of passing on a host kinder than Spin.
 //! * Connections are pooled per address (`AppOptions::pg_pool_size` at most: 64, Spin's
 //!   size, unless set) and recycled with deadpool's `Clean` method, as Spin does: session
 //!   state is reset but an open transaction survives into the next request that gets the
@@ -39,6 +42,11 @@ use wasmtime::component::Resource;
 use super::allowed_hosts::AllowedHosts;
 use super::bindings::pg::{self, Column, DbDataType, DbValue, ParameterValue, RowSet};
 
+/// What the host says when a guest's `query` returns zero rows.
+pub const ZERO_ROWS_HANG: &str = "spin:postgres query returned zero rows: Spin 4.0.0-4.0.2 never \
+    return from such a query (spin#3671) and the request would hang forever; make the statement \
+    return exactly one row (see shared/src/db.rs, query_row)";
+
 /// Spin's per-address pool size (`CONNECTION_POOL_SIZE` in its outbound Postgres).
 pub const SPIN_POOL_SIZE: usize = 64;
 
@@ -58,11 +66,13 @@ pub struct Pools {
     /// Statements the guests ran (`query` and `execute` calls), for the benchmark's
     /// round-trips-per-request figure.
     statements: AtomicU64,
+    /// Queries that returned zero rows (each trapped its instance; see [`ZERO_ROWS_HANG`]).
+    zero_row_queries: AtomicU64,
 }
 
 impl Pools {
     pub fn new(size: usize) -> Self {
-        Pools { pools: Mutex::default(), size, statements: AtomicU64::new(0) }
+        Pools { pools: Mutex::default(), size, statements: AtomicU64::new(0), zero_row_queries: AtomicU64::new(0) }
     }
 
     fn pool(&self, address: &str) -> anyhow::Result<Pool> {
@@ -94,6 +104,11 @@ impl Pools {
     /// Statements run so far through these pools.
     pub fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Queries that returned zero rows, which Spin 4.0.x would have hung on.
+    pub fn zero_row_queries(&self) -> u64 {
+        self.zero_row_queries.load(Ordering::Relaxed)
     }
 
     /// Closes every pooled connection (the app is stopping).
@@ -144,14 +159,25 @@ impl pg::HostConnection for PgHost {
         conn: Resource<Connection>,
         statement: String,
         params: Vec<ParameterValue>,
-    ) -> Result<RowSet, pg::Error> {
-        let params = to_sql_parameters(&params).map_err(|e| pg::Error::BadParameter(format!("{e:?}")))?;
+    ) -> wasmtime::Result<Result<RowSet, pg::Error>> {
+        let params = match to_sql_parameters(&params) {
+            Ok(params) => params,
+            Err(e) => return Ok(Err(pg::Error::BadParameter(format!("{e:?}")))),
+        };
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         self.pools.statements.fetch_add(1, Ordering::Relaxed);
-        let client = self.client(&conn)?;
-        let rows = client.query(statement.as_str(), &refs).await.map_err(query_failed)?;
+        let client = match self.client(&conn) {
+            Ok(client) => client,
+            Err(e) => return Ok(Err(e)),
+        };
+        let rows = match client.query(statement.as_str(), &refs).await {
+            Ok(rows) => rows,
+            Err(e) => return Ok(Err(query_failed(e))),
+        };
         let Some(first) = rows.first() else {
-            return Ok(RowSet { columns: vec![], rows: vec![] });
+            self.pools.zero_row_queries.fetch_add(1, Ordering::Relaxed);
+            let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+            return Err(wasmtime::format_err!("{ZERO_ROWS_HANG}. Statement: {statement}"));
         };
         let columns = first
             .columns()
@@ -162,8 +188,8 @@ impl pg::HostConnection for PgHost {
             .iter()
             .map(convert_row)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| pg::Error::QueryFailed(pg::QueryError::Text(format!("{e:?}"))))?;
-        Ok(RowSet { columns, rows })
+            .map_err(|e| pg::Error::QueryFailed(pg::QueryError::Text(format!("{e:?}"))));
+        Ok(rows.map(|rows| RowSet { columns, rows }))
     }
 
     async fn execute(

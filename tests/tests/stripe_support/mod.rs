@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 
 use hmac::{Hmac, Mac};
-use libero_tests::host::{self, AppOptions, RunningApp};
-use libero_tests::testing::TestApp;
+use libero_tests::testing::{Runtime, TestApp};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -66,11 +65,8 @@ pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) ->
 
 /// Another instance of the app with these variables (e.g. the same database, or one
 /// that cannot reach it).
-pub async fn start_instance(variables: &HashMap<String, String>) -> RunningApp {
-    let mut options = AppOptions::new(libero_tests::repo_root().join("spin.toml"));
-    options.variables = variables.clone();
-    options.echo_logs = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
-    host::start(options).await.expect("starting the app (did scripts/build-wasm.sh run?)")
+pub async fn start_instance(variables: &HashMap<String, String>) -> Runtime {
+    Runtime::start(variables).await
 }
 
 /// A `Stripe-Signature` header as Stripe makes it.
