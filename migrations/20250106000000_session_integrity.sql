@@ -227,7 +227,15 @@ begin
    where user_id = p_user and client_session_id = p_client_session_id;
   if found then
     if v_existing.request_fingerprint = p_fingerprint then
-      return v_existing.result || jsonb_build_object('outcome', 'replayed', 'replayed', true);
+      -- (Answers stored before this migration lack the fields below: they were rewarded,
+      -- and ran up to when they were recorded.)
+      return jsonb_build_object(
+               'rewarded', v_existing.rewarded,
+               'reason', v_existing.unrewarded_reason,
+               'started_at', v_existing.ended_at - make_interval(secs => v_existing.duration),
+               'ended_at', v_existing.ended_at)
+             || v_existing.result
+             || jsonb_build_object('outcome', 'replayed', 'replayed', true);
     end if;
     return jsonb_build_object('outcome', 'conflict', 'session_id', v_existing.id);
   end if;

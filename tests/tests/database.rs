@@ -1651,6 +1651,47 @@ async fn upgrading_records_achievements_existing_profiles_had_reached() {
     assert_ledger_consistent(&client).await;
 }
 
+/// Sessions recorded before the session rules keep answering their replays (now saying
+/// they were rewarded, and when they ran: up to when they were recorded), and count in
+/// the overlap check.
+#[tokio::test]
+async fn upgrading_keeps_recorded_sessions_replayable_and_in_the_overlap_check() {
+    const UPGRADE: &str = "20250106000000";
+    let test_db = db::empty_database().await.unwrap();
+    let before = tempfile::tempdir().unwrap();
+    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
+        if m.version.as_str() < UPGRADE {
+            std::fs::copy(&m.path, before.path().join(m.path.file_name().unwrap())).unwrap();
+        }
+    }
+    db::migrate_dir(&test_db.url, before.path()).await.unwrap();
+    let client = test_db.client().await;
+    let alice = new_user(&client).await;
+    let id = Uuid::new_v4();
+    let first = complete_now(&client, alice, id, 600).await;
+    assert_eq!(first["rewarded"], Value::Null, "the old function");
+
+    let applied = db::migrate(&test_db.url).await.unwrap();
+    assert_eq!(applied.first().map(|m| m.version.as_str()), Some(UPGRADE));
+
+    let replay = complete_now(&client, alice, id, 600).await;
+    assert_eq!((replay["outcome"].clone(), replay["rewarded"].clone(), replay["reason"].clone()), (json!("replayed"), json!(true), Value::Null));
+    let (started_at, ended_at): (String, String) = {
+        let row = client
+            .query_one(
+                "select to_jsonb(completed_at - interval '10 minutes') #>> '{}', to_jsonb(completed_at) #>> '{}'
+                   from sessions where client_session_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((replay["started_at"].as_str().unwrap(), replay["ended_at"].as_str().unwrap()), (started_at.as_str(), ended_at.as_str()));
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 600).await["reason"], "overlaps_previous_session");
+    assert_ledger_consistent(&client).await;
+}
+
 #[tokio::test]
 async fn users_without_a_profile_get_one_on_their_first_session() {
     let (_db, client) = fresh().await;
