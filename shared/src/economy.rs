@@ -15,31 +15,43 @@ pub struct SessionCompletion {
     pub action: Option<String>,
     pub duration_seconds: i32,
     pub protocol_id: Option<String>,
+    /// When the session started (ms since the epoch), if the app says so; otherwise it
+    /// ended when the completion arrived.
+    pub started_at_ms: Option<i64>,
 }
 
 impl SessionCompletion {
     /// Identifies the request's content, so a retry (same id, same content) can be told
     /// apart from a different request reusing the id.
+    /// Without `started_at` it is the v1 form, so a completion recorded before
+    /// `started_at` existed is still replayed, not taken for a conflict.
     pub fn fingerprint(&self) -> String {
-        format!(
+        let mut fingerprint = format!(
             "v1|{}|{}|{}|{}",
             self.ego_state,
             self.action.as_deref().unwrap_or(""),
             self.duration_seconds,
             self.protocol_id.as_deref().unwrap_or("")
-        )
+        );
+        if let Some(started_at_ms) = self.started_at_ms {
+            fingerprint.push_str(&format!("|started_at_ms={started_at_ms}"));
+        }
+        fingerprint
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompletionOutcome {
-    /// Rewards granted now; the document describes them and the new totals.
+    /// Recorded now; the document says whether it earned rewards (`rewarded`, and if not
+    /// the `reason`), what they were, and the new totals.
     Created(Map<String, Value>),
     /// This id was completed before with the same content: the first answer, nothing new.
     Replayed(Map<String, Value>),
 }
 
-/// Records the session and grants its rewards, exactly once per client session id.
+/// Records the session and grants its rewards, exactly once per client session id. Whether
+/// a session earns anything (no overlap with the user's rewarded sessions, the daily caps)
+/// is decided by `complete_session` in the same statement.
 pub fn complete_session(
     platform: &dyn Platform,
     user_id: &str,
@@ -48,7 +60,7 @@ pub fn complete_session(
     let optional_uuid = |v: &Option<String>| v.clone().map(SqlParam::Uuid).unwrap_or(SqlParam::Null);
     let result = db::query_json(
         platform,
-        "select public.complete_session($1, $2, $3, $4, $5, $6, $7)",
+        "select public.complete_session($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::int8 / 1000.0))",
         &[
             SqlParam::Uuid(user_id.to_string()),
             SqlParam::Uuid(completion.client_session_id.clone()),
@@ -57,6 +69,7 @@ pub fn complete_session(
             SqlParam::Int32(completion.duration_seconds),
             optional_uuid(&completion.protocol_id),
             SqlParam::Text(completion.fingerprint()),
+            completion.started_at_ms.map(SqlParam::Int64).unwrap_or(SqlParam::Null),
         ],
     )
     .map_err(|e| db::report(platform, "complete_session", e))?;
@@ -78,10 +91,61 @@ pub fn complete_session(
         Some("forbidden_protocol") => {
             Err(ApiError::forbidden("protocol_forbidden", "That custom protocol belongs to another user."))
         }
+        Some("invalid_started_at") => Err(ApiError::bad_request(
+            "invalid_field",
+            match document.get("problem").and_then(Value::as_str) {
+                Some("in_future") => "Field `started_at` plus `duration_seconds` is later than now: \
+                                      report a session once it has ended."
+                    .to_string(),
+                Some("too_old") => format!(
+                    "Field `started_at` is more than {} hours ago; such a session can no longer be reported.",
+                    document.get("max_backdate_seconds").and_then(Value::as_i64).unwrap_or(0) / 3600
+                ),
+                _ => "Field `started_at` is before the account was created.".to_string(),
+            },
+        )),
         Some("unknown_user") => Err(ApiError::not_found(
             "user_not_found",
             "The signed-in user has no account in this project.",
         )),
         _ => Err(ApiError::internal("The session could not be recorded.")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::SqlValue;
+    use crate::testing::FakePlatform;
+
+    fn completion(started_at_ms: Option<i64>) -> SessionCompletion {
+        SessionCompletion {
+            client_session_id: "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34".into(),
+            ego_state: "guardian".into(),
+            action: Some("calm".into()),
+            duration_seconds: 600,
+            protocol_id: None,
+            started_at_ms,
+        }
+    }
+
+    #[test]
+    fn fingerprints_without_started_at_keep_their_first_form() {
+        // Completions recorded before `started_at` existed must still replay.
+        assert_eq!(completion(None).fingerprint(), "v1|guardian|calm|600|");
+        assert_eq!(completion(Some(1_736_152_200_000)).fingerprint(), "v1|guardian|calm|600||started_at_ms=1736152200000");
+    }
+
+    #[test]
+    fn started_at_goes_to_the_database_and_its_refusals_are_400s() {
+        for (problem, words) in [("in_future", "later than now"), ("too_old", "more than 24 hours"), ("before_account", "before the account")] {
+            let platform = FakePlatform::with_vars(&[]);
+            let answer = format!(r#"{{"outcome":"invalid_started_at","problem":"{problem}","max_backdate_seconds":86400}}"#);
+            platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(answer.into_bytes())]]));
+            let error = complete_session(&platform, "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34", &completion(Some(42))).unwrap_err();
+            assert_eq!((error.status, error.code), (400, "invalid_field"), "{problem}");
+            assert!(error.message.contains(words), "{problem}: {}", error.message);
+            assert_eq!(platform.queries.borrow()[0].1[7], SqlParam::Int64(42));
+        }
     }
 }

@@ -64,6 +64,80 @@ pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
+/// An RFC 3339 timestamp (`2025-01-06T08:30:00Z`, `2025-01-06T09:30:00.250+01:00`) as
+/// milliseconds since the Unix epoch, years 1970 to 9999. Parsed here, strictly, so the
+/// database never sees a date it would refuse (a 500) and equal instants compare equal
+/// however they were written.
+pub fn timestamp_millis(field: &str, value: &str) -> Result<i64, ApiError> {
+    parse_rfc3339_millis(value)
+        .ok_or_else(|| invalid(field, "must be an RFC 3339 timestamp like 2025-01-06T08:30:00Z"))
+}
+
+fn parse_rfc3339_millis(value: &str) -> Option<i64> {
+    let b = value.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let at = |i: usize, c: u8| b.get(i).is_some_and(|x| x.eq_ignore_ascii_case(&c));
+    if !(at(4, b'-') && at(7, b'-') && at(10, b'T') && at(13, b':') && at(16, b':')) {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if at(i, b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start || i - start > 9 {
+            return None;
+        }
+        // Milliseconds: the first three digits of the fraction, padded.
+        millis = (0..3).fold(0, |n, k| n * 10 + if start + k < i { i64::from(b[start + k] - b'0') } else { 0 });
+    }
+    let offset_minutes = match b.get(i) {
+        Some(b'Z' | b'z') if b.len() == i + 1 => 0,
+        Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && at(i + 3, b':') => {
+            let (h, m) = (digits(i + 1, 2)?, digits(i + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if *sign == b'+' {
+                h * 60 + m
+            } else {
+                -(h * 60 + m)
+            }
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's
+    // days_from_civil).
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1000 + millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +163,27 @@ mod tests {
         assert!(text("intent", "a\u{0}b", 1, 10).is_err());
         assert!(in_range("duration", 5, 1, 60).is_ok());
         assert!(in_range("duration", 61, 1, 60).is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        let ms = |v: &str| timestamp_millis("started_at", v);
+        assert_eq!(ms("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(ms("2025-01-06T08:30:00Z").unwrap(), 1_736_152_200_000);
+        assert_eq!(ms("2025-01-06T09:30:00.25+01:00").unwrap(), 1_736_152_200_250);
+        assert_eq!(ms("2025-01-06t08:30:00.123456789z").unwrap(), 1_736_152_200_123);
+        assert_eq!(ms("2025-01-06T02:00:00-06:30").unwrap(), 1_736_152_200_000);
+        assert_eq!(ms("2024-02-29T00:00:00Z").unwrap(), 1_709_164_800_000);
+        assert_eq!(ms("2000-03-01T00:00:00Z").unwrap(), 951_868_800_000);
+        for bad in [
+            "", "2025-01-06", "2025-01-06T08:30:00", "2025-01-06 08:30:00Z", "2025-13-01T00:00:00Z",
+            "2025-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2025-01-32T00:00:00Z", "2025-01-06T24:00:00Z",
+            "2025-01-06T08:60:00Z", "2025-01-06T08:30:60Z", "2025-01-06T08:30:00.Z", "2025-01-06T08:30:00.1234567890Z",
+            "2025-01-06T08:30:00+0100", "2025-01-06T08:30:00+24:00", "2025-01-06T08:30:00Zjunk", "1969-12-31T23:59:59Z",
+            "+2025-01-06T08:30:00Z", "2025-01-06T08:30:00\u{e9}", "\u{ff12}025-01-06T08:30:00Z", "now",
+        ] {
+            assert!(ms(bad).is_err(), "{bad:?}");
+        }
+        assert!(ms("x").unwrap_err().message.contains("started_at"));
     }
 }

@@ -142,6 +142,22 @@ async fn assert_ledger_consistent(client: &Client) {
     );
 }
 
+/// Tests cannot wait for a session to end before the next one starts: this moves the
+/// user's recorded sessions 25 hours back on the clock (`ended_at` only), as if they had
+/// run then, so the next session overlaps none of them. The daily caps and the streak
+/// count days on the profile and are left as they are.
+async fn earlier_sessions_ended_long_ago(client: &Client, user: Uuid) {
+    client
+        .execute(
+            "update sessions set ended_at = ended_at - interval '25 hours' where user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+}
+
+/// A session that started after the user's earlier ones ended (see
+/// [`earlier_sessions_ended_long_ago`]), completed now.
 async fn complete_session(
     client: &Client,
     user: Uuid,
@@ -151,6 +167,7 @@ async fn complete_session(
     protocol: Option<Uuid>,
     fingerprint: &str,
 ) -> Value {
+    earlier_sessions_ended_long_ago(client, user).await;
     client
         .query_one(
             "select complete_session($1, $2, $3, $4, $5, $6, $7)",
@@ -169,7 +186,7 @@ async fn complete_session(
         .get(0)
 }
 
-/// A new session of `seconds` in the 'guardian' ego state.
+/// A new session of `seconds` in the 'guardian' ego state, after the user's earlier ones.
 async fn complete(client: &Client, user: Uuid, seconds: i32) -> Value {
     complete_session(
         client,
@@ -212,6 +229,75 @@ async fn in_parallel(test_db: &TestDb, statements: Vec<String>) -> Vec<Value> {
 
 fn count(values: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
     values.iter().filter(|v| pred(v)).count()
+}
+
+/// The profile was created a day ago, so sessions may be reported as having started
+/// earlier today (`started_at` may not be before the account).
+async fn make_account_a_day_old(client: &Client, user: Uuid) {
+    client
+        .execute(
+            "update user_profiles set created_at = now() - interval '1 day' where id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+}
+
+/// A session of `seconds` that started at `now() - started_ago`, completed now, with
+/// nothing moved on the clock first.
+async fn complete_started(client: &Client, user: Uuid, seconds: i32, started_ago: &str) -> Value {
+    client
+        .query_one(
+            "select complete_session($1, gen_random_uuid(), 'guardian', null, $2, null, 'fp',
+                                     now() - $3::text::interval)",
+            &[&user, &seconds, &started_ago],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A session of `seconds` ending now, with nothing moved on the clock first.
+async fn complete_now(client: &Client, user: Uuid, id: Uuid, seconds: i32) -> Value {
+    client
+        .query_one(
+            "select complete_session($1, $2, 'guardian', null, $3, null, 'fp')",
+            &[&user, &id, &seconds],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Moves the user's sessions `seconds` back on the clock: that much time has passed.
+async fn time_passes(client: &Client, user: Uuid, seconds: i32) {
+    client
+        .execute(
+            "update sessions set ended_at = ended_at - make_interval(secs => $2) where user_id = $1",
+            &[&user, &f64::from(seconds)],
+        )
+        .await
+        .unwrap();
+}
+
+/// No user has two rewarded sessions whose wall-clock intervals overlap by more than the
+/// tolerance (30 s; a session shorter than a minute takes a minute).
+async fn assert_rewarded_sessions_do_not_overlap(client: &Client) {
+    let overlapping: i64 = client
+        .query_one(
+            "with r as (
+               select user_id, id, ended_at,
+                      ended_at - greatest(make_interval(secs => duration), interval '60 seconds') as began
+                 from sessions where rewarded
+             )
+             select count(*) from r a join r b on a.user_id = b.user_id and a.id < b.id
+              where least(a.ended_at, b.ended_at) - greatest(a.began, b.began) > interval '30 seconds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overlapping, 0, "rewarded sessions overlap");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -397,6 +483,10 @@ async fn users_update_journey_and_settings_but_not_progress() {
         "last_session_date = current_date",
         "ego_state_usage = '{}'",
         "sessions_completed = 100",
+        // The daily reward counters: resetting them would reopen the day's caps.
+        "reward_day = current_date - 1",
+        "reward_day_sessions = 0",
+        "reward_day_xp_minutes = 0",
         "id = gen_random_uuid()",
     ] {
         let sql = format!("update user_profiles set {column} where id = '{alice}'");
@@ -451,6 +541,8 @@ async fn users_cannot_write_the_economy_or_call_server_functions() {
         format!("delete from token_ledger where user_id = '{alice}'"),
         format!("insert into sessions (user_id, client_session_id, ego_state, duration, experience_gained, tokens_awarded, request_fingerprint, result, local_date) values ('{alice}', gen_random_uuid(), 'g', 60, 1000, 1000, 'f', '{{}}', current_date)"),
         format!("update sessions set experience_gained = 1000 where id = '{session_id}'"),
+        // Moving a rewarded session back in time would make room for another one.
+        format!("update sessions set ended_at = now() - interval '1 day' where id = '{session_id}'"),
         // Deleting a session would let its client session id be rewarded again.
         format!("delete from sessions where id = '{session_id}'"),
         format!("insert into user_achievements (user_id, achievement_id) values ('{alice}', 'level_10')"),
@@ -460,7 +552,10 @@ async fn users_cannot_write_the_economy_or_call_server_functions() {
         format!("update stripe_subscriptions set status = 'active' where user_id = '{alice}'"),
         "insert into token_prices (feature, tokens) values ('free', 1)".to_string(),
         "update token_prices set tokens = 1".to_string(),
+        // Made-up ego states would count towards ego_explorer.
+        "insert into ego_states (name) values ('made_up')".to_string(),
         format!("select complete_session('{alice}', gen_random_uuid(), 'g', null, 60, null, 'f')"),
+        format!("select complete_session('{alice}', gen_random_uuid(), 'g', null, 60, null, 'f', now() - interval '1 hour')"),
         format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r')"),
         format!("select refund_spend('{alice}', 'r')"),
         "select local_today('UTC')".to_string(),
@@ -1213,6 +1308,277 @@ async fn achievements_unlock_once_each() {
     assert_eq!(achievements_of(&client, alice).await, ["ego_explorer", "first_session", "sessions_10"]);
 }
 
+// ---------------------------------------------------------------------------------------
+// complete_session: only sessions that could have happened earn (issue 20)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn overlapping_sessions_are_recorded_but_earn_nothing() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+
+    let first = complete_now(&client, alice, Uuid::new_v4(), 600).await;
+    assert_eq!((first["rewarded"].clone(), first["reason"].clone()), (json!(true), Value::Null));
+    assert_eq!(first["xp_minutes"], 10);
+
+    // Another 10 minutes ending now: it would have run alongside the first.
+    let id = Uuid::new_v4();
+    let overlapping = complete_now(&client, alice, id, 600).await;
+    assert_eq!(overlapping["outcome"], "created");
+    assert_eq!(overlapping["rewarded"], false);
+    assert_eq!(overlapping["reason"], "overlaps_previous_session");
+    assert_eq!(
+        (
+            overlapping["experience_gained"].clone(),
+            overlapping["tokens_awarded"].clone(),
+            overlapping["xp_minutes"].clone(),
+            overlapping["rewards"].clone(),
+            overlapping["achievements_unlocked"].clone(),
+            overlapping["streak_extended"].clone(),
+        ),
+        (json!(0), json!(0), json!(0), json!([]), json!([]), json!(false))
+    );
+    assert_eq!(overlapping["totals"], first["totals"], "nothing changed");
+    assert_eq!(overlapping["daily"]["rewarded_sessions"], 1);
+    let row = client
+        .query_one(
+            "select rewarded, unrewarded_reason, experience_gained, tokens_awarded from sessions where client_session_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, Option<String>>(1), row.get::<_, i32>(2), row.get::<_, i32>(3)),
+        (false, Some("overlaps_previous_session".to_string()), 0, 0)
+    );
+    let usage: Value = client
+        .query_one("select jsonb_build_array(ego_state_usage, sessions_completed) from user_profiles where id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(usage, json!([{"guardian": 1}, 1]), "an unrewarded session is not counted");
+
+    // Its replay answers the same, and still grants nothing.
+    let replay = complete_now(&client, alice, id, 600).await;
+    let mut expected = overlapping.clone();
+    expected["outcome"] = json!("replayed");
+    expected["replayed"] = json!(true);
+    assert_eq!(replay, expected);
+
+    // Back to back: ten minutes later, the next ten minutes are rewarded.
+    time_passes(&client, alice, 600).await;
+    let next = complete_now(&client, alice, Uuid::new_v4(), 600).await;
+    assert_eq!(next["rewarded"], true, "{next}");
+
+    // The tolerance: 20 seconds of overlap pass, 40 do not.
+    time_passes(&client, alice, 580).await;
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 600).await["rewarded"], true);
+    time_passes(&client, alice, 560).await;
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 600).await["reason"], "overlaps_previous_session");
+
+    // Zero-length sessions take a minute each, so they cannot be stacked either.
+    time_passes(&client, alice, 3600).await;
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 0).await["rewarded"], true);
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 0).await["reason"], "overlaps_previous_session");
+    time_passes(&client, alice, 60).await;
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 0).await["rewarded"], true);
+
+    // Five of the eight earned: 5 x 2 tokens, 30+30+30+10+10 = 110 XP, so level 2 (+5).
+    assert_eq!(progress(&client, alice).await, (15, 110, 2, 1));
+    assert_rewarded_sessions_do_not_overlap(&client).await;
+    assert_ledger_consistent(&client).await;
+}
+
+/// `started_at`: a completion sent late (the app was offline) keeps the time its session
+/// ran, so sessions done back to back and reported together all count.
+#[tokio::test]
+async fn a_reported_start_places_the_session_and_must_be_possible() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+
+    // Not before the account existed: the mint would otherwise reach back a day.
+    let early = complete_started(&client, alice, 600, "1 hour").await;
+    assert_eq!(early, json!({"outcome": "invalid_started_at", "problem": "before_account"}));
+
+    make_account_a_day_old(&client, alice).await;
+    // Three sessions done back to back two hours ago, reported now.
+    for ago in ["2 hours", "1 hour 50 minutes", "1 hour 40 minutes"] {
+        let result = complete_started(&client, alice, 600, ago).await;
+        assert_eq!(result["rewarded"], true, "{ago}: {result}");
+    }
+    // One that would have run alongside the second.
+    let overlapping = complete_started(&client, alice, 600, "1 hour 55 minutes").await;
+    assert_eq!(overlapping["reason"], "overlaps_previous_session");
+    // Ending now, after them: fine.
+    assert_eq!(complete_started(&client, alice, 600, "10 minutes").await["rewarded"], true);
+
+    // A session cannot end in the future (beyond the tolerance), nor be reported a day late.
+    assert_eq!(
+        complete_started(&client, alice, 600, "9 minutes").await,
+        json!({"outcome": "invalid_started_at", "problem": "in_future"})
+    );
+    assert_eq!(complete_started(&client, alice, 600, "9 minutes 40 seconds").await["outcome"], "created");
+    assert_eq!(
+        complete_started(&client, alice, 60, "25 hours").await,
+        json!({"outcome": "invalid_started_at", "problem": "too_old", "max_backdate_seconds": 86400})
+    );
+    assert_eq!(
+        complete_started(&client, alice, 60, "-1 hour").await["problem"],
+        "in_future"
+    );
+
+    let sessions: i64 = client
+        .query_one("select count(*) from sessions where user_id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 6, "refused reports are not recorded");
+    assert_eq!(progress(&client, alice).await.0, 4 * 2 + 5, "four earned, one level");
+    assert_rewarded_sessions_do_not_overlap(&client).await;
+    assert_ledger_consistent(&client).await;
+}
+
+/// Per local day, 12 sessions earn rewards and 240 minutes earn XP. The day is the
+/// user's (settings.timezone), it starts over at their midnight, and it never moves back.
+#[tokio::test]
+async fn daily_caps_follow_the_users_local_day() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let set = |sql: String| {
+        let client = &client;
+        async move { client.batch_execute(&sql).await.unwrap() }
+    };
+    let local_today = |zone: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one("select ((now() at time zone $1)::date)::text", &[&zone])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'")).await;
+
+    for n in 1..=12 {
+        let result = complete(&client, alice, 60).await;
+        assert_eq!(result["rewarded"], true, "session {n}: {result}");
+        assert_eq!(
+            result["daily"],
+            json!({"date": local_today("Pacific/Kiritimati").await, "rewarded_sessions": n,
+                   "rewarded_sessions_cap": 12, "xp_minutes": n, "xp_minutes_cap": 240})
+        );
+    }
+    let before = progress(&client, alice).await;
+    let id = Uuid::new_v4();
+    let capped = complete_session(&client, alice, id, "guardian", 60, None, "fp").await;
+    assert_eq!((capped["rewarded"].clone(), capped["reason"].clone()), (json!(false), json!("daily_session_cap")));
+    assert_eq!(capped["tokens_awarded"], 0);
+    assert_eq!(progress(&client, alice).await, before);
+    let mut replayed = capped.clone();
+    replayed["outcome"] = json!("replayed");
+    replayed["replayed"] = json!(true);
+    assert_eq!(complete_session(&client, alice, id, "guardian", 60, None, "fp").await, replayed);
+
+    // Moving west, to a date before the counted day, does not reopen the day.
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'")).await;
+    let west = complete(&client, alice, 60).await;
+    assert_eq!(west["reason"], "daily_session_cap");
+    assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
+    assert_eq!(west["daily"]["date"], local_today("Pacific/Kiritimati").await);
+
+    // Past the user's midnight (the counted day is now yesterday there), a new day.
+    set(format!(
+        "update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}',
+                reward_day = (now() at time zone 'Pacific/Pago_Pago')::date - 1 where id = '{alice}'"
+    ))
+    .await;
+    let next_day = complete(&client, alice, 60).await;
+    assert_eq!(next_day["rewarded"], true, "{next_day}");
+    assert_eq!(next_day["daily"]["date"], local_today("Pacific/Pago_Pago").await);
+    assert_eq!(next_day["daily"]["rewarded_sessions"], 1);
+
+    // It is always a later day in Kiritimati than in Pago Pago: full counters for Pago
+    // Pago's today are no limit for a user whose day is Kiritimati's.
+    set(format!("update user_profiles set reward_day_sessions = 12 where id = '{alice}'")).await;
+    assert_eq!(complete(&client, alice, 60).await["reason"], "daily_session_cap");
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'")).await;
+    let east = complete(&client, alice, 60).await;
+    assert_eq!((east["rewarded"].clone(), east["daily"]["rewarded_sessions"].clone()), (json!(true), json!(1)));
+
+    // Minutes: 240 a day earn XP. Three hours, then 50 minutes, then only 10 of the next 60.
+    let bob = new_user(&client).await;
+    for _ in 0..3 {
+        assert_eq!(complete(&client, bob, 3600).await["xp_minutes"], 60);
+    }
+    assert_eq!(complete(&client, bob, 3000).await["xp_minutes"], 50);
+    let clipped = complete(&client, bob, 3600).await;
+    assert_eq!((clipped["rewarded"].clone(), clipped["xp_minutes"].clone()), (json!(true), json!(10)));
+    assert_eq!(clipped["experience_gained"], 10 + 2 * 10);
+    assert_eq!(clipped["daily"]["xp_minutes"], 240);
+    let past = complete(&client, bob, 600).await;
+    assert_eq!((past["rewarded"].clone(), past["reason"].clone()), (json!(false), json!("daily_xp_minutes_cap")));
+    assert_eq!(past["experience_gained"], 0);
+    // Bob's day is UTC's; after his midnight the minutes count again.
+    set(format!("update user_profiles set reward_day = reward_day - 1 where id = '{bob}'")).await;
+    assert_eq!(complete(&client, bob, 600).await["xp_minutes"], 10);
+    assert_rewarded_sessions_do_not_overlap(&client).await;
+    assert_ledger_consistent(&client).await;
+}
+
+/// Issue 21, finding 8b: only the app's ego states (the ego_states rows) are counted, so
+/// made-up ones neither unlock ego_explorer nor grow ego_state_usage.
+#[tokio::test]
+async fn only_the_apps_ego_states_are_counted() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    let usage = || {
+        let client = &client;
+        async move {
+            client
+                .query_one("select ego_state_usage from user_profiles where id = $1", &[&alice])
+                .await
+                .unwrap()
+                .get::<_, Value>(0)
+        }
+    };
+
+    let long = "x".repeat(60);
+    for (i, made_up) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let name = format!("{made_up}{long}");
+        let result = complete_session(&client, alice, Uuid::new_v4(), &name, 60, None, "fp").await;
+        assert_eq!(result["rewarded"], true, "the session itself still earns");
+        if i == 0 {
+            assert_eq!(result["achievements_unlocked"], json!(["first_session"]));
+        } else {
+            assert_eq!(result["achievements_unlocked"], json!([]), "{made_up}");
+        }
+    }
+    assert_eq!(usage().await, json!({}));
+    let stored: i64 = client
+        .query_one("select count(distinct ego_state) from sessions where user_id = $1", &[&alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 5, "the sessions keep the state they were done in");
+
+    // The app's states, in any case, count under their own name; the fifth unlocks.
+    let mut unlocked = Vec::new();
+    for state in ["Guardian", "REBEL", "healer", "guardian", "explorer", "mystic"] {
+        let result = complete_session(&client, alice, Uuid::new_v4(), state, 60, None, "fp").await;
+        unlocked.push(result["achievements_unlocked"].clone());
+    }
+    // (The tenth session of all also unlocks sessions_10.)
+    assert_eq!(unlocked, [json!([]), json!([]), json!([]), json!([]), json!(["sessions_10"]), json!(["ego_explorer"])]);
+    assert_eq!(usage().await, json!({"guardian": 2, "rebel": 1, "healer": 1, "explorer": 1, "mystic": 1}));
+
+    // A state the app adds later counts once its row exists.
+    client.execute("insert into ego_states (name) values ('dreamer')", &[]).await.unwrap();
+    complete_session(&client, alice, Uuid::new_v4(), "dreamer", 60, None, "fp").await;
+    assert_eq!(usage().await["dreamer"], 1);
+    assert_ledger_consistent(&client).await;
+}
+
 /// The migration that made complete_session write only newly reached achievements
 /// first records, for existing profiles, the achievements their values already reach
 /// and counts their sessions; completions after it go on from there.
@@ -1285,6 +1651,47 @@ async fn upgrading_records_achievements_existing_profiles_had_reached() {
     assert_ledger_consistent(&client).await;
 }
 
+/// Sessions recorded before the session rules keep answering their replays (now saying
+/// they were rewarded, and when they ran: up to when they were recorded), and count in
+/// the overlap check.
+#[tokio::test]
+async fn upgrading_keeps_recorded_sessions_replayable_and_in_the_overlap_check() {
+    const UPGRADE: &str = "20250106000000";
+    let test_db = db::empty_database().await.unwrap();
+    let before = tempfile::tempdir().unwrap();
+    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
+        if m.version.as_str() < UPGRADE {
+            std::fs::copy(&m.path, before.path().join(m.path.file_name().unwrap())).unwrap();
+        }
+    }
+    db::migrate_dir(&test_db.url, before.path()).await.unwrap();
+    let client = test_db.client().await;
+    let alice = new_user(&client).await;
+    let id = Uuid::new_v4();
+    let first = complete_now(&client, alice, id, 600).await;
+    assert_eq!(first["rewarded"], Value::Null, "the old function");
+
+    let applied = db::migrate(&test_db.url).await.unwrap();
+    assert_eq!(applied.first().map(|m| m.version.as_str()), Some(UPGRADE));
+
+    let replay = complete_now(&client, alice, id, 600).await;
+    assert_eq!((replay["outcome"].clone(), replay["rewarded"].clone(), replay["reason"].clone()), (json!("replayed"), json!(true), Value::Null));
+    let (started_at, ended_at): (String, String) = {
+        let row = client
+            .query_one(
+                "select to_jsonb(completed_at - interval '10 minutes') #>> '{}', to_jsonb(completed_at) #>> '{}'
+                   from sessions where client_session_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((replay["started_at"].as_str().unwrap(), replay["ended_at"].as_str().unwrap()), (started_at.as_str(), ended_at.as_str()));
+    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 600).await["reason"], "overlaps_previous_session");
+    assert_ledger_consistent(&client).await;
+}
+
 #[tokio::test]
 async fn users_without_a_profile_get_one_on_their_first_session() {
     let (_db, client) = fresh().await;
@@ -1303,8 +1710,46 @@ async fn users_without_a_profile_get_one_on_their_first_session() {
     assert_ledger_consistent(&client).await;
 }
 
+/// Non-overlapping sessions (the app reports when each started, e.g. after being offline)
+/// sent at once: each is checked against all committed before it, none lost. Past the
+/// daily cap of 12 rewarded sessions, the rest earn nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_completions_for_one_user_lose_no_update() {
+    let (test_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    make_account_a_day_old(&client, alice).await;
+
+    // Twenty 10-minute sessions, one every 11 minutes over the last 220 minutes.
+    let results = in_parallel(
+        &test_db,
+        (1..=20)
+            .map(|k| format!(
+                "select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp',
+                                         now() - interval '{}' minute)", k * 11
+            ))
+            .collect(),
+    )
+    .await;
+    assert_eq!(count(&results, |r| r["outcome"] == "created"), 20, "{results:?}");
+    assert_eq!(count(&results, |r| r["rewarded"] == true), 12, "{results:?}");
+    assert_eq!(count(&results, |r| r["reason"] == "daily_session_cap"), 8, "{results:?}");
+    // 12 x 30 XP = 360 XP: level 4, three level-ups; 12 x 2 + 3 x 5 tokens.
+    assert_eq!(progress(&client, alice).await, (39, 360, 4, 1));
+    let first_sessions = count(&results, |r| {
+        r["achievements_unlocked"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("first_session"))
+    });
+    assert_eq!(first_sessions, 1);
+    assert_rewarded_sessions_do_not_overlap(&client).await;
+    assert_ledger_consistent(&client).await;
+}
+
+/// The mint of issue 20, in SQL: twenty 10-minute sessions, all ending now, at once.
+/// Only one of them could have happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_completions_sent_at_once_reward_one() {
     let (test_db, client) = fresh().await;
     let alice = new_user(&client).await;
 
@@ -1315,20 +1760,22 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
             .collect(),
     )
     .await;
-    assert_eq!(
-        count(&results, |r| r["outcome"] == "created"),
-        20,
-        "{results:?}"
-    );
-    // 20 x 30 XP = 600 XP: level 7, six level-ups; 20 x 2 + 6 x 5 tokens.
-    assert_eq!(progress(&client, alice).await, (70, 600, 7, 1));
-    let first_sessions = count(&results, |r| {
-        r["achievements_unlocked"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("first_session"))
-    });
-    assert_eq!(first_sessions, 1);
+    assert_eq!(count(&results, |r| r["outcome"] == "created"), 20, "{results:?}");
+    assert_eq!(count(&results, |r| r["rewarded"] == true), 1, "{results:?}");
+    assert_eq!(count(&results, |r| r["reason"] == "overlaps_previous_session"), 19, "{results:?}");
+    assert_eq!(progress(&client, alice).await, (2, 30, 1, 1));
+    let (sessions, unrewarded): (i64, i64) = {
+        let row = client
+            .query_one(
+                "select count(*), count(*) filter (where not rewarded) from sessions where user_id = $1",
+                &[&alice],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((sessions, unrewarded), (20, 19), "every completion recorded");
+    assert_rewarded_sessions_do_not_overlap(&client).await;
     assert_ledger_consistent(&client).await;
 }
 

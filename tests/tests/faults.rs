@@ -204,8 +204,21 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
     let (status, _, body) = post_json(&app, "/functions/v1/session-complete", Some(&token), &first).await;
     assert_eq!(status, 200, "{body}");
 
-    // A burst of completions with the database killed in the middle of it.
-    let burst: Vec<Value> = (0..12).map(|_| session_body()).collect();
+    // A burst of completions with the database killed in the middle of it: sessions done
+    // back to back while offline and reported at once, each with its start (the account
+    // is a day old), so each could be rewarded, up to the daily cap of 12.
+    app.db_client()
+        .await
+        .execute("UPDATE public.user_profiles SET created_at = now() - interval '1 day' WHERE id = $1", &[&user])
+        .await
+        .unwrap();
+    let burst: Vec<Value> = (2..14)
+        .map(|k| {
+            let mut body = session_body();
+            body["started_at"] = json!((chrono::Utc::now() - chrono::Duration::minutes(11 * k)).to_rfc3339());
+            body
+        })
+        .collect();
     let sends = burst.iter().map(|b| post_json(&app, "/functions/v1/session-complete", Some(&token), b));
     let killer = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -292,9 +305,25 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
         .await
         .unwrap()
         .get(0);
+    let (rewarded, reward_mismatches): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.rewarded),
+                        count(*) FILTER (WHERE s.rewarded <> EXISTS (
+                          SELECT 1 FROM public.token_ledger l
+                           WHERE l.user_id = s.user_id AND l.reason = 'session_complete'
+                             AND l.reference = s.client_session_id::text))
+                   FROM public.sessions s WHERE s.user_id = $1",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
     println!("after restart: {retried} webhook retries failed first; {sessions} sessions, {completion_rewards} completion rewards, {purchases} purchases");
     assert_eq!(sessions, 13, "every session recorded exactly once");
-    assert_eq!(completion_rewards, 13, "every completion rewarded exactly once");
+    assert_eq!((rewarded, completion_rewards), (12, 12), "every completion rewarded exactly once, up to the daily cap");
+    assert_eq!(reward_mismatches, 0, "a reward exactly for each rewarded session");
     assert_eq!(purchases, 2, "the test grant and the paid checkout, once each");
     app.assert_ledger_consistent().await;
     no_traps(&app);

@@ -2,8 +2,9 @@
 //! sessions (some sent twice at once), buying token packages through the webhook (every
 //! event delivered two or three times, concurrently), spending on the premium voice
 //! (some upstream calls fail and are refunded) and getting charges refunded. Afterwards:
-//! every user's `tokens == sum(ledger)`, no balance below zero, every reward and purchase
-//! applied exactly once (counted against what was sent), and the counts printed.
+//! every user's `tokens == sum(ledger)`, no balance below zero, every session, reward and
+//! purchase applied exactly once (counted against what was sent; a session earns only if
+//! it overlaps none of the user's rewarded ones, issue 20), and the counts printed.
 //!
 //! Size: `LIBERO_LOAD_USERS` users (default 80) plus one hot user; a few hundred requests
 //! at up to 24 in flight, a few seconds on 2 cores.
@@ -41,6 +42,7 @@ enum Op {
 #[derive(Default)]
 struct Tally {
     session_200: AtomicUsize,
+    session_unrewarded: AtomicUsize,
     session_replayed: AtomicUsize,
     session_other: AtomicUsize,
     webhook_applied: AtomicUsize,
@@ -202,14 +204,38 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
         let (sessions, rewards, purchases, orders): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
         let want_sessions = expected_sessions.get(&user).copied().unwrap_or(0);
         let want_purchases = expected_purchases.get(&user).copied().unwrap_or(0);
-        if sessions != want_sessions || rewards != want_sessions {
-            session_mismatch.push(format!("{user}: {sessions} sessions, {rewards} rewards, want {want_sessions}"));
+        // Sessions sent at once all end now: at least one of each user's earns, the rest
+        // overlap it; the ledger holds one reward for each that earned.
+        let rewarded: i64 = client
+            .query_one("SELECT count(*) FROM public.sessions WHERE user_id = $1 AND rewarded", &[&user])
+            .await
+            .unwrap()
+            .get(0);
+        if sessions != want_sessions || rewards != rewarded || (want_sessions > 0 && rewarded == 0) {
+            session_mismatch.push(format!(
+                "{user}: {sessions} sessions ({rewarded} rewarded), {rewards} rewards, want {want_sessions} sessions"
+            ));
         }
         if purchases != want_purchases || orders != want_purchases {
             purchase_mismatch.push(format!("{user}: {purchases} purchase rows, {orders} orders, want {want_purchases}"));
         }
     }
     assert!(session_mismatch.is_empty(), "sessions lost or doubled: {session_mismatch:?}");
+    let overlapping: i64 = client
+        .query_one(
+            "WITH r AS (
+               SELECT user_id, id, ended_at,
+                      ended_at - greatest(make_interval(secs => duration), interval '60 seconds') AS began
+                 FROM public.sessions WHERE rewarded
+             )
+             SELECT count(*) FROM r a JOIN r b ON a.user_id = b.user_id AND a.id < b.id
+              WHERE least(a.ended_at, b.ended_at) - greatest(a.began, b.began) > interval '30 seconds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overlapping, 0, "rewarded sessions overlap");
     assert!(purchase_mismatch.is_empty(), "purchases lost or doubled: {purchase_mismatch:?}");
     let events: i64 = client.query_one("SELECT count(*) FROM public.stripe_events", &[]).await.unwrap().get(0);
     assert_eq!(events, unique_events, "every event recorded exactly once");
@@ -225,13 +251,14 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
 
     println!(
         "load: {} users (1 hot), {total_ops} requests in {elapsed:?} (24 in flight)\n  \
-         sessions: {} granted, {} replays answered without granting, {} other\n  \
+         sessions: {} recorded ({} earned nothing: overlapping), {} replays answered without granting, {} other\n  \
          webhook: {} events applied once, {} duplicate deliveries ignored, {} other ({} refund events)\n  \
          premium spends: {} paid, {} refunded after an upstream refusal, {} refused for lack of tokens\n  \
          ledger: {ledger_rows} rows, {spend_rows} spends, {spend_refunds} spend refunds, {refunds} purchase refunds; \
          hot user ends with {hot_tokens} tokens\n  invariants: tokens == sum(ledger) for all, none negative, none lost or doubled: OK",
         users.len(),
         t(&tally.session_200),
+        t(&tally.session_unrewarded),
         t(&tally.session_replayed),
         t(&tally.session_other),
         t(&tally.webhook_applied),
@@ -257,6 +284,9 @@ async fn run(app: &TestApp, op: Op, tally: &Tally) {
                 .expect("session request");
             let status = response.status().as_u16();
             let answer: Value = response.json().await.unwrap_or(Value::Null);
+            if status == 200 && answer["replayed"] == false && answer["rewarded"] == false {
+                tally.session_unrewarded.fetch_add(1, Ordering::SeqCst);
+            }
             match (status, answer["replayed"].as_bool()) {
                 (200, Some(false)) => tally.session_200.fetch_add(1, Ordering::SeqCst),
                 (200, Some(true)) => tally.session_replayed.fetch_add(1, Ordering::SeqCst),

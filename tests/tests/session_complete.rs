@@ -42,6 +42,25 @@ async fn ledger_rows_of(app: &TestApp, user: Uuid) -> i64 {
     count(app, "select count(*) from public.token_ledger where user_id = $1", user).await
 }
 
+/// Tests cannot wait for a session to end before starting the next: this moves the
+/// user's recorded sessions `seconds` back on the clock (`ended_at`), as if that much
+/// time had passed since. Daily caps and streaks count days on the profile, untouched.
+async fn time_passes(app: &TestApp, user: Uuid, seconds: f64) {
+    app.db_client()
+        .await
+        .execute(
+            "update public.sessions set ended_at = ended_at - make_interval(secs => $2) where user_id = $1",
+            &[&user, &seconds],
+        )
+        .await
+        .expect("moving sessions back");
+}
+
+/// `started_at` for a session that started `ago` before now.
+fn started(ago: chrono::Duration) -> String {
+    (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 async fn set_profile(app: &TestApp, user: Uuid, sql_set: &str) {
     app.db_client()
         .await
@@ -168,7 +187,9 @@ async fn a_seventh_day_pays_the_streak_bonus() {
     assert_eq!(app.tokens_of(user).await, 12);
 
     // A second session the same day changes nothing about the streak and pays no bonus.
+    time_passes(&app, user, 3600.0).await;
     let (_, again) = complete(&app, user, session(60)).await;
+    assert_eq!(again["rewarded"], true);
     assert_eq!(again["streak"], 7);
     assert_eq!(again["streak_extended"], false);
     assert_eq!(again["tokens_awarded"], 2);
@@ -324,12 +345,83 @@ async fn without_a_valid_token_nothing_happens() {
     assert_eq!(sessions_of(&app, user).await, 0);
 }
 
+/// Issue 20's mint: 50 completions of 10-minute sessions, each with a fresh id, sent at
+/// once by a user who just signed up. They all ended now, so only one of them could have
+/// happened: one is rewarded, the other 49 are recorded and earn nothing.
+#[tokio::test]
+async fn fifty_concurrent_ten_minute_completions_reward_one() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let bodies: Vec<Value> = (0..50).map(|_| session(600)).collect();
+
+    let results = join_all(bodies.iter().map(|b| complete(&app, user, b.clone()))).await;
+
+    assert!(results.iter().all(|(status, _)| *status == 200), "{results:?}");
+    let rewarded: Vec<&Value> = results.iter().map(|(_, b)| b).filter(|b| b["rewarded"] == true).collect();
+    assert_eq!(rewarded.len(), 1, "{results:?}");
+    assert_eq!(rewarded[0]["tokens_awarded"], 2);
+    assert_eq!(rewarded[0]["experience_gained"], 30);
+    for (_, body) in results.iter().filter(|(_, b)| b["rewarded"] == false) {
+        assert_eq!(body["reason"], "overlaps_previous_session");
+        assert_eq!((body["tokens_awarded"].as_i64(), body["experience_gained"].as_i64()), (Some(0), Some(0)));
+        assert_eq!(body["rewards"], json!([]));
+    }
+    assert_eq!(sessions_of(&app, user).await, 50, "every completion is recorded");
+    assert_eq!(app.tokens_of(user).await, 2);
+    assert_eq!(ledger_rows_of(&app, user).await, 1);
+    app.assert_ledger_consistent().await;
+
+    // A replay of an unrewarded completion answers exactly as the first time.
+    let (index, (_, first)) = results.iter().enumerate().find(|(_, (_, b))| b["rewarded"] == false).unwrap();
+    time_passes(&app, user, 3600.0).await; // even once it would no longer overlap
+    let (status, replay) = complete(&app, user, bodies[index].clone()).await;
+    assert_eq!(status, 200);
+    let mut expected = first.clone();
+    expected["replayed"] = json!(true);
+    assert_eq!(replay, expected);
+    assert_eq!(app.tokens_of(user).await, 2);
+    app.assert_ledger_consistent().await;
+}
+
+/// Sessions done one after another are all rewarded: each started when the one before
+/// it ended.
+#[tokio::test]
+async fn back_to_back_honest_sessions_are_all_rewarded() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+
+    for n in 1..=5 {
+        let (status, body) = complete(&app, user, session(600)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rewarded"], true, "session {n}: {body}");
+        assert_eq!(body["reason"], Value::Null);
+        assert!(body["tokens_awarded"].as_i64().unwrap() >= 2, "{body}");
+        assert_eq!(body["daily"]["rewarded_sessions"], n);
+        // The next session starts now and takes ten minutes: this one ended ten minutes
+        // before the next completion arrives.
+        time_passes(&app, user, 600.0).await;
+    }
+    // 5 x 30 XP = 150: level 2. 5 x 2 + 5 tokens, as before these rules.
+    assert_eq!(app.tokens_of(user).await, 15);
+    app.assert_ledger_consistent().await;
+}
+
+/// Sessions done back to back while offline, reported together (at once) with their
+/// `started_at`: all rewarded, and none lost. Past the daily cap of 12 rewarded sessions
+/// the rest are recorded and earn nothing.
 #[tokio::test]
 async fn fifty_concurrent_completions_lose_no_update() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
+    set_profile(&app, user, "created_at = now() - interval '1 day'").await;
 
-    let results = join_all((0..50).map(|_| complete(&app, user, session(60)))).await;
+    // Fifty 10-minute sessions, one every 11 minutes, the last ending a minute ago.
+    let results = join_all((1..=50).map(|k| {
+        let mut body = session(600);
+        body["started_at"] = json!(started(chrono::Duration::minutes(11 * k)));
+        complete(&app, user, body)
+    }))
+    .await;
 
     let mut tokens = 0;
     let mut experience = 0;
@@ -338,8 +430,11 @@ async fn fifty_concurrent_completions_lose_no_update() {
         tokens += body["tokens_awarded"].as_i64().unwrap();
         experience += body["experience_gained"].as_i64().unwrap();
     }
+    let rewarded = results.iter().filter(|(_, b)| b["rewarded"] == true).count();
+    let capped = results.iter().filter(|(_, b)| b["reason"] == "daily_session_cap").count();
+    assert_eq!((rewarded, capped), (12, 38), "{results:?}");
     assert_eq!(sessions_of(&app, user).await, 50);
-    assert_eq!(experience, 50 * 12);
+    assert_eq!(experience, 12 * 30);
     let totals: (i32, i32) = {
         let row = app
             .db_client()
@@ -350,6 +445,94 @@ async fn fifty_concurrent_completions_lose_no_update() {
         (row.get(0), row.get(1))
     };
     assert_eq!(totals, (tokens as i32, experience as i32));
+    assert_eq!(tokens, 12 * 2 + 3 * 5, "12 sessions, levels 2 to 4");
+    app.assert_ledger_consistent().await;
+}
+
+/// The daily caps count the user's local days: 12 rewarded sessions a day in
+/// Pacific/Kiritimati (UTC+14), then nothing, then a new day after their midnight.
+#[tokio::test]
+async fn daily_caps_count_the_users_local_day() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "settings = '{\"timezone\":\"Pacific/Kiritimati\"}'").await;
+    let kiritimati_today: String = app
+        .db_client()
+        .await
+        .query_one("select ((now() at time zone 'Pacific/Kiritimati')::date)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    for n in 1..=12 {
+        let (_, body) = complete(&app, user, session(60)).await;
+        assert_eq!(body["rewarded"], true, "session {n}: {body}");
+        time_passes(&app, user, 3600.0).await;
+    }
+    let tokens = app.tokens_of(user).await;
+    let capped_body = session(60);
+    let (status, capped) = complete(&app, user, capped_body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!((capped["rewarded"].clone(), capped["reason"].clone()), (json!(false), json!("daily_session_cap")));
+    assert_eq!(
+        capped["daily"],
+        json!({"date": kiritimati_today, "rewarded_sessions": 12, "rewarded_sessions_cap": 12,
+               "xp_minutes": 12, "xp_minutes_cap": 240})
+    );
+    assert_eq!(app.tokens_of(user).await, tokens);
+    let (_, replay) = complete(&app, user, capped_body).await;
+    assert_eq!((replay["replayed"].clone(), replay["reason"].clone()), (json!(true), json!("daily_session_cap")));
+
+    // After midnight in Kiritimati, the day counted is yesterday: the caps start over.
+    set_profile(&app, user, "reward_day = reward_day - 1").await;
+    time_passes(&app, user, 3600.0).await;
+    let (_, next_day) = complete(&app, user, session(60)).await;
+    assert_eq!(next_day["rewarded"], true, "{next_day}");
+    assert_eq!(next_day["daily"]["rewarded_sessions"], 1);
+    assert_eq!(app.tokens_of(user).await, tokens + 2);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn started_at_must_be_possible() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let minutes = chrono::Duration::minutes;
+    let with_start = |start: String| {
+        let mut body = session(600);
+        body["started_at"] = json!(start);
+        body
+    };
+
+    // Before the account existed; then (the account a day old) ending in the future;
+    // more than a day ago; not a timestamp.
+    let (status, error) = complete(&app, user, with_start(started(minutes(60)))).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_field")), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("before the account"), "{error}");
+    set_profile(&app, user, "created_at = now() - interval '2 days'").await;
+    for (start, words) in [
+        (started(minutes(5)), "later than now"),
+        (started(minutes(25 * 60)), "more than 24 hours"),
+        ("2000-01-01T00:00:00Z".to_string(), "more than 24 hours"),
+        ("2025-02-30T10:00:00Z".to_string(), "RFC 3339"),
+        ("yesterday".to_string(), "RFC 3339"),
+    ] {
+        let (status, error) = complete(&app, user, with_start(start.clone())).await;
+        assert_eq!(status, 400, "{start}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains(words), "{start}: {error}");
+    }
+    assert_eq!(sessions_of(&app, user).await, 0, "nothing recorded");
+    assert_eq!(ledger_rows_of(&app, user).await, 0);
+
+    // A session reported late keeps its time: the answer says when it ran.
+    let start = chrono::Utc::now() - minutes(30);
+    let (status, body) = complete(&app, user, with_start(start.to_rfc3339())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rewarded"], true);
+    let reported = chrono::DateTime::parse_from_rfc3339(body["started_at"].as_str().unwrap()).unwrap();
+    assert!((reported.timestamp_millis() - start.timestamp_millis()).abs() <= 1, "{body}");
+    // Now sessions ending now are free to earn: that one ended 20 minutes ago.
+    assert_eq!(complete(&app, user, session(600)).await.1["rewarded"], true);
     app.assert_ledger_consistent().await;
 }
 
@@ -386,6 +569,7 @@ async fn both_paths_and_the_preflight_answer() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
+        time_passes(&app, user, 3600.0).await;
         assert!(response.headers().contains_key("x-request-id"));
 
         let preflight = app

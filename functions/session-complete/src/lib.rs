@@ -1,5 +1,6 @@
 //! `POST /session-complete`: records a finished session and grants its rewards, exactly
-//! once per client session id (rules: `complete_session` in migrations/).
+//! once per client session id, if it could have happened (rules: `complete_session` in
+//! migrations/).
 
 use libero_shared::economy::{self, CompletionOutcome, SessionCompletion};
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
@@ -28,6 +29,9 @@ struct CompletionBody {
     #[serde(alias = "duration")]
     duration_seconds: i64,
     protocol_id: Option<String>,
+    /// RFC 3339; for a completion sent after the session ended (e.g. offline). The
+    /// database checks it against its own clock.
+    started_at: Option<String>,
 }
 
 impl TryFrom<CompletionBody> for SessionCompletion {
@@ -41,6 +45,7 @@ impl TryFrom<CompletionBody> for SessionCompletion {
             duration_seconds: validate::in_range("duration_seconds", body.duration_seconds, 0, MAX_DURATION_SECONDS)?
                 as i32,
             protocol_id: body.protocol_id.map(|p| validate::uuid("protocol_id", &p)).transpose()?,
+            started_at_ms: body.started_at.map(|t| validate::timestamp_millis("started_at", &t)).transpose()?,
         })
     }
 }
@@ -49,7 +54,9 @@ fn complete(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     let user = auth::authenticate(request, platform)?;
     let completion = SessionCompletion::try_from(request.json::<CompletionBody>()?)?;
     // A replay answers exactly like the first time (with `"replayed": true`), so a client
-    // that retries after a lost response sees the grant it already received.
+    // that retries after a lost response sees the grant it already received. A session
+    // that earned nothing is a 200 too (`"rewarded": false` and the `reason`): it was
+    // recorded, and the app can show it honestly.
     let document = match economy::complete_session(platform, &user.user_id, &completion)? {
         CompletionOutcome::Created(document) | CompletionOutcome::Replayed(document) => document,
     };
