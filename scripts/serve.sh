@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# Serves the app on http://127.0.0.1:${PORT:-3000}: real `spin up` when Spin is installed,
-# the bundled wasmtime host (tests/) otherwise. Starts and migrates a local Postgres
-# unless SPIN_VARIABLE_DATABASE_URL is set.
+# Serves the app on http://127.0.0.1:${PORT:-3000}: real `spin up` when Spin is found
+# (SPIN, PATH, then ../shared/bin/spin), the bundled host (`host/`, `libero-host`)
+# otherwise. Starts a local Postgres unless SPIN_VARIABLE_DATABASE_URL is set, and applies
+# the migrations with the operator CLI (`cli/`, `libero migrate`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${PORT:-3000}"
 scripts/build-wasm.sh
-# The bench-host profile: optimized like release, without the fat LTO that the release
-# profile (tuned for small .wasm) would spend minutes on for wasmtime.
-cargo build --quiet --profile bench-host -p libero-tests --bin libero-host
-host=target/bench-host/libero-host
+# The CLI has no wasmtime in it: it builds in about a minute.
+cargo build --quiet --release -p libero-cli --bin libero
 if [ -z "${SPIN_VARIABLE_DATABASE_URL:-}" ]; then
   url="$(scripts/pg.sh start)"
   export SPIN_VARIABLE_DATABASE_URL="$url"
   export SPIN_VARIABLE_DB_HOST="$(echo "$url" | sed -E 's#^postgres://([^@]*@)?([^/]+)/.*#\2#')"
 fi
-"$host" migrate --database-url "$SPIN_VARIABLE_DATABASE_URL"
+target/release/libero migrate --database-url "$SPIN_VARIABLE_DATABASE_URL"
 if [ -z "${SPIN_VARIABLE_SUPABASE_JWT_SECRET:-}" ]; then
   mkdir -p .local
   [ -f .local/dev-jwt-secret ] || python3 -c 'import secrets; print(secrets.token_hex(32))' > .local/dev-jwt-secret
   export SPIN_VARIABLE_SUPABASE_JWT_SECRET="$(cat .local/dev-jwt-secret)"
   echo "serve.sh: development JWT secret in .local/dev-jwt-secret" >&2
 fi
-if command -v spin >/dev/null 2>&1; then
-  exec spin up --listen "127.0.0.1:$port"
-else
-  exec "$host" serve --manifest spin.toml --listen "127.0.0.1:$port"
+if spin="$(scripts/find-spin.sh)"; then
+  echo "serve.sh: serving with $("$spin" --version | head -n 1 | cut -d" " -f1,2) ($spin)" >&2
+  exec "$spin" up --listen "127.0.0.1:$port"
 fi
+# No Spin: the bundled host, optimized like release but without the release profile's
+# fat LTO (tuned for small .wasm), which would take minutes over wasmtime.
+echo "serve.sh: Spin not found (SPIN, PATH, ../shared/bin/spin): serving with the bundled host" >&2
+cargo build --quiet --profile bench-host -p libero-host --bin libero-host
+exec target/bench-host/libero-host serve --manifest spin.toml --listen "127.0.0.1:$port"

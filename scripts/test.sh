@@ -18,7 +18,7 @@ if [ -z "$spin" ]; then
   echo "test.sh: real Spin not found (SPIN, PATH, ../shared/bin/spin): the real-Spin pass is skipped" >&2
   exit 0
 fi
-version="$("$spin" --version | head -n 1)"
+version="$("$spin" --version | head -n 1 | cut -d" " -f1,2)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 targets=()

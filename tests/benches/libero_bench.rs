@@ -28,7 +28,7 @@ use libero_shared::http::outbound::{OutboundError, OutboundRequest, OutboundResp
 use libero_shared::http::{dispatch, ApiRequest, Endpoint};
 use libero_shared::Platform;
 use libero_tests::db::{self, TestDb};
-use libero_tests::host::{self, AppOptions, RunningApp};
+use libero_host::{self as host, AppOptions, RunningApp};
 use libero_tests::testing::{db_host, sign_hs256};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -1203,7 +1203,7 @@ async fn run(s: Settings) -> Result<()> {
     writeln!(report, "- commit: {}", git_commit())?;
     writeln!(
         report,
-        "- method: host `libero-tests` built with the `bench-host` profile; load generator in the same process \
+        "- method: the bundled host (`host/`, `libero-host`) built with the `bench-host` profile; load generator in the same process \
          (keep-alive HTTP/1.1 on loopback, {} s warm-up, {} s measured per row; the session-complete and webhook \
          rows are the median of {BUDGET_PASSES} passes); local Postgres 15 \
          (`scripts/pg.sh`: fsync off); fake Stripe/OpenAI/ElevenLabs on loopback answering at once; run took {:.0} s\n",

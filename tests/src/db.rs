@@ -1,13 +1,12 @@
-//! Postgres for the tests and the local server.
+//! Postgres for the tests.
 //!
-//! * [`migrate`] applies `migrations/*.sql` the way the Supabase CLI does: each file once,
-//!   recorded in `supabase_migrations.schema_migrations`, so `supabase db push` and this
-//!   runner never apply the same file twice to one database.
+//! * [`migrate`]: the operator's migration runner (`libero migrate`, in `cli/`) on the
+//!   project's `migrations/`.
 //! * [`fresh_database`] hands every test its own database, cloned (`CREATE DATABASE ...
 //!   TEMPLATE`) from a template that is migrated once per migrations content. Cloning takes
 //!   tens of milliseconds, where running the migrations each time would take seconds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -44,7 +43,7 @@ pub fn migrations_dir() -> PathBuf {
 pub async fn connect(url: &str) -> Result<Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .with_context(|| format!("connecting to Postgres at {}", redact(url)))?;
+        .with_context(|| format!("connecting to Postgres at {}", libero_cli::pg::redact(url)))?;
     tokio::spawn(async move {
         // The connection ends when the client is dropped; an error here was already
         // reported to whoever issued the failing query.
@@ -53,134 +52,12 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// One migration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Migration {
-    /// The timestamp prefix (`20250101000000`): the Supabase CLI's primary key.
-    pub version: String,
-    /// The rest of the file stem (`init_economy`).
-    pub name: String,
-    pub path: PathBuf,
-    pub sql: String,
-}
-
-/// Reads `<dir>/*.sql` in filename order. Names follow the Supabase CLI:
-/// `<timestamp>_<name>.sql`.
-pub fn read_migrations(dir: &Path) -> Result<Vec<Migration>> {
-    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "sql") && p.is_file())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|path| {
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .with_context(|| format!("non-UTF-8 migration name {}", path.display()))?;
-            let (version, name) = stem.split_once('_').unwrap_or((stem, ""));
-            if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit()) {
-                bail!(
-                    "migration {} is not named <timestamp>_<name>.sql (as the Supabase CLI expects)",
-                    path.display()
-                );
-            }
-            let sql = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Ok(Migration { version: version.to_string(), name: name.to_string(), path, sql })
-        })
-        .collect()
-}
+pub use libero_cli::migrate::{describe_pg_error, migrate_dir, read_migrations, Migration};
 
 /// Applies the project's migrations (`<repo>/migrations`) to the database at `url`.
 /// Returns the migrations it applied (none when the database is up to date).
 pub async fn migrate(url: &str) -> Result<Vec<Migration>> {
     migrate_dir(url, &migrations_dir()).await
-}
-
-/// Applies `<dir>/*.sql` to the database at `url`: each file not yet recorded, in filename
-/// order, each in its own transaction together with its record in
-/// `supabase_migrations.schema_migrations`.
-pub async fn migrate_dir(url: &str, dir: &Path) -> Result<Vec<Migration>> {
-    let migrations = read_migrations(dir)?;
-    let mut client = connect(url).await?;
-    // Two runners against one database (parallel test binaries, two servers starting)
-    // must not both apply a file: serialise them on a transaction-independent lock.
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('libero_migrate'))")
-        .await?;
-    let result = apply_pending(&mut client, migrations).await;
-    let _ = client
-        .batch_execute("SELECT pg_advisory_unlock(hashtext('libero_migrate'))")
-        .await;
-    result
-}
-
-async fn apply_pending(client: &mut Client, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
-    // The same shape the Supabase CLI creates (it adds `statements` and `name` with ALTERs).
-    client
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS supabase_migrations;
-             CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text NOT NULL PRIMARY KEY);
-             ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
-             ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;",
-        )
-        .await
-        .context("creating supabase_migrations.schema_migrations")?;
-    let applied: Vec<String> = client
-        .query("SELECT version FROM supabase_migrations.schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-
-    let mut done = Vec::new();
-    for m in migrations.into_iter().filter(|m| !applied.contains(&m.version)) {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&m.sql)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
-            .with_context(|| format!("applying migration {}", m.path.display()))?;
-        // The CLI stores the file split into statements; splitting SQL faithfully (dollar
-        // quotes, comments) is beside the point here, so the file is one element.
-        tx.execute(
-            "INSERT INTO supabase_migrations.schema_migrations (version, name, statements) VALUES ($1, $2, $3)",
-            &[&m.version, &m.name, &vec![m.sql.clone()]],
-        )
-        .await?;
-        tx.commit().await?;
-        done.push(m);
-    }
-    Ok(done)
-}
-
-/// A Postgres error with its SQLSTATE, message, detail, hint and position, for failures a
-/// person reads (a migration that does not apply).
-pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(d) = db.detail() {
-                s.push_str(&format!(" (detail: {d})"));
-            }
-            if let Some(h) = db.hint() {
-                s.push_str(&format!(" (hint: {h})"));
-            }
-            if let Some(w) = db.where_() {
-                s.push_str(&format!(" (where: {w})"));
-            }
-            if let Some(p) = db.position() {
-                s.push_str(&format!(" (position: {p:?})"));
-            }
-            s
-        }
-        None => e.to_string(),
-    }
 }
 
 /// A database of its own for one test, cloned from the migrated template.
@@ -349,20 +226,6 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The URL without its password, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
@@ -381,10 +244,5 @@ mod tests {
         );
         assert_eq!(with_dbname("postgres://u@h:1", "x").unwrap(), "postgres://u@h:1/x");
         assert_eq!(with_dbname("host=h port=1 dbname=postgres", "x").unwrap(), "host=h port=1 dbname=x");
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
     }
 }

@@ -1,16 +1,15 @@
-//! Test support for the Libero Spin application.
+//! End-to-end test support for the Libero Spin application.
 //!
-//! * [`host`]: a native host that serves `spin.toml` the way `spin up` does (used by the
-//!   end-to-end tests and as the local server where Spin is not installed).
-//! * [`db`]: Postgres for tests and for the local server: the migration runner and
-//!   fresh per-test databases cloned from a migrated template.
+//! * [`host`]: the bundled runtime (`libero-host`, in `host/`), re-exported.
+//! * [`db`]: fresh per-test databases cloned from a template migrated with the
+//!   operator's runner (`libero-cli`, in `cli/`).
 //! * [`testing`]: helpers for end-to-end tests (`TestApp`).
 //! * [`spin`]: real `spin up` as the runtime under those tests (`LIBERO_RUNTIME=spin`).
 //! * [`contract`]: responses against `openapi.yaml`, and the secret-leak check.
 
 pub mod contract;
 pub mod db;
-pub mod host;
+pub use libero_host as host;
 pub mod spin;
 pub mod testing;
 

@@ -1,9 +1,7 @@
-//! The `libero-host` binary: `migrate` and `serve`.
+//! The `libero-host` binary: `serve`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-
-use libero_tests::db;
 
 /// Kills the server however the test ends.
 struct KillOnDrop(std::process::Child);
@@ -18,16 +16,8 @@ impl Drop for KillOnDrop {
 const BIN: &str = env!("CARGO_BIN_EXE_libero-host");
 
 #[tokio::test]
-async fn migrate_reports_an_up_to_date_database() {
-    let test_db = db::fresh_database().await.unwrap();
-    let out = Command::new(BIN).args(["migrate", "--database-url", &test_db.url]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "database is up to date");
-}
-
-#[tokio::test]
 async fn serve_prints_its_address_and_answers() {
-    let wasm = libero_tests::repo_root().join("target/wasm32-wasip2/release/libero_fixture.wasm");
+    let wasm = libero_host::workspace_root().join("target/wasm32-wasip2/release/libero_fixture.wasm");
     assert!(wasm.exists(), "{} is missing: run scripts/build-wasm.sh", wasm.display());
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("spin.toml");

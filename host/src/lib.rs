@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use libero_tests::host::{start, AppOptions};
+//! use libero_host::{start, AppOptions};
 //! let mut options = AppOptions::new("spin.toml");
 //! options.variables.insert("database_url".into(), "postgres://localhost/app".into());
 //! let app = start(options).await?;
@@ -413,4 +413,9 @@ pub async fn measure_component(path: &std::path::Path, iterations: usize) -> Res
     }
     times.sort();
     Ok((compile, times[times.len() / 2]))
+}
+
+/// The workspace this crate was built in (holds `target/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }

@@ -1,5 +1,5 @@
 //! Host bindings for the two Spin interfaces the components import besides WASI
-//! (`tests/wit/`, copied from spin-sdk 5.2.0).
+//! (`host/wit/`, copied from spin-sdk 5.2.0).
 
 wasmtime::component::bindgen!({
     path: "wit",

@@ -63,7 +63,7 @@ fn pooling() -> wasmtime::PoolingAllocationConfig {
 fn cache_dir() -> PathBuf {
     std::env::var_os("LIBERO_HOST_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/libero-host-cache"))
+        .unwrap_or_else(|| crate::workspace_root().join("target/libero-host-cache"))
 }
 
 /// Loads and compiles the component at `path` (blocking; call from `spawn_blocking`).

@@ -1,25 +1,21 @@
-//! `libero-host`: serves the Spin app where `spin` is not installed, and applies the
-//! migrations.
+//! `libero-host`: serves the Spin app where `spin` is not installed.
 //!
 //! ```text
-//! libero-host serve [--manifest spin.toml] [--listen 127.0.0.1:3000] [--migrate]
-//! libero-host migrate --database-url URL [--migrations DIR]
+//! libero-host serve [--manifest spin.toml] [--listen 127.0.0.1:3000] [--quiet]
 //! ```
 //!
-//! `serve` reads variables from `SPIN_VARIABLE_<NAME>` like `spin up`; with `--migrate`
-//! it first applies the migrations (from `migrations/` beside the manifest) to the
-//! database in the `database_url` variable.
+//! `serve` reads variables from `SPIN_VARIABLE_<NAME>` like `spin up`. Migrations are the
+//! operator CLI's job (`libero migrate`, in `cli/`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use libero_tests::{db, host};
+use libero_host as host;
 
 const USAGE: &str = "usage:
-  libero-host serve [--manifest spin.toml] [--listen 127.0.0.1:3000] [--migrate] [--quiet]
-  libero-host migrate --database-url URL [--migrations DIR]";
+  libero-host serve [--manifest spin.toml] [--listen 127.0.0.1:3000] [--quiet]";
 
 #[tokio::main]
 async fn main() {
@@ -64,7 +60,7 @@ async fn run(args: Vec<String>) -> Result<()> {
     let Some((command, rest)) = args.split_first() else { bail!("{USAGE}") };
     match command.as_str() {
         "serve" => {
-            let args = Args::parse(rest, &["--manifest", "--listen"], &["--migrate", "--quiet"])?;
+            let args = Args::parse(rest, &["--manifest", "--listen"], &["--quiet"])?;
             let manifest = PathBuf::from(args.values.get("--manifest").map_or("spin.toml", String::as_str));
             let listen: SocketAddr = args
                 .values
@@ -72,15 +68,6 @@ async fn run(args: Vec<String>) -> Result<()> {
                 .map_or("127.0.0.1:3000", String::as_str)
                 .parse()
                 .context("--listen must be an address like 127.0.0.1:3000")?;
-            if args.flags.iter().any(|f| f == "--migrate") {
-                let url = std::env::var("SPIN_VARIABLE_DATABASE_URL")
-                    .context("--migrate needs SPIN_VARIABLE_DATABASE_URL (the database_url variable)")?;
-                let base = manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let dir = base.join("migrations");
-                for m in db::migrate_dir(&url, &dir).await? {
-                    eprintln!("applied migration {}_{}", m.version, m.name);
-                }
-            }
             let mut options = host::AppOptions::new(manifest);
             options.listen = listen;
             options.env_variables = true;
@@ -89,22 +76,6 @@ async fn run(args: Vec<String>) -> Result<()> {
             println!("listening on http://{}", app.addr);
             tokio::signal::ctrl_c().await?;
             app.shutdown().await;
-            Ok(())
-        }
-        "migrate" => {
-            let args = Args::parse(rest, &["--database-url", "--migrations"], &[])?;
-            let url = match args.values.get("--database-url") {
-                Some(u) => u.clone(),
-                None => std::env::var("DATABASE_URL").context("give --database-url or set DATABASE_URL")?,
-            };
-            let dir = args.values.get("--migrations").map(PathBuf::from).unwrap_or_else(db::migrations_dir);
-            let applied = db::migrate_dir(&url, &dir).await?;
-            if applied.is_empty() {
-                println!("database is up to date");
-            }
-            for m in applied {
-                println!("applied {}_{}", m.version, m.name);
-            }
             Ok(())
         }
         "-h" | "--help" | "help" => {

@@ -1,0 +1,5 @@
+//! The operator's commands behind the `libero` binary. Each command is a module, usable
+//! from tests and scripts as a library too.
+
+pub mod migrate;
+pub mod pg;
