@@ -181,6 +181,18 @@ pub fn defaults(platform: &dyn Platform) -> Result<(String, String), ApiError> {
     Ok((voice, model))
 }
 
+/// The premium voices on offer: the default voice and those listed in
+/// `elevenlabs_voice_ids`. Anything else in the operator's ElevenLabs account (private
+/// clones included) is refused with a 400 before anything is charged or sent.
+pub fn check_voice(platform: &dyn Platform, voice_id: &str) -> Result<(), ApiError> {
+    let (default_voice, _) = defaults(platform)?;
+    if voice_id == default_voice || config::list(platform, "elevenlabs_voice_ids").iter().any(|v| v == voice_id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_field", "Field `voice_id` is not one of this app's premium voices."))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +203,17 @@ mod tests {
         assert!(voice_id("voice_id", "21m00Tcm4TlvDq8ikWAM").is_ok());
         for bad in ["", "../admin", "a/b", "a%2Fb", "a?b", "a b", "x".repeat(65).as_str()] {
             assert!(voice_id("voice_id", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_offered_voices_pass() {
+        let platform = FakePlatform::with_vars(&[("elevenlabs_voice_ids", "VoiceA, VoiceB")]);
+        for ok in [DEFAULT_VOICE_ID, "VoiceA", "VoiceB"] {
+            assert!(check_voice(&platform, ok).is_ok(), "{ok}");
+        }
+        for bad in ["voicea", "VoiceC", "MyPrivateClone01"] {
+            assert_eq!(check_voice(&platform, bad).unwrap_err().status, 400, "{bad}");
         }
     }
 

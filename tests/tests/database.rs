@@ -433,9 +433,10 @@ async fn users_read_only_their_own_rows() {
     let prices = as_user(&mut client, alice, "select feature from token_prices")
         .await
         .unwrap();
+    // custom_protocol, elevenlabs_tts, elevenlabs_tts_fast
     assert_eq!(
         prices.len(),
-        2,
+        3,
         "prices are visible to every signed-in user"
     );
     for table in ["stripe_events", "tts_cache", "ledger_mismatches"] {

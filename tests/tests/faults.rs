@@ -34,7 +34,7 @@ use futures_util::future::join_all;
 use libero_tests::db;
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, event, signature, subscription, now, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use stripe_support::{checkout_session, event, fake_stripe, signature, subscription, now, PRICES, SECRET_KEY, WEBHOOK_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -194,7 +194,13 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
     let Some(cluster) = Cluster::init() else { return };
     cluster.start();
     let test_db = db::fresh_database_on(&cluster.url()).await.expect("a database on the fault cluster");
-    let app = TestApp::spawn_on(test_db, all_vars).await;
+    // Stripe answers the purchase's line items (the webhook checks what was paid).
+    let stripe = fake_stripe().await;
+    let app = TestApp::spawn_on(test_db, |vars| {
+        all_vars(vars);
+        vars.insert("stripe_api_base".into(), stripe.uri());
+    })
+    .await;
     let user = app.create_user().await;
     let token = app.token_for(user);
     app.grant_tokens(user, 50).await;

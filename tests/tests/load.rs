@@ -22,7 +22,7 @@ mod stripe_support;
 use futures_util::stream::{self, StreamExt};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, event, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use stripe_support::{checkout_session, event, fake_stripe, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
 use uuid::Uuid;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -69,7 +69,13 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
         .respond_with(ResponseTemplate::new(200).insert_header("content-type", "audio/mpeg").set_body_bytes(b"ID3 load audio".to_vec()))
         .mount(&eleven)
         .await;
+    // Stripe answers each purchase's line items (the webhook checks what was paid).
+    let stripe = fake_stripe().await;
     let app = TestApp::spawn_with(|vars| {
+        vars.insert("stripe_api_base".into(), stripe.uri());
+        // The premium voices the spends use, and room for the hot user's 30 spends.
+        vars.insert("elevenlabs_voice_ids".into(), "Voice01,fail".into());
+        vars.insert("ai_quota_free_per_hour".into(), "1000".into());
         vars.insert("stripe_secret_key".into(), SECRET_KEY.into());
         vars.insert("stripe_webhook_secrets".into(), WEBHOOK_SECRET.into());
         for (name, price) in PRICES {

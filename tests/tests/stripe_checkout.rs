@@ -381,7 +381,7 @@ async fn the_portal_is_404_for_a_user_who_never_paid_and_checks_the_return_url()
 }
 
 #[tokio::test]
-async fn stripe_errors_become_502_with_type_and_message_but_no_secrets() {
+async fn stripe_errors_become_502_with_our_message_and_stripes_text_only_in_the_log() {
     let app = spawn().await;
     Mock::given(method("POST"))
         .and(path("/v1/customers"))
@@ -399,12 +399,72 @@ async fn stripe_errors_become_502_with_type_and_message_but_no_secrets() {
     assert_eq!((status, body["error"]["code"].as_str()), (502, Some("stripe_error")), "{body}");
     assert_eq!(body["stripe_error_type"], "invalid_request_error");
     let text = body.to_string();
-    assert!(text.contains("Invalid API Key provided"), "{text}");
-    assert!(!text.contains(SECRET_KEY) && !text.contains("request_log_url") && !text.contains("req_secret"), "{text}");
+    assert!(!text.contains("Invalid API Key") && !text.contains(SECRET_KEY), "{text}");
+    assert!(!text.contains("request_log_url") && !text.contains("req_secret"), "{text}");
     let logs = app.logs().join("\n");
+    assert!(logs.contains("Invalid API Key provided"), "Stripe's text is logged: {logs}");
     assert!(!logs.contains(SECRET_KEY), "{logs}");
     assert_eq!(requests_to(&app, "/v1/customers").await.len(), 1, "not retried when Stripe says so");
     app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn stripe_error_text_naming_objects_never_reaches_the_client() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let leaked = "No such price: 'price_1TokensSmall'; a similar object exists in live mode";
+    Mock::given(method("POST"))
+        .and(path("/v1/checkout/sessions"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": {"type": "invalid_request_error", "code": "resource_missing", "param": "line_items[0][price]", "message": leaked}
+        })))
+        .with_priority(1)
+        .mount(&app.stripe)
+        .await;
+    let user = app.create_user().await;
+    let (status, body) = checkout(&app, user, json!({"product": "tokens-small"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("stripe_error")), "{body}");
+    let text = body.to_string();
+    for private in ["price_1TokensSmall", "No such price", "live mode", "line_items", "cus_"] {
+        assert!(!text.contains(private), "the answer names {private}: {text}");
+    }
+    assert!(app.logs().iter().any(|l| l.contains(leaked)), "Stripe's text is in the log for the operator");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn anonymous_sign_ins_cannot_buy_unless_allowed() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let user = app.create_user().await;
+    let now = chrono::Utc::now().timestamp();
+    let guest = app.token_with_claims(json!({
+        "sub": user.to_string(), "aud": "authenticated", "role": "authenticated", "email": "",
+        "is_anonymous": true, "iat": now, "exp": now + 3600,
+    }));
+    for body in [json!({"product": "tokens-small"}), json!({"product": "mystic-subscription"})] {
+        let response = app.client.post(app.url(CHECKOUT)).bearer_auth(&guest).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 403);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "anonymous_not_allowed", "{answer}");
+    }
+    assert!(app.stripe.received_requests().await.unwrap().is_empty(), "nothing was created at Stripe");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
+
+    // An operator who allows it: the same guest can buy.
+    let open = spawn_with(|vars| {
+        vars.insert("anonymous_paid_access".into(), "true".into());
+    })
+    .await;
+    fake_stripe(&open, Duration::ZERO).await;
+    let user = open.create_user().await;
+    let guest = open.token_with_claims(json!({
+        "sub": user.to_string(), "aud": "authenticated", "role": "authenticated",
+        "is_anonymous": true, "iat": now, "exp": now + 3600,
+    }));
+    let response =
+        open.client.post(open.url(CHECKOUT)).bearer_auth(&guest).json(&json!({"product": "tokens-small"})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
@@ -488,6 +548,8 @@ async fn the_whole_loop_checkout_then_webhook_credits_the_package_and_the_plan()
     let sent = form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap());
     let mut session = checkout_session(user, "tokens-large", "payment", "paid");
     session["id"] = body["session_id"].clone();
+    // Stripe's line items for it: the catalog's price, which the webhook checks.
+    set_line_items(body["session_id"].as_str().unwrap(), line_items(price_of("tokens-large"), amount_of("tokens-large"), "usd", 1));
     session["customer"] = json!(sent["customer"]);
     session["client_reference_id"] = json!(sent["client_reference_id"]);
     session["metadata"] = json!({"user_id": sent["metadata[user_id]"], "product": sent["metadata[product]"]});

@@ -361,3 +361,151 @@ async fn stripe_api_down_answers_502_then_the_retry_applies() {
     assert!(!logs.contains(SECRET_KEY) && !logs.contains(WEBHOOK_SECRET), "{logs}");
     app.assert_ledger_consistent().await;
 }
+
+async fn review_of(app: &StripeApp, session_id: &str) -> (String, Option<String>) {
+    let row = app
+        .db_client()
+        .await
+        .query_one("SELECT status, review_reason FROM public.stripe_orders WHERE checkout_session_id = $1", &[&session_id])
+        .await
+        .expect("order row");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn only_a_payment_of_the_catalog_price_is_credited() {
+    let app = spawn().await;
+    let user = app.create_user().await;
+    let small = price_of("tokens-small");
+
+    // Each case: a session with our metadata that was not paid as the catalog says.
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let other_price = checkout_session(user, "tokens-large", "payment", "paid");
+    set_line_items(other_price["id"].as_str().unwrap(), line_items(small, 1999, "usd", 1));
+    cases.push(("price_mismatch", other_price));
+    let mut promo = checkout_session(user, "tokens-large", "payment", "paid");
+    promo["amount_total"] = json!(1);
+    promo["total_details"]["amount_discount"] = json!(1998);
+    cases.push(("amount_mismatch", promo));
+    let mut euros = checkout_session(user, "tokens-small", "payment", "paid");
+    euros["currency"] = json!("eur");
+    cases.push(("currency_mismatch", euros));
+    let two = checkout_session(user, "tokens-small", "payment", "paid");
+    set_line_items(two["id"].as_str().unwrap(), line_items(small, 499, "usd", 2));
+    cases.push(("quantity_mismatch", two));
+    let free = checkout_session(user, "tokens-large", "payment", "no_payment_required");
+    cases.push(("no_payment_required", free));
+    // A Dashboard or Payment Link session of another account or mode: Stripe has no
+    // such session here.
+    let mut foreign = checkout_session(user, "tokens-medium", "payment", "paid");
+    foreign["id"] = json!(random_id("cs_test_elsewhere"));
+    cases.push(("session_not_found", foreign));
+
+    for (reason, session) in &cases {
+        let (status, answer) = deliver(&app, &event("checkout.session.completed", session.clone())).await;
+        assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{reason}: {answer}");
+        assert_eq!(app.tokens_of(user).await, 0, "{reason}: credited");
+        let id = session["id"].as_str().unwrap();
+        assert_eq!(review_of(&app, id).await, ("review".to_string(), Some(reason.to_string())), "{reason}");
+        // A later event about the same session cannot turn it into a credit.
+        deliver(&app, &event("checkout.session.async_payment_succeeded", session.clone())).await;
+        assert_eq!(review_of(&app, id).await.0, "review", "{reason}");
+    }
+    assert_eq!(app.tokens_of(user).await, 0, "nothing credited for any of them");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 0);
+
+    // Paid at the catalog's price: credited.
+    let paid = checkout_session(user, "tokens-small", "payment", "paid");
+    let (status, answer) = deliver(&app, &event("checkout.session.completed", paid.clone())).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    assert_eq!(review_of(&app, paid["id"].as_str().unwrap()).await, ("completed".to_string(), None));
+    assert_eq!(app.tokens_of(user).await, 110);
+    let logs = app.logs().join("\n");
+    assert!(logs.contains("held for review: price_mismatch"), "{logs}");
+    app.assert_ledger_consistent().await;
+}
+
+/// A paid token order; returns (session id, payment intent).
+async fn bought(app: &StripeApp, user: Uuid, product: &str) -> (String, String) {
+    let session = checkout_session(user, product, "payment", "paid");
+    let (status, answer) = deliver(app, &event("checkout.session.completed", session.clone())).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    (session["id"].as_str().unwrap().to_string(), session["payment_intent"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn disputes_take_tokens_back_exactly_once_and_won_disputes_give_them_back() {
+    let app = spawn().await;
+    let user = app.create_user().await;
+
+    // Lost: everything still unspent is taken back, the rest is the shortfall.
+    let (session, pi) = bought(&app, user, "tokens-large").await;
+    let spent: Value = app
+        .db_client()
+        .await
+        .query_one("SELECT public.spend_tokens_for($1, 'elevenlabs_tts', 150000, 'tts-1')", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(spent["ok"], true, "{spent}");
+    assert_eq!(app.tokens_of(user).await, 350);
+    let charge = random_id("ch_3Q");
+    let dp = random_id("dp_1Q");
+    let created = event("charge.dispute.created", dispute(&dp, &charge, &pi, 1999, "needs_response"));
+    let (status, answer) = deliver(&app, &created).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    assert_eq!(app.tokens_of(user).await, 0);
+    assert_eq!(order_row(&app, &session).await, ("completed".into(), 650, 350, 300));
+    assert_eq!(deliver(&app, &created).await.1["outcome"], "duplicate");
+    deliver(&app, &event("charge.dispute.closed", dispute(&dp, &charge, &pi, 1999, "lost"))).await;
+    assert_eq!(order_row(&app, &session).await, ("completed".into(), 650, 350, 300), "lost: nothing more");
+    // A refund after the chargeback takes nothing more.
+    deliver(&app, &event("charge.refunded", refunded_charge(&charge, &pi, 1999, 1999))).await;
+    assert_eq!(app.tokens_of(user).await, 0);
+
+    // Won: what was taken comes back.
+    let (session, pi) = bought(&app, user, "tokens-small").await;
+    let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
+    deliver(&app, &event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response"))).await;
+    assert_eq!(app.tokens_of(user).await, 0);
+    assert_eq!(order_row(&app, &session).await, ("completed".into(), 110, 110, 0));
+    deliver(&app, &event("charge.dispute.closed", dispute(&dp, &charge, &pi, 499, "won"))).await;
+    assert_eq!(app.tokens_of(user).await, 110);
+    assert_eq!(order_row(&app, &session).await, ("completed".into(), 110, 0, 0));
+
+    // Out of order: `closed` first. Won, then the late `created`: nothing is taken.
+    let (_, pi) = bought(&app, user, "tokens-small").await;
+    let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
+    deliver(&app, &event("charge.dispute.closed", dispute(&dp, &charge, &pi, 499, "won"))).await;
+    deliver(&app, &event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response"))).await;
+    assert_eq!(app.tokens_of(user).await, 220);
+    // Lost, then the late `created`: taken once.
+    let (session, pi) = bought(&app, user, "tokens-small").await;
+    let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
+    deliver(&app, &event("charge.dispute.closed", dispute(&dp, &charge, &pi, 499, "lost"))).await;
+    deliver(&app, &event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response"))).await;
+    assert_eq!(app.tokens_of(user).await, 220);
+    assert_eq!(order_row(&app, &session).await, ("completed".into(), 110, 110, 0));
+
+    // The dispute before its purchase is applied (a delayed delivery): settled on credit.
+    let early = checkout_session(user, "tokens-small", "payment", "paid");
+    let pi = early["payment_intent"].as_str().unwrap().to_string();
+    let (status, answer) =
+        deliver(&app, &event("charge.dispute.created", dispute(&random_id("dp_1Q"), &random_id("ch_3Q"), &pi, 499, "needs_response"))).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("no_order")), "{answer}");
+    deliver(&app, &event("checkout.session.completed", early.clone())).await;
+    assert_eq!(app.tokens_of(user).await, 220, "credited and taken back in one step");
+    assert_eq!(order_row(&app, early["id"].as_str().unwrap()).await, ("completed".into(), 110, 110, 0));
+
+    let reasons: Vec<(String, i64)> = app
+        .db_client()
+        .await
+        .query("SELECT reason, count(*) FROM public.token_ledger WHERE reference LIKE 'dispute:%' GROUP BY reason ORDER BY reason", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(reasons, [("dispute_won".to_string(), 1), ("refund".to_string(), 4)]);
+    app.assert_ledger_consistent().await;
+}

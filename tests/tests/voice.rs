@@ -47,6 +47,8 @@ async fn spawn(fakes: Fakes, extra: &[(&str, &str)]) -> TestApp {
             vars.insert("elevenlabs_api_key".into(), ELEVEN_KEY.into());
         }
         vars.insert("elevenlabs_default_voice_id".into(), DEFAULT_VOICE.into());
+        // The premium voices on offer besides the default.
+        vars.insert("elevenlabs_voice_ids".into(), "Voice_42,down,refused,json".into());
         for prefix in ["openai", "elevenlabs"] {
             for (name, value) in [("max_attempts", "2"), ("retry_base_ms", "10"), ("retry_max_ms", "1000"), ("timeout_ms", "3000"), ("deadline_ms", "6000")] {
                 vars.insert(format!("{prefix}_{name}"), value.into());
@@ -342,10 +344,16 @@ fn premium_mock(voice: &str) -> MockBuilder {
 }
 
 #[tokio::test]
-async fn premium_is_paid_per_started_block_of_characters() {
+async fn premium_is_paid_per_started_block_of_characters_at_the_models_price() {
     let eleven = MockServer::start().await;
     premium_mock("Voice_42")
-        .and(body_partial_json(json!({"model_id": "eleven_turbo_v2_5", "voice_settings": {"stability": 0.4}})))
+        .and(body_partial_json(json!({"model_id": "eleven_multilingual_v2", "voice_settings": {"stability": 0.4}})))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(1)
+        .mount(&eleven)
+        .await;
+    premium_mock("Voice_42")
+        .and(body_partial_json(json!({"model_id": "eleven_turbo_v2_5"})))
         .respond_with(audio(MP3, "audio/mpeg"))
         .expect(1)
         .mount(&eleven)
@@ -360,7 +368,7 @@ async fn premium_is_paid_per_started_block_of_characters() {
         &app,
         PREMIUM,
         user,
-        &json!({"text": text, "voice_id": "Voice_42", "model_id": "eleven_turbo_v2_5", "voice_settings": {"stability": 0.4}}),
+        &json!({"text": text, "voice_id": "Voice_42", "model_id": "eleven_multilingual_v2", "voice_settings": {"stability": 0.4}}),
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.json());
@@ -370,7 +378,17 @@ async fn premium_is_paid_per_started_block_of_characters() {
     assert_eq!(answer.header("x-tokens-charged"), Some("2"));
     assert_eq!(answer.header("x-tokens-balance"), Some("8"));
     assert_eq!(app.tokens_of(user).await, 8);
-    assert_eq!(ledger_reasons(&app, user).await, vec![("purchase".into(), 10), ("spend".into(), -2)]);
+
+    // A Turbo model costs ElevenLabs half as much per character, and so the user: 1000
+    // characters are one started block of 1000 (elevenlabs_tts_fast).
+    let turbo = post(&app, PREMIUM, user, &json!({"text": "b".repeat(1000), "voice_id": "Voice_42", "model_id": "eleven_turbo_v2_5"})).await;
+    assert_eq!(turbo.status, 200, "{:?}", turbo.json());
+    assert_eq!(turbo.header("x-tokens-charged"), Some("1"));
+    assert_eq!(app.tokens_of(user).await, 7);
+    assert_eq!(
+        ledger_reasons(&app, user).await,
+        vec![("purchase".into(), 10), ("spend".into(), -2), ("spend".into(), -1)]
+    );
     app.assert_ledger_consistent().await;
     eleven.verify().await;
 }
@@ -487,6 +505,9 @@ async fn premium_bad_input_is_rejected_and_costs_nothing() {
         json!({"text": "hi", "voice_settings": {"stability": 2}}),
         json!({"text": "hi", "voice_settings": {"speed": 3}}),
         json!({"text": "hi", "voice_settings": {"unknown": 1}}),
+        // Not on offer: another voice of the operator's account, an unknown model.
+        json!({"text": "hi", "voice_id": "MyPrivateClone01"}),
+        json!({"text": "hi", "model_id": "eleven_monolingual_v9"}),
     ];
     for body in bad {
         let answer = post(&app, PREMIUM, user, &body).await;
@@ -668,4 +689,270 @@ async fn tts_misses_count_against_the_ai_quota_and_hits_do_not() {
     assert_eq!(hit.header("x-tts-cache"), Some("hit"));
     assert_eq!(hit.bytes, MP3);
     assert_nothing_leaked(&app, &[&first, &limited, &hit]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cost controls (issue 21): what a user can make the operator spend
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tts_passes_on_only_an_outage_never_a_refused_request() {
+    let openai = MockServer::start().await;
+    // OpenAI refuses this voice with this model (a client error, not an outage).
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .and(body_partial_json(json!({"voice": "ballad", "model": "tts-1"})))
+        .respond_with(upstream_error(400))
+        .expect(1)
+        .mount(&openai)
+        .await;
+    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&openai).await;
+    let eleven = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
+    let user = app.create_user().await;
+
+    let refused = post(&app, TTS, user, &json!({"text": "Hello", "voice": "ballad", "model": "tts-1"})).await;
+    assert_eq!(refused.status, 502, "{:?}", refused.json());
+    assert_eq!(refused.json()["error"]["code"], "tts_rejected");
+    assert_eq!(refused.json()["fallback"], "browser");
+    assert_eq!(refused.json()["reason"], "upstream_rejected");
+
+    // Made-up voices and models never reach any upstream.
+    for body in [
+        json!({"text": "Hello", "voice": "rachel"}),
+        json!({"text": "Hello", "voice": "21m00Tcm4TlvDq8ikWAM"}),
+        json!({"text": "Hello", "model": "eleven_multilingual_v2"}),
+        json!({"text": "Hello", "model": "gpt-4o-audio-preview"}),
+    ] {
+        let answer = post(&app, TTS, user, &body).await;
+        assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (400, Some("invalid_field")), "{body}");
+    }
+    assert_nothing_leaked(&app, &[&refused]);
+    openai.verify().await;
+    eleven.verify().await;
+}
+
+#[tokio::test]
+async fn premium_counts_against_the_hourly_quota_and_mystic_has_a_monthly_budget() {
+    let eleven = MockServer::start().await;
+    premium_mock(DEFAULT_VOICE).respond_with(audio(MP3, "audio/mpeg")).mount(&eleven).await;
+    premium_mock("down").respond_with(upstream_error(503)).mount(&eleven).await;
+    let app = spawn(
+        Fakes { openai: None, elevenlabs: Some(eleven.uri()) },
+        &[("ai_quota_free_per_hour", "2"), ("ai_quota_mystic_per_hour", "5"), ("elevenlabs_mystic_chars_per_month", "1000")],
+    )
+    .await;
+
+    // Free plan: two calls an hour, paid; the third is refused and costs nothing.
+    let payer = app.create_user().await;
+    app.grant_tokens(payer, 10).await;
+    for _ in 0..2 {
+        assert_eq!(post(&app, PREMIUM, payer, &json!({"text": "hi"})).await.status, 200);
+    }
+    let limited = post(&app, PREMIUM, payer, &json!({"text": "hi"})).await;
+    assert_eq!((limited.status, limited.json()["error"]["code"].as_str()), (429, Some("rate_limited")), "{:?}", limited.json());
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(app.tokens_of(payer).await, 8);
+    // A refused charge does not use up the quota: a user without tokens keeps theirs.
+    let broke = app.create_user().await;
+    for _ in 0..3 {
+        assert_eq!(post(&app, PREMIUM, broke, &json!({"text": "hi"})).await.status, 402);
+    }
+    app.grant_tokens(broke, 1).await;
+    assert_eq!(post(&app, PREMIUM, broke, &json!({"text": "hi"})).await.status, 200);
+
+    // Mystic: no tokens, but 1000 characters a month.
+    let mystic = app.create_user().await;
+    app.db_client().await.execute("UPDATE public.user_profiles SET plan = 'mystic' WHERE id = $1", &[&mystic]).await.unwrap();
+    assert_eq!(post(&app, PREMIUM, mystic, &json!({"text": "m".repeat(800)})).await.status, 200);
+    // A failed call gives its characters back.
+    let failed = post(&app, PREMIUM, mystic, &json!({"text": "f".repeat(150), "voice_id": "down"})).await;
+    assert_eq!(failed.status, 503);
+    let over = post(&app, PREMIUM, mystic, &json!({"text": "m".repeat(201)})).await;
+    assert_eq!((over.status, over.json()["error"]["code"].as_str()), (429, Some("premium_budget_exhausted")), "{:?}", over.json());
+    assert_eq!((over.json()["budget"].as_i64(), over.json()["used"].as_i64()), (Some(1000), Some(800)));
+    assert!(over.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1));
+    let rest = post(&app, PREMIUM, mystic, &json!({"text": "m".repeat(200)})).await;
+    assert_eq!((rest.status, rest.header("x-tokens-charged")), (200, Some("0")));
+    let used: i32 = app
+        .db_client()
+        .await
+        .query_one("SELECT chars FROM public.premium_tts_usage WHERE user_id = $1", &[&mystic])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 1000);
+    assert!(ledger_reasons(&app, mystic).await.is_empty(), "mystic pays no tokens");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn premium_offers_only_the_operators_voices_and_models() {
+    let eleven = MockServer::start().await;
+    Mock::given(method("POST")).and(path_regex(".*")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
+    let app = spawn(Fakes { openai: None, elevenlabs: Some(eleven.uri()) }, &[]).await;
+    let user = app.create_user().await;
+    app.grant_tokens(user, 50).await;
+    let mystic = app.create_user().await;
+    app.db_client().await.execute("UPDATE public.user_profiles SET plan = 'mystic' WHERE id = $1", &[&mystic]).await.unwrap();
+    for who in [user, mystic] {
+        for body in [
+            json!({"text": "hi", "voice_id": "PrivateCloneOfTheCEO"}),
+            json!({"text": "hi", "model_id": "eleven_expensive_v9"}),
+        ] {
+            let answer = post(&app, PREMIUM, who, &body).await;
+            assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (400, Some("invalid_field")), "{body}");
+        }
+    }
+    assert_eq!(app.tokens_of(user).await, 50);
+    let counted: i64 =
+        app.db_client().await.query_one("SELECT count(*) FROM public.ai_usage", &[]).await.unwrap().get(0);
+    assert_eq!(counted, 0, "a refused request uses no quota");
+    app.assert_ledger_consistent().await;
+    eleven.verify().await;
+}
+
+#[tokio::test]
+async fn tts_cache_one_user_cannot_flush_entries_others_use() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(&[7u8; 100], "audio/mpeg")).mount(&openai).await;
+    // Room for 10 answers of 100 bytes.
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("tts_cache_max_bytes", "1000")]).await;
+    let (alice, bob, mallory) = (app.create_user().await, app.create_user().await, app.create_user().await);
+
+    let popular = json!({"text": "Welcome back. Breathe in."});
+    assert_eq!(post(&app, TTS, alice, &popular).await.header("x-tts-cache"), Some("miss"));
+    assert_eq!(post(&app, TTS, bob, &popular).await.header("x-tts-cache"), Some("hit"));
+    // Mallory asks for 25 one-off texts: more than the whole cache.
+    for i in 0..25 {
+        let answer = post(&app, TTS, mallory, &json!({"text": format!("junk {i}")})).await;
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(post(&app, TTS, bob, &popular).await.header("x-tts-cache"), Some("hit"), "the popular entry survived");
+    let (_, bytes) = cache_rows(&app).await;
+    assert!(bytes <= 1000, "the bound holds: {bytes}");
+}
+
+#[tokio::test]
+async fn tts_cache_does_not_keep_long_answers() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"input": "long"})))
+        .respond_with(audio(&vec![1u8; 2 * 1024 * 1024], "audio/mpeg"))
+        .mount(&openai)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"input": "short"})))
+        .respond_with(audio(&vec![2u8; 512 * 1024], "audio/mpeg"))
+        .mount(&openai)
+        .await;
+    // The default bound (100 MiB) and entry cap.
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[]).await;
+    let user = app.create_user().await;
+    let long = post(&app, TTS, user, &json!({"text": "long"})).await;
+    assert_eq!((long.status, long.bytes.len()), (200, 2 * 1024 * 1024), "streamed whole");
+    assert_eq!(post(&app, TTS, user, &json!({"text": "short"})).await.status, 200);
+    assert_eq!(cache_rows(&app).await, (1, 512 * 1024), "only the short answer is cached");
+}
+
+#[tokio::test]
+async fn tts_cache_puts_lock_only_their_bucket() {
+    let app = spawn(Fakes { openai: None, elevenlabs: None }, &[]).await;
+    let put = |bucket: i32| {
+        format!("SELECT public.tts_cache_store('v1:k{bucket}', 'openai', 'audio/mpeg', '\\x0102'::bytea, {bucket}, 4, 1000, 3600)")
+    };
+    // A put into bucket 0 that has not committed yet...
+    let holder = app.db_client().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.batch_execute(&put(0)).await.unwrap();
+    // ...does not hold up a put into another bucket (the old global lock did).
+    let other = app.db_client().await;
+    other.batch_execute("SET statement_timeout = '2s'").await.unwrap();
+    other.batch_execute(&put(1)).await.expect("a put into bucket 1 while bucket 0 is busy");
+    // It does hold up a put into the same bucket, which keeps each bucket's bound exact.
+    let waits = other.batch_execute(&format!("{};", put(0).replace("v1:k0", "v1:k0b"))).await;
+    assert!(waits.is_err(), "a second put into bucket 0 must wait for the first");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let bytes: Vec<(i16, i64)> = other
+        .query("SELECT bucket, bytes FROM public.tts_cache_buckets ORDER BY bucket", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(bytes, [(0, 2), (1, 2)]);
+}
+
+/// An access token for an anonymous sign-in (Supabase's `is_anonymous: true`).
+fn guest_token(app: &TestApp, user: Uuid) -> String {
+    let now = chrono::Utc::now().timestamp();
+    app.token_with_claims(json!({
+        "sub": user.to_string(), "aud": "authenticated", "role": "authenticated", "email": "",
+        "is_anonymous": true, "iat": now, "exp": now + 3600,
+    }))
+}
+
+#[tokio::test]
+async fn anonymous_sign_ins_make_no_paid_upstream_calls() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(1).mount(&openai).await;
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&openai).await;
+    let eleven = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
+    let member = app.create_user().await;
+    let guest = app.create_user().await;
+    app.grant_tokens(guest, 50).await;
+    let token = guest_token(&app, guest);
+
+    // A cached line costs nothing upstream: a guest may hear it.
+    assert_eq!(post(&app, TTS, member, &json!({"text": "Welcome."})).await.status, 200);
+    let send = |route: &'static str, body: Value| {
+        let request = app.client.post(app.url(route)).bearer_auth(&token).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, _) = send(TTS, json!({"text": "Welcome."})).await;
+    assert_eq!(status, 200, "a cache hit");
+
+    for (route, body) in [
+        (TTS, json!({"text": "Something new."})),
+        (PREMIUM, json!({"text": "Something new."})),
+        ("/functions/v1/chatgpt-chat", json!({"messages": [{"role": "user", "content": "hi"}]})),
+        ("/functions/v1/generate-script", json!({"ego_state": "guardian", "intent": "sleep", "duration_minutes": 2})),
+        ("/functions/v1/ai-hypnosis", json!({"ego_state": "healer", "phase": "deepening"})),
+    ] {
+        let (status, answer) = send(route, body).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("anonymous_not_allowed")), "{route}: {answer}");
+        if route == TTS {
+            assert_eq!(answer["fallback"], "browser", "the guest speaks locally");
+        }
+    }
+    assert_eq!(app.tokens_of(guest).await, 50);
+    let counted: i64 = app
+        .db_client()
+        .await
+        .query_one("SELECT count(*) FROM public.ai_usage WHERE user_id = $1", &[&guest])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 0);
+    openai.verify().await;
+    eleven.verify().await;
+}
+
+#[tokio::test]
+async fn anonymous_paid_access_can_be_allowed() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(1).mount(&openai).await;
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("anonymous_paid_access", "true")]).await;
+    let guest = app.create_user().await;
+    let response =
+        app.client.post(app.url(TTS)).bearer_auth(guest_token(&app, guest)).json(&json!({"text": "Hi."})).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    openai.verify().await;
 }

@@ -75,7 +75,7 @@ fn hypnosis(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     let client = OpenAi::from_platform(platform)?;
     // Only calls that reach the AI count against the quota; static lines are free.
     if client.is_some() {
-        quota::take(platform, &user.user_id, ENDPOINT.name)?;
+        quota::take(platform, &user, ENDPOINT.name)?;
     }
     let model = openai::model(platform, "openai_chat_model");
     let step = guidance::guide(platform, client.as_ref(), &model, &input);

@@ -98,7 +98,7 @@ fn chat(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, Ap
         }
         return Ok(ApiResponse::json(200, &json!({ "reply": reply, "usage": null, "source": "fallback" })));
     };
-    quota::take(platform, &user.user_id, ENDPOINT.name)?;
+    quota::take(platform, &user, ENDPOINT.name)?;
 
     messages.insert(0, ChatMessage::system(guidance::chat_system_prompt(ego_state.as_deref())));
     let model = openai::model(platform, "openai_chat_model");

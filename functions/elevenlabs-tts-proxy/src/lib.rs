@@ -1,6 +1,8 @@
-//! `POST /elevenlabs-tts-proxy`: the premium ElevenLabs voice. Free on plan `mystic`;
-//! otherwise paid in tokens per started block of characters (price `elevenlabs_tts`),
-//! debited before the call and refunded when ElevenLabs fails (`libero_shared::tts`).
+//! `POST /elevenlabs-tts-proxy`: the premium ElevenLabs voice, in the voices and models
+//! the operator offers. Counted against the hourly AI quota; on plan `mystic` free up to a
+//! character budget per month, otherwise paid in tokens per started block of characters
+//! at the model's price; charged before the call and given back when ElevenLabs fails
+//! (the rules: `libero_shared::tts`).
 
 use libero_shared::elevenlabs::{self, VoiceSettings};
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
@@ -53,7 +55,7 @@ fn parse(body: PremiumBody, platform: &dyn Platform) -> Result<PremiumSpeech, Ap
 fn speak(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
     let user = auth::authenticate(request, platform)?;
     let speech = parse(request.json::<PremiumBody>()?, platform)?;
-    tts::speak_premium(platform, &user.user_id, &speech)
+    tts::speak_premium(platform, &user, &speech)
 }
 
 libero_shared::spin_component!(ENDPOINT);

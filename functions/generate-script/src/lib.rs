@@ -55,7 +55,7 @@ fn generate(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     let client = OpenAi::from_platform(platform)?;
     // Only calls that reach the AI count against the quota; the local script is free.
     if client.is_some() {
-        quota::take(platform, &user.user_id, ENDPOINT.name)?;
+        quota::take(platform, &user, ENDPOINT.name)?;
     }
     let model = openai::model(platform, "openai_script_model");
     let (script, source) = scripts::generate(platform, client.as_ref(), &model, &script_request);

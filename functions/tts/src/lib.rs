@@ -52,7 +52,7 @@ impl TryFrom<SpeechBody> for Speech {
 fn speak(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
     let user = auth::authenticate(request, platform)?;
     let speech = Speech::try_from(request.json::<SpeechBody>()?)?;
-    tts::speak(platform, &user.user_id, &speech)
+    tts::speak(platform, &user, &speech)
 }
 
 libero_shared::spin_component!(ENDPOINT);

@@ -44,6 +44,9 @@ pub struct AuthenticatedUser {
     pub user_id: String,
     pub email: Option<String>,
     pub role: String,
+    /// Supabase's `is_anonymous` claim: an anonymous sign-in, which anyone can repeat
+    /// without limit (see [`require_paid_access`]).
+    pub is_anonymous: bool,
 }
 
 /// How tokens are verified: from the Spin variables `supabase_jwt_secret`, `supabase_jwks`
@@ -182,6 +185,24 @@ pub fn authenticate(request: &ApiRequest, platform: &dyn Platform) -> Result<Aut
     Ok(verify_access_token(token, &config, now_unix)?)
 }
 
+/// Whether anonymous sign-ins may spend the operator's money (`anonymous_paid_access`).
+pub const ANONYMOUS_PAID_ACCESS: &str = "anonymous_paid_access";
+
+/// The gate in front of everything that costs the operator money: a paid upstream call
+/// (OpenAI, ElevenLabs) or a purchase. Anonymous sign-ins are free and unlimited, so
+/// each would bring a fresh set of quotas; unless `anonymous_paid_access` is `true` they
+/// get 403 `anonymous_not_allowed` (free things, such as a tts cache hit or a local
+/// fallback, stay open to them).
+pub fn require_paid_access(platform: &dyn Platform, user: &AuthenticatedUser) -> Result<(), ApiError> {
+    if !user.is_anonymous || config::parsed(platform, ANONYMOUS_PAID_ACCESS, false)? {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "anonymous_not_allowed",
+        "Guest accounts cannot use this feature; sign up or sign in with an account to use it.",
+    ))
+}
+
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
     let header = header.map(str::trim).unwrap_or("");
@@ -279,7 +300,8 @@ fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64)
         .ok_or(AuthError::InvalidSubject)?;
     // Supabase sends `"email": ""` for users without one (phone, anonymous sign-in).
     let email = claims.get("email").and_then(Value::as_str).filter(|e| !e.is_empty()).map(str::to_string);
-    Ok(AuthenticatedUser { user_id, email, role: USER_ROLE.to_string() })
+    let is_anonymous = claims.get("is_anonymous").and_then(Value::as_bool) == Some(true);
+    Ok(AuthenticatedUser { user_id, email, role: USER_ROLE.to_string(), is_anonymous })
 }
 
 /// A base64url (unpadded) segment holding a JSON object.

@@ -106,9 +106,29 @@ fn valid_hs256_token_names_the_user() {
         AuthenticatedUser {
             user_id: USER.into(),
             email: Some("ana@example.com".into()),
-            role: "authenticated".into()
+            role: "authenticated".into(),
+            is_anonymous: false,
         }
     );
+}
+
+#[test]
+fn anonymous_sign_ins_are_marked_and_kept_from_paid_calls() {
+    let anonymous = verify(&hs256(&with(claims(), "is_anonymous", json!(true))), &secret_config()).unwrap();
+    assert!(anonymous.is_anonymous);
+    // Only the boolean `true` marks a guest; a missing claim is a regular account.
+    assert!(!verify(&hs256(&without(claims(), "is_anonymous")), &secret_config()).unwrap().is_anonymous);
+    assert!(!verify(&hs256(&with(claims(), "is_anonymous", json!("true"))), &secret_config()).unwrap().is_anonymous);
+
+    let closed = crate::testing::FakePlatform::with_vars(&[]);
+    let error = require_paid_access(&closed, &anonymous).unwrap_err();
+    assert_eq!((error.status, error.code), (403, "anonymous_not_allowed"));
+    let regular = AuthenticatedUser { is_anonymous: false, ..anonymous.clone() };
+    assert!(require_paid_access(&closed, &regular).is_ok());
+    let open = crate::testing::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "true")]);
+    assert!(require_paid_access(&open, &anonymous).is_ok());
+    let typo = crate::testing::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "yes")]);
+    assert_eq!(require_paid_access(&typo, &anonymous).unwrap_err().code, "config_invalid");
 }
 
 #[test]

@@ -196,12 +196,15 @@ fn stripe_id(object: &Value) -> Result<String, ApiError> {
 
 /// Creates a Checkout Session for the user. `request_key` makes our own retries of this
 /// request idempotent at Stripe (the caller's `Idempotency-Key`, else the request id).
+/// Anonymous sign-ins cannot buy (unless `anonymous_paid_access`): what they bought would
+/// be lost with the guest session, and nothing is created at Stripe for them.
 pub fn start_checkout(
     platform: &dyn Platform,
     user: &AuthenticatedUser,
     request: &CheckoutRequest,
     request_key: &str,
 ) -> Result<CheckoutSession, ApiError> {
+    crate::auth::require_paid_access(platform, user)?;
     let product = request.product;
     let price = product.price_id(platform)?;
     let state = billing_state(platform, &user.user_id)?;

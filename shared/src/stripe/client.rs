@@ -2,8 +2,9 @@
 //! a bearer token, a pinned `Stripe-Version`, an `Idempotency-Key` on every POST, bounded
 //! timeouts, and one retry of what Stripe says is safe to retry.
 //!
-//! Errors become 502 carrying Stripe's error type and message only: never our key, never
-//! a raw response body (Stripe masks keys in its messages; we mask them again anyway).
+//! Errors become 502 with our own message and Stripe's error type: Stripe's message (which
+//! names object ids and parameters) is logged, with anything key-shaped masked, and never
+//! reaches the client; neither does a raw response body.
 
 use std::time::Duration;
 
@@ -89,11 +90,13 @@ impl StripeError {
 impl From<StripeError> for ApiError {
     fn from(error: StripeError) -> Self {
         match error {
-            StripeError::Api { error_type, message, .. } => ApiError::bad_gateway(
-                "stripe_error",
-                format!("Stripe refused the request ({error_type}): {}", redact(&message)),
-            )
-            .with_field("stripe_error_type", error_type),
+            // Stripe's own message names object ids, parameters and sometimes the key's
+            // shape: it goes to the log (`log_failure`), and the client gets our words,
+            // chosen by Stripe's error type only.
+            StripeError::Api { status, error_type, code, .. } => {
+                ApiError::bad_gateway("stripe_error", stripe_error_message(status, &error_type, code.as_deref()))
+                    .with_field("stripe_error_type", known_error_type(&error_type))
+            }
             StripeError::Transport(OutboundError::Timeout) => {
                 ApiError::bad_gateway("stripe_unavailable", "Stripe did not answer in time; try again.")
             }
@@ -104,6 +107,31 @@ impl From<StripeError> for ApiError {
                 ApiError::bad_gateway("stripe_unavailable", "Stripe sent an answer that could not be read; try again.")
             }
         }
+    }
+}
+
+/// Stripe's documented error types; anything else is reported as `api_error`, so not
+/// even this field can carry text of Stripe's choosing to the client.
+fn known_error_type(error_type: &str) -> &'static str {
+    const TYPES: [&str; 6] =
+        ["api_error", "card_error", "idempotency_error", "invalid_request_error", "rate_limit_error", "authentication_error"];
+    TYPES.into_iter().find(|t| *t == error_type).unwrap_or("api_error")
+}
+
+/// What the client is told when Stripe refuses one of our calls.
+fn stripe_error_message(status: u16, error_type: &str, code: Option<&str>) -> &'static str {
+    match (status, error_type, code) {
+        (401 | 403, _, _) | (_, "authentication_error", _) => {
+            "The payment service refused this server's credentials; nothing was charged. Please try again later."
+        }
+        (429, _, _) | (_, "rate_limit_error", _) => "The payment service is busy; nothing was charged. Try again shortly.",
+        (_, "idempotency_error", _) => {
+            "This request reuses an Idempotency-Key from a different request; send a new key."
+        }
+        (404, _, _) | (_, _, Some("resource_missing")) => {
+            "A payment record this request needs was not found; nothing was charged. Please try again later."
+        }
+        _ => "The payment service refused the request; nothing was charged. Please try again later.",
     }
 }
 
@@ -222,12 +250,15 @@ impl<'a> StripeClient<'a> {
         ))
     }
 
-    /// Method, path, and Stripe's error type/code: no key, no body, no parameters.
+    /// Method, path, Stripe's error type/code and message (keys masked): no key, no
+    /// body, no parameters.
     fn log_failure(&self, request: &OutboundRequest, error: &StripeError) {
         let path = request.url.strip_prefix(&self.base).unwrap_or("");
         let detail = match error {
-            StripeError::Api { status, error_type, code, .. } => {
-                format!("{status} {error_type} {}", code.as_deref().unwrap_or("-"))
+            // Stripe's message is for the operator (the client never sees it); keys are
+            // masked in case Stripe ever echoes one.
+            StripeError::Api { status, error_type, code, message } => {
+                format!("{status} {error_type} {}: {}", code.as_deref().unwrap_or("-"), redact(message))
             }
             StripeError::Transport(e) => e.to_string(),
             StripeError::Decode => "undecodable response".to_string(),
@@ -299,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn stripe_errors_map_to_502_with_type_and_message_only() {
+    fn stripe_errors_map_to_502_with_our_message_and_log_stripes() {
         let platform = platform();
         platform.push_upstream(
             401,
@@ -312,10 +343,24 @@ mod tests {
         let api = ApiError::from(error);
         assert_eq!(api.status, 502);
         assert_eq!(api.extra["stripe_error_type"], "invalid_request_error");
-        assert!(api.message.contains("Invalid API Key provided: [redacted]"), "{}", api.message);
-        assert!(!api.body().to_string().contains("sk_test"));
-        assert!(!api.body().to_string().contains("request_log_url"));
-        assert!(platform.logs.borrow().iter().all(|l| !l.contains("sk_test")));
+        let body = api.body().to_string();
+        assert!(!body.contains("Invalid API Key") && !body.contains("sk_test") && !body.contains("request_log_url"), "{body}");
+        assert!(api.message.contains("credentials"), "{}", api.message);
+        let logs = platform.logs.borrow();
+        assert!(logs.iter().any(|l| l.contains("Invalid API Key provided: [redacted]")), "{logs:?}");
+        assert!(logs.iter().all(|l| !l.contains("sk_test")));
+    }
+
+    #[test]
+    fn stripe_messages_with_object_ids_stay_in_the_log() {
+        let platform = platform();
+        platform.push_upstream(400, &[], br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such price: 'price_1Secret'"}}"#);
+        let error = StripeClient::from_platform(&platform).unwrap().get("prices/x").unwrap_err();
+        let body = ApiError::from(error).body().to_string();
+        assert!(!body.contains("price_1Secret") && !body.contains("No such"), "{body}");
+        assert!(platform.logs.borrow().iter().any(|l| l.contains("No such price: 'price_1Secret'")));
+        let odd = StripeError::Api { status: 400, error_type: "cus_123 leaked".into(), code: None, message: String::new() };
+        assert_eq!(ApiError::from(odd).extra["stripe_error_type"], "api_error");
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! Webhook events: verified, parsed into what they mean for us, and applied exactly once
 //! (each by one SQL function that also records the event id: see
-//! `migrations/20250102000000_stripe_functions.sql`).
+//! `migrations/20250102000000_stripe_functions.sql` and
+//! `migrations/20250106100200_stripe_paid_amounts_and_disputes.sql`).
+//!
+//! What was paid decides the credit, not the session's metadata alone: a payment is only
+//! credited when the session's line items are the catalog's price for the product
+//! (re-read from Stripe, [`check_paid`]) and the amount paid matches that price. Anything
+//! else (a Payment Link or Dashboard session carrying our metadata, a promotion code, a
+//! `no_payment_required` session) becomes an order in status `review` that credits
+//! nothing. Disputes take the tokens back like a refund and give them back if won.
 //!
 //! Out-of-order delivery. Token orders carry the whole Checkout Session in every event,
 //! and an order only moves forward (pending → completed | failed → refunded), so any
@@ -69,8 +77,11 @@ pub struct CheckoutPayment {
     pub amount_total: Option<i64>,
     pub currency: Option<String>,
     pub payment_status: String,
-    /// `completed` (paid), `pending` (a delayed payment method) or `failed`.
+    /// `completed` (paid), `pending` (a delayed payment method), `failed`, or `review`
+    /// (money moved, or should have, but not as the catalog says: credit nothing).
     pub status: &'static str,
+    /// Why the order is held for review.
+    pub review_reason: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +94,18 @@ pub struct ChargeRefund {
     pub fully_refunded: bool,
 }
 
+/// A chargeback (or inquiry) on a charge, as of the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispute {
+    pub dispute_id: String,
+    pub charge_id: Option<String>,
+    pub payment_intent: String,
+    pub amount: Option<i64>,
+    pub status: String,
+    /// `charge.dispute.closed`: `status` is final (`won`, `lost`, `warning_closed`).
+    pub closed: bool,
+}
+
 /// What an event means for us.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -90,6 +113,7 @@ pub enum Effect {
     /// Re-read this subscription and store Stripe's current state.
     SyncSubscription { subscription_id: String },
     ChargeRefund(ChargeRefund),
+    Dispute(Dispute),
     /// The customer was deleted in Stripe: the user's next checkout makes a new one.
     CustomerDeleted { customer: String },
     /// Recorded with this outcome, nothing else.
@@ -148,6 +172,24 @@ pub fn effect_of(event: &Event) -> Effect {
                 fully_refunded: object["refunded"].as_bool().unwrap_or(false),
             })
         }
+        "charge.dispute.created" | "charge.dispute.closed" => {
+            let (Some(dispute_id), Some(payment_intent)) = (id_field(&object["id"]), id_field(&object["payment_intent"]))
+            else {
+                return Effect::Nothing("no_payment_intent");
+            };
+            let status = object["status"]
+                .as_str()
+                .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            let Some(status) = status else { return Effect::Nothing("malformed") };
+            Effect::Dispute(Dispute {
+                dispute_id,
+                charge_id: id_field(&object["charge"]),
+                payment_intent,
+                amount: object["amount"].as_i64(),
+                status: status.to_string(),
+                closed: event.event_type == "charge.dispute.closed",
+            })
+        }
         "customer.deleted" => match id_field(&object["id"]) {
             Some(customer) => Effect::CustomerDeleted { customer },
             None => Effect::Nothing("malformed"),
@@ -177,11 +219,13 @@ fn checkout_effect(event: &Event) -> Effect {
         return Effect::Nothing("not_our_order");
     }
     let payment_status = session["payment_status"].as_str().unwrap_or("unpaid").to_string();
-    let status = match event.event_type.as_str() {
-        "checkout.session.async_payment_failed" => "failed",
-        "checkout.session.async_payment_succeeded" => "completed",
-        _ if payment_status == "paid" || payment_status == "no_payment_required" => "completed",
-        _ => "pending",
+    let (status, review_reason) = match event.event_type.as_str() {
+        "checkout.session.async_payment_failed" => ("failed", None),
+        // Nothing was paid for these tokens (a 100 % coupon, a zero price): not ours to give.
+        _ if payment_status == "no_payment_required" => ("review", Some("no_payment_required")),
+        "checkout.session.async_payment_succeeded" => ("completed", None),
+        _ if payment_status == "paid" => ("completed", None),
+        _ => ("pending", None),
     };
     Effect::CheckoutPayment(CheckoutPayment {
         session_id,
@@ -194,7 +238,71 @@ fn checkout_effect(event: &Event) -> Effect {
         currency: session["currency"].as_str().map(|c| c.chars().take(3).collect()),
         payment_status,
         status,
+        review_reason,
     })
+}
+
+/// Whether a session paid what the catalog asks for its product: exactly one line item,
+/// the product's configured price, quantity 1, and the amount paid (`amount_total`, or
+/// in the price's own currency when Stripe's Adaptive Pricing converted it) equal to that
+/// price's `unit_amount` in its currency. `Err` names the first check that failed, as the
+/// order's review reason.
+pub fn check_paid(
+    platform: &dyn Platform,
+    product: &catalog::Product,
+    session: &Value,
+    line_items: &Value,
+) -> Result<(), &'static str> {
+    let expected_price = platform.variable(product.price_variable).ok_or("price_not_configured")?;
+    let items = line_items["data"].as_array().ok_or("line_items_unreadable")?;
+    if items.len() != 1 || line_items["has_more"].as_bool() == Some(true) {
+        return Err("line_items_count");
+    }
+    let item = &items[0];
+    if id_field(&item["price"]).as_deref() != Some(expected_price.as_str()) {
+        return Err("price_mismatch");
+    }
+    if item["quantity"].as_i64() != Some(1) {
+        return Err("quantity_mismatch");
+    }
+    let unit_amount = item["price"]["unit_amount"].as_i64().ok_or("price_amount_unknown")?;
+    let price_currency = item["price"]["currency"].as_str().map(str::to_ascii_lowercase).ok_or("price_amount_unknown")?;
+    let conversion = &session["currency_conversion"];
+    let (paid, currency) = if conversion.is_object() {
+        (conversion["amount_total"].as_i64(), conversion["source_currency"].as_str())
+    } else {
+        (session["amount_total"].as_i64(), session["currency"].as_str())
+    };
+    if currency.map(str::to_ascii_lowercase).as_deref() != Some(price_currency.as_str()) {
+        return Err("currency_mismatch");
+    }
+    if paid != Some(unit_amount) {
+        return Err("amount_mismatch");
+    }
+    Ok(())
+}
+
+/// A `completed` payment is checked against what was paid ([`check_paid`]) before it may
+/// credit; one that fails a check is held for review. Stripe trouble is a 502 (Stripe
+/// delivers the event again).
+fn verify_payment(platform: &dyn Platform, event: &Event, payment: &mut CheckoutPayment) -> Result<(), ApiError> {
+    if payment.status != "completed" {
+        return Ok(());
+    }
+    let product = catalog::find(payment.product).ok_or_else(|| ApiError::internal("A catalog product went missing."))?;
+    let stripe = StripeClient::from_platform(platform)?;
+    let verdict = match stripe.get(&format!("checkout/sessions/{}/line_items?limit=10", payment.session_id)) {
+        Ok(line_items) => check_paid(platform, product, &event.object, &line_items),
+        // Not a session of this account (another mode or account's metadata): review.
+        Err(error) if error.is_missing() => Err("session_not_found"),
+        Err(error) => return Err(error.into()),
+    };
+    if let Err(reason) = verdict {
+        platform.log(&format!("stripe checkout {} held for review: {reason}", payment.session_id));
+        payment.status = "review";
+        payment.review_reason = Some(reason);
+    }
+    Ok(())
 }
 
 /// A subscription as Stripe's API returns it now.
@@ -250,21 +358,38 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
             "select public.stripe_record_event($1::text, $2::text, $3::int8, $4::text)",
             vec![SqlParam::Text(outcome.to_string())],
         ),
-        Effect::CheckoutPayment(p) => (
-            "stripe_apply_checkout_payment",
-            "select public.stripe_apply_checkout_payment($1::text, $2::text, $3::int8, $4::text, $5::uuid, \
-             $6::text, $7::int4, $8::text, $9::text, $10::int8, $11::text, $12::text, $13::text)",
+        Effect::CheckoutPayment(mut p) => {
+            verify_payment(platform, event, &mut p)?;
+            (
+                "stripe_apply_checkout_payment",
+                "select public.stripe_apply_checkout_payment($1::text, $2::text, $3::int8, $4::text, $5::uuid, \
+                 $6::text, $7::int4, $8::text, $9::text, $10::int8, $11::text, $12::text, $13::text, $14::text)",
+                vec![
+                    SqlParam::Text(p.session_id),
+                    SqlParam::Uuid(p.user_id),
+                    SqlParam::Text(p.product.to_string()),
+                    SqlParam::Int32(p.tokens),
+                    text(&p.customer),
+                    text(&p.payment_intent),
+                    int(p.amount_total),
+                    text(&p.currency),
+                    SqlParam::Text(p.payment_status),
+                    SqlParam::Text(p.status.to_string()),
+                    p.review_reason.map(|r| SqlParam::Text(r.to_string())).unwrap_or(SqlParam::Null),
+                ],
+            )
+        }
+        Effect::Dispute(d) => (
+            "stripe_apply_dispute",
+            "select public.stripe_apply_dispute($1::text, $2::text, $3::int8, $4::text, $5::text, $6::text, \
+             $7::int8, $8::text, $9::bool)",
             vec![
-                SqlParam::Text(p.session_id),
-                SqlParam::Uuid(p.user_id),
-                SqlParam::Text(p.product.to_string()),
-                SqlParam::Int32(p.tokens),
-                text(&p.customer),
-                text(&p.payment_intent),
-                int(p.amount_total),
-                text(&p.currency),
-                SqlParam::Text(p.payment_status),
-                SqlParam::Text(p.status.to_string()),
+                SqlParam::Text(d.dispute_id),
+                text(&d.charge_id),
+                SqlParam::Text(d.payment_intent),
+                int(d.amount),
+                SqlParam::Text(d.status),
+                SqlParam::Bool(d.closed),
             ],
         ),
         Effect::ChargeRefund(r) => (
@@ -422,6 +547,57 @@ mod tests {
             "current_period_start": 1, "current_period_end": 2, "items": {"data": []}});
         assert_eq!(Subscription::parse(&legacy).unwrap().current_period_end, Some(2));
         assert!(Subscription::parse(&json!({"id": "sub_1", "customer": "cus_1", "status": "weird"})).is_none());
+    }
+
+    #[test]
+    fn stripe_no_payment_required_is_held_for_review() {
+        let free = effect_of(&event("checkout.session.completed", session("payment", "no_payment_required", "tokens-large")));
+        let Effect::CheckoutPayment(p) = free else { panic!("{free:?}") };
+        assert_eq!((p.status, p.review_reason), ("review", Some("no_payment_required")));
+    }
+
+    #[test]
+    fn stripe_paid_amount_must_be_the_catalog_price() {
+        let platform = crate::testing::FakePlatform::with_vars(&[("stripe_price_tokens_small", "price_small")]);
+        let product = catalog::find("tokens-small").unwrap();
+        let paid = session("payment", "paid", "tokens-small");
+        let items = |price: &str, amount: i64, currency: &str, quantity: i64| {
+            json!({"object": "list", "has_more": false, "data": [{"id": "li_1", "quantity": quantity,
+                "price": {"id": price, "unit_amount": amount, "currency": currency}}]})
+        };
+        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 499, "usd", 1)), Ok(()));
+        assert_eq!(check_paid(&platform, product, &paid, &items("price_other", 499, "usd", 1)), Err("price_mismatch"));
+        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 999, "usd", 1)), Err("amount_mismatch"));
+        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 499, "eur", 1)), Err("currency_mismatch"));
+        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 499, "usd", 2)), Err("quantity_mismatch"));
+        let mut discounted = paid.clone();
+        discounted["amount_total"] = json!(99);
+        assert_eq!(check_paid(&platform, product, &discounted, &items("price_small", 499, "usd", 1)), Err("amount_mismatch"));
+        let two = json!({"data": [items("price_small", 499, "usd", 1)["data"][0], items("price_x", 1, "usd", 1)["data"][0]]});
+        assert_eq!(check_paid(&platform, product, &paid, &two), Err("line_items_count"));
+        // Adaptive Pricing: paid in the buyer's currency, compared in the price's.
+        let mut converted = paid.clone();
+        converted["currency"] = json!("eur");
+        converted["amount_total"] = json!(460);
+        converted["currency_conversion"] = json!({"amount_total": 499, "source_currency": "usd", "fx_rate": "0.92"});
+        assert_eq!(check_paid(&platform, product, &converted, &items("price_small", 499, "usd", 1)), Ok(()));
+        let unset = catalog::find("tokens-large").unwrap();
+        assert_eq!(check_paid(&platform, unset, &paid, &items("price_small", 499, "usd", 1)), Err("price_not_configured"));
+    }
+
+    #[test]
+    fn stripe_dispute_events_name_the_payment() {
+        let dispute = json!({"id": "dp_1", "object": "dispute", "charge": "ch_1", "payment_intent": "pi_1",
+            "amount": 499, "status": "needs_response"});
+        let created = effect_of(&event("charge.dispute.created", dispute.clone()));
+        let Effect::Dispute(d) = created else { panic!("{created:?}") };
+        assert_eq!((d.dispute_id.as_str(), d.payment_intent.as_str(), d.closed), ("dp_1", "pi_1", false));
+        let mut won = dispute.clone();
+        won["status"] = json!("won");
+        assert!(matches!(effect_of(&event("charge.dispute.closed", won)), Effect::Dispute(Dispute { closed: true, .. })));
+        let mut legacy = dispute;
+        legacy["payment_intent"] = Value::Null;
+        assert_eq!(effect_of(&event("charge.dispute.created", legacy)), Effect::Nothing("no_payment_intent"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The speech cache shared by every instance (table `tts_cache`; the SQL, with its bound
-//! and expiry, is `tts_cache_get` / `tts_cache_put` in migrations/20250104000000_tts_cache.sql).
+//! The speech cache shared by every instance (table `tts_cache`; the SQL is `tts_cache_get`
+//! in migrations/20250104000000_tts_cache.sql and `tts_cache_store`, with the bound and
+//! eviction, in migrations/20250106100100_tts_cache_buckets.sql).
 //!
 //! - Key: `v1:` + SHA-256 (hex) of the normalised request: the text with surrounding
 //!   whitespace trimmed and every run of whitespace made one space (case and punctuation
@@ -7,9 +8,13 @@
 //!   omitted model and the default share entries), the speed in hundredths, the format and
 //!   the normalised instructions. Fields are length-prefixed, so no two different
 //!   requests can run together into one key. No user id: entries are shared by all users.
-//! - Bound: `tts_cache_max_bytes` (default 100 MiB) of audio in total; least recently
-//!   used entries go first. One entry holds at most [`MAX_ENTRY_BYTES`] (and never more
-//!   than the bound); larger answers are streamed but not cached.
+//! - Bound: `tts_cache_max_bytes` (default 100 MiB) of audio in total, split evenly over
+//!   up to [`MAX_BUCKETS`] buckets by key; a put locks and evicts only within its bucket.
+//!   Eviction order: expired, then entries never hit since stored (oldest first), then
+//!   least recently used; so one user's stream of one-off texts evicts itself before the
+//!   entries others use. One entry holds at most `tts_cache_max_entry_bytes` (default
+//!   [`DEFAULT_MAX_ENTRY_BYTES`], about a minute of mp3) and never more than a bucket's
+//!   share; larger answers are streamed but not cached.
 //! - Expiry: `tts_cache_ttl_seconds` (default 7 days) after synthesis, hits do not extend it.
 //! - Either setting at 0 turns the cache off.
 //!
@@ -23,14 +28,21 @@ use crate::{config, ApiError, Platform};
 
 pub const DEFAULT_MAX_BYTES: i64 = 100 * 1024 * 1024;
 pub const DEFAULT_TTL_SECONDS: i32 = 7 * 24 * 60 * 60;
-/// About 5 minutes of 24 kHz 16-bit PCM: the longest speech OpenAI's 4096-character
-/// input yields in the largest format; anything bigger is not worth a row.
-pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+/// About a minute of mp3 at 128 kbit/s: the cache is for the short lines an app repeats.
+/// With the default bound that is 1 % of the cache, so no few requests can fill it.
+pub const DEFAULT_MAX_ENTRY_BYTES: i64 = 1024 * 1024;
+/// Buckets, each its own lock and share of the bound.
+pub const MAX_BUCKETS: i64 = 16;
+/// A bucket holds at least this many full-size entries (fewer buckets when the bound is
+/// small), so a bucket's share is never taken by one or two entries.
+const MIN_ENTRIES_PER_BUCKET: i64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSettings {
     pub max_bytes: i64,
     pub ttl_seconds: i32,
+    /// `tts_cache_max_entry_bytes`, before the bucket's share caps it.
+    pub max_entry_bytes: i64,
 }
 
 impl CacheSettings {
@@ -38,16 +50,34 @@ impl CacheSettings {
         Ok(CacheSettings {
             max_bytes: config::parsed(platform, "tts_cache_max_bytes", DEFAULT_MAX_BYTES)?.max(0),
             ttl_seconds: config::parsed(platform, "tts_cache_ttl_seconds", DEFAULT_TTL_SECONDS)?.max(0),
+            max_entry_bytes: config::parsed(platform, "tts_cache_max_entry_bytes", DEFAULT_MAX_ENTRY_BYTES)?.max(0),
         })
     }
 
     pub fn enabled(&self) -> bool {
-        self.max_bytes > 0 && self.ttl_seconds > 0
+        self.max_bytes > 0 && self.ttl_seconds > 0 && self.max_entry_bytes > 0
+    }
+
+    /// How many buckets the bound is split into: 1 to [`MAX_BUCKETS`].
+    pub fn buckets(&self) -> i64 {
+        let entry = self.max_entry_bytes.min(self.max_bytes).max(1);
+        (self.max_bytes / (entry.saturating_mul(MIN_ENTRIES_PER_BUCKET))).clamp(1, MAX_BUCKETS)
+    }
+
+    /// The bytes one bucket may hold.
+    pub fn bucket_bytes(&self) -> i64 {
+        self.max_bytes / self.buckets()
     }
 
     /// The most one entry may hold.
     pub fn entry_limit(&self) -> usize {
-        usize::try_from(self.max_bytes).unwrap_or(usize::MAX).min(MAX_ENTRY_BYTES)
+        usize::try_from(self.max_entry_bytes.min(self.bucket_bytes()).max(0)).unwrap_or(usize::MAX)
+    }
+
+    /// The bucket of a key from [`key`]: its hash's first 32 bits, modulo the count.
+    pub fn bucket_of(&self, key: &str) -> i32 {
+        let hash = key.strip_prefix("v1:").and_then(|hex| hex.get(..8)).and_then(|h| u32::from_str_radix(h, 16).ok());
+        (i64::from(hash.unwrap_or(0)) % self.buckets()) as i32
     }
 }
 
@@ -108,7 +138,7 @@ pub fn get(platform: &dyn Platform, key: &str, settings: &CacheSettings) -> Resu
     }
 }
 
-/// Stores an answer, evicting to stay within the bound.
+/// Stores an answer in its bucket, evicting within the bucket to stay within its share.
 pub fn put(
     platform: &dyn Platform,
     key: &str,
@@ -119,13 +149,15 @@ pub fn put(
 ) -> Result<(), db::DbError> {
     db::query_json(
         platform,
-        "select public.tts_cache_put($1, $2, $3, $4, $5, $6)",
+        "select public.tts_cache_store($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             SqlParam::Text(key.to_string()),
             SqlParam::Text(provider.to_string()),
             SqlParam::Text(content_type.to_string()),
             SqlParam::Bytes(audio),
-            SqlParam::Int64(settings.max_bytes),
+            SqlParam::Int32(settings.bucket_of(key)),
+            SqlParam::Int32(settings.buckets() as i32),
+            SqlParam::Int64(settings.bucket_bytes()),
             SqlParam::Int32(settings.ttl_seconds),
         ],
     )?;
@@ -163,7 +195,26 @@ mod tests {
         let platform = crate::testing::FakePlatform::with_vars(&[("tts_cache_max_bytes", "1000")]);
         let settings = CacheSettings::from_platform(&platform).unwrap();
         assert_eq!((settings.max_bytes, settings.ttl_seconds, settings.entry_limit()), (1000, DEFAULT_TTL_SECONDS, 1000));
+        assert_eq!((settings.buckets(), settings.bucket_of(&key(&parts("a")))), (1, 0));
         let off = crate::testing::FakePlatform::with_vars(&[("tts_cache_ttl_seconds", "0")]);
         assert!(!CacheSettings::from_platform(&off).unwrap().enabled());
+    }
+
+    #[test]
+    fn tts_cache_default_bound_is_split_and_entries_are_small() {
+        let settings = CacheSettings::from_platform(&crate::testing::FakePlatform::with_vars(&[])).unwrap();
+        assert_eq!(settings.buckets(), 12);
+        assert_eq!(settings.entry_limit(), 1024 * 1024);
+        assert!(settings.bucket_bytes() * settings.buckets() <= DEFAULT_MAX_BYTES);
+        assert!(settings.bucket_bytes() >= 8 * settings.entry_limit() as i64);
+        let mut seen = std::collections::HashSet::new();
+        for text in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"] {
+            let bucket = settings.bucket_of(&key(&parts(text)));
+            assert!((0..12).contains(&bucket));
+            seen.insert(bucket);
+        }
+        assert!(seen.len() > 4, "keys spread over the buckets: {seen:?}");
+        let huge = CacheSettings { max_bytes: i64::MAX, ..settings };
+        assert_eq!(huge.buckets(), MAX_BUCKETS);
     }
 }

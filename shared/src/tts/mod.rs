@@ -6,13 +6,21 @@
 //! answers in the requested voice (OpenAI's) are cached: an ElevenLabs stand-in would
 //! otherwise keep being served in the wrong voice after OpenAI recovers.
 //!
-//! Premium (`elevenlabs-tts-proxy`): charged through [`premium`] before the call,
+//! ElevenLabs stands in only while OpenAI is unavailable (timeouts, 5xx, 429 after the
+//! retries, a 200 that is not audio). A request OpenAI refused (4xx) is answered with a
+//! 502 and the browser fallback: passing it on would sell anyone the premium voice for
+//! free with a made-up voice or model. `voice` and `model` are checked against
+//! allowlists (`openai_tts_voices`, `openai_tts_models`) before anything is sent.
+//!
+//! Premium (`elevenlabs-tts-proxy`): an offered voice only ([`elevenlabs::check_voice`]),
+//! charged through [`premium`] before the call (quota, model price, mystic budget),
 //! refunded when ElevenLabs fails, audio streamed through by [`relay`].
 
 pub mod cache;
 pub mod premium;
 pub mod relay;
 
+use crate::auth::{self, AuthenticatedUser};
 use crate::elevenlabs::{self, ElevenLabs, Synthesis};
 use crate::openai::speech::SpeechRequest;
 use crate::openai::OpenAi;
@@ -20,13 +28,18 @@ use crate::upstream::UpstreamError;
 use crate::{config, ApiError, ApiResponse, Platform};
 
 use cache::{CacheSettings, KeyParts};
+use premium::{Charge, ModelSource};
 use relay::CacheFill;
-use premium::Charge;
 
 /// OpenAI's limit on `input`, in characters.
 pub const MAX_TEXT_CHARS: usize = 4096;
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini-tts";
 pub const DEFAULT_VOICE: &str = "alloy";
+/// OpenAI's speech voices, the default of `openai_tts_voices`.
+pub const DEFAULT_VOICES: &str = "alloy,ash,ballad,coral,echo,fable,nova,onyx,sage,shimmer,verse";
+/// OpenAI's speech models, the default of `openai_tts_models` (`openai_tts_model`, the
+/// operator's default, is always allowed).
+pub const DEFAULT_MODELS: &str = "gpt-4o-mini-tts,tts-1,tts-1-hd";
 
 /// OpenAI's `response_format`s and the content type each is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +123,43 @@ impl Speech {
     }
 }
 
+/// A list setting, or its default when unset.
+fn allowlist(platform: &dyn Platform, variable: &str, default: &str) -> Vec<String> {
+    let listed = config::list(platform, variable);
+    if listed.is_empty() {
+        default.split(',').map(str::to_string).collect()
+    } else {
+        listed
+    }
+}
+
+/// The OpenAI model for `speech`, after checking its voice and model against the
+/// allowlists: a 400 naming the allowed values, before any upstream call.
+pub fn checked_model(platform: &dyn Platform, speech: &Speech) -> Result<String, ApiError> {
+    let voices = allowlist(platform, "openai_tts_voices", DEFAULT_VOICES);
+    if !voices.iter().any(|v| v.eq_ignore_ascii_case(&speech.voice)) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("Field `voice` must be one of {}.", voices.join(", ")),
+        ));
+    }
+    let default_model = config::or_default(platform, "openai_tts_model", DEFAULT_MODEL);
+    match &speech.model {
+        None => Ok(default_model),
+        Some(model) => {
+            let models = allowlist(platform, "openai_tts_models", DEFAULT_MODELS);
+            if *model == default_model || models.contains(model) {
+                Ok(model.clone())
+            } else {
+                Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("Field `model` must be one of {}.", models.join(", ")),
+                ))
+            }
+        }
+    }
+}
+
 /// Why the client should speak locally.
 fn browser_fallback(reason: &'static str) -> ApiError {
     ApiError::service_unavailable(
@@ -120,15 +170,26 @@ fn browser_fallback(reason: &'static str) -> ApiError {
     .with_field("reason", reason)
 }
 
-/// The `tts` chain: cache, OpenAI, ElevenLabs, then the browser fallback.
-pub fn speak(platform: &dyn Platform, user_id: &str, speech: &Speech) -> Result<ApiResponse, ApiError> {
+/// OpenAI refused the request itself: no other provider is asked (see the module docs).
+fn rejected(status: u16) -> ApiError {
+    ApiError::bad_gateway(
+        "tts_rejected",
+        format!("The speech service refused this request (status {status}); use the browser's speech synthesis."),
+    )
+    .with_field("fallback", "browser")
+    .with_field("reason", "upstream_rejected")
+}
+
+/// The `tts` chain: cache, OpenAI, ElevenLabs (only while OpenAI is unavailable), then the
+/// browser fallback.
+pub fn speak(platform: &dyn Platform, user: &AuthenticatedUser, speech: &Speech) -> Result<ApiResponse, ApiError> {
+    let model = checked_model(platform, speech)?;
     let openai = OpenAi::from_platform(platform)?;
     let elevenlabs = ElevenLabs::from_platform(platform)?;
     if openai.is_none() && elevenlabs.is_none() {
         return Err(browser_fallback("not_configured"));
     }
     let settings = CacheSettings::from_platform(platform)?;
-    let model = speech.model.clone().unwrap_or_else(|| config::or_default(platform, "openai_tts_model", DEFAULT_MODEL));
     let key = cache::key(&KeyParts {
         text: &speech.text,
         voice: &speech.voice,
@@ -158,8 +219,9 @@ pub fn speak(platform: &dyn Platform, user_id: &str, speech: &Speech) -> Result<
     // A miss costs upstream money: it counts against the user's hourly AI quota (a hit
     // is free). Over the quota, or with the quota unreadable (database down: 503), the
     // client speaks locally, as when no provider answers.
-    crate::quota::take(platform, user_id, "tts").map_err(|e| {
-        if e.status == 429 || e.status == 503 {
+    // Anonymous sign-ins are refused here too (403), and told to speak locally.
+    crate::quota::take(platform, user, "tts").map_err(|e| {
+        if e.status == 429 || e.status == 503 || e.status == 403 {
             e.with_field("fallback", "browser")
         } else {
             e
@@ -180,6 +242,10 @@ pub fn speak(platform: &dyn Platform, user_id: &str, speech: &Speech) -> Result<
                 let fill = cache_usable.then(|| CacheFill::new(key, settings));
                 let response = relay::respond(platform, upstream, "openai", speech.format.content_type(), fill, None)?;
                 return Ok(response.with_header("x-tts-cache", "miss"));
+            }
+            Err(error @ UpstreamError::Rejected { status }) => {
+                platform.log(&format!("tts: openai {}", error.summary()));
+                return Err(rejected(status));
             }
             Err(error) => platform.log(&format!("tts: openai {}", error.summary())),
         }
@@ -211,8 +277,13 @@ pub struct PremiumSpeech {
     pub output_format: &'static str,
 }
 
-/// The premium voice: pay (or not, on mystic), call ElevenLabs, refund if it fails.
-pub fn speak_premium(platform: &dyn Platform, user_id: &str, speech: &PremiumSpeech) -> Result<ApiResponse, ApiError> {
+/// The premium voice: an offered voice and model, counted and paid for (tokens, or the
+/// mystic budget), then ElevenLabs; the charge is given back if it fails.
+pub fn speak_premium(
+    platform: &dyn Platform,
+    user: &AuthenticatedUser,
+    speech: &PremiumSpeech,
+) -> Result<ApiResponse, ApiError> {
     let Some(client) = ElevenLabs::from_platform(platform)? else {
         // Checked before charging: nobody pays for a voice that is not there.
         return Err(ApiError::service_unavailable(
@@ -221,12 +292,14 @@ pub fn speak_premium(platform: &dyn Platform, user_id: &str, speech: &PremiumSpe
         )
         .with_field("fallback", "browser"));
     };
+    auth::require_paid_access(platform, user)?;
+    elevenlabs::check_voice(platform, &speech.voice_id)?;
     let (_, content_type) = elevenlabs::output_format(speech.output_format)?;
-    let model_id = match &speech.model_id {
-        Some(model) => model.clone(),
-        None => elevenlabs::defaults(platform)?.1,
+    let (model_id, source) = match &speech.model_id {
+        Some(model) => (model.clone(), ModelSource::Client),
+        None => (elevenlabs::defaults(platform)?.1, ModelSource::Default),
     };
-    let charge = premium::charge(platform, user_id, speech.text.chars().count())?;
+    let charge = premium::charge(platform, &user.user_id, speech.text.chars().count(), &model_id, source)?;
     let synthesis = Synthesis {
         voice_id: speech.voice_id.clone(),
         text: speech.text.clone(),
@@ -234,15 +307,12 @@ pub fn speak_premium(platform: &dyn Platform, user_id: &str, speech: &PremiumSpe
         voice_settings: speech.voice_settings.clone(),
         output_format: speech.output_format,
     };
-    let refund = match &charge {
-        Charge::Free => None,
-        Charge::Paid { refund, .. } => Some(refund.clone()),
-    };
+    let refund = charge.refund().clone();
     match client.synthesize(&client.retrier(platform), &synthesis) {
         Ok(upstream) => {
-            let response = relay::respond(platform, upstream, "elevenlabs", content_type, None, refund)?;
+            let response = relay::respond(platform, upstream, "elevenlabs", content_type, None, Some(refund))?;
             Ok(match charge {
-                Charge::Free => response.with_header("x-tokens-charged", "0"),
+                Charge::Free { .. } => response.with_header("x-tokens-charged", "0"),
                 Charge::Paid { cost, balance, .. } => response
                     .with_header("x-tokens-charged", &cost.to_string())
                     .with_header("x-tokens-balance", &balance.to_string()),
@@ -250,9 +320,7 @@ pub fn speak_premium(platform: &dyn Platform, user_id: &str, speech: &PremiumSpe
         }
         Err(error) => {
             platform.log(&format!("elevenlabs-tts-proxy: elevenlabs {}", error.summary()));
-            if let Some(refund) = &refund {
-                premium::refund(platform, refund);
-            }
+            premium::refund(platform, &refund);
             Err(premium_upstream_error(&error))
         }
     }
@@ -284,7 +352,11 @@ mod tests {
     use crate::db::SqlValue;
     use crate::testing::FakePlatform;
 
-    const USER: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
+    const USER_ID: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
+
+    fn user() -> AuthenticatedUser {
+        AuthenticatedUser { user_id: USER_ID.into(), email: None, role: "authenticated".into(), is_anonymous: false }
+    }
     const QUOTA_GRANTED: &str = r#"{"allowed":true,"limit":30,"remaining":29,"reset_after":600}"#;
 
     fn quota_granted(platform: &FakePlatform) {
@@ -315,7 +387,7 @@ mod tests {
     #[test]
     fn tts_no_keys_means_browser_fallback() {
         let platform = FakePlatform::with_vars(&[]);
-        let error = speak(&platform, USER, &speech()).err().expect("fallback");
+        let error = speak(&platform, &user(), &speech()).err().expect("fallback");
         assert_eq!((error.status, error.extra["fallback"].as_str()), (503, Some("browser")));
         assert!(platform.sent.borrow().is_empty() && platform.queries.borrow().is_empty());
     }
@@ -332,7 +404,7 @@ mod tests {
         quota_granted(&platform);
         platform.push_upstream(500, &[], b"sk-x leaked?");
         platform.push_upstream(200, &[], b"mp3 audio");
-        let response = speak(&platform, USER, &speech()).unwrap();
+        let response = speak(&platform, &user(), &speech()).unwrap();
         assert_eq!(response.header("x-tts-provider"), Some("elevenlabs"));
         assert_eq!(response.header("content-type"), Some("audio/mpeg"));
         assert_eq!(response.body_bytes(), Some(&b"mp3 audio"[..]));
@@ -343,23 +415,60 @@ mod tests {
     }
 
     #[test]
+    fn tts_a_request_openai_refused_goes_to_nobody_else() {
+        let platform = FakePlatform::with_vars(&[
+            ("openai_api_key", "sk-x"),
+            ("elevenlabs_api_key", "xi-x"),
+            ("openai_tts_voices", "alloy,madeup"),
+        ]);
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
+        quota_granted(&platform);
+        platform.push_upstream(400, &[], b"{\"error\":\"unknown voice\"}");
+        let speech = Speech { voice: "madeup".into(), ..speech() };
+        let error = speak(&platform, &user(), &speech).err().expect("refused");
+        assert_eq!((error.status, error.code, error.extra["fallback"].as_str()), (502, "tts_rejected", Some("browser")));
+        assert_eq!(platform.sent.borrow().len(), 1, "ElevenLabs is not asked");
+    }
+
+    #[test]
+    fn tts_voice_and_model_come_from_allowlists() {
+        let platform = FakePlatform::with_vars(&[("openai_api_key", "sk-x"), ("openai_tts_model", "my-tts")]);
+        let ok = |voice: &str, model: Option<&str>| {
+            let speech = Speech { voice: voice.into(), model: model.map(str::to_string), ..speech() };
+            checked_model(&platform, &speech).map_err(|e| e.status)
+        };
+        assert_eq!(ok("nova", None), Ok("my-tts".to_string()));
+        assert_eq!(ok("nova", Some("my-tts")), Ok("my-tts".to_string()));
+        assert_eq!(ok("nova", Some("tts-1-hd")), Ok("tts-1-hd".to_string()));
+        assert_eq!(ok("rachel", None), Err(400));
+        assert_eq!(ok("nova", Some("gpt-5-audio")), Err(400));
+        let error = speak(&platform, &user(), &Speech { voice: "rachel".into(), ..speech() }).err().unwrap();
+        assert_eq!(error.status, 400);
+        assert!(platform.sent.borrow().is_empty() && platform.queries.borrow().is_empty());
+    }
+
+    #[test]
     fn tts_openai_answer_fills_the_cache() {
         let platform = FakePlatform::with_vars(&[("openai_api_key", "sk-x")]);
         platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
         quota_granted(&platform);
         platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(br#"{"stored":true}"#.to_vec())]]));
         platform.push_upstream(200, &[], b"OggS...");
-        let response = speak(&platform, USER, &speech()).unwrap();
+        let response = speak(&platform, &user(), &speech()).unwrap();
         assert_eq!(response.header("content-type"), Some("audio/ogg"));
         let queries = platform.queries.borrow();
         assert!(queries[1].0.contains("ai_quota_take"));
-        assert!(queries[2].0.contains("tts_cache_put"));
+        assert!(queries[2].0.contains("tts_cache_store"));
         assert_eq!(queries[2].1[3], crate::db::SqlParam::Bytes(b"OggS...".to_vec()));
     }
 
     #[test]
     fn tts_premium_refunds_when_the_upstream_fails() {
-        let platform = FakePlatform::with_vars(&[("elevenlabs_api_key", "xi-x"), ("elevenlabs_max_attempts", "1")]);
+        let platform = FakePlatform::with_vars(&[
+            ("elevenlabs_api_key", "xi-x"),
+            ("elevenlabs_max_attempts", "1"),
+            ("elevenlabs_voice_ids", "abc"),
+        ]);
         let json = |s: &str| Ok(vec![vec![SqlValue::Json(s.as_bytes().to_vec())]]);
         platform.db_answers.borrow_mut().push_back(json(r#"{"ok":true,"charged":true,"cost":1,"balance":4}"#));
         platform.db_answers.borrow_mut().push_back(json(r#"{"ok":true,"refunded":1,"balance":5}"#));
@@ -371,7 +480,7 @@ mod tests {
             voice_settings: None,
             output_format: elevenlabs::DEFAULT_OUTPUT_FORMAT,
         };
-        let error = speak_premium(&platform, "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34", &premium).err().expect("error");
+        let error = speak_premium(&platform, &user(), &premium).err().expect("error");
         assert_eq!(error.code, "elevenlabs_unavailable");
         let queries = platform.queries.borrow();
         assert!(queries[0].0.contains("premium_tts_charge") && queries[1].0.contains("refund_spend"));

@@ -67,7 +67,7 @@ impl AudioRelay {
                     {
                         // The client has its audio; a cache that could not be filled only
                         // costs a later upstream call.
-                        let _ = crate::db::report(platform, "tts_cache_put", error);
+                        let _ = crate::db::report(platform, "tts_cache_store", error);
                     }
                 }
                 None

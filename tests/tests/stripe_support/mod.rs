@@ -4,13 +4,15 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use hmac::{Hmac, Mac};
 use libero_tests::testing::{Runtime, TestApp};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
-use wiremock::MockServer;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const SECRET_KEY: &str = "sk_test_fake-libero-key-never-logged";
 pub const WEBHOOK_SECRET: &str = "whsec_primary_test_secret";
@@ -23,6 +25,81 @@ pub const PRICES: [(&str, &str); 4] = [
     ("stripe_price_tokens_medium", "price_1TokensMedium"),
     ("stripe_price_tokens_large", "price_1TokensLarge"),
 ];
+
+/// What each price costs at the fake Stripe (smallest unit, USD), like the design's
+/// price labels.
+pub const AMOUNTS: [(&str, i64); 4] =
+    [("mystic-subscription", 999), ("tokens-small", 499), ("tokens-medium", 999), ("tokens-large", 1999)];
+
+pub fn amount_of(product: &str) -> i64 {
+    AMOUNTS.iter().find(|(p, _)| *p == product).map(|(_, a)| *a).unwrap_or(999)
+}
+
+pub fn price_of(product: &str) -> &'static str {
+    let variable = format!("stripe_price_{}", product.replace('-', "_"));
+    PRICES.iter().find(|(v, _)| **v == variable).map(|(_, p)| *p).unwrap_or("price_1Unknown")
+}
+
+/// The line items the fake Stripe answers for each Checkout Session made by
+/// [`checkout_session`] (the catalog's price, quantity 1); tests change them with
+/// [`set_line_items`] to play a session that was not sold at the catalog's price.
+static LINE_ITEMS: LazyLock<Mutex<HashMap<String, Value>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A line-items list as `GET /v1/checkout/sessions/:id/line_items` returns it.
+pub fn line_items(price: &str, unit_amount: i64, currency: &str, quantity: i64) -> Value {
+    json!({
+        "object": "list",
+        "data": [{
+            "id": random_id("li_1Q"),
+            "object": "item",
+            "amount_discount": 0,
+            "amount_subtotal": unit_amount * quantity,
+            "amount_tax": 0,
+            "amount_total": unit_amount * quantity,
+            "currency": currency,
+            "description": "tokens",
+            "price": { "id": price, "object": "price", "active": true, "currency": currency,
+                       "type": "one_time", "unit_amount": unit_amount, "product": "prod_Rtest" },
+            "quantity": quantity,
+        }],
+        "has_more": false,
+        "url": "/v1/checkout/sessions/cs_test/line_items",
+    })
+}
+
+pub fn set_line_items(session_id: &str, items: Value) {
+    LINE_ITEMS.lock().unwrap().insert(session_id.to_string(), items);
+}
+
+struct LineItems;
+
+impl Respond for LineItems {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let id = request.url.path().trim_start_matches("/v1/checkout/sessions/").trim_end_matches("/line_items");
+        match LINE_ITEMS.lock().unwrap().get(id) {
+            Some(items) => ResponseTemplate::new(200).set_body_json(items),
+            None => ResponseTemplate::new(404).set_body_json(json!({"error": {"type": "invalid_request_error",
+                "code": "resource_missing", "message": format!("No such checkout.session: '{id}'")}})),
+        }
+    }
+}
+
+/// Serves the line items of the sessions [`checkout_session`] made, on `stripe` (the
+/// webhook re-reads them before it credits a payment).
+pub async fn serve_line_items(stripe: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1/checkout/sessions/[A-Za-z0-9_]+/line_items$"))
+        .respond_with(LineItems)
+        .mount(stripe)
+        .await;
+}
+
+/// A fake Stripe that knows only the sessions' line items.
+pub async fn fake_stripe() -> MockServer {
+    let stripe = MockServer::start().await;
+    serve_line_items(&stripe).await;
+    stripe
+}
 
 /// The app on a fresh database, with Stripe pointed at a
 /// fake on loopback.
@@ -43,7 +120,7 @@ pub async fn spawn() -> StripeApp {
 }
 
 pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) -> StripeApp {
-    let stripe = MockServer::start().await;
+    let stripe = fake_stripe().await;
     let stripe_uri = stripe.uri();
     let app = TestApp::spawn_with(|variables| {
         for (k, v) in [
@@ -122,18 +199,21 @@ pub fn event(event_type: &str, object: Value) -> Value {
     })
 }
 
-/// A Checkout Session made by our checkout for `product`.
+/// A Checkout Session made by our checkout for `product`, paid at the catalog's price
+/// (its line items are served by [`serve_line_items`]).
 pub fn checkout_session(user: Uuid, product: &str, mode: &str, payment_status: &str) -> Value {
     let id = random_id("cs_test_a1");
     let subscription = mode == "subscription";
+    let amount = amount_of(product);
+    set_line_items(&id, line_items(price_of(product), amount, "usd", 1));
     json!({
         "id": id,
         "object": "checkout.session",
         "adaptive_pricing": { "enabled": false },
         "after_expiration": null,
         "allow_promotion_codes": null,
-        "amount_subtotal": 999,
-        "amount_total": 999,
+        "amount_subtotal": amount,
+        "amount_total": amount,
         "automatic_tax": { "enabled": false, "liability": null, "provider": null, "status": null },
         "billing_address_collection": null,
         "cancel_url": "http://localhost:5173/?checkout=cancel",
@@ -257,6 +337,26 @@ pub fn refunded_charge(charge_id: &str, payment_intent: &str, amount: i64, refun
         "payment_intent": payment_intent,
         "refunded": refunded >= amount,
         "status": "succeeded",
+    })
+}
+
+/// A dispute on a charge, as `charge.dispute.*` events carry it.
+pub fn dispute(dispute_id: &str, charge_id: &str, payment_intent: &str, amount: i64, status: &str) -> Value {
+    json!({
+        "id": dispute_id,
+        "object": "dispute",
+        "amount": amount,
+        "balance_transactions": [],
+        "charge": charge_id,
+        "created": now(),
+        "currency": "usd",
+        "evidence_details": { "due_by": now() + 7 * 86_400, "has_evidence": false, "past_due": false, "submission_count": 0 },
+        "is_charge_refundable": false,
+        "livemode": false,
+        "metadata": {},
+        "payment_intent": payment_intent,
+        "reason": "fraudulent",
+        "status": status,
     })
 }
 
