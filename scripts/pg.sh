@@ -2,6 +2,7 @@
 # A throwaway Postgres for development and tests, under .local/pg (git-ignored).
 #   scripts/pg.sh start   start it (creating it the first time) and print its URL
 #   scripts/pg.sh stop    stop it
+#   scripts/pg.sh remove  stop it and delete its data
 #   scripts/pg.sh url     print its URL
 # Postgres refuses to run as root, so as root the cluster runs as the `postgres` user
 # (created with Debian's postgresql package, installed here when missing). That user
@@ -11,12 +12,20 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$root/.local/pg"
-url_file="$dir/url"
 if [ "$(id -u)" -eq 0 ]; then
-  data="/var/tmp/libero-pg/$(printf '%s' "$root" | sha256sum | cut -c1-16)/data"
+  state="/var/tmp/libero-pg/$(printf '%s' "$root" | sha256sum | cut -c1-16)"
 else
-  data="$dir/data"
+  state="$dir"
 fi
+data="$state/data"
+# The URL lives beside the data (a clone deleted and made again at the same path finds
+# its still-running cluster) and is copied to .local/pg/url, where the tests look.
+url_file="$state/url"
+publish_url() {
+  mkdir -p "$dir"
+  [ "$url_file" = "$dir/url" ] || cp "$url_file" "$dir/url"
+  cat "$url_file"
+}
 
 find_bindir() {
   if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
@@ -47,9 +56,14 @@ start() {
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
   fi
   mkdir -p "$dir"
-  if [ -f "$url_file" ] && [ -f "$data/postmaster.pid" ] && \
-     "$bindir/pg_isready" -q -d "$(cat "$url_file")" 2>/dev/null; then
-    cat "$url_file"; return
+  # Already running (this clone, or an earlier clone at the same path): its port is
+  # line 4 of postmaster.pid.
+  if [ -f "$data/postmaster.pid" ]; then
+    running_port="$(sed -n 4p "$data/postmaster.pid" 2>/dev/null || true)"
+    if [ -n "$running_port" ] && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$running_port" 2>/dev/null; then
+      echo "postgres://postgres@127.0.0.1:$running_port/postgres" > "$url_file"
+      publish_url; return
+    fi
   fi
   if [ ! -f "$data/PG_VERSION" ]; then
     rm -rf "$data"; mkdir -p "$data"
@@ -63,18 +77,19 @@ start() {
     -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=1000 \
         -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null
   echo "postgres://postgres@127.0.0.1:$port/postgres" > "$url_file"
-  cat "$url_file"
+  publish_url
 }
 
 stop() {
   bindir="$(find_bindir)"
   [ -f "$data/postmaster.pid" ] && as_owner "$bindir/pg_ctl" -D "$data" -m fast stop >/dev/null || true
-  rm -f "$url_file"
+  rm -f "$url_file" "$dir/url"
 }
 
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
-  url) cat "$url_file" ;;
-  *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+  remove) stop; rm -rf "$data" "$url_file"; rmdir "$state" 2>/dev/null || true ;;
+  url) if [ -f "$url_file" ]; then publish_url; else echo "pg.sh: not started (scripts/pg.sh start)" >&2; exit 1; fi ;;
+  *) echo "usage: $0 start|stop|remove|url" >&2; exit 2 ;;
 esac

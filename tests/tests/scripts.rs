@@ -14,7 +14,7 @@ fn pg_sh_starts_a_cluster_from_a_private_clone() {
     let pg = scripts.join("pg.sh");
 
     let start = Command::new(&pg).arg("start").output().unwrap();
-    let stop = || Command::new(&pg).arg("stop").output().unwrap();
+    let stop = || Command::new(&pg).arg("remove").output().unwrap();
     if !start.status.success() {
         stop();
         panic!("pg.sh start from a 0700 clone failed: {}", String::from_utf8_lossy(&start.stderr));
@@ -24,5 +24,5 @@ fn pg_sh_starts_a_cluster_from_a_private_clone() {
     let stopped = stop();
     let answer = psql.expect("psql runs");
     assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "42", "{}", String::from_utf8_lossy(&answer.stderr));
-    assert!(stopped.status.success(), "pg.sh stop: {}", String::from_utf8_lossy(&stopped.stderr));
+    assert!(stopped.status.success(), "pg.sh remove: {}", String::from_utf8_lossy(&stopped.stderr));
 }
