@@ -15,6 +15,7 @@ pub mod economy;
 pub mod elevenlabs;
 pub mod guidance;
 pub mod http;
+pub mod insights;
 pub mod openai;
 pub mod platform;
 pub mod quota;

@@ -1,0 +1,92 @@
+//! A user's insights: their totals, the last 30 local days, achievements, and their
+//! percentile among active users. Every figure is computed by `user_insights` in
+//! `migrations/20250106400000_insights.sql` (one statement); the same per-user figures are
+//! the `insights_*` views a supabase-js client can read. The comparison comes from a
+//! histogram that `insights_refresh()` rebuilds on a schedule; the answer says how old it
+//! is.
+
+use serde_json::{Map, Value};
+
+use crate::db::{self, SqlParam};
+use crate::{config, ApiError, Platform};
+
+/// Fewer active users than this and the comparison is withheld: with a handful of users a
+/// percentile says too much about the others.
+pub const MIN_POPULATION_VARIABLE: &str = "insights_min_population";
+pub const DEFAULT_MIN_POPULATION: i32 = 20;
+
+/// The insights document for `user_id` (the endpoint's 200 body).
+pub fn for_user(platform: &dyn Platform, user_id: &str) -> Result<Map<String, Value>, ApiError> {
+    let min_population = config::parsed(platform, MIN_POPULATION_VARIABLE, DEFAULT_MIN_POPULATION)?;
+    if min_population < 0 {
+        return Err(ApiError::new(
+            500,
+            "config_invalid",
+            format!("The server setting `{MIN_POPULATION_VARIABLE}` has an invalid value."),
+        ));
+    }
+    let result = db::query_json(
+        platform,
+        "select public.user_insights($1::uuid, $2)",
+        &[SqlParam::Uuid(user_id.to_string()), SqlParam::Int32(min_population)],
+    )
+    .map_err(|e| db::report(platform, "user_insights", e))?;
+
+    let Value::Object(mut document) = result else {
+        return Err(ApiError::internal("The insights could not be read."));
+    };
+    match document.remove("outcome").as_ref().and_then(Value::as_str) {
+        Some("ok") => Ok(document),
+        Some("unknown_user") => Err(ApiError::not_found(
+            "user_not_found",
+            "The signed-in user has no account in this project.",
+        )),
+        _ => Err(ApiError::internal("The insights could not be read.")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::SqlValue;
+    use crate::testing::FakePlatform;
+
+    const USER: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
+
+    fn answering(vars: &[(&str, &str)], json: &str) -> FakePlatform {
+        let platform = FakePlatform::with_vars(vars);
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(json.as_bytes().to_vec())]]));
+        platform
+    }
+
+    #[test]
+    fn the_threshold_goes_to_the_database_and_the_outcome_is_dropped() {
+        let platform = answering(&[("insights_min_population", "5")], r#"{"outcome":"ok","totals":{"sessions":0}}"#);
+        let document = for_user(&platform, USER).unwrap();
+        assert_eq!(Value::Object(document), serde_json::json!({"totals": {"sessions": 0}}));
+        let queries = platform.queries.borrow();
+        assert_eq!(queries.len(), 1, "one statement per request");
+        assert_eq!(queries[0].1, vec![SqlParam::Uuid(USER.into()), SqlParam::Int32(5)]);
+    }
+
+    #[test]
+    fn the_threshold_defaults_and_a_bad_one_is_a_config_error_before_any_query() {
+        let platform = answering(&[], r#"{"outcome":"ok"}"#);
+        for_user(&platform, USER).unwrap();
+        assert_eq!(platform.queries.borrow()[0].1[1], SqlParam::Int32(DEFAULT_MIN_POPULATION));
+
+        for bad in ["-1", "twenty"] {
+            let platform = answering(&[("insights_min_population", bad)], r#"{"outcome":"ok"}"#);
+            let error = for_user(&platform, USER).unwrap_err();
+            assert_eq!((error.status, error.code), (500, "config_invalid"), "{bad}");
+            assert!(platform.queries.borrow().is_empty());
+        }
+    }
+
+    #[test]
+    fn an_unknown_user_is_a_404() {
+        let platform = answering(&[], r#"{"outcome":"unknown_user"}"#);
+        let error = for_user(&platform, USER).unwrap_err();
+        assert_eq!((error.status, error.code), (404, "user_not_found"));
+    }
+}
