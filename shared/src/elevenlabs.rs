@@ -168,6 +168,26 @@ impl ElevenLabs {
             .json_body(&body);
         retrier.send(&request).and_then(crate::upstream::audio_only)
     }
+
+    /// Speech to text (`POST <base>/v1/speech-to-text`, issue 15): a multipart body built
+    /// by [`crate::transcribe`] (`content_type` carries its boundary); a 2xx answer comes
+    /// back with its JSON body unread.
+    pub fn speech_to_text(
+        &self,
+        retrier: &Retrier,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<OutboundResponse, UpstreamError> {
+        let base = self.base_url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        let mut request = OutboundRequest::new("POST", format!("{base}/v1/speech-to-text"))
+            .header("xi-api-key", self.api_key.clone())
+            .header("accept", "application/json")
+            .header("content-type", content_type)
+            .header("content-length", body.len().to_string());
+        request.body = body;
+        retrier.send(&request)
+    }
 }
 
 /// The voice and model the `tts` fallback uses (`elevenlabs_default_voice_id`,

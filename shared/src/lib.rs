@@ -24,6 +24,7 @@ pub mod upstream;
 pub mod validate;
 pub mod stripe;
 pub mod stripe_signature;
+pub mod transcribe;
 pub mod tts;
 
 #[cfg(target_arch = "wasm32")]

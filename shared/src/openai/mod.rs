@@ -7,6 +7,7 @@
 
 mod relay;
 pub mod speech;
+pub mod transcription;
 mod sse;
 
 use serde::Serialize;
