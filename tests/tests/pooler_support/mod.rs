@@ -1,0 +1,188 @@
+//! PgBouncer in front of the test cluster, for `pooler.rs`: one process per test, on a
+//! free loopback port, its ini and userlist in a temporary directory.
+//!
+//! PgBouncer comes from the OS (`apt-get install pgbouncer`; `.ci/run` installs it). Where
+//! it is missing a test skips with one line saying so, except in CI (`CI` set), where it
+//! fails: a pooler test that silently passes without a pooler proves nothing.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `pgbouncer` binary: `PGBOUNCER`, `PATH`, then Debian's `/usr/sbin/pgbouncer`.
+pub fn find_pgbouncer() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PGBOUNCER").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join("pgbouncer")).find(|p| p.is_file())
+}
+
+/// The binary, or `None` after a line saying the test is skipped. In CI a missing
+/// PgBouncer fails the test instead.
+pub fn pgbouncer_or_skip() -> Option<PathBuf> {
+    let found = find_pgbouncer();
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("pgbouncer not found, and CI is set: .ci/run installs it (apt-get install pgbouncer)");
+        }
+        eprintln!("skipped: pgbouncer not found (apt-get install pgbouncer, or set PGBOUNCER)");
+    }
+    found
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// PgBouncer's `pool_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+/// A running PgBouncer, killed when dropped.
+pub struct Pgbouncer {
+    pub port: u16,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pgbouncer {
+    /// PgBouncer in `mode` in front of the Postgres at `upstream` (any database on it),
+    /// trusting the upstream's user, with these `[pgbouncer]` settings on top of the
+    /// defaults below (e.g. `default_pool_size`).
+    pub async fn start(binary: &std::path::Path, upstream: &str, mode: PoolMode, settings: &[(&str, &str)]) -> Pgbouncer {
+        let config: tokio_postgres::Config = upstream.parse().expect("a Postgres URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres").to_string();
+
+        let dir = tempfile::Builder::new().prefix("libero-pgbouncer").tempdir().expect("a temp dir");
+        // PgBouncer refuses to run as root: it switches to `user` (below), which must be
+        // able to read the files after the switch (a reload re-reads them).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let listen = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
+        let mut ini: Vec<(String, String)> = [
+            ("listen_addr", "127.0.0.1".to_string()),
+            ("listen_port", listen.to_string()),
+            // No Unix socket: nothing to clean up, nothing shared between tests.
+            ("unix_socket_dir", String::new()),
+            ("auth_type", "trust".to_string()),
+            ("auth_file", dir.path().join("userlist.txt").display().to_string()),
+            ("pool_mode", match mode { PoolMode::Session => "session", PoolMode::Transaction => "transaction" }.to_string()),
+            ("default_pool_size", "20".to_string()),
+            ("max_client_conn", "1000".to_string()),
+            ("ignore_startup_parameters", "extra_float_digits".to_string()),
+            ("log_connections", "0".to_string()),
+            ("log_disconnections", "0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in settings {
+            ini.retain(|(key, _)| key != k);
+            ini.push((k.to_string(), v.to_string()));
+        }
+        if is_root() {
+            ini.push(("user".into(), "postgres".into()));
+        }
+        let mut text = format!("[databases]\n* = host={host} port={port}\n\n[pgbouncer]\n");
+        for (k, v) in &ini {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        let ini_path = dir.path().join("pgbouncer.ini");
+        std::fs::write(&ini_path, text).expect("writing pgbouncer.ini");
+        std::fs::write(dir.path().join("userlist.txt"), format!("\"{user}\" \"\"\n")).expect("writing userlist.txt");
+
+        let mut child = Command::new(binary)
+            .arg(&ini_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting pgbouncer");
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let echo = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if echo {
+                        eprintln!("[pgbouncer] {line}");
+                    }
+                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        let started = Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", listen)).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!("pgbouncer exited ({status}):\n{}", logs.lock().unwrap().join("\n"));
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "pgbouncer did not listen on {listen}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Pgbouncer { port: listen, child, logs, _dir: dir }
+    }
+
+    /// `url` (an address of the upstream cluster) through this PgBouncer: same user and
+    /// database, PgBouncer's port.
+    pub fn url_for(&self, url: &str) -> String {
+        let config: tokio_postgres::Config = url.parse().expect("a Postgres URL");
+        let user = config.get_user().unwrap_or("postgres");
+        let dbname = config.get_dbname().unwrap_or("postgres");
+        format!("postgres://{user}@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// Points an app's `database_url` (and `db_host`, for `allowed_outbound_hosts`) at
+    /// this PgBouncer, keeping the database the app was given.
+    pub fn route(&self, variables: &mut HashMap<String, String>) {
+        let url = self.url_for(&variables["database_url"]);
+        variables.insert("database_url".into(), url);
+        variables.insert("db_host".into(), format!("127.0.0.1:{}", self.port));
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
