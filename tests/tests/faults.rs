@@ -5,12 +5,23 @@
 //! | fault                        | where                                   | expected answer                                   |
 //! |------------------------------|-----------------------------------------|---------------------------------------------------|
 //! | Postgres stopped             | all 8 endpoints (+ portal)              | 503 `database_unavailable` + Retry-After (products: 200, no database; tts: 503 browser fallback, its cache skipped) |
-//! | Postgres stopped mid-burst   | session-complete, stripe-webhook        | 200 or 503 each; after restart the retries apply exactly once |
-//! | Stripe hang/500/429/bad JSON/truncated/close | stripe-checkout, stripe-webhook | 502 `stripe_*`, nothing written, < 25 s  |
-//! | OpenAI same six              | generate-script, ai-hypnosis            | 200 `source: fallback` within the deadline        |
+//! | Postgres crashed mid-burst   | session-complete (12 held in the database), stripe-webhook | 503 each; after restart the retries apply exactly once |
+//! | Stripe hang/500/429/bad JSON/truncated/close | stripe-checkout, stripe-webhook | 502 `stripe_*`, nothing written; < 25 s for a hang (two 10 s attempts), < 5 s otherwise |
+//! | OpenAI same six              | generate-script, ai-hypnosis            | 200 `source: fallback` (< 5 s: a 2 s deadline, plus slack for a loaded machine) |
 //! | OpenAI same six              | chatgpt-chat                            | 503 `ai_unavailable` + Retry-After                |
-//! | OpenAI same six              | tts (OpenAI only)                       | 503 `tts_unavailable`, `fallback: browser` (a 200 upstream that is cut or not audio: 200, passed through) |
-//! | ElevenLabs same six          | elevenlabs-tts-proxy                    | 502/503, the debit refunded                       |
+//! | OpenAI same six              | tts (OpenAI only)                       | 503 `tts_unavailable`, `fallback: browser`; a truncated *audio* stream: 200 cut short, not cached |
+//! | ElevenLabs same six          | elevenlabs-tts-proxy, tts               | 503, the debit refunded; a truncated audio stream: 200 cut short, the debit refunded |
+//!
+//! On the voice paths (`/v1/audio/speech`, `/v1/text-to-speech/…`) the truncated answer is
+//! audio (`audio/mpeg`), so a stream breaking off is what is tested there; malformed JSON
+//! stays JSON, which a voice endpoint refuses as not audio. Every case must reach its
+//! upstream: the requests each fault saw are counted and checked (the full number of
+//! attempts where the retry policy retries).
+//!
+//! The crash test needs the Postgres binaries (`initdb`, `pg_ctl`) for a cluster of its
+//! own. Without them it fails, saying how to get them (`scripts/pg.sh` installs Debian's
+//! `postgresql`); `LIBERO_SKIP_PG_CRASH=1` skips it on purpose, except in CI (`CI` set),
+//! where it always runs.
 //!
 //! Already covered elsewhere and not repeated: OpenAI 429 with Retry-After, 500/503
 //! retries, slow answers cut by the deadline and invalid model output (ai_text.rs);
@@ -78,32 +89,65 @@ struct Cluster {
     bindir: PathBuf,
     data: PathBuf,
     port: u16,
+    /// The `postgres` role's password: TCP logins need it (scram), so the secret-leak
+    /// check on every response and log line has a password to look for.
+    password: String,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// None when this machine has no Postgres binaries (DATABASE_URL names a server
-    /// elsewhere); scripts/test.sh installs them when it starts its own cluster.
+    /// A new cluster (not started). Without Postgres binaries the test fails, unless
+    /// `LIBERO_SKIP_PG_CRASH=1` asks to skip it (None), which CI (`CI` set) never does.
     fn init() -> Option<Cluster> {
         let Some(bindir) = pg_bindir() else {
-            eprintln!("SKIPPED: no Postgres binaries (initdb) here to run a cluster of the test's own; run scripts/pg.sh once");
-            return None;
+            let skip = std::env::var_os("LIBERO_SKIP_PG_CRASH").is_some_and(|v| v == "1");
+            if skip && std::env::var_os("CI").is_none() {
+                eprintln!("SKIPPED on request (LIBERO_SKIP_PG_CRASH=1): no Postgres binaries here");
+                return None;
+            }
+            panic!(
+                "no Postgres binaries (initdb, pg_ctl) on this machine: this test crashes a cluster of its own. \
+                 Run scripts/pg.sh once (it installs Debian's postgresql), or set LIBERO_SKIP_PG_CRASH=1 \
+                 to skip it outside CI"
+            );
         };
         let dir = tempfile::Builder::new().prefix("libero-faults-pg").tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
+        let password: String = {
+            use rand::Rng;
+            hex::encode(rand::rng().random::<[u8; 16]>())
+        };
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n")).unwrap();
         if is_root() {
             let status = Command::new("chown").arg("-R").arg("postgres").arg(dir.path()).status().unwrap();
             assert!(status.success());
         }
-        let out = as_owner(&bindir.join("initdb"), &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N"]);
+        let out = as_owner(
+            &bindir.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &format!("--pwfile={}", pwfile.display()),
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ],
+        );
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_file(&pwfile);
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Some(Cluster { bindir, data, port, _dir: dir })
+        Some(Cluster { bindir, data, port, password, _dir: dir })
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://postgres:{}@127.0.0.1:{}/postgres", self.password, self.port)
     }
 
     fn start(&self) {
@@ -225,14 +269,41 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
             body
         })
         .collect();
+    // The crash must hit the burst, not follow it: every completion first locks the
+    // user's profile, so the test holds that lock and kills the cluster only once all 12
+    // statements are waiting for it in the database.
+    let holder = app.db_client().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute("SELECT 1 FROM public.user_profiles WHERE id = $1 FOR UPDATE", &[&user]).await.unwrap();
     let sends = burst.iter().map(|b| post_json(&app, "/functions/v1/session-complete", Some(&token), b));
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let watcher = app.db_client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let in_flight = loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%complete_session%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == burst.len() as i64 {
+                break waiting;
+            }
+            assert!(Instant::now() < deadline, "only {waiting} of {} completions reached the database", burst.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         cluster.stop();
+        in_flight
     };
-    let (answers, ()) = tokio::join!(join_all(sends), killer);
-    for (status, _, body) in &answers {
-        assert!(*status == 200 || *status == 503, "mid-burst answer {status}: {body}");
+    let (answers, in_flight) = tokio::join!(join_all(sends), killer);
+    drop(holder);
+    println!("crash: {in_flight} completions in flight in the database when it was killed");
+    for (status, headers, body) in &answers {
+        assert_eq!((*status, body["error"]["code"].as_str()), (503, Some("database_unavailable")), "mid-burst answer: {body}");
+        assert!(headers.get("retry-after").is_some(), "mid-burst 503 without Retry-After");
     }
 
     // Down: every endpoint answers a clear 503 (a webhook 5xx makes Stripe retry).
@@ -344,17 +415,34 @@ enum Fault {
     /// Accepts and never answers.
     Hang,
     Status500,
-    /// 429 with `Retry-After: 1`.
+    /// 429 with `Retry-After: 1` (beyond the 200 ms wait the tests allow: no retry).
     Status429,
-    /// 200 `application/json` that is not JSON.
+    /// 200 `application/json` that is not JSON (on a voice path too: not audio).
     MalformedJson,
-    /// 200 promising 4096 bytes, sending 16, then closing.
+    /// 200 promising 4096 bytes, sending 16, then closing: JSON, or on a voice path
+    /// `audio/mpeg` (a speech stream that breaks off).
     Truncated,
     /// Reads the request and closes without a word.
     Close,
 }
 
 const FAULTS: [Fault; 6] = [Fault::Hang, Fault::Status500, Fault::Status429, Fault::MalformedJson, Fault::Truncated, Fault::Close];
+
+/// The retry policy's attempts for this fault: `fast_retries` allows 2 to OpenAI and
+/// ElevenLabs; a Retry-After longer than its longest wait is not retried; a 200 is an
+/// answer (retried or not depending on the endpoint: 1 or 2).
+fn expected_attempts(fault: Fault) -> std::ops::RangeInclusive<usize> {
+    match fault {
+        Fault::Hang | Fault::Status500 | Fault::Close => 2..=2,
+        Fault::Status429 => 1..=1,
+        Fault::MalformedJson | Fault::Truncated => 1..=2,
+    }
+}
+
+/// The speech endpoints of OpenAI and ElevenLabs: there a 200 carries audio.
+fn is_speech(path: &str) -> bool {
+    path.starts_with("/v1/audio/speech") || path.starts_with("/v1/text-to-speech/")
+}
 
 /// A loopback upstream that answers every request with `fault`; returns its base URL
 /// and a count of the requests it saw.
@@ -368,11 +456,11 @@ async fn faulty_upstream(fault: Fault) -> (String, Arc<AtomicUsize>) {
             let Ok((mut stream, _)) = listener.accept().await else { return };
             let counter = counter.clone();
             tokio::spawn(async move {
-                read_request(&mut stream).await;
+                let path = read_request(&mut stream).await;
                 counter.fetch_add(1, Ordering::SeqCst);
                 // Stripe relays its own error messages (by design); it must mask our key.
                 let json_error = format!(r#"{{"error":{{"type":"api_error","message":"{UPSTREAM_SECRET} Invalid API Key provided: {SECRET_KEY}"}}}}"#);
-                let reply = match fault {
+                let reply: Vec<u8> = match fault {
                     Fault::Hang => {
                         tokio::time::sleep(Duration::from_secs(120)).await;
                         return;
@@ -380,21 +468,30 @@ async fn faulty_upstream(fault: Fault) -> (String, Arc<AtomicUsize>) {
                     Fault::Status500 => format!(
                         "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json_error}",
                         json_error.len()
-                    ),
+                    )
+                    .into_bytes(),
                     Fault::Status429 => format!(
                         "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json_error}",
                         json_error.len()
-                    ),
+                    )
+                    .into_bytes(),
                     Fault::MalformedJson => {
                         let body = format!(r#"{{"id": "x", "oops {UPSTREAM_SECRET}"#);
                         format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                            .into_bytes()
+                    }
+                    Fault::Truncated if is_speech(&path) => {
+                        let mut reply =
+                            b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ncontent-length: 4096\r\nconnection: close\r\n\r\n".to_vec();
+                        reply.extend_from_slice(TRUNCATED_AUDIO);
+                        reply
                     }
                     Fault::Truncated => {
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4096\r\nconnection: close\r\n\r\n{\"id\": \"cs_trunc".to_string()
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4096\r\nconnection: close\r\n\r\n{\"id\": \"cs_trunc".to_vec()
                     }
                     Fault::Close => return,
                 };
-                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.write_all(&reply).await;
                 let _ = stream.flush().await;
                 let _ = stream.shutdown().await;
             });
@@ -403,8 +500,13 @@ async fn faulty_upstream(fault: Fault) -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), hits)
 }
 
-/// Reads one request's head and its `content-length` body (enough for our clients).
-async fn read_request(stream: &mut tokio::net::TcpStream) {
+/// The first 16 of the 4096 bytes a truncated speech answer promises: an MP3 stream's
+/// ID3 header and the start of a frame.
+const TRUNCATED_AUDIO: &[u8; 16] = b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x64\x00\x00";
+
+/// Reads one request's head and its `content-length` body (enough for our clients);
+/// returns the request's path.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let read = async {
@@ -427,6 +529,8 @@ async fn read_request(stream: &mut tokio::net::TcpStream) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let request_line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
+    request_line.split_whitespace().nth(1).unwrap_or("").to_string()
 }
 
 /// Small retry budgets so a hanging upstream costs seconds, not minutes.
@@ -453,6 +557,59 @@ fn print_table(title: &str, rows: &[Outcome]) {
     }
 }
 
+/// How long a whole request may take when its upstream calls have `fast_retries`' 2 s
+/// deadline: the deadline plus slack for a loaded 2-core machine (several apps, the
+/// database and the test client share it; the printed tables show typical times).
+const VOICE_AND_AI_LIMIT: Duration = Duration::from_secs(5);
+
+/// One answer, with its body as received: a stream that broke off is an `Err`.
+struct Answer {
+    status: u16,
+    content_type: String,
+    retry_after: bool,
+    body: Result<Vec<u8>, String>,
+    json: Value,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        match &self.body {
+            Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Err(e) => format!("<body broke off: {e}>"),
+        }
+    }
+}
+
+async fn call(app: &TestApp, path: &str, token: &str, body: &Value) -> Answer {
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = header("content-type").unwrap_or_default();
+    let retry_after = header("retry-after").is_some();
+    let body = response.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string());
+    let json = body.as_ref().ok().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+    Answer { status, content_type, retry_after, body, json }
+}
+
+/// A speech answer that began as 200 audio and then broke off: the client must see the
+/// cut (an error, or fewer bytes than the upstream promised), never a clean short file.
+fn assert_cut_audio(case: &str, answer: &Answer) {
+    assert_eq!(answer.status, 200, "{case}: {}", answer.text());
+    assert!(answer.content_type.starts_with("audio/"), "{case}: {}", answer.content_type);
+    match &answer.body {
+        Err(_) => {}
+        Ok(bytes) => panic!("{case}: the stream broke off upstream, but the client got a clean end after {} bytes", bytes.len()),
+    }
+}
+
 #[tokio::test]
 async fn openai_faults_map_to_fallbacks_or_503_within_the_deadline() {
     let mut rows = Vec::new();
@@ -475,35 +632,35 @@ async fn openai_faults_map_to_fallbacks_or_503_within_the_deadline() {
         ] {
             let before = hits.load(Ordering::SeqCst);
             let started = Instant::now();
-            let (status, headers, answer) = post_json(&app, path, Some(&token), &body).await;
+            let answer = call(&app, path, &token, &body).await;
             let elapsed = started.elapsed();
+            let seen = hits.load(Ordering::SeqCst) - before;
             let case = format!("openai {fault:?} → {}", path.trim_start_matches("/functions/v1/"));
-            let code = answer["error"]["code"].as_str().or(answer["reason"].as_str()).unwrap_or("").to_string();
-            assert!(elapsed < Duration::from_secs(5), "{case}: {elapsed:?} (deadline 2 s)");
+            let json = &answer.json;
+            let code = json["error"]["code"].as_str().or(json["reason"].as_str()).unwrap_or(&answer.content_type).to_string();
+            assert!(elapsed < VOICE_AND_AI_LIMIT, "{case}: {elapsed:?} (deadline 2 s)");
+            assert!(expected_attempts(fault).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {:?}", expected_attempts(fault));
             match path {
                 p if p.ends_with("generate-script") || p.ends_with("ai-hypnosis") => {
-                    assert_eq!((status, answer["source"].as_str()), (200, Some("fallback")), "{case}: {answer}");
+                    assert_eq!((answer.status, json["source"].as_str()), (200, Some("fallback")), "{case}: {}", answer.text());
                 }
                 p if p.ends_with("chatgpt-chat") => {
-                    assert_eq!((status, answer["error"]["code"].as_str()), (503, Some("ai_unavailable")), "{case}: {answer}");
-                    assert!(headers.get("retry-after").is_some(), "{case}: no Retry-After");
+                    assert_eq!((answer.status, json["error"]["code"].as_str()), (503, Some("ai_unavailable")), "{case}: {}", answer.text());
+                    assert!(answer.retry_after, "{case}: no Retry-After");
                 }
-                // Audio is passed through as it streams: a 200 upstream (truncated or
-                // not audio at all) has already started the answer.
-                _ if status == 200 => {
-                    assert!(matches!(fault, Fault::Truncated | Fault::MalformedJson), "{case}: 200");
-                }
+                // Audio is passed on as it arrives: a speech stream that breaks off has
+                // already started the answer.
+                _ if fault == Fault::Truncated => assert_cut_audio(&case, &answer),
                 _ => {
-                    assert_eq!((status, answer["fallback"].as_str()), (503, Some("browser")), "{case}: {answer}");
+                    assert_eq!((answer.status, json["fallback"].as_str()), (503, Some("browser")), "{case}: {}", answer.text());
                 }
             }
-            // KNOWN GAP (reported): tts relays a 200 upstream body as audio without checking
-            // that it is audio, so a 200 JSON body reaches the client.
-            if !(status == 200 && path.ends_with("/tts")) {
-                assert!(!answer.to_string().contains(UPSTREAM_SECRET), "{case} leaks the upstream body: {answer}");
-            }
-            rows.push(Outcome { case, status, code, elapsed, hits: hits.load(Ordering::SeqCst) - before });
+            assert!(!answer.text().contains(UPSTREAM_SECRET), "{case} leaks the upstream body: {}", answer.text());
+            rows.push(Outcome { case, status: answer.status, code, elapsed, hits: seen });
         }
+        // No upstream answer was whole audio: nothing may have been cached.
+        let cached: i64 = app.db_client().await.query_one("SELECT count(*) FROM public.tts_cache", &[]).await.unwrap().get(0);
+        assert_eq!(cached, 0, "openai {fault:?}: a broken answer was cached");
         assert!(app.logs().iter().all(|l| !l.contains(UPSTREAM_SECRET)), "an upstream body reached the log");
         no_traps(&app);
         rows
@@ -531,39 +688,43 @@ async fn elevenlabs_faults_refund_and_answer_within_the_deadline() {
         for path in ["/functions/v1/elevenlabs-tts-proxy", "/functions/v1/tts"] {
             let before = hits.load(Ordering::SeqCst);
             let started = Instant::now();
-            let response = app
-                .client
-                .post(app.url(path))
-                .bearer_auth(&token)
-                .json(&json!({ "text": "a calm voice" }))
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await
-                .expect("request");
-            let status = response.status().as_u16();
-            let ct = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            // A truncated audio stream may have started as 200: the client sees the cut.
-            let body = response.bytes().await;
+            let answer = call(&app, path, &token, &json!({ "text": "a calm voice" })).await;
             let elapsed = started.elapsed();
+            let seen = hits.load(Ordering::SeqCst) - before;
             let case = format!("elevenlabs {fault:?} → {}", path.trim_start_matches("/functions/v1/"));
-            let answer: Value = body.as_ref().ok().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
-            assert!(elapsed < Duration::from_secs(5), "{case}: {elapsed:?}");
-            if status == 200 {
-                // Only a stream cut short may begin as 200 (headers went out first).
-                assert!(matches!(fault, Fault::Truncated | Fault::MalformedJson), "{case}: 200 {ct}");
+            assert!(elapsed < VOICE_AND_AI_LIMIT, "{case}: {elapsed:?} (deadline 2 s)");
+            assert!(expected_attempts(fault).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {:?}", expected_attempts(fault));
+            if fault == Fault::Truncated {
+                assert_cut_audio(&case, &answer);
             } else {
-                assert!(status == 502 || status == 503, "{case}: {status} {answer}");
-                assert!(answer["error"]["code"].is_string(), "{case}: {answer}");
+                assert_eq!(answer.status, 503, "{case}: {}", answer.text());
+                assert!(answer.json["error"]["code"].is_string(), "{case}: {}", answer.text());
             }
-            assert!(!answer.to_string().contains(UPSTREAM_SECRET), "{case} leaks the upstream body");
-            let code = answer["error"]["code"].as_str().unwrap_or(&ct).to_string();
-            rows.push(Outcome { case, status, code, elapsed, hits: hits.load(Ordering::SeqCst) - before });
+            assert!(!answer.text().contains(UPSTREAM_SECRET), "{case} leaks the upstream body");
+            let code = answer.json["error"]["code"].as_str().unwrap_or(&answer.content_type).to_string();
+            rows.push(Outcome { case, status: answer.status, code, elapsed, hits: seen });
         }
-        // Whatever happened, the premium debit came back unless audio was delivered whole.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if !matches!(fault, Fault::MalformedJson) {
-            assert_eq!(app.tokens_of(user).await, 10, "elevenlabs {fault:?}: the debit was not refunded");
+        // The premium debit came back in every case, the cut stream's included (its
+        // refund follows the break, after the answer began: give it a moment).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while app.tokens_of(user).await != 10 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        assert_eq!(app.tokens_of(user).await, 10, "elevenlabs {fault:?}: the debit was not refunded");
+        let (spends, refunds): (i64, i64) = {
+            let row = app
+                .db_client()
+                .await
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE reason = 'spend'), count(*) FILTER (WHERE reason = 'spend_refund')
+                       FROM public.token_ledger WHERE user_id = $1",
+                    &[&user],
+                )
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!((spends, refunds), (1, 1), "elevenlabs {fault:?}: one premium debit, refunded once");
         app.assert_ledger_consistent().await;
         assert!(app.logs().iter().all(|l| !l.contains(UPSTREAM_SECRET)), "an upstream body reached the log");
         no_traps(&app);
@@ -571,6 +732,17 @@ async fn elevenlabs_faults_refund_and_answer_within_the_deadline() {
     });
     let rows: Vec<Outcome> = join_all(cases).await.into_iter().flatten().collect();
     print_table("ElevenLabs faults:", &rows);
+}
+
+/// A Stripe call is two attempts of at most 10 s each (`shared/src/stripe/client.rs`): a
+/// hang costs ~20 s; every other fault is answered at once (5 s: slack for a loaded
+/// machine).
+fn stripe_limit(fault: Fault) -> Duration {
+    if fault == Fault::Hang {
+        Duration::from_secs(25)
+    } else {
+        Duration::from_secs(5)
+    }
 }
 
 #[tokio::test]
@@ -596,9 +768,11 @@ async fn stripe_faults_answer_502_and_change_nothing() {
         let case = format!("stripe {fault:?} → stripe-checkout");
         assert_eq!(status, 502, "{case}: {answer}");
         assert!(answer["error"]["code"].as_str().is_some_and(|c| c.starts_with("stripe_")), "{case}: {answer}");
-        assert!(elapsed < Duration::from_secs(25), "{case}: {elapsed:?}");
+        assert!(elapsed < stripe_limit(fault), "{case}: {elapsed:?}");
+        let seen = hits.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected 1 or 2 (one retry at most)");
         assert!(!answer.to_string().contains(SECRET_KEY), "{case} leaks the key: {answer}");
-        rows.push(Outcome { case, status, code: answer["error"]["code"].as_str().unwrap_or("").into(), elapsed, hits: hits.load(Ordering::SeqCst) });
+        rows.push(Outcome { case, status, code: answer["error"]["code"].as_str().unwrap_or("").into(), elapsed, hits: seen });
 
         // A subscription event makes the webhook re-read the subscription from Stripe.
         let before = hits.load(Ordering::SeqCst);
@@ -609,11 +783,13 @@ async fn stripe_faults_answer_502_and_change_nothing() {
         let elapsed = started.elapsed();
         let case = format!("stripe {fault:?} → stripe-webhook");
         assert!(status >= 500, "{case}: Stripe must retry, got {status} {answer}");
-        assert!(elapsed < Duration::from_secs(25), "{case}: {elapsed:?}");
+        assert!(elapsed < stripe_limit(fault), "{case}: {elapsed:?}");
+        let seen = hits.load(Ordering::SeqCst) - before;
+        assert!((1..=2).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected 1 or 2 (one retry at most)");
         let client = app.db_client().await;
         let events: i64 = client.query_one("SELECT count(*) FROM public.stripe_events", &[]).await.unwrap().get(0);
         assert_eq!(events, 0, "{case}: the event was recorded though it was not applied");
-        rows.push(Outcome { case, status, code: answer["error"]["code"].as_str().unwrap_or("").into(), elapsed, hits: hits.load(Ordering::SeqCst) - before });
+        rows.push(Outcome { case, status, code: answer["error"]["code"].as_str().unwrap_or("").into(), elapsed, hits: seen });
         assert!(app.logs().iter().all(|l| !l.contains(SECRET_KEY)), "the key reached the log");
         no_traps(&app);
         app.assert_ledger_consistent().await;
