@@ -29,6 +29,7 @@ fn endpoints() -> Vec<(&'static Endpoint, &'static str)> {
         (&ai_hypnosis::ENDPOINT, "/"),
         (&tts::ENDPOINT, "/"),
         (&elevenlabs_tts_proxy::ENDPOINT, "/"),
+        (&transcribe::ENDPOINT, "/"),
     ]
 }
 
