@@ -1,5 +1,6 @@
 //! The operator's commands behind the `libero` binary. Each command is a module, usable
 //! from tests and scripts as a library too.
 
+pub mod analytics;
 pub mod migrate;
 pub mod pg;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! libero migrate [--database-url URL] [--migrations DIR]
+//! libero analytics [--days N] [--csv] [--only VIEW] [--refresh] [--database-url URL]
 //! ```
 
 use std::path::PathBuf;
@@ -44,8 +45,10 @@ async fn run(args: Vec<String>) -> Result<()> {
             }
             Ok(())
         }
+        "analytics" => libero_cli::analytics::command(rest).await,
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
+            println!("{}", libero_cli::analytics::USAGE);
             Ok(())
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),
