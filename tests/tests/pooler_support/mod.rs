@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 /// The `pgbouncer` binary: `PGBOUNCER`, `PATH`, then Debian's `/usr/sbin/pgbouncer`.
 pub fn find_pgbouncer() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PGBOUNCER").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from));
