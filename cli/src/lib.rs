@@ -4,3 +4,4 @@
 pub mod analytics;
 pub mod migrate;
 pub mod pg;
+pub mod stripe;

@@ -8,12 +8,18 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use libero_cli::migrate;
+use libero_cli::{migrate, stripe};
 
-const USAGE: &str = "usage:
+const USAGE: &str = concat!(
+    "usage:
   libero migrate [--database-url URL] [--migrations DIR]
       apply migrations/*.sql not yet recorded in supabase_migrations.schema_migrations
-      (URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL)";
+      (URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL)
+",
+    // Keep in step with libero_cli::stripe::USAGE.
+    "  libero stripe sync [--dry-run] [--live] [--database-url URL] [--api-base URL]
+      make Stripe match the catalog (products, prices, portal) and store the price ids"
+);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -46,6 +52,7 @@ async fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         "analytics" => libero_cli::analytics::command(rest).await,
+        "stripe" => stripe::command(rest).await,
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             println!("{}", libero_cli::analytics::USAGE);

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::catalog::{self, Product, ProductKind};
+use super::catalog::{self, Price, Prices, Product, ProductKind};
 use super::client::{Form, StripeClient};
 use crate::auth::AuthenticatedUser;
 use crate::db::{self, SqlParam};
@@ -20,13 +20,24 @@ const DEFAULT_RETURN_PATH: &str = "/";
 /// The path of the portal route, named in the 409 for an existing subscriber.
 pub const PORTAL_PATH: &str = "/functions/v1/stripe-checkout/portal";
 
-/// A checkout the user asked for, checked: a catalog product and redirect URLs on the
-/// app's origins.
+/// A checkout the user asked for, checked as far as it can be without the database: a
+/// catalog product (or a price id, resolved against the prices sold now by
+/// [`CheckoutRequest::resolve`]) and redirect URLs on the app's origins.
 #[derive(Debug, PartialEq)]
 pub struct CheckoutRequest {
-    pub product: &'static Product,
+    pub product: ProductRef,
+    /// The Checkout Session mode the client expects, when it said.
+    pub mode: Option<String>,
     pub success_url: String,
     pub cancel_url: String,
+}
+
+/// How the request names its product.
+#[derive(Debug, PartialEq)]
+pub enum ProductRef {
+    Key(&'static Product),
+    /// The Supabase Stripe template sends a price id.
+    PriceId(String),
 }
 
 #[derive(Debug, PartialEq)]
@@ -35,33 +46,14 @@ pub struct CheckoutSession {
     pub url: String,
 }
 
-/// The product a request names, either by key (`product`) or, as the Supabase Stripe
-/// template sends it, by price id (`price_id`, with an optional `mode` that must agree).
-pub fn resolve_product(
-    platform: &dyn Platform,
-    product: Option<&str>,
-    price_id: Option<&str>,
-    mode: Option<&str>,
-) -> Result<&'static Product, ApiError> {
-    let found = match (product, price_id) {
-        (Some(key), _) => catalog::find(key).ok_or_else(|| {
-            let keys: Vec<&str> = catalog::PRODUCTS.iter().map(|p| p.key).collect();
-            ApiError::bad_request("unknown_product", format!("Unknown product; use one of: {}.", keys.join(", ")))
-        })?,
-        (None, Some(price)) => catalog::find_by_price(platform, price).ok_or_else(|| {
-            ApiError::bad_request("unknown_price", "That price_id is not one of this app's products.")
-        })?,
-        (None, None) => return Err(ApiError::bad_request("missing_product", "Name a `product` (or a `price_id`).")),
-    };
-    if let Some(mode) = mode {
-        if mode != found.checkout_mode() {
-            return Err(ApiError::bad_request(
-                "mode_mismatch",
-                format!("{} is sold in `{}` mode, not `{mode}`.", found.key, found.checkout_mode()),
-            ));
-        }
+fn check_mode(product: &'static Product, mode: Option<&str>) -> Result<&'static Product, ApiError> {
+    match mode {
+        Some(mode) if mode != product.checkout_mode() => Err(ApiError::bad_request(
+            "mode_mismatch",
+            format!("{} is sold in `{}` mode, not `{mode}`.", product.key, product.checkout_mode()),
+        )),
+        _ => Ok(product),
     }
-    Ok(found)
 }
 
 /// The allowed origins (`app_origins`), each as `scheme://host[:port]` without a slash.
@@ -108,17 +100,56 @@ pub fn redirect_url(
 }
 
 impl CheckoutRequest {
+    /// The product by key (`product`) or, as the Supabase Stripe template sends it, by
+    /// price id (`price_id`, with an optional `mode` that must agree).
     pub fn new(
         platform: &dyn Platform,
-        product: &'static Product,
+        product: Option<&str>,
+        price_id: Option<&str>,
+        mode: Option<&str>,
         success_url: Option<&str>,
         cancel_url: Option<&str>,
     ) -> Result<Self, ApiError> {
+        let product = match (product, price_id) {
+            (Some(key), _) => {
+                let found = catalog::find(key).ok_or_else(|| {
+                    let keys: Vec<&str> = catalog::PRODUCTS.iter().map(|p| p.key).collect();
+                    ApiError::bad_request("unknown_product", format!("Unknown product; use one of: {}.", keys.join(", ")))
+                })?;
+                ProductRef::Key(check_mode(found, mode)?)
+            }
+            (None, Some(price)) => ProductRef::PriceId(price.to_string()),
+            (None, None) => return Err(ApiError::bad_request("missing_product", "Name a `product` (or a `price_id`).")),
+        };
         Ok(Self {
             product,
+            mode: mode.map(str::to_string),
             success_url: redirect_url(platform, "success_url", success_url, DEFAULT_SUCCESS_PATH)?,
             cancel_url: redirect_url(platform, "cancel_url", cancel_url, DEFAULT_CANCEL_PATH)?,
         })
+    }
+
+    /// The product and the price it is sold at now. A price id must be one of the
+    /// catalog's prices now; a product with no price (never synced, or its price archived)
+    /// is a 409 `product_unavailable`.
+    pub fn resolve<'p>(&self, platform: &dyn Platform, prices: &'p Prices) -> Result<(&'static Product, &'p Price), ApiError> {
+        let product = match &self.product {
+            ProductRef::Key(product) => *product,
+            ProductRef::PriceId(id) => {
+                let product = prices.product_of(id).ok_or_else(|| {
+                    ApiError::bad_request("unknown_price", "That price_id is not one of this app's products.")
+                })?;
+                check_mode(product, self.mode.as_deref())?
+            }
+        };
+        let price = prices.price(product).ok_or_else(|| {
+            platform.log(&format!(
+                "stripe checkout: {} has no price to sell (run `libero stripe sync`, or set {})",
+                product.key, product.price_variable
+            ));
+            ApiError::conflict("product_unavailable", format!("{} is not for sale right now; try again later.", product.name))
+        })?;
+        Ok((product, price))
     }
 }
 
@@ -130,12 +161,15 @@ struct BillingState {
     has_active_subscription: bool,
     /// Has (had) a subscription or a paid token order.
     has_paid: bool,
+    /// What is sold now, read in the same statement.
+    prices: Prices,
 }
 
 fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState, ApiError> {
-    let state = db::query_json(platform, "select public.stripe_checkout_state($1::uuid)", &[SqlParam::Uuid(
-        user_id.to_string(),
-    )])
+    let state = db::query_json(platform, "select public.stripe_checkout_state($1::uuid, $2::jsonb)", &[
+        SqlParam::Uuid(user_id.to_string()),
+        Prices::overrides_param(platform),
+    ])
     .map_err(|e| db::report(platform, "stripe_checkout_state", e))?;
     // A valid token for a user this project does not have (deleted, or another
     // project's): refused before anything is created at Stripe for them.
@@ -147,6 +181,7 @@ fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState,
         deleted_customer_id: state["deleted_customer_id"].as_str().map(str::to_string),
         has_active_subscription: state["has_active_subscription"].as_bool().unwrap_or(false),
         has_paid: state["has_paid"].as_bool().unwrap_or(false),
+        prices: Prices::from_stored(platform, &state["catalog"]),
     })
 }
 
@@ -205,9 +240,8 @@ pub fn start_checkout(
     request_key: &str,
 ) -> Result<CheckoutSession, ApiError> {
     crate::auth::require_paid_access(platform, user)?;
-    let product = request.product;
-    let price = product.price_id(platform)?;
     let state = billing_state(platform, &user.user_id)?;
+    let (product, price) = request.resolve(platform, &state.prices)?;
     if product.kind == ProductKind::Subscription && state.has_active_subscription {
         return Err(ApiError::conflict(
             "already_subscribed",
@@ -224,7 +258,7 @@ pub fn start_checkout(
     let mut form = Form::new()
         .add("mode", product.checkout_mode())
         .add("customer", customer.as_str())
-        .add("line_items[0][price]", price)
+        .add("line_items[0][price]", price.id.as_str())
         .add("line_items[0][quantity]", "1")
         .add("success_url", request.success_url.as_str())
         .add("cancel_url", request.cancel_url.as_str())
@@ -263,7 +297,12 @@ pub fn open_portal(
         ApiError::not_found("no_customer", "You have no purchases or subscription to manage yet; buy a product or subscribe first.")
     })?;
     let stripe = StripeClient::from_platform(platform)?;
-    let form = Form::new().add("customer", customer).add("return_url", return_url);
+    let mut form = Form::new().add("customer", customer).add("return_url", return_url);
+    // The configuration `libero stripe sync` made; without one Stripe uses the account's
+    // default, which a test-mode account does not have until it is saved in the Dashboard.
+    if let Some(configuration) = &state.prices.portal_configuration {
+        form = form.add("configuration", configuration.as_str());
+    }
     let session = stripe.post("billing_portal/sessions", &form, &format!("libero-portal-{}-{request_key}", user.user_id))?;
     session["url"]
         .as_str()
@@ -316,12 +355,23 @@ mod tests {
     #[test]
     fn stripe_products_resolve_by_key_or_price() {
         let p = platform();
-        assert_eq!(resolve_product(&p, Some("tokens-small"), None, None).unwrap().key, "tokens-small");
-        assert_eq!(resolve_product(&p, None, Some("price_mystic"), Some("subscription")).unwrap().key, "mystic-subscription");
-        let code = |r: Result<&Product, ApiError>| r.unwrap_err().code;
-        assert_eq!(code(resolve_product(&p, Some("tokens-free"), None, None)), "unknown_product");
-        assert_eq!(code(resolve_product(&p, None, Some("price_other"), None)), "unknown_price");
-        assert_eq!(code(resolve_product(&p, None, Some("price_small"), Some("subscription"))), "mode_mismatch");
-        assert_eq!(code(resolve_product(&p, None, None, None)), "missing_product");
+        let stored = serde_json::json!({"prices": {"tokens-large": {"price_id": "price_large_db", "unit_amount": 1999, "currency": "usd"}}});
+        let prices = Prices::from_stored(&p, &stored);
+        let ask = |product: Option<&str>, price: Option<&str>, mode: Option<&str>| {
+            CheckoutRequest::new(&p, product, price, mode, None, None)
+                .and_then(|r| r.resolve(&p, &prices).map(|(product, price)| (product.key, price.id.clone())))
+                .map_err(|e| e.code)
+        };
+        // By key, and by the price it is sold at: a variable, or the stored price.
+        assert_eq!(ask(Some("tokens-small"), None, None), Ok(("tokens-small", "price_small".to_string())));
+        assert_eq!(ask(None, Some("price_mystic"), Some("subscription")), Ok(("mystic-subscription", "price_mystic".to_string())));
+        assert_eq!(ask(None, Some("price_large_db"), Some("payment")), Ok(("tokens-large", "price_large_db".to_string())));
+        assert_eq!(ask(Some("tokens-free"), None, None), Err("unknown_product"));
+        assert_eq!(ask(None, Some("price_other"), None), Err("unknown_price"));
+        assert_eq!(ask(None, Some("price_small"), Some("subscription")), Err("mode_mismatch"));
+        assert_eq!(ask(Some("tokens-small"), None, Some("subscription")), Err("mode_mismatch"));
+        assert_eq!(ask(None, None, None), Err("missing_product"));
+        // No variable and nothing stored: listed, but not for sale.
+        assert_eq!(ask(Some("tokens-medium"), None, None), Err("product_unavailable"));
     }
 }

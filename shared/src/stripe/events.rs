@@ -18,10 +18,16 @@
 //! our read started; a stored read is only replaced by one that started later. Event
 //! `created` times are not used for ordering: they are whole seconds, and one checkout
 //! emits several subscription events in the same second.
+//!
+//! The catalog. `price.*` and `product.updated`/`.deleted` keep `stripe_catalog_prices`
+//! current the same way: the price (with its product) or product is re-read and stored
+//! with the time the read started (`migrations/20250106300000_stripe_catalog.sql`). A
+//! price archived in the Dashboard stops being sold; a new price with the catalog's
+//! lookup key takes its place.
 
 use serde_json::{json, Value};
 
-use super::catalog::{self, ProductKind};
+use super::catalog::{self, Prices, ProductKind};
 use super::client::StripeClient;
 use super::is_object_id;
 use crate::db::{self, SqlParam};
@@ -116,6 +122,11 @@ pub enum Effect {
     Dispute(Dispute),
     /// The customer was deleted in Stripe: the user's next checkout makes a new one.
     CustomerDeleted { customer: String },
+    /// Re-read this price (with its product) and store it in the catalog if it is one of
+    /// the catalog's.
+    SyncCatalogPrice { price_id: String },
+    /// Re-read this product and store whether it is active on its catalog prices.
+    SyncCatalogProduct { product_id: String },
     /// Recorded with this outcome, nothing else.
     Nothing(&'static str),
 }
@@ -194,6 +205,14 @@ pub fn effect_of(event: &Event) -> Effect {
             Some(customer) => Effect::CustomerDeleted { customer },
             None => Effect::Nothing("malformed"),
         },
+        "price.created" | "price.updated" | "price.deleted" => match id_field(&object["id"]) {
+            Some(price_id) => Effect::SyncCatalogPrice { price_id },
+            None => Effect::Nothing("malformed"),
+        },
+        "product.updated" | "product.deleted" => match id_field(&object["id"]) {
+            Some(product_id) => Effect::SyncCatalogProduct { product_id },
+            None => Effect::Nothing("malformed"),
+        },
         _ => Effect::Nothing("unhandled_type"),
     }
 }
@@ -243,17 +262,18 @@ fn checkout_effect(event: &Event) -> Effect {
 }
 
 /// Whether a session paid what the catalog asks for its product: exactly one line item,
-/// the product's configured price, quantity 1, and the amount paid (`amount_total`, or
-/// in the price's own currency when Stripe's Adaptive Pricing converted it) equal to that
-/// price's `unit_amount` in its currency. `Err` names the first check that failed, as the
-/// order's review reason.
+/// the price the product is sold at now (`prices`: its `stripe_price_*` override, else the
+/// stored price), quantity 1, and the amount paid (`amount_total`, or in the price's own
+/// currency when Stripe's Adaptive Pricing converted it) equal to that price's
+/// `unit_amount` in its currency. `Err` names the first check that failed, as the order's
+/// review reason.
 pub fn check_paid(
-    platform: &dyn Platform,
+    prices: &Prices,
     product: &catalog::Product,
     session: &Value,
     line_items: &Value,
 ) -> Result<(), &'static str> {
-    let expected_price = platform.variable(product.price_variable).ok_or("price_not_configured")?;
+    let expected_price = prices.price(product).map(|p| p.id.clone()).ok_or("price_not_configured")?;
     let items = line_items["data"].as_array().ok_or("line_items_unreadable")?;
     if items.len() != 1 || line_items["has_more"].as_bool() == Some(true) {
         return Err("line_items_count");
@@ -290,9 +310,10 @@ fn verify_payment(platform: &dyn Platform, event: &Event, payment: &mut Checkout
         return Ok(());
     }
     let product = catalog::find(payment.product).ok_or_else(|| ApiError::internal("A catalog product went missing."))?;
+    let prices = Prices::load(platform).map_err(|e| db::report(platform, "stripe_catalog", e))?;
     let stripe = StripeClient::from_platform(platform)?;
     let verdict = match stripe.get(&format!("checkout/sessions/{}/line_items?limit=10", payment.session_id)) {
-        Ok(line_items) => check_paid(platform, product, &event.object, &line_items),
+        Ok(line_items) => check_paid(&prices, product, &event.object, &line_items),
         // Not a session of this account (another mode or account's metadata): review.
         Err(error) if error.is_missing() => Err("session_not_found"),
         Err(error) => return Err(error.into()),
@@ -409,6 +430,42 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
             "select public.stripe_apply_customer_deleted($1::text, $2::text, $3::int8, $4::text)",
             vec![SqlParam::Text(customer)],
         ),
+        Effect::SyncCatalogPrice { price_id } => {
+            let read_at_ms = platform.now_unix_ms();
+            let stripe = StripeClient::from_platform(platform)?;
+            let row = match stripe.get(&format!("prices/{price_id}?expand%5B%5D=product")) {
+                Ok(price) => catalog::price_row(&price, None, read_at_ms, read_at_ms),
+                // Deleted in Stripe: the stored row (if any) stops being sold.
+                Err(error) if error.is_missing() => Some(catalog::deleted_price_row(&price_id, read_at_ms)),
+                Err(error) => return Err(error.into()),
+            };
+            match row {
+                None => (
+                    "stripe_record_event",
+                    "select public.stripe_record_event($1::text, $2::text, $3::int8, $4::text)",
+                    vec![SqlParam::Text("price_unreadable".to_string())],
+                ),
+                Some(row) => (
+                    "stripe_apply_catalog_price",
+                    "select public.stripe_apply_catalog_price($1::text, $2::text, $3::int8, $4::jsonb)",
+                    vec![SqlParam::Jsonb(row.to_string().into_bytes())],
+                ),
+            }
+        }
+        Effect::SyncCatalogProduct { product_id } => {
+            let read_at_ms = platform.now_unix_ms();
+            let stripe = StripeClient::from_platform(platform)?;
+            let active = match stripe.get(&format!("products/{product_id}")) {
+                Ok(product) => product["active"].as_bool().unwrap_or(false) && product["deleted"].as_bool() != Some(true),
+                Err(error) if error.is_missing() => false,
+                Err(error) => return Err(error.into()),
+            };
+            (
+                "stripe_apply_catalog_product",
+                "select public.stripe_apply_catalog_product($1::text, $2::text, $3::int8, $4::text, $5::bool, $6::int8)",
+                vec![SqlParam::Text(product_id), SqlParam::Bool(active), SqlParam::Int64(read_at_ms)],
+            )
+        }
         Effect::SyncSubscription { subscription_id } => {
             // The time the read starts: whatever it returns is at least this fresh.
             let read_at_ms = platform.now_unix_ms();
@@ -531,6 +588,15 @@ mod tests {
             effect_of(&event("customer.deleted", json!({"id": "cus_1", "object": "customer"}))),
             Effect::CustomerDeleted { customer: "cus_1".into() }
         );
+        assert_eq!(
+            effect_of(&event("price.updated", json!({"id": "price_1", "object": "price"}))),
+            Effect::SyncCatalogPrice { price_id: "price_1".into() }
+        );
+        assert_eq!(
+            effect_of(&event("product.updated", json!({"id": "prod_1", "object": "product"}))),
+            Effect::SyncCatalogProduct { product_id: "prod_1".into() }
+        );
+        assert_eq!(effect_of(&event("price.deleted", json!({"id": "price/../x"}))), Effect::Nothing("malformed"));
         let injected = json!({"id": "sub_7/../../v1/customers"});
         assert_eq!(effect_of(&event("customer.subscription.updated", injected)), Effect::Nothing("malformed"));
     }
@@ -559,30 +625,38 @@ mod tests {
     #[test]
     fn stripe_paid_amount_must_be_the_catalog_price() {
         let platform = crate::testing::FakePlatform::with_vars(&[("stripe_price_tokens_small", "price_small")]);
+        let prices = Prices::from_stored(&platform, &Value::Null);
         let product = catalog::find("tokens-small").unwrap();
         let paid = session("payment", "paid", "tokens-small");
         let items = |price: &str, amount: i64, currency: &str, quantity: i64| {
             json!({"object": "list", "has_more": false, "data": [{"id": "li_1", "quantity": quantity,
                 "price": {"id": price, "unit_amount": amount, "currency": currency}}]})
         };
-        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 499, "usd", 1)), Ok(()));
-        assert_eq!(check_paid(&platform, product, &paid, &items("price_other", 499, "usd", 1)), Err("price_mismatch"));
-        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 999, "usd", 1)), Err("amount_mismatch"));
-        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 499, "eur", 1)), Err("currency_mismatch"));
-        assert_eq!(check_paid(&platform, product, &paid, &items("price_small", 499, "usd", 2)), Err("quantity_mismatch"));
+        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 499, "usd", 1)), Ok(()));
+        assert_eq!(check_paid(&prices, product, &paid, &items("price_other", 499, "usd", 1)), Err("price_mismatch"));
+        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 999, "usd", 1)), Err("amount_mismatch"));
+        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 499, "eur", 1)), Err("currency_mismatch"));
+        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 499, "usd", 2)), Err("quantity_mismatch"));
         let mut discounted = paid.clone();
         discounted["amount_total"] = json!(99);
-        assert_eq!(check_paid(&platform, product, &discounted, &items("price_small", 499, "usd", 1)), Err("amount_mismatch"));
+        assert_eq!(check_paid(&prices, product, &discounted, &items("price_small", 499, "usd", 1)), Err("amount_mismatch"));
         let two = json!({"data": [items("price_small", 499, "usd", 1)["data"][0], items("price_x", 1, "usd", 1)["data"][0]]});
-        assert_eq!(check_paid(&platform, product, &paid, &two), Err("line_items_count"));
+        assert_eq!(check_paid(&prices, product, &paid, &two), Err("line_items_count"));
         // Adaptive Pricing: paid in the buyer's currency, compared in the price's.
         let mut converted = paid.clone();
         converted["currency"] = json!("eur");
         converted["amount_total"] = json!(460);
         converted["currency_conversion"] = json!({"amount_total": 499, "source_currency": "usd", "fx_rate": "0.92"});
-        assert_eq!(check_paid(&platform, product, &converted, &items("price_small", 499, "usd", 1)), Ok(()));
+        assert_eq!(check_paid(&prices, product, &converted, &items("price_small", 499, "usd", 1)), Ok(()));
         let unset = catalog::find("tokens-large").unwrap();
-        assert_eq!(check_paid(&platform, unset, &paid, &items("price_small", 499, "usd", 1)), Err("price_not_configured"));
+        assert_eq!(check_paid(&prices, unset, &paid, &items("price_small", 499, "usd", 1)), Err("price_not_configured"));
+        // Without a variable, the stored price is the one that must have been paid.
+        let stored = Prices::from_stored(
+            &crate::testing::FakePlatform::with_vars(&[]),
+            &json!({"prices": {"tokens-small": {"price_id": "price_small_db", "unit_amount": 499, "currency": "usd"}}}),
+        );
+        assert_eq!(check_paid(&stored, product, &paid, &items("price_small_db", 499, "usd", 1)), Ok(()));
+        assert_eq!(check_paid(&stored, product, &paid, &items("price_small", 499, "usd", 1)), Err("price_mismatch"));
     }
 
     #[test]
