@@ -157,7 +157,7 @@ fn portal_matches(configuration: &Value, switchable: &[(String, String)]) -> boo
         && on("payment_method_update")
         && on("subscription_cancel")
         && features["subscription_cancel"]["mode"].as_str() == Some("at_period_end")
-        && on("subscription_update") == !switchable.is_empty()
+        && on("subscription_update") != switchable.is_empty()
         && (switchable.is_empty() || offered == switchable)
 }
 
