@@ -36,78 +36,9 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 use wasmtime_wasi_http::io::TokioIo;
 
-/// Findings from profiling (the why behind the rows above); kept with the generator so
-/// BENCHMARKS.md always carries them.
-const NOTES: &str = r#"
-- **Host overhead, fixed:** wasmtime's pooling instance allocator (as Spin uses), so a
-  request's instance reuses a warm slot; `TCP_NODELAY` on accepted connections (a
-  response whose head and body left as two writes waited ~40 ms for the client's delayed
-  ACK); pooled Postgres connections handed out most recently used first (deadpool `Lifo`:
-  FIFO rotated requests through up to 64 cold backends; session-complete at c=32 went from
-  ~410 to ~800 requests/s); and, found with `perf`, the pooling allocator's reset of a
-  warm slot: with `linear_memory_keep_resident` it `memset` the first MiB of every
-  instance's memory after every request (8 % of the host's CPU in a webhook run). With
-  `PAGEMAP_SCAN` (Linux 6.7+, wasmtime `pagemap_scan`) it now resets only the pages the
-  request dirtied: the host floor went from 0.25 ms to under 0.2 ms at c=1, and from
-  ~6,800 to 12,000–15,000 requests/s at c=32.
-- **session-complete against the one-query floor (≤ 1.3×), not reachable as designed:**
-  the floor runs `SELECT 1`; session-complete runs `complete_session`, which locks the
-  profile, checks for a replay, writes 1–3 ledger rows (each through the balance-chain
-  trigger, and checked again at commit by the deferred balance-equals-ledger trigger),
-  updates the profile and inserts the session. The wasm/native table gives that
-  statement alone, with no host, no endpoint code and no pool reset: it is already more
-  than 1.3× the whole floor. Trimmed (same rules, same answers; the existing tests pass
-  unchanged and one more covers the upgrade of existing profiles): the per-call `count(*)` of the user's sessions is now a counter on the
-  profile, the achievement rules are evaluated in PL/pgSQL and their `INSERT` runs only
-  for a session that crosses a threshold, and two helpers on hot paths
-  (`stripe_finish_event`, `tts_cache_get`) became PL/pgSQL so their plans are cached.
-  Measured by hand in scratch copies of the database (pgbench, backend CPU per call):
-  dropping every CHECK constraint of the four tables the function writes saves about
-  0.2 ms (Postgres 15 re-parses and re-plans each CHECK expression for every statement
-  that writes a row), and disabling the ledger triggers about 0.1 ms. Both guard the
-  money, so they stay.
-- **Throughput at c=32 on 2 cores:** Postgres, the host and the load generator share two
-  cores, and the machine's other tenants move these figures: session-complete at c=32
-  measured anywhere between ~750 and ~1,300 requests/s in runs of the same code within
-  one hour (hence the median of three passes). In a run sampled at ~800 requests/s,
-  Postgres used ~1.7 ms of CPU per request and this process (host and load generator)
-  ~0.7 ms. The webhook's one statement writes the event, the order, the profile and a
-  ledger row (with the same triggers); 1,500 requests/s would need all of a delivery,
-  database included, in ~1.3 ms of CPU on the cores the host and the client also use.
-  pgbench alone, with no host at all, runs the pool's reset batch plus
-  `complete_session` at ~800 transactions/s with 32 connections and ~1,650 with 4 (32
-  backends on 2 cores contend); through the host a smaller pool gains little (the
-  smaller-pool table; between −20 % and +40 % across runs) because the host then needs
-  the CPU the database gave up. On a database machine of its own (as on Supabase) the
-  host's share alone would allow several thousand requests/s.
-- **Where a session completion's time goes through the host (c=1, `perf trace` of the
-  sockets):** ~0.3 ms from the request arriving to the guest opening its connection
-  (instance, reading the body, JWT check, validation), the reset batch ~0.2 ms, the
-  prepare ~0.15 ms, the execute ~1.2 ms (the statement), and ~0.4 ms from the result to
-  the response leaving. A CPU profile of the host shows no single hot spot: wasmtime's
-  instantiation and component-call glue, tokio's scheduling, hyper, tokio-postgres and
-  glibc malloc each take a few per cent, and each hand-off between the runtime's threads
-  costs a wake-up.
-- **wasm/native:** the native side is the same endpoint code behind the same kind of
-  HTTP server (hyper on loopback), measured with the same client and requests, in turn
-  with the host, and paying the pool's reset round trip too for session-complete
-  (deadpool `Clean`, which Spin uses). So the ratio charges wasm for what wasm adds: a
-  fresh instance per request, the guest's own work compiled to wasm (JWT check, JSON,
-  validation), the component-model calls into the host's WASI and Postgres bindings,
-  and the hand-offs between the guest's task and the connection's. The breakdown above
-  puts most of it before the connection is opened and after the result arrives. The
-  401 answer is almost no work, so its ratio compares the host's floor (a fresh
-  instance, its WASI context and the guest's start, ~0.1–0.15 ms) with a native handler
-  that has none: it could only be met by lowering that floor, which is wasmtime's and
-  the host's per-request set-up rather than anything in our components.
-- **Growth:** after the counter above, no statement of session-complete or the webhook
-  reads more than a handful of rows per user (the plans below use indexes). At c=1 the
-  two sizes differ by less than this machine's run-to-run noise (a single run swung
-  between 0.6× and 1.7× before the rounds were alternated).
-- **Round trips:** each request runs exactly one statement (counted in the host's
-  `spin:postgres` binding). On the wire that statement is a prepare and an execute, plus
-  the pool's reset batch when the connection is handed out, as under Spin.
-"#;
+/// Hand-written findings from profiling (the why behind the rows), in a file of their
+/// own: BENCHMARKS.md holds only what a run printed, and links to them.
+const NOTES_FILE: &str = "docs/benchmark-notes.md";
 
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789abcdef";
 const USERS: usize = 1000;
@@ -805,7 +736,17 @@ fn machine() -> String {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    format!("{model}, {cores} cores, {:.1} GiB RAM", mem_kb as f64 / 1024.0 / 1024.0)
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|r| format!(", Linux {}", r.trim())).unwrap_or_default();
+    format!("{model}, {cores} cores, {:.1} GiB RAM{kernel}", mem_kb as f64 / 1024.0 / 1024.0)
+}
+
+/// The 1-minute load average (runnable tasks, this run's own included), to show how busy
+/// the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn git_commit() -> String {
@@ -916,6 +857,7 @@ database_url = "{{{{ database_url }}}}"
 
 async fn run(s: Settings) -> Result<()> {
     let started = Instant::now();
+    let load_at_start = load_average();
     let mut rows: Vec<Row> = Vec::new();
     let mut report = String::new();
     let say = |line: &str| eprintln!("bench: {line}");
@@ -1205,7 +1147,12 @@ async fn run(s: Settings) -> Result<()> {
 
     writeln!(report, "# Benchmarks\n")?;
     writeln!(report, "Generated by `scripts/bench.sh` (do not edit by hand).\n")?;
-    writeln!(report, "- machine: {} — a **shared 2-core machine** (other engineers compile on it), so figures are indicative", machine())?;
+    writeln!(
+        report,
+        "- machine: {}; load average (1 min) {load_at_start} when the run started, {} when it ended",
+        machine(),
+        load_average()
+    )?;
     writeln!(report, "- date: {}", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"))?;
     writeln!(report, "- command: `{}`", std::env::var("LIBERO_BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench.sh".into()))?;
     writeln!(report, "- commit: {}", git_commit())?;
@@ -1352,8 +1299,12 @@ async fn run(s: Settings) -> Result<()> {
     }
     writeln!(report, "```")?;
 
-    writeln!(report, "\n## Notes: what stands in the way of the budgets not met\n")?;
-    writeln!(report, "{}", NOTES.trim())?;
+    writeln!(report, "\n## Notes\n")?;
+    writeln!(
+        report,
+        "What stands in the way of the budgets not met, and how the figures were investigated: \
+         [`{NOTES_FILE}`]({NOTES_FILE}) (written by hand, not by this run)."
+    )?;
 
     println!("{report}");
     if let Some(out) = &s.out {
