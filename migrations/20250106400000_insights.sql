@@ -126,8 +126,9 @@ select
   count(x.id) as sessions,
   coalesce(round(sum(x.duration) / 60.0, 1), 0) as minutes
 from public.user_profiles p
-cross join lateral (select public.effective_timezone(p.settings ->> 'timezone') as tz) z
-cross join lateral (select (now() at time zone z.tz)::date as today) t
+-- (OFFSET 0: computed once per user, not once per row it is used in.)
+cross join lateral (select public.effective_timezone(p.settings ->> 'timezone') as tz offset 0) z
+cross join lateral (select (now() at time zone z.tz)::date as today offset 0) t
 cross join lateral (select (t.today - 29 + g.i) as day from generate_series(0, 29) as g (i)) d
 left join public.sessions x
   on x.user_id = p.id
@@ -147,7 +148,8 @@ select
   count(*) as sessions,
   round(sum(x.duration) / 60.0, 1) as minutes
 from public.user_profiles p
-cross join lateral (select public.effective_timezone(p.settings ->> 'timezone') as tz) z
+-- (OFFSET 0: computed once per user, not once per row it is used in.)
+cross join lateral (select public.effective_timezone(p.settings ->> 'timezone') as tz offset 0) z
 join public.sessions x
   on x.user_id = p.id
  and x.rewarded
