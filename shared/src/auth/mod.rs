@@ -221,6 +221,41 @@ fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
 
 /// Verifies a Supabase access token and returns the user it names.
 pub fn verify_access_token(token: &str, config: &AuthConfig, now_unix: i64) -> Result<AuthenticatedUser, AuthError> {
+    let claims = signed_claims(token, config)?;
+    check_claims(&claims, config, now_unix)
+}
+
+/// The role of Supabase's server-to-server key (the `service_role` key, or a token minted
+/// with that role): operators' jobs such as the Stripe reconciler.
+pub const SERVICE_ROLE: &str = "service_role";
+
+/// The caller of a service-only endpoint, proven by a `service_role` token signed with the
+/// project's key and not expired. Supabase's service key carries no `aud` and no `sub`, so
+/// neither is asked for. A signed-in user's token is refused with 403 `service_role_required`.
+pub fn authenticate_service(request: &ApiRequest, platform: &dyn Platform) -> Result<(), ApiError> {
+    let config = AuthConfig::from_platform(platform)?;
+    let token = bearer_token(request.header("authorization"))?;
+    let now_unix = platform.now_unix_ms().div_euclid(1000);
+    let claims = verified_claims(token, &config, now_unix).map_err(ApiError::from)?;
+    if claims.get("role").and_then(Value::as_str) != Some(SERVICE_ROLE) {
+        return Err(ApiError::forbidden(
+            "service_role_required",
+            "This endpoint is for the project's server jobs: send the service_role key as `Authorization: Bearer <key>`.",
+        ));
+    }
+    Ok(())
+}
+
+/// The claims of a token whose signature verifies and whose `exp` (required) and `nbf`
+/// have not passed; nothing else is checked here.
+fn verified_claims(token: &str, config: &AuthConfig, now_unix: i64) -> Result<Map<String, Value>, AuthError> {
+    let claims = signed_claims(token, config)?;
+    check_times(&claims, config, now_unix)?;
+    Ok(claims)
+}
+
+/// The payload of a token whose signature verifies.
+fn signed_claims(token: &str, config: &AuthConfig) -> Result<Map<String, Value>, AuthError> {
     if token.is_empty() {
         return Err(AuthError::MissingToken);
     }
@@ -266,11 +301,10 @@ pub fn verify_access_token(token: &str, config: &AuthConfig, now_unix: i64) -> R
         _ => return Err(AuthError::UnsupportedAlgorithm),
     }
 
-    let claims = decode_json_object(payload_b64)?;
-    check_claims(&claims, config, now_unix)
+    decode_json_object(payload_b64)
 }
 
-fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64) -> Result<AuthenticatedUser, AuthError> {
+fn check_times(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64) -> Result<(), AuthError> {
     // A token without `exp` would be valid forever; Supabase always sets it.
     let exp = numeric_date(claims.get("exp"))?.ok_or(AuthError::MalformedToken)?;
     if now_unix > exp.saturating_add(config.leeway_secs) {
@@ -281,6 +315,11 @@ fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64)
             return Err(AuthError::TokenNotYetValid);
         }
     }
+    Ok(())
+}
+
+fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64) -> Result<AuthenticatedUser, AuthError> {
+    check_times(claims, config, now_unix)?;
     let audience_matches = match claims.get("aud") {
         Some(Value::String(aud)) => *aud == config.audience,
         Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(config.audience.as_str())),

@@ -6,6 +6,7 @@
 //! * [`client`]: form-encoded API calls with a pinned `Stripe-Version`, `Idempotency-Key`,
 //!   bounded timeouts and errors mapped to 502 without secrets.
 //! * [`checkout`]: customers, Checkout Sessions and Billing Portal sessions.
+//! * [`reconcile`]: heals lost deliveries from Stripe's event log, through [`events`].
 //! * [`events`]: webhook events parsed into what they mean, applied exactly once by the
 //!   SQL functions in `migrations/20250102000000_stripe_functions.sql`.
 //! * [`signature`]: `Stripe-Signature` verification (re-exported from
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod checkout;
 pub mod client;
 pub mod events;
+pub mod reconcile;
 
 pub use crate::stripe_signature as signature;
 
