@@ -5,6 +5,7 @@
 //! See [`sync`] for how objects are found again and replaced, and docs/stripe.md.
 
 pub mod http;
+pub mod reconcile;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -83,7 +84,8 @@ fn parse(args: &[String]) -> Result<SyncArgs> {
 pub async fn command(args: &[String]) -> Result<()> {
     match args.split_first() {
         Some((sub, rest)) if sub == "sync" => sync_command(parse(rest)?).await,
-        _ => bail!("usage:\n{USAGE}"),
+        Some((sub, rest)) if sub == "reconcile" => reconcile::command(rest).await,
+        _ => bail!("usage:\n{USAGE}\n{}", reconcile::USAGE),
     }
 }
 

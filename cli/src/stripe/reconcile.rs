@@ -1,0 +1,261 @@
+//! `libero stripe reconcile`: the operator's one command after lost deliveries. It runs
+//! the same bounded runs as the `stripe-reconcile` endpoint
+//! (`libero_shared::stripe::reconcile`, through the webhook's exactly-once apply
+//! functions), in this process, straight against Postgres and Stripe, until nothing is
+//! left. So it works while the app is down or misconfigured, which is when it is needed.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use libero_shared::db::{DbError, SqlParam, SqlRow, SqlValue};
+use libero_shared::http::outbound::{OutboundError, OutboundRequest, OutboundResponse};
+use libero_shared::stripe::client::DEFAULT_API_BASE;
+use libero_shared::stripe::reconcile::{self, Limits, Report};
+use libero_shared::{ApiError, Platform};
+use tokio_postgres::types::{FromSql, ToSql, Type};
+
+use super::http::CliPlatform;
+use super::{env, key_mode};
+use crate::pg;
+
+pub const USAGE: &str = "  libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
+      apply the Stripe events the webhook missed (GET /v1/events from the stored cursor,
+      each applied exactly once) and re-read stale subscriptions; runs until nothing is
+      left (--once: one bounded run, as the endpoint does). Reads Stripe, never writes it.
+      key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY
+      URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL";
+
+#[derive(Debug, Default, PartialEq)]
+struct Args {
+    once: bool,
+    limits: Limits,
+    database_url: Option<String>,
+    api_base: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut out = Args::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it.next().cloned().with_context(|| format!("{name} needs a value")),
+            }
+        };
+        match name {
+            "--once" if inline.is_none() => out.once = true,
+            "--max-events" => out.limits.max_events = number(name, &value()?, 1, 100_000)? as usize,
+            "--max-seconds" => out.limits.max_millis = number(name, &value()?, 1, 3600)? * 1000,
+            "--database-url" => out.database_url = Some(value()?),
+            "--api-base" => out.api_base = Some(value()?),
+            _ => bail!("unknown argument {arg:?}\nusage:\n{USAGE}"),
+        }
+    }
+    Ok(out)
+}
+
+fn number(name: &str, value: &str, min: u64, max: u64) -> Result<u64> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => bail!("{name} takes a whole number from {min} to {max}"),
+    }
+}
+
+/// `libero stripe reconcile <args>`.
+pub async fn command(args: &[String]) -> Result<()> {
+    let args = parse(args)?;
+    let key = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"])
+        .context("set STRIPE_SECRET_KEY (or SPIN_VARIABLE_STRIPE_SECRET_KEY) to the account's secret key")?;
+    key_mode(&key)?;
+    let base = args
+        .api_base
+        .clone()
+        .or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"]))
+        .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+    let url = args
+        .database_url
+        .clone()
+        .or_else(|| env(&["DATABASE_URL", "SPIN_VARIABLE_DATABASE_URL"]))
+        .context("give --database-url, or set DATABASE_URL or SPIN_VARIABLE_DATABASE_URL")?;
+    let client = pg::connect(&url).await?;
+    let ready: bool = client
+        .query_one("select to_regprocedure('public.stripe_reconcile_cursor()') is not null", &[])
+        .await?
+        .get(0);
+    if !ready {
+        bail!("the database has no reconciliation cursor yet: run `libero migrate` first");
+    }
+    // The price overrides the components read (`stripe_price_*`), from the environment.
+    let mut variables: HashMap<String, String> = HashMap::from([
+        ("stripe_secret_key".to_string(), key),
+        ("stripe_api_base".to_string(), base),
+    ]);
+    for (name, value) in std::env::vars() {
+        if let Some(variable) = name.strip_prefix("SPIN_VARIABLE_STRIPE_PRICE_") {
+            variables.insert(format!("stripe_price_{}", variable.to_ascii_lowercase()), value);
+        }
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (once, limits) = (args.once, args.limits);
+    // The shared logic is blocking (as in a component): off the async thread, with the
+    // database reached through this runtime.
+    let total = tokio::task::spawn_blocking(move || {
+        let platform = DbPlatform { http: CliPlatform::new(variables), db: client, handle };
+        let mut total = Report::default();
+        for run in 1.. {
+            let report = reconcile::run(&platform, limits.clone()).map_err(describe)?;
+            println!("run {run}: {}", report.to_json());
+            total.seen += report.seen;
+            total.applied += report.applied;
+            total.duplicate += report.duplicate;
+            total.ignored += report.ignored;
+            total.customers_checked += report.customers_checked;
+            total.subscriptions_written += report.subscriptions_written;
+            total.cursor = report.cursor.clone();
+            total.more = report.more;
+            if once || !report.more {
+                break;
+            }
+        }
+        anyhow::Ok(total)
+    })
+    .await?
+    .context("stopped; the cursor stays before what was not done, and running `libero stripe reconcile` again continues")?;
+    println!(
+        "done: {} event(s) seen, {} applied, {} already applied, {} recorded without effect; {} customer(s) re-read, {} subscription(s) updated{}",
+        total.seen,
+        total.applied,
+        total.duplicate,
+        total.ignored,
+        total.customers_checked,
+        total.subscriptions_written,
+        if total.more { "; more left (run again)" } else { "" }
+    );
+    Ok(())
+}
+
+fn describe(error: ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{} ({}): {}", error.status, error.code, error.message)
+}
+
+/// The CLI's Stripe platform plus the database, so the shared run works as in a component.
+struct DbPlatform {
+    http: CliPlatform,
+    db: tokio_postgres::Client,
+    handle: tokio::runtime::Handle,
+}
+
+/// Any column, as the bytes Postgres sent (binary format).
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn value_of(ty: &Type, raw: Raw) -> Result<SqlValue, DbError> {
+    let Some(bytes) = raw.0 else { return Ok(SqlValue::Null) };
+    let bad = || DbError::Conversion(format!("cannot read a {ty} column"));
+    Ok(match *ty {
+        // Binary jsonb is a version byte (1) and the text.
+        Type::JSONB => SqlValue::Json(bytes.get(1..).ok_or_else(bad)?.to_vec()),
+        Type::JSON => SqlValue::Json(bytes),
+        Type::TEXT | Type::VARCHAR | Type::NAME => SqlValue::Text(String::from_utf8(bytes).map_err(|_| bad())?),
+        Type::BOOL => SqlValue::Bool(bytes.first().ok_or_else(bad)? != &0),
+        Type::INT4 => SqlValue::Int(i32::from_be_bytes(bytes.try_into().map_err(|_| bad())?) as i64),
+        Type::INT8 => SqlValue::Int(i64::from_be_bytes(bytes.try_into().map_err(|_| bad())?)),
+        _ => return Err(bad()),
+    })
+}
+
+impl Platform for DbPlatform {
+    fn variable(&self, name: &str) -> Option<String> {
+        self.http.variable(name)
+    }
+
+    fn query(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<SqlRow>, DbError> {
+        // Every parameter goes as text: the statements cast each one ($1::int8, $2::jsonb).
+        let texts: Vec<Option<String>> = params
+            .iter()
+            .map(|p| match p {
+                SqlParam::Null => Ok(None),
+                SqlParam::Bool(b) => Ok(Some(b.to_string())),
+                SqlParam::Int32(n) => Ok(Some(n.to_string())),
+                SqlParam::Int64(n) => Ok(Some(n.to_string())),
+                SqlParam::Text(s) | SqlParam::Uuid(s) => Ok(Some(s.clone())),
+                SqlParam::Jsonb(bytes) => String::from_utf8(bytes.clone())
+                    .map(Some)
+                    .map_err(|_| DbError::Conversion("jsonb parameter is not UTF-8".into())),
+                SqlParam::Bytes(_) => Err(DbError::Conversion("bytea parameters are not used here".into())),
+            })
+            .collect::<Result<_, _>>()?;
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+            texts.iter().map(|t| (t as &(dyn ToSql + Sync), Type::TEXT)).collect();
+        let rows = self.handle.block_on(self.db.query_typed(sql, &typed)).map_err(|e| match e.as_db_error() {
+            Some(db) => DbError::Query { sqlstate: db.code().code().to_string(), message: db.message().to_string() },
+            None => DbError::Unavailable(e.to_string()),
+        })?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| {
+                        let raw: Raw = row.try_get(i).map_err(|e| DbError::Conversion(e.to_string()))?;
+                        value_of(row.columns()[i].type_(), raw)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        self.http.send(request)
+    }
+
+    fn now_unix_ms(&self) -> i64 {
+        self.http.now_unix_ms()
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.http.monotonic_ms()
+    }
+
+    fn sleep(&self, duration: std::time::Duration) {
+        self.http.sleep(duration)
+    }
+
+    fn random_bytes(&self, len: usize) -> Vec<u8> {
+        self.http.random_bytes(len)
+    }
+
+    fn log(&self, line: &str) {
+        self.http.log(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse() {
+        let args: Vec<String> = ["--once", "--max-events=5", "--max-seconds", "9"].map(String::from).to_vec();
+        let parsed = parse(&args).unwrap();
+        assert!(parsed.once);
+        assert_eq!((parsed.limits.max_events, parsed.limits.max_millis), (5, 9000));
+        for bad in ["--max-events=0", "--max-seconds=x", "--live", "--once=yes"] {
+            assert!(parse(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+}
