@@ -46,13 +46,17 @@ begin
   return found;
 end
 $$;
-
+-- PL/pgSQL, not LANGUAGE sql: a SQL function with a SET clause is never inlined and its
+-- body is planned again on every call; PL/pgSQL keeps each statement's plan for the
+-- connection's lifetime (measured with pgbench on this hot path).
 create function public.stripe_finish_event(p_event_id text, p_outcome jsonb) returns jsonb
-  language sql
+  language plpgsql
   set search_path = public, pg_temp
   as $$
+begin
   update public.stripe_events set outcome = p_outcome ->> 'outcome' where event_id = p_event_id;
-  select p_outcome;
+  return p_outcome;
+end
 $$;
 
 -- Credits a purchase once per (user, checkout session). The caller holds the profile lock.
@@ -90,74 +94,6 @@ begin
     return jsonb_build_object('outcome', 'duplicate');
   end if;
   return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', p_outcome));
-end
-$$;
-
--- A Checkout Session for a token package reached a payment state:
--- p_status 'completed' (paid), 'pending' (a delayed method, not paid yet) or 'failed'.
--- The order only moves forward (pending -> completed | failed; completed -> refunded),
--- so a late 'pending' cannot undo a success. Reaching 'completed' credits the order's
--- tokens (fixed when the order row is first written) with a 'purchase' ledger row whose
--- reference is the session id.
--- Returns {"outcome":"applied"|"duplicate"|"unknown_user", "order_status", "credited"}.
-create function public.stripe_apply_checkout_payment(
-  p_event_id text,
-  p_type text,
-  p_created bigint,
-  p_session_id text,
-  p_user uuid,
-  p_product text,
-  p_tokens integer,
-  p_customer text,
-  p_payment_intent text,
-  p_amount_total bigint,
-  p_currency text,
-  p_payment_status text,
-  p_status text
-) returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-declare
-  v_order public.stripe_orders;
-  v_credited integer := 0;
-begin
-  if p_status not in ('pending', 'completed', 'failed') then
-    raise exception using errcode = '22023', message = format('order status %L is not pending, completed or failed', p_status);
-  end if;
-  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
-    return jsonb_build_object('outcome', 'duplicate');
-  end if;
-
-  perform 1 from public.user_profiles where id = p_user for update;
-  if not found then
-    -- The user was deleted after paying; nothing to credit. Operators see the outcome.
-    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'unknown_user'));
-  end if;
-
-  insert into public.stripe_orders as o (
-    checkout_session_id, payment_intent_id, customer_id, user_id, product, tokens,
-    amount_total, currency, payment_status, status
-  ) values (
-    p_session_id, p_payment_intent, p_customer, p_user, p_product, p_tokens,
-    p_amount_total, p_currency, p_payment_status, p_status
-  )
-  on conflict (checkout_session_id) do update set
-    payment_intent_id = coalesce(excluded.payment_intent_id, o.payment_intent_id),
-    customer_id = coalesce(excluded.customer_id, o.customer_id),
-    amount_total = coalesce(excluded.amount_total, o.amount_total),
-    currency = coalesce(excluded.currency, o.currency),
-    payment_status = case when o.status = 'pending' then excluded.payment_status else o.payment_status end,
-    status = case when o.status = 'pending' then excluded.status else o.status end
-  returning * into v_order;
-
-  if v_order.status in ('completed', 'refunded') then
-    v_credited := public.stripe_credit_purchase(v_order.user_id, v_order.tokens, v_order.checkout_session_id);
-  end if;
-
-  return public.stripe_finish_event(p_event_id, jsonb_build_object(
-    'outcome', 'applied', 'order_status', v_order.status, 'credited', v_credited));
 end
 $$;
 
@@ -313,38 +249,6 @@ begin
 end
 $$;
 
--- What the checkout endpoint needs to know about a user, in one read:
--- {"user_exists": bool, "customer_id": text|null, "deleted_customer_id": text|null,
---  "has_active_subscription": bool, "has_paid": bool}.
--- user_exists: false when the signed-in user is no auth user of this project (nothing
---   else is returned then, and no Stripe customer may be made for them); an auth user
---   without a profile gets one, so the customer mapping can reference it.
--- deleted_customer_id: the customer Stripe reported deleted, which a new one replaces.
--- has_paid: any subscription, or a token order that was paid (the portal is for them).
-create function public.stripe_checkout_state(p_user uuid) returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-begin
-  if not public.ensure_user_profile(p_user) then
-    return jsonb_build_object('user_exists', false);
-  end if;
-  return jsonb_build_object(
-    'user_exists', true,
-    'customer_id', (select customer_id from public.stripe_customers
-                     where user_id = p_user and deleted_at is null),
-    'deleted_customer_id', (select customer_id from public.stripe_customers
-                             where user_id = p_user and deleted_at is not null),
-    'has_active_subscription', exists (
-      select 1 from public.stripe_subscriptions
-       where user_id = p_user and status in ('active', 'trialing')),
-    'has_paid', exists (select 1 from public.stripe_subscriptions where user_id = p_user)
-             or exists (select 1 from public.stripe_orders
-                         where user_id = p_user and status in ('completed', 'refunded')));
-end
-$$;
-
 -- Maps the user to p_customer unless they already have a customer, and returns the
 -- user's customer either way. Two first checkouts racing both create (the same, thanks to
 -- Stripe's Idempotency-Key) customer and call this; the primary key lets one mapping in,
@@ -389,20 +293,15 @@ revoke all on function public.stripe_begin_event(text, text, bigint) from public
 revoke all on function public.stripe_finish_event(text, jsonb) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_credit_purchase(uuid, integer, text) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_record_event(text, text, bigint, text) from public, anon, authenticated, service_role;
-revoke all on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text)
-  from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_subscription(text, text, bigint, text, text, uuid, text, text, bigint, bigint, boolean, bigint)
   from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean)
   from public, anon, authenticated, service_role;
-revoke all on function public.stripe_checkout_state(uuid) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_link_customer(uuid, text) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_customer_deleted(text, text, bigint, text) from public, anon, authenticated, service_role;
 
 grant execute on function public.stripe_record_event(text, text, bigint, text) to service_role;
-grant execute on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text) to service_role;
 grant execute on function public.stripe_apply_subscription(text, text, bigint, text, text, uuid, text, text, bigint, bigint, boolean, bigint) to service_role;
 grant execute on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean) to service_role;
-grant execute on function public.stripe_checkout_state(uuid) to service_role;
 grant execute on function public.stripe_link_customer(uuid, text) to service_role;
 grant execute on function public.stripe_apply_customer_deleted(text, text, bigint, text) to service_role;

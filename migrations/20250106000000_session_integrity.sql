@@ -1,5 +1,5 @@
--- Completing a session, third version: rewards only for sessions that could have
--- happened (issue 20), and ego states bounded to the app's set (issue 21, finding 8b).
+-- Completing a session: rewards only for sessions that could have happened (issue 20),
+-- and ego states bounded to the app's set (issue 21, finding 8b).
 --
 -- The server cannot know that a person meditated. It refuses what is physically
 -- impossible and bounds what is merely unlikely:
@@ -15,9 +15,8 @@
 -- * Exactly once stays: a replay answers what the first completion answered, rewarded or
 --   not.
 --
--- The reward rules live here now: the constants at the top of complete_session below,
--- achievement_rules() (20250105000000_faster_complete_session.sql) and the ego_states
--- rows. The earlier migrations' copies are history.
+-- The reward rules live here: the constants at the top of complete_session below,
+-- achievement_rules() (20250105000000_achievement_rules.sql) and the ego_states rows.
 
 ------------------------------------------------------------------------------------------
 -- The app's ego states
@@ -141,7 +140,7 @@ create function public.complete_session(
 declare
   ----------------------------------------------------------------------------------------
   -- THE REWARD RULES. All of them live here, in achievement_rules()
-  -- (20250105000000_faster_complete_session.sql) and in the ego_states rows; the code
+  -- (20250105000000_achievement_rules.sql) and in the ego_states rows; the code
   -- below only applies them.
   ----------------------------------------------------------------------------------------
   xp_base             constant integer := 10;  -- XP for every rewarded session,
@@ -471,31 +470,7 @@ begin
 end
 $$;
 
--- The earlier signature, for components deployed before this migration (and SQL callers):
--- a session without started_at.
-create or replace function public.complete_session(
-  p_user uuid,
-  p_client_session_id uuid,
-  p_ego_state text,
-  p_action text,
-  p_duration_seconds integer,
-  p_protocol_id uuid,
-  p_fingerprint text
-) returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-begin
-  return public.complete_session(p_user, p_client_session_id, p_ego_state, p_action,
-                                 p_duration_seconds, p_protocol_id, p_fingerprint, null::timestamptz);
-end
-$$;
-
 revoke all on function public.complete_session(uuid, uuid, text, text, integer, uuid, text, timestamptz)
   from public, anon, authenticated, service_role;
 grant execute on function public.complete_session(uuid, uuid, text, text, integer, uuid, text, timestamptz)
   to service_role;
-revoke all on function public.complete_session(uuid, uuid, text, text, integer, uuid, text)
-  from public, anon, authenticated, service_role;
-grant execute on function public.complete_session(uuid, uuid, text, text, integer, uuid, text) to service_role;

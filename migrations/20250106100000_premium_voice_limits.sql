@@ -175,9 +175,6 @@ begin
 end
 $$;
 
--- The first version (no model, quota or budget) must not be called any more.
-drop function public.premium_tts_charge(uuid, integer, text);
-
 revoke all on function public.premium_tts_charge(uuid, integer, text, text, integer, integer, integer)
   from public, anon, authenticated, service_role;
 revoke all on function public.premium_tts_refund_chars(uuid, text) from public, anon, authenticated, service_role;

@@ -138,8 +138,6 @@ begin
 end
 $$;
 
-drop function public.tts_cache_put(text, text, text, bytea, bigint, integer);
-
 revoke all on function public.tts_cache_store(text, text, text, bytea, integer, integer, bigint, integer)
   from public, anon, authenticated, service_role;
 grant execute on function public.tts_cache_store(text, text, text, bytea, integer, integer, bigint, integer) to service_role;

@@ -247,8 +247,6 @@ begin
 end
 $$;
 
-drop function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text);
-
 revoke all on function public.stripe_settle_disputes(bigint) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_dispute(text, text, bigint, text, text, text, bigint, text, boolean)
   from public, anon, authenticated, service_role;

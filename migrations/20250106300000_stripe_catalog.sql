@@ -344,8 +344,6 @@ begin
 end
 $$;
 
-drop function public.stripe_checkout_state(uuid);
-
 revoke all on function public.stripe_catalog_put_price(jsonb) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_catalog_put_product(text, boolean, bigint) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_catalog(jsonb) from public, anon, authenticated, service_role;

@@ -624,7 +624,7 @@ fn complete_session_sql_load(platform: &NativePlatform, users: &[Uuid], s: &Sett
         }
         platform.runtime.block_on(platform.client.query_one(
             // The same arguments as the benchmark's session-complete request.
-            "select public.complete_session($1, gen_random_uuid(), 'guardian', 'calm', 300, null, 'bench')",
+            "select public.complete_session($1, gen_random_uuid(), 'guardian', 'calm', 300, null, 'bench', null)",
             &[user],
         ))?;
         if t0 >= from {

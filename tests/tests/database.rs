@@ -170,7 +170,7 @@ async fn complete_session(
     earlier_sessions_ended_long_ago(client, user).await;
     client
         .query_one(
-            "select complete_session($1, $2, $3, $4, $5, $6, $7)",
+            "select complete_session($1, $2, $3, $4, $5, $6, $7, null)",
             &[
                 &user,
                 &session,
@@ -261,7 +261,7 @@ async fn complete_started(client: &Client, user: Uuid, seconds: i32, started_ago
 async fn complete_now(client: &Client, user: Uuid, id: Uuid, seconds: i32) -> Value {
     client
         .query_one(
-            "select complete_session($1, $2, 'guardian', null, $3, null, 'fp')",
+            "select complete_session($1, $2, 'guardian', null, $3, null, 'fp', null)",
             &[&user, &id, &seconds],
         )
         .await
@@ -555,7 +555,7 @@ async fn users_cannot_write_the_economy_or_call_server_functions() {
         "update token_prices set tokens = 1".to_string(),
         // Made-up ego states would count towards ego_explorer.
         "insert into ego_states (name) values ('made_up')".to_string(),
-        format!("select complete_session('{alice}', gen_random_uuid(), 'g', null, 60, null, 'f')"),
+        format!("select complete_session('{alice}', gen_random_uuid(), 'g', null, 60, null, 'f', null)"),
         format!("select complete_session('{alice}', gen_random_uuid(), 'g', null, 60, null, 'f', now() - interval '1 hour')"),
         format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r')"),
         format!("select refund_spend('{alice}', 'r')"),
@@ -1033,7 +1033,7 @@ async fn xp_counts_whole_minutes_up_to_an_hour() {
     for seconds in [-1, 86401] {
         let err = client
             .query_one(
-                "select complete_session($1, gen_random_uuid(), 'guardian', null, $2, null, 'fp')",
+                "select complete_session($1, gen_random_uuid(), 'guardian', null, $2, null, 'fp', null)",
                 &[&alice, &seconds],
             )
             .await
@@ -1580,119 +1580,6 @@ async fn only_the_apps_ego_states_are_counted() {
     assert_ledger_consistent(&client).await;
 }
 
-/// The migration that made complete_session write only newly reached achievements
-/// first records, for existing profiles, the achievements their values already reach
-/// and counts their sessions; completions after it go on from there.
-#[tokio::test]
-async fn upgrading_records_achievements_existing_profiles_had_reached() {
-    const UPGRADE: &str = "20250105000000";
-    let test_db = db::empty_database().await.unwrap();
-    let before = tempfile::tempdir().unwrap();
-    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
-        if m.version.as_str() < UPGRADE {
-            std::fs::copy(&m.path, before.path().join(m.path.file_name().unwrap())).unwrap();
-        }
-    }
-    db::migrate_dir(&test_db.url, before.path()).await.unwrap();
-    let client = test_db.client().await;
-
-    // A profile the old client advanced: level 7, a 7-day streak, five ego states and
-    // twelve sessions, with no achievement recorded.
-    let veteran = new_user(&client).await;
-    client
-        .execute(
-            "update user_profiles set level = 7, experience = 650, session_streak = 7,
-                    last_session_date = (now() at time zone 'UTC')::date,
-                    ego_state_usage = '{\"a\":1,\"b\":1,\"c\":1,\"d\":1,\"e\":8}'
-              where id = $1",
-            &[&veteran],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "insert into sessions (user_id, client_session_id, ego_state, duration, experience_gained,
-                                   tokens_awarded, request_fingerprint, result, local_date)
-             select $1, gen_random_uuid(), 'a', 60, 12, 2, 'fp', '{}', current_date from generate_series(1, 12)",
-            &[&veteran],
-        )
-        .await
-        .unwrap();
-    let newcomer = new_user(&client).await;
-
-    let applied = db::migrate(&test_db.url).await.unwrap();
-    assert_eq!(applied.first().map(|m| m.version.as_str()), Some(UPGRADE));
-
-    assert_eq!(
-        achievements_of(&client, veteran).await,
-        ["ego_explorer", "first_session", "level_5", "sessions_10", "streak_7"]
-    );
-    assert!(achievements_of(&client, newcomer).await.is_empty());
-    let counted: i32 = client
-        .query_one("select sessions_completed from user_profiles where id = $1", &[&veteran])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(counted, 12);
-
-    // Nothing is unlocked twice; the next threshold still unlocks.
-    let next = complete(&client, veteran, 60).await;
-    assert_eq!(next["achievements_unlocked"], json!([]));
-    let to_level_8 = complete(&client, veteran, 3600 * 3).await; // +130 XP: 792 → level 8
-    assert_eq!(to_level_8["level_after"], 8);
-    assert_eq!(to_level_8["achievements_unlocked"], json!([]));
-    client
-        .execute("update user_profiles set experience = 980 where id = $1", &[&veteran])
-        .await
-        .unwrap();
-    let tenth = complete(&client, veteran, 60).await;
-    assert_eq!(tenth["level_after"], 10);
-    assert_eq!(tenth["achievements_unlocked"], json!(["level_10"]));
-    assert_eq!(complete(&client, newcomer, 60).await["achievements_unlocked"], json!(["first_session"]));
-    assert_ledger_consistent(&client).await;
-}
-
-/// Sessions recorded before the session rules keep answering their replays (now saying
-/// they were rewarded, and when they ran: up to when they were recorded), and count in
-/// the overlap check.
-#[tokio::test]
-async fn upgrading_keeps_recorded_sessions_replayable_and_in_the_overlap_check() {
-    const UPGRADE: &str = "20250106000000";
-    let test_db = db::empty_database().await.unwrap();
-    let before = tempfile::tempdir().unwrap();
-    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
-        if m.version.as_str() < UPGRADE {
-            std::fs::copy(&m.path, before.path().join(m.path.file_name().unwrap())).unwrap();
-        }
-    }
-    db::migrate_dir(&test_db.url, before.path()).await.unwrap();
-    let client = test_db.client().await;
-    let alice = new_user(&client).await;
-    let id = Uuid::new_v4();
-    let first = complete_now(&client, alice, id, 600).await;
-    assert_eq!(first["rewarded"], Value::Null, "the old function");
-
-    let applied = db::migrate(&test_db.url).await.unwrap();
-    assert_eq!(applied.first().map(|m| m.version.as_str()), Some(UPGRADE));
-
-    let replay = complete_now(&client, alice, id, 600).await;
-    assert_eq!((replay["outcome"].clone(), replay["rewarded"].clone(), replay["reason"].clone()), (json!("replayed"), json!(true), Value::Null));
-    let (started_at, ended_at): (String, String) = {
-        let row = client
-            .query_one(
-                "select to_jsonb(completed_at - interval '10 minutes') #>> '{}', to_jsonb(completed_at) #>> '{}'
-                   from sessions where client_session_id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
-    assert_eq!((replay["started_at"].as_str().unwrap(), replay["ended_at"].as_str().unwrap()), (started_at.as_str(), ended_at.as_str()));
-    assert_eq!(complete_now(&client, alice, Uuid::new_v4(), 600).await["reason"], "overlaps_previous_session");
-    assert_ledger_consistent(&client).await;
-}
-
 #[tokio::test]
 async fn users_without_a_profile_get_one_on_their_first_session() {
     let (_db, client) = fresh().await;
@@ -1757,7 +1644,7 @@ async fn overlapping_completions_sent_at_once_reward_one() {
     let results = in_parallel(
         &test_db,
         (0..20)
-            .map(|_| format!("select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp')"))
+            .map(|_| format!("select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp', null)"))
             .collect(),
     )
     .await;
@@ -1790,7 +1677,7 @@ async fn concurrent_repeats_of_one_session_grant_once() {
         &test_db,
         vec![
             format!(
-                "select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp')"
+                "select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp', null)"
             );
             20
         ],

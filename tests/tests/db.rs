@@ -57,3 +57,53 @@ async fn fresh_databases_are_separate() {
     let in_b: bool = b.client().await.query_one("SELECT to_regclass('only_in_a') IS NOT NULL", &[]).await.unwrap().get(0);
     assert!(!in_b);
 }
+
+/// The names of the SQL functions a migration defines (`create [or replace] function`),
+/// outside comments and string or dollar-quoted bodies' comments.
+fn functions_defined_in(sql: &str) -> Vec<String> {
+    let code: String = sql.lines().map(|line| line.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let lower = code.to_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let mut names = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        let defines = *word == "function"
+            && i >= 1
+            && (words[i - 1] == "create" || (i >= 3 && words[i - 1] == "replace" && words[i - 3] == "create"));
+        if defines {
+            if let Some(next) = words.get(i + 1) {
+                let name = next.split('(').next().unwrap_or("").trim_start_matches("public.");
+                names.push(name.trim_matches('"').to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn each_sql_function_is_defined_in_exactly_one_migration() {
+    let mut homes: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
+        let mut names = functions_defined_in(&m.sql);
+        names.sort();
+        names.dedup(); // overloads in one file share a home
+        for name in names {
+            homes.entry(name).or_default().push(format!("{}_{}", m.version, m.name));
+        }
+    }
+    assert!(homes.len() > 30, "the scan finds the functions: {homes:?}");
+    let twice: Vec<String> = homes
+        .iter()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(name, files)| format!("{name}: {}", files.join(", ")))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "functions defined in more than one migration (move the whole definition into the newest, see the README's Migrations paragraph): {twice:?}"
+    );
+}
+
+#[test]
+fn the_function_scan_sees_create_and_create_or_replace() {
+    let sql = "create function public.a(x int) returns int ...;\n-- create function commented_out()\nCREATE OR REPLACE FUNCTION b() ...";
+    assert_eq!(functions_defined_in(sql), ["a", "b"]);
+}
