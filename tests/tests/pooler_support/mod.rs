@@ -116,46 +116,7 @@ impl Pgbouncer {
         std::fs::write(&ini_path, text).expect("writing pgbouncer.ini");
         std::fs::write(dir.path().join("userlist.txt"), format!("\"{user}\" \"\"\n")).expect("writing userlist.txt");
 
-        let mut child = Command::new(binary)
-            .arg(&ini_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting pgbouncer");
-        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-        let echo = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
-        for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let logs = logs.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if echo {
-                        eprintln!("[pgbouncer] {line}");
-                    }
-                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        let started = Instant::now();
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", listen)).await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!("pgbouncer exited ({status}):\n{}", logs.lock().unwrap().join("\n"));
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "pgbouncer did not listen on {listen}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (child, logs) = spawn_listening(Command::new(binary).arg(&ini_path), listen, "pgbouncer").await;
         Pgbouncer { port: listen, child, logs, _dir: dir }
     }
 
@@ -182,6 +143,134 @@ impl Pgbouncer {
 }
 
 impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts `command` with its output collected (and echoed with `LIBERO_ECHO_LOGS`), and
+/// waits until it listens on `port` of loopback.
+async fn spawn_listening(command: &mut Command, port: u16, name: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let echo = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let logs = logs.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[{name}] {line}");
+                }
+                logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+    }
+    let started = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            panic!("{name} exited ({status}):\n{}", logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{name} did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, logs)
+}
+
+/// A pooler that keeps named prepared statements in transaction mode, when one is at
+/// hand: `PGCAT` names a PgCat binary (built from source; no package registry has one,
+/// so this is never required, in CI either). `None` after a line saying why.
+pub fn pgcat_or_skip() -> Option<PathBuf> {
+    let found = std::env::var_os("PGCAT").filter(|p| !p.is_empty()).map(PathBuf::from).filter(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("skipped: no pooler with prepared statement support at hand (set PGCAT to a PgCat binary)");
+    }
+    found
+}
+
+/// PgCat in transaction mode with its prepared statement cache on, in front of one
+/// database of the test cluster (PgCat pools are per database name), trusting the client.
+pub struct Pgcat {
+    pub port: u16,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pgcat {
+    pub async fn start(binary: &std::path::Path, database_url: &str, pool_size: u32) -> Pgcat {
+        let config: tokio_postgres::Config = database_url.parse().expect("a Postgres URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres");
+        let dbname = config.get_dbname().expect("a database name");
+        let dir = tempfile::Builder::new().prefix("libero-pgcat").tempdir().expect("a temp dir");
+        let listen = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
+        let toml = format!(
+            r#"[general]
+host = "127.0.0.1"
+port = {listen}
+admin_username = "pgcat"
+admin_password = "pgcat"
+enable_prometheus_exporter = false
+
+[pools.{dbname}]
+pool_mode = "transaction"
+prepared_statements_cache_size = 500
+query_parser_enabled = false
+
+[pools.{dbname}.users.0]
+username = "{user}"
+password = "unused"
+auth_type = "trust"
+pool_size = {pool_size}
+
+[pools.{dbname}.shards.0]
+servers = [["{host}", {port}, "primary"]]
+database = "{dbname}"
+"#
+        );
+        let path = dir.path().join("pgcat.toml");
+        std::fs::write(&path, toml).expect("writing pgcat.toml");
+        let (child, logs) = spawn_listening(Command::new(binary).arg(&path), listen, "pgcat").await;
+        Pgcat { port: listen, child, logs, _dir: dir }
+    }
+
+    /// Points an app's `database_url` and `db_host` at this PgCat.
+    pub fn route(&self, variables: &mut HashMap<String, String>) {
+        let config: tokio_postgres::Config = variables["database_url"].parse().expect("a Postgres URL");
+        let user = config.get_user().unwrap_or("postgres").to_string();
+        let dbname = config.get_dbname().unwrap_or("postgres").to_string();
+        variables.insert("database_url".into(), format!("postgres://{user}@127.0.0.1:{}/{dbname}", self.port));
+        variables.insert("db_host".into(), format!("127.0.0.1:{}", self.port));
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Pgcat {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
