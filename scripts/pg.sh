@@ -8,6 +8,9 @@
 # (created with Debian's postgresql package, installed here when missing). That user
 # may not be able to enter the clone (root's home is 0700), so as root the data
 # directory lives under /var/tmp/libero-pg/, one per clone; .local/pg keeps its URL.
+# The `postgres` role has a random password (`password` beside the data, and in the URL):
+# TCP logins need it (scram-sha-256), so the tests' check that no response or log line
+# carries the database password has one to look for. The local socket stays `trust`.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,6 +24,7 @@ data="$state/data"
 # The URL lives beside the data (a clone deleted and made again at the same path finds
 # its still-running cluster) and is copied to .local/pg/url, where the tests look.
 url_file="$state/url"
+password_file="$state/password"
 publish_url() {
   mkdir -p "$dir"
   [ "$url_file" = "$dir/url" ] || cp "$url_file" "$dir/url"
@@ -45,6 +49,24 @@ as_owner() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+password() {
+  if [ ! -s "$password_file" ]; then
+    mkdir -p "$state"
+    (umask 077; python3 -c 'import secrets; print(secrets.token_hex(16))' > "$password_file")
+  fi
+  cat "$password_file"
+}
+
+# Sets the role's password over the socket (on stdin: in no process list) and writes the
+# URL with it. A cluster made before passwords keeps `trust` on TCP, which accepts it.
+set_password_and_url() {
+  local port="$1" pw
+  pw="$(password)"
+  printf "ALTER ROLE postgres PASSWORD '%s';\n" "$pw" |
+    (cd / && as_owner "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$data" -p "$port" -U postgres -d postgres) >/dev/null
+  echo "postgres://postgres:$pw@127.0.0.1:$port/postgres" > "$url_file"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -61,14 +83,15 @@ start() {
   if [ -f "$data/postmaster.pid" ]; then
     running_port="$(sed -n 4p "$data/postmaster.pid" 2>/dev/null || true)"
     if [ -n "$running_port" ] && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$running_port" 2>/dev/null; then
-      echo "postgres://postgres@127.0.0.1:$running_port/postgres" > "$url_file"
+      set_password_and_url "$running_port"
       publish_url; return
     fi
   fi
   if [ ! -f "$data/PG_VERSION" ]; then
     rm -rf "$data"; mkdir -p "$data"
     if [ "$(id -u)" -eq 0 ]; then chmod 755 /var/tmp/libero-pg "$(dirname "$data")"; chown postgres "$data"; fi
-    as_owner "$bindir/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+    as_owner "$bindir/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C >/dev/null
   fi
   port="$(free_port)"
   [ "$(id -u)" -eq 0 ] && chown -R postgres "$data"
@@ -76,7 +99,7 @@ start() {
   as_owner "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
     -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=1000 \
         -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null
-  echo "postgres://postgres@127.0.0.1:$port/postgres" > "$url_file"
+  set_password_and_url "$port"
   publish_url
 }
 
@@ -89,7 +112,7 @@ stop() {
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
-  remove) stop; rm -rf "$data" "$url_file"; rmdir "$state" 2>/dev/null || true ;;
+  remove) stop; rm -rf "$data" "$url_file" "$password_file"; rmdir "$state" 2>/dev/null || true ;;
   url) if [ -f "$url_file" ]; then publish_url; else echo "pg.sh: not started (scripts/pg.sh start)" >&2; exit 1; fi ;;
   *) echo "usage: $0 start|stop|remove|url" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
 //! ```text
 //! libero migrate [--database-url URL] [--migrations DIR]
 //! libero analytics [--days N] [--csv] [--only VIEW] [--refresh] [--database-url URL]
+//! libero stripe sync [--dry-run] [--live] [--database-url URL] [--api-base URL]
 //! ```
 
 use std::path::PathBuf;
@@ -51,8 +52,8 @@ async fn run(args: Vec<String>) -> Result<()> {
             }
             Ok(())
         }
-        "analytics" => libero_cli::analytics::command(rest).await,
         "stripe" => stripe::command(rest).await,
+        "analytics" => libero_cli::analytics::command(rest).await,
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             println!("{}", libero_cli::analytics::USAGE);

@@ -1,6 +1,8 @@
 //! Checks that turn raw request fields into values the domain can trust. Each failure
 //! is a 400 naming the field.
 
+use serde::Deserialize as _;
+
 use crate::ApiError;
 
 fn invalid(field: &str, what: &str) -> ApiError {
@@ -37,18 +39,33 @@ pub fn slug(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     }
 }
 
-/// Free text: trimmed, between `min` and `max` characters, no control characters other
-/// than newlines and tabs.
+/// Free text: no control characters other than tab, newline and carriage return; at
+/// most `max` characters as sent and at least `min` once trimmed; answered trimmed.
+/// openapi.yaml states exactly this (a `pattern` and `maxLength`), so the limits apply to
+/// the value as sent rather than to what is left after trimming.
 pub fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String, ApiError> {
-    let trimmed = value.trim();
-    let chars = trimmed.chars().count();
-    if chars < min || chars > max {
-        return Err(invalid(field, &format!("must be {min} to {max} characters long")));
-    }
-    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
         return Err(invalid(field, "must not contain control characters"));
     }
+    let trimmed = value.trim();
+    if trimmed.chars().count() < min || value.chars().count() > max {
+        return Err(invalid(field, &format!("must be {min} to {max} characters long")));
+    }
     Ok(trimmed.to_string())
+}
+
+/// A JSON integer for serde's `deserialize_with`: also `438.0` or `4.38e2`, which JSON
+/// Schema (and so openapi.yaml's `type: integer`) counts as integers; `438.5` is refused.
+pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Number::deserialize(deserializer)? {
+        n if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+        n => match n.as_f64() {
+            // Within ±2^53 every integral f64 is exact, and far beyond any field's range.
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(f as i64),
+            _ => Err(D::Error::custom(format!("invalid type: number `{n}`, expected an integer"))),
+        },
+    }
 }
 
 pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -161,8 +178,30 @@ mod tests {
         assert!(text("intent", "   ", 1, 10).is_err());
         assert!(text("intent", "ééééééééééé", 1, 10).is_err());
         assert!(text("intent", "a\u{0}b", 1, 10).is_err());
+        // Limits and control characters apply to the value as sent, as openapi.yaml says.
+        assert!(text("intent", "\u{b}calm", 1, 10).is_err());
+        assert!(text("intent", "calm      x", 1, 10).is_err());
+        assert!(text("intent", " calm     ", 1, 10).is_ok());
+        assert_eq!(text("intent", "\r\n\tcalm\n", 1, 10).unwrap(), "calm");
         assert!(in_range("duration", 5, 1, 60).is_ok());
         assert!(in_range("duration", 61, 1, 60).is_err());
+    }
+
+    #[test]
+    fn integers_as_json_schema_counts_them() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "integer")]
+            n: i64,
+        }
+        let n = |json: &str| serde_json::from_str::<Body>(json).map(|b| b.n);
+        assert_eq!(n(r#"{"n": 438}"#).unwrap(), 438);
+        assert_eq!(n(r#"{"n": 438.0}"#).unwrap(), 438);
+        assert_eq!(n(r#"{"n": 4.38e2}"#).unwrap(), 438);
+        assert_eq!(n(r#"{"n": -0.0}"#).unwrap(), 0);
+        for bad in [r#"{"n": 438.5}"#, r#"{"n": "438"}"#, r#"{"n": 1e300}"#, r#"{"n": null}"#, r#"{"n": 18446744073709551615}"#] {
+            assert!(n(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -93,7 +93,12 @@ impl Spec {
             (Some(media), Some(ct)) => match media.get(&ct) {
                 None => problems.push(format!("{what}: content-type {ct} not documented ({:?})", media.keys().collect::<Vec<_>>())),
                 Some(entry) => {
-                    if ct == "application/json" || ct.ends_with("+json") {
+                    if ct == "text/event-stream" {
+                        if let Some(item) = entry.get("itemSchema") {
+                            let cut = response.truncated || response.incomplete;
+                            problems.extend(event_errors(item, &response.body, cut).into_iter().map(|e| format!("{what}: {e}")));
+                        }
+                    } else if ct == "application/json" || ct.ends_with("+json") {
                         if response.truncated || response.incomplete {
                             return problems;
                         }
@@ -132,6 +137,78 @@ fn schema_errors(schema: &Value, instance: &Value) -> Vec<String> {
         Err(e) => return vec![format!("the spec's schema does not compile: {e}")],
     };
     validator.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+}
+
+/// Every way the events of a `text/event-stream` body break `item` (the media type's
+/// `itemSchema`, OpenAPI 3.2): each event as an object (`data`, its `data:` lines joined
+/// by newlines; `event` and `id` when sent), its JSON payload checked by [`content_errors`].
+/// A body cut short loses its last, unfinished event.
+fn event_errors(item: &Value, body: &[u8], cut: bool) -> Vec<String> {
+    let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
+    let mut blocks: Vec<&str> = text.split("\n\n").collect();
+    // What follows the last blank line is an unfinished event (or nothing).
+    let unfinished = blocks.pop().unwrap_or_default();
+    if !cut && !unfinished.trim().is_empty() {
+        return vec![format!("the stream ends inside an event: {}", preview(unfinished.as_bytes()))];
+    }
+    let mut problems = Vec::new();
+    for block in blocks {
+        let mut data = Vec::new();
+        let mut event = serde_json::Map::new();
+        for line in block.lines() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => data.push(value),
+                "event" | "id" => {
+                    event.insert(field.to_string(), Value::from(value));
+                }
+                _ => {}
+            }
+        }
+        if data.is_empty() {
+            continue;
+        }
+        event.insert("data".into(), Value::from(data.join("\n")));
+        let event = Value::Object(event);
+        let mut errors = schema_errors(item, &event);
+        if errors.is_empty() {
+            if let Some(schema) = item.pointer("/properties/data") {
+                errors = content_errors(schema, &event["data"]);
+            }
+        }
+        problems.extend(errors.into_iter().map(|e| format!("event {}: {e}", preview(block.as_bytes()))));
+    }
+    problems
+}
+
+/// The `contentMediaType: application/json` + `contentSchema` rules of `schema` (and of
+/// its `anyOf`/`oneOf` branches, one of which must hold), which JSON Schema validators
+/// treat as annotations only.
+fn content_errors(schema: &Value, value: &Value) -> Vec<String> {
+    for keyword in ["anyOf", "oneOf"] {
+        if let Some(branches) = schema.get(keyword).and_then(Value::as_array) {
+            let mut all = Vec::new();
+            for branch in branches {
+                let mut errors = schema_errors(branch, value);
+                if errors.is_empty() {
+                    errors = content_errors(branch, value);
+                }
+                if errors.is_empty() {
+                    return Vec::new();
+                }
+                all.extend(errors);
+            }
+            return vec![format!("matches no branch of {keyword}: {}", all.join("; "))];
+        }
+    }
+    let (Some("application/json"), Some(text)) = (schema.get("contentMediaType").and_then(Value::as_str), value.as_str()) else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Value>(text) {
+        Err(e) => vec![format!("not JSON ({e})")],
+        Ok(parsed) => schema.get("contentSchema").map(|s| schema_errors(s, &parsed)).unwrap_or_default(),
+    }
 }
 
 /// `doc` with every `{"$ref": "#/..."}` replaced by what it points at.
@@ -253,6 +330,27 @@ mod tests {
         assert!(!spec.violations(&bad_type).is_empty());
         let other_path = record("GET", "/nowhere", 404, Some("text/plain"), "Not Found");
         assert!(spec.violations(&other_path).is_empty());
+    }
+
+    #[test]
+    fn each_server_sent_event_is_checked() {
+        let spec = Spec::repo();
+        let stream = |body: &str| record("POST", "/chatgpt-chat", 200, Some("text/event-stream"), body);
+        let whole = "data: {\"delta\":\"Hel\"}\n\ndata: {\"delta\":\"lo\"}\n\n\
+                     data: {\"done\":true,\"model\":\"gpt-4o-mini\",\"usage\":null}\n\ndata: [DONE]\n\n";
+        assert!(spec.violations(&stream(whole)).is_empty(), "{:?}", spec.violations(&stream(whole)));
+        let broken = "data: {\"delta\":\"Hel\"}\n\n\
+                      data: {\"error\":{\"code\":\"ai_interrupted\",\"message\":\"m\"},\"retryable\":true}\n\ndata: [DONE]\n\n";
+        assert!(spec.violations(&stream(broken)).is_empty(), "{:?}", spec.violations(&stream(broken)));
+        for bad in [
+            "data: {\"delta\":3}\n\n",
+            "data: {\"delta\":\"x\",\"extra\":1}\n\n",
+            "data: not json\n\n",
+            "data: {\"done\":true}\n\n",
+            "data: {\"delta\":\"x\"}",
+        ] {
+            assert!(!spec.violations(&stream(bad)).is_empty(), "{bad:?} passed");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ struct ScriptBody {
     ego_state: String,
     intent: String,
     #[serde(alias = "duration", alias = "durationMinutes")]
+    #[serde(deserialize_with = "validate::integer")]
     duration_minutes: i64,
     style: Option<String>,
     #[serde(alias = "protocolId", alias = "customProtocolId")]

@@ -27,6 +27,7 @@ struct CompletionBody {
     ego_state: String,
     action: Option<String>,
     #[serde(alias = "duration")]
+    #[serde(deserialize_with = "validate::integer")]
     duration_seconds: i64,
     protocol_id: Option<String>,
     /// RFC 3339; for a completion sent after the session ended (e.g. offline). The
