@@ -27,7 +27,8 @@ url_file="$state/url"
 password_file="$state/password"
 publish_url() {
   mkdir -p "$dir"
-  [ "$url_file" = "$dir/url" ] || cp "$url_file" "$dir/url"
+  # Copied by rename: a concurrent reader never sees a half-written file.
+  [ "$url_file" = "$dir/url" ] || { cp "$url_file" "$dir/url.$$" && mv -f "$dir/url.$$" "$dir/url"; }
   cat "$url_file"
 }
 
@@ -64,7 +65,7 @@ set_password_and_url() {
   pw="$(password)"
   printf "ALTER ROLE postgres PASSWORD '%s';\n" "$pw" |
     (cd / && as_owner "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$data" -p "$port" -U postgres -d postgres) >/dev/null
-  echo "postgres://postgres:$pw@127.0.0.1:$port/postgres" > "$url_file"
+  echo "postgres://postgres:$pw@127.0.0.1:$port/postgres" > "$url_file.$$" && mv -f "$url_file.$$" "$url_file"
 }
 
 free_port() {
