@@ -70,17 +70,22 @@ cargo run --quiet -p libero-cli --bin libero -- migrate --database-url "${admin_
 
 jwt_secret="$(random_hex 32)"
 user_id="$(python3 -c 'import uuid; print(uuid.uuid4())')"
-token="$(python3 - "$jwt_secret" "$user_id" <<'EOF'
+# sign CLAIMS_JSON: an HS256 token with the secret, valid for an hour from now.
+sign() {
+  python3 - "$jwt_secret" "$1" <<'EOF'
 import base64, hashlib, hmac, json, sys, time
-secret, sub = sys.argv[1], sys.argv[2]
+secret, claims = sys.argv[1], json.loads(sys.argv[2])
 b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-now = int(time.time())
-claims = {"sub": sub, "aud": "authenticated", "role": "authenticated", "email": "contract@test.local",
-          "iat": now, "exp": now + 3600}
+claims.update(iat=int(time.time()), exp=int(time.time()) + 3600)
 signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
 print(signing_input + "." + b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()))
 EOF
-)"
+}
+# The signed-in user's token for every operation; the service role's for the operator's
+# endpoints (tests/schemathesis/schemathesis.toml).
+CONTRACT_USER_TOKEN="$(sign "{\"sub\": \"$user_id\", \"aud\": \"authenticated\", \"role\": \"authenticated\", \"email\": \"contract@test.local\"}")"
+CONTRACT_SERVICE_TOKEN="$(sign '{"iss": "supabase", "role": "service_role"}')"
+export CONTRACT_USER_TOKEN CONTRACT_SERVICE_TOKEN
 
 spin="$(scripts/find-spin.sh || true)"
 host_bin=""
@@ -159,9 +164,8 @@ SQL
 # st_run NAME SEED SECONDS
 st_run() {
   CONTRACT_BASELINE_LOG="$work/baseline.log" SCHEMATHESIS_HOOKS="$here/hooks.py" \
-    "$venv/bin/st" run openapi.yaml \
+    "$venv/bin/st" --config-file "$here/schemathesis.toml" run openapi.yaml \
     --url "http://127.0.0.1:$port" \
-    --header "Authorization: Bearer $token" \
     --checks all \
     --seed "$2" --max-time "$3" \
     --generation-database none \

@@ -287,6 +287,25 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
         let (got, answer) = checkout(&app, user, body.clone()).await;
         assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
     }
+    // An Idempotency-Key that is not a plain token is refused, not silently replaced: the
+    // client would believe its retries were safe.
+    let checkout_body = json!({"product": "tokens-small"});
+    let portal = format!("{CHECKOUT}/portal");
+    let long = "k".repeat(65);
+    for (route, body, key) in [(CHECKOUT, &checkout_body, "a b"), (CHECKOUT, &checkout_body, ""), (&portal, &json!({}), &long)] {
+        let response = app
+            .client
+            .post(app.url(route))
+            .bearer_auth(app.token_for(user))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_field")), "{route} {key:?}: {answer}");
+    }
     let response = app.client.post(app.url(CHECKOUT)).json(&json!({"product": "tokens-small"})).send().await.unwrap();
     assert_eq!(response.status(), 401);
     let response = app.client.get(app.url(CHECKOUT)).send().await.unwrap();

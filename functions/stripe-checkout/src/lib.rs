@@ -6,7 +6,7 @@ use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DE
 use libero_shared::db;
 use libero_shared::stripe::catalog::{self, Prices};
 use libero_shared::stripe::checkout::{self, CheckoutRequest};
-use libero_shared::{auth, Platform};
+use libero_shared::{auth, validate, Platform};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,14 +38,16 @@ struct PortalBody {
     return_url: Option<String>,
 }
 
-/// The caller's `Idempotency-Key` when it is a plain token, else this request's id: our
-/// retries to Stripe reuse it, and so does a client that retries with the same key.
-fn request_key(request: &ApiRequest) -> String {
-    request
-        .header("idempotency-key")
-        .filter(|k| !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .unwrap_or(&request.request_id)
-        .to_string()
+/// The caller's `Idempotency-Key`, else this request's id: our retries to Stripe reuse it,
+/// and so does a client that retries with the same key. A key that is not a plain token
+/// is a 400, not ignored: the client would believe its retries were safe.
+fn request_key(request: &ApiRequest) -> Result<String, ApiError> {
+    match request.header("idempotency-key") {
+        Some(key) => validate::slug("Idempotency-Key", key, 64).map_err(|_| {
+            ApiError::bad_request("invalid_field", "Header `Idempotency-Key` must be 1 to 64 letters, digits, '_' or '-'.")
+        }),
+        None => Ok(request.request_id.clone()),
+    }
 }
 
 /// The catalog with the prices sold now (one statement). Without the database the list
@@ -71,7 +73,7 @@ fn create_checkout(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiR
         body.success_url.as_deref(),
         body.cancel_url.as_deref(),
     )?;
-    let session = checkout::start_checkout(platform, &user, &checkout_request, &request_key(request))?;
+    let session = checkout::start_checkout(platform, &user, &checkout_request, &request_key(request)?)?;
     Ok(ApiResponse::json(200, &json!({ "session_id": session.session_id, "url": session.url })))
 }
 
@@ -80,7 +82,7 @@ fn create_portal(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiRes
     // The body is optional: `{}` or nothing at all uses the app's first origin.
     let body: PortalBody =
         if request.body.iter().all(u8::is_ascii_whitespace) { PortalBody::default() } else { request.json()? };
-    let url = checkout::open_portal(platform, &user, body.return_url.as_deref(), &request_key(request))?;
+    let url = checkout::open_portal(platform, &user, body.return_url.as_deref(), &request_key(request)?)?;
     Ok(ApiResponse::json(200, &json!({ "url": url })))
 }
 
