@@ -1,7 +1,8 @@
 """What scripts/contract.sh's Schemathesis runs did: requests sent, the answers' statuses
 per operation, and how often each accepted exception of baseline.yaml was used.
 
-usage: summary.py BASELINE_LOG REPORT.ndjson...
+usage: summary.py passed|failed BASELINE_LOG REPORT.ndjson...
+("passed" ends with the plain closing line `contract: N passed, 0 failed`, N the requests.)
 """
 
 import collections
@@ -22,7 +23,7 @@ def interactions(report):
             yield from finished["recorder"].get("interactions", {}).values()
 
 
-def main(log, reports):
+def main(outcome, log, reports):
     statuses = collections.defaultdict(collections.Counter)
     total = 0
     for report in reports:
@@ -50,7 +51,9 @@ def main(log, reports):
     for i, entry in enumerate(entries):
         codes = "/".join(entry["codes"])
         print(f"  {used.get(str(i), 0):5}  {entry['operation']} {entry['failure']} {entry['status']} {codes}")
+    if outcome == "passed":
+        print(f"contract: {total} passed, 0 failed")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
