@@ -177,9 +177,17 @@ begin
 end
 $$;
 
--- As before (20250102000000_stripe_functions.sql), plus p_status 'review' with its
--- p_review_reason, and disputes recorded before the credit are settled right after it.
--- Returns {"outcome":"applied"|"duplicate"|"unknown_user", "order_status", "credited"}.
+-- Records a Checkout Session's order and credits its tokens when it was paid, exactly
+-- once per event. p_status 'review' (with p_review_reason) holds an order without
+-- crediting it. A 'completed' order must have been paid at the price its product is sold
+-- at now: p_paid_price_id (the session's one line item, whose amount the caller checked)
+-- must be p_price_override (the product's stripe_price_* variable) or, without one, the
+-- catalog's stored price (stripe_catalog(), 20250106300000_stripe_catalog.sql); else
+-- the order is held for review ('price_not_configured' or 'price_mismatch'). Checked here,
+-- in the statement that credits, so a verified delivery stays one statement. Disputes
+-- recorded before the credit are settled right after it.
+-- Returns {"outcome":"applied"|"duplicate"|"unknown_user", "order_status", "credited",
+-- "review_reason"}.
 create function public.stripe_apply_checkout_payment(
   p_event_id text,
   p_type text,
@@ -194,7 +202,9 @@ create function public.stripe_apply_checkout_payment(
   p_currency text,
   p_payment_status text,
   p_status text,
-  p_review_reason text
+  p_review_reason text,
+  p_paid_price_id text,
+  p_price_override text
 ) returns jsonb
   language plpgsql
   security definer
@@ -203,6 +213,7 @@ create function public.stripe_apply_checkout_payment(
 declare
   v_order public.stripe_orders;
   v_credited integer := 0;
+  v_expected_price text;
 begin
   if p_status not in ('pending', 'completed', 'failed', 'review')
      or (p_status = 'review') <> (p_review_reason is not null) then
@@ -211,6 +222,18 @@ begin
   end if;
   if not public.stripe_begin_event(p_event_id, p_type, p_created) then
     return jsonb_build_object('outcome', 'duplicate');
+  end if;
+
+  if p_status = 'completed' then
+    v_expected_price := coalesce(p_price_override,
+                                 public.stripe_catalog('[]'::jsonb) -> 'prices' -> p_product ->> 'price_id');
+    if v_expected_price is null then
+      p_status := 'review';
+      p_review_reason := 'price_not_configured';
+    elsif p_paid_price_id is distinct from v_expected_price then
+      p_status := 'review';
+      p_review_reason := 'price_mismatch';
+    end if;
   end if;
 
   perform 1 from public.user_profiles where id = p_user for update;
@@ -243,14 +266,15 @@ begin
   end if;
 
   return public.stripe_finish_event(p_event_id, jsonb_build_object(
-    'outcome', 'applied', 'order_status', v_order.status, 'credited', v_credited));
+    'outcome', 'applied', 'order_status', v_order.status, 'credited', v_credited,
+    'review_reason', v_order.review_reason));
 end
 $$;
 
 revoke all on function public.stripe_settle_disputes(bigint) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_dispute(text, text, bigint, text, text, text, bigint, text, boolean)
   from public, anon, authenticated, service_role;
-revoke all on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text, text)
+revoke all on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text, text, text, text)
   from public, anon, authenticated, service_role;
 grant execute on function public.stripe_apply_dispute(text, text, bigint, text, text, text, bigint, text, boolean) to service_role;
-grant execute on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text, text) to service_role;
+grant execute on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text, text, text, text) to service_role;

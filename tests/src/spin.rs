@@ -82,6 +82,9 @@ impl SpinApp {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // `spin up` runs the app in a child process of its own (`spin trigger http`):
+            // a group of their own lets Drop stop both.
+            .process_group(0)
             .kill_on_drop(true);
         // Only this test's variables: none inherited from the developer's shell.
         for (name, _) in std::env::vars_os() {
@@ -137,6 +140,10 @@ impl SpinApp {
 
 impl Drop for SpinApp {
     fn drop(&mut self) {
+        // The whole group: killing `spin up` alone leaves its trigger process serving.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        }
         let _ = self.child.start_kill();
     }
 }

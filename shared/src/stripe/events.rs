@@ -5,7 +5,8 @@
 //!
 //! What was paid decides the credit, not the session's metadata alone: a payment is only
 //! credited when the session's line items are the catalog's price for the product
-//! (re-read from Stripe, [`check_paid`]) and the amount paid matches that price. Anything
+//! (re-read from Stripe, [`check_line_items`], and compared with the product's price in
+//! `stripe_apply_checkout_payment`) and the amount paid matches that price. Anything
 //! else (a Payment Link or Dashboard session carrying our metadata, a promotion code, a
 //! `no_payment_required` session) becomes an order in status `review` that credits
 //! nothing. Disputes take the tokens back like a refund and give them back if won.
@@ -27,7 +28,7 @@
 
 use serde_json::{json, Value};
 
-use super::catalog::{self, Prices, ProductKind};
+use super::catalog::{self, ProductKind};
 use super::client::StripeClient;
 use super::is_object_id;
 use crate::db::{self, SqlParam};
@@ -88,6 +89,9 @@ pub struct CheckoutPayment {
     pub status: &'static str,
     /// Why the order is held for review.
     pub review_reason: Option<&'static str>,
+    /// The price of the session's one line item, once its amount checked out
+    /// ([`check_line_items`]); the SQL function compares it with the product's price.
+    pub paid_price_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,30 +262,24 @@ fn checkout_effect(event: &Event) -> Effect {
         payment_status,
         status,
         review_reason,
+        paid_price_id: None,
     })
 }
 
-/// Whether a session paid what the catalog asks for its product: exactly one line item,
-/// the price the product is sold at now (`prices`: its `stripe_price_*` override, else the
-/// stored price), quantity 1, and the amount paid (`amount_total`, or in the price's own
-/// currency when Stripe's Adaptive Pricing converted it) equal to that price's
-/// `unit_amount` in its currency. `Err` names the first check that failed, as the order's
-/// review reason.
-pub fn check_paid(
-    prices: &Prices,
-    product: &catalog::Product,
-    session: &Value,
-    line_items: &Value,
-) -> Result<(), &'static str> {
-    let expected_price = prices.price(product).map(|p| p.id.clone()).ok_or("price_not_configured")?;
+/// Whether a session paid what its line item's price asks: exactly one line item,
+/// quantity 1, and the amount paid (`amount_total`, or in the price's own currency when
+/// Stripe's Adaptive Pricing converted it) equal to that price's `unit_amount` in its
+/// currency. `Ok` is the line item's price id: whether that is the price the product is
+/// sold at (its `stripe_price_*` override, else the stored catalog price) is checked by
+/// `stripe_apply_checkout_payment`, in the statement that credits. `Err` names the first
+/// check that failed, as the order's review reason.
+pub fn check_line_items(session: &Value, line_items: &Value) -> Result<String, &'static str> {
     let items = line_items["data"].as_array().ok_or("line_items_unreadable")?;
     if items.len() != 1 || line_items["has_more"].as_bool() == Some(true) {
         return Err("line_items_count");
     }
     let item = &items[0];
-    if id_field(&item["price"]).as_deref() != Some(expected_price.as_str()) {
-        return Err("price_mismatch");
-    }
+    let price_id = id_field(&item["price"]).ok_or("price_mismatch")?;
     if item["quantity"].as_i64() != Some(1) {
         return Err("quantity_mismatch");
     }
@@ -299,29 +297,29 @@ pub fn check_paid(
     if paid != Some(unit_amount) {
         return Err("amount_mismatch");
     }
-    Ok(())
+    Ok(price_id)
 }
 
-/// A `completed` payment is checked against what was paid ([`check_paid`]) before it may
-/// credit; one that fails a check is held for review. Stripe trouble is a 502 (Stripe
-/// delivers the event again).
+/// A `completed` payment is checked against what was paid ([`check_line_items`]) before it
+/// may credit; one that fails a check is held for review. Stripe trouble is a 502 (Stripe
+/// delivers the event again). No statement: the price check joins the one that applies.
 fn verify_payment(platform: &dyn Platform, event: &Event, payment: &mut CheckoutPayment) -> Result<(), ApiError> {
     if payment.status != "completed" {
         return Ok(());
     }
-    let product = catalog::find(payment.product).ok_or_else(|| ApiError::internal("A catalog product went missing."))?;
-    let prices = Prices::load(platform).map_err(|e| db::report(platform, "stripe_catalog", e))?;
     let stripe = StripeClient::from_platform(platform)?;
     let verdict = match stripe.get(&format!("checkout/sessions/{}/line_items?limit=10", payment.session_id)) {
-        Ok(line_items) => check_paid(&prices, product, &event.object, &line_items),
+        Ok(line_items) => check_line_items(&event.object, &line_items),
         // Not a session of this account (another mode or account's metadata): review.
         Err(error) if error.is_missing() => Err("session_not_found"),
         Err(error) => return Err(error.into()),
     };
-    if let Err(reason) = verdict {
-        platform.log(&format!("stripe checkout {} held for review: {reason}", payment.session_id));
-        payment.status = "review";
-        payment.review_reason = Some(reason);
+    match verdict {
+        Ok(price_id) => payment.paid_price_id = Some(price_id),
+        Err(reason) => {
+            payment.status = "review";
+            payment.review_reason = Some(reason);
+        }
     }
     Ok(())
 }
@@ -381,10 +379,12 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
         ),
         Effect::CheckoutPayment(mut p) => {
             verify_payment(platform, event, &mut p)?;
+            let price_override = catalog::find(p.product).and_then(|product| platform.variable(product.price_variable));
             (
                 "stripe_apply_checkout_payment",
                 "select public.stripe_apply_checkout_payment($1::text, $2::text, $3::int8, $4::text, $5::uuid, \
-                 $6::text, $7::int4, $8::text, $9::text, $10::int8, $11::text, $12::text, $13::text, $14::text)",
+                 $6::text, $7::int4, $8::text, $9::text, $10::int8, $11::text, $12::text, $13::text, $14::text, \
+                 $15::text, $16::text)",
                 vec![
                     SqlParam::Text(p.session_id),
                     SqlParam::Uuid(p.user_id),
@@ -397,6 +397,8 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
                     SqlParam::Text(p.payment_status),
                     SqlParam::Text(p.status.to_string()),
                     p.review_reason.map(|r| SqlParam::Text(r.to_string())).unwrap_or(SqlParam::Null),
+                    text(&p.paid_price_id),
+                    text(&price_override),
                 ],
             )
         }
@@ -509,6 +511,9 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
         event.event_type,
         outcome["outcome"].as_str().unwrap_or("?")
     ));
+    if let Some(reason) = outcome["review_reason"].as_str() {
+        platform.log(&format!("stripe checkout of event {} held for review: {reason}", event.id));
+    }
     Ok(json!({ "received": true, "event_id": event.id, "outcome": outcome["outcome"] }))
 }
 
@@ -623,40 +628,29 @@ mod tests {
     }
 
     #[test]
-    fn stripe_paid_amount_must_be_the_catalog_price() {
-        let platform = crate::testing::FakePlatform::with_vars(&[("stripe_price_tokens_small", "price_small")]);
-        let prices = Prices::from_stored(&platform, &Value::Null);
-        let product = catalog::find("tokens-small").unwrap();
+    fn stripe_paid_amount_must_be_what_the_line_items_price_asks() {
+        // Whether that price is the product's is the SQL function's check (e2e:
+        // stripe_webhook.rs, only_a_payment_of_the_catalog_price_is_credited).
         let paid = session("payment", "paid", "tokens-small");
         let items = |price: &str, amount: i64, currency: &str, quantity: i64| {
             json!({"object": "list", "has_more": false, "data": [{"id": "li_1", "quantity": quantity,
                 "price": {"id": price, "unit_amount": amount, "currency": currency}}]})
         };
-        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 499, "usd", 1)), Ok(()));
-        assert_eq!(check_paid(&prices, product, &paid, &items("price_other", 499, "usd", 1)), Err("price_mismatch"));
-        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 999, "usd", 1)), Err("amount_mismatch"));
-        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 499, "eur", 1)), Err("currency_mismatch"));
-        assert_eq!(check_paid(&prices, product, &paid, &items("price_small", 499, "usd", 2)), Err("quantity_mismatch"));
+        assert_eq!(check_line_items(&paid, &items("price_small", 499, "usd", 1)), Ok("price_small".to_string()));
+        assert_eq!(check_line_items(&paid, &items("price_small", 999, "usd", 1)), Err("amount_mismatch"));
+        assert_eq!(check_line_items(&paid, &items("price_small", 499, "eur", 1)), Err("currency_mismatch"));
+        assert_eq!(check_line_items(&paid, &items("price_small", 499, "usd", 2)), Err("quantity_mismatch"));
         let mut discounted = paid.clone();
         discounted["amount_total"] = json!(99);
-        assert_eq!(check_paid(&prices, product, &discounted, &items("price_small", 499, "usd", 1)), Err("amount_mismatch"));
+        assert_eq!(check_line_items(&discounted, &items("price_small", 499, "usd", 1)), Err("amount_mismatch"));
         let two = json!({"data": [items("price_small", 499, "usd", 1)["data"][0], items("price_x", 1, "usd", 1)["data"][0]]});
-        assert_eq!(check_paid(&prices, product, &paid, &two), Err("line_items_count"));
+        assert_eq!(check_line_items(&paid, &two), Err("line_items_count"));
         // Adaptive Pricing: paid in the buyer's currency, compared in the price's.
         let mut converted = paid.clone();
         converted["currency"] = json!("eur");
         converted["amount_total"] = json!(460);
         converted["currency_conversion"] = json!({"amount_total": 499, "source_currency": "usd", "fx_rate": "0.92"});
-        assert_eq!(check_paid(&prices, product, &converted, &items("price_small", 499, "usd", 1)), Ok(()));
-        let unset = catalog::find("tokens-large").unwrap();
-        assert_eq!(check_paid(&prices, unset, &paid, &items("price_small", 499, "usd", 1)), Err("price_not_configured"));
-        // Without a variable, the stored price is the one that must have been paid.
-        let stored = Prices::from_stored(
-            &crate::testing::FakePlatform::with_vars(&[]),
-            &json!({"prices": {"tokens-small": {"price_id": "price_small_db", "unit_amount": 499, "currency": "usd"}}}),
-        );
-        assert_eq!(check_paid(&stored, product, &paid, &items("price_small_db", 499, "usd", 1)), Ok(()));
-        assert_eq!(check_paid(&stored, product, &paid, &items("price_small", 499, "usd", 1)), Err("price_mismatch"));
+        assert_eq!(check_line_items(&converted, &items("price_small", 499, "usd", 1)), Ok("price_small".to_string()));
     }
 
     #[test]
