@@ -428,15 +428,19 @@ enum Fault {
 
 const FAULTS: [Fault; 6] = [Fault::Hang, Fault::Status500, Fault::Status429, Fault::MalformedJson, Fault::Truncated, Fault::Close];
 
-/// The retry policy's attempts for this fault: `fast_retries` allows 2 to OpenAI and
-/// ElevenLabs; a Retry-After longer than its longest wait is not retried; a 200 is an
-/// answer (retried or not depending on the endpoint: 1 or 2).
-fn expected_attempts(fault: Fault) -> std::ops::RangeInclusive<usize> {
-    match fault {
-        Fault::Hang | Fault::Status500 | Fault::Close => 2..=2,
-        Fault::Status429 => 1..=1,
-        Fault::MalformedJson | Fault::Truncated => 1..=2,
-    }
+/// The requests a faulty upstream must see for one call: the retry policy's attempts
+/// (`fast_retries` allows 2 to OpenAI and ElevenLabs; a Retry-After longer than its
+/// longest wait is not retried; a 200 is an answer, asked again or not depending on the
+/// endpoint: 1 or 2). Real Spin's outbound client now and then sends a request a second
+/// time on a fresh connection by itself (seen on an app's first outbound call, the guest
+/// logging one attempt), so under Spin one request more is allowed; never fewer.
+fn expected_attempts(fault: Fault, app: &TestApp) -> std::ops::RangeInclusive<usize> {
+    let (least, most) = match fault {
+        Fault::Hang | Fault::Status500 | Fault::Close => (2, 2),
+        Fault::Status429 => (1, 1),
+        Fault::MalformedJson | Fault::Truncated => (1, 2),
+    };
+    least..=most + usize::from(app.app.is_spin())
 }
 
 /// The speech endpoints of OpenAI and ElevenLabs: there a 200 carries audio.
@@ -504,8 +508,9 @@ async fn faulty_upstream(fault: Fault) -> (String, Arc<AtomicUsize>) {
 /// ID3 header and the start of a frame.
 const TRUNCATED_AUDIO: &[u8; 16] = b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x64\x00\x00";
 
-/// Reads one request's head and its `content-length` body (enough for our clients);
-/// returns the request's path.
+/// Reads one request's head and its body (by `content-length`, or chunked: Spin sends
+/// the components' request bodies chunked); returns the request's path. Answering before
+/// the body is in would break the request off, which the app rightly retries.
 async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -518,6 +523,12 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
             buf.extend_from_slice(&chunk[..n]);
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                if head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked")) {
+                    if buf[end + 4..].ends_with(b"0\r\n\r\n") {
+                        return;
+                    }
+                    continue;
+                }
                 let length = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
@@ -639,7 +650,8 @@ async fn openai_faults_map_to_fallbacks_or_503_within_the_deadline() {
             let json = &answer.json;
             let code = json["error"]["code"].as_str().or(json["reason"].as_str()).unwrap_or(&answer.content_type).to_string();
             assert!(elapsed < VOICE_AND_AI_LIMIT, "{case}: {elapsed:?} (deadline 2 s)");
-            assert!(expected_attempts(fault).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {:?}", expected_attempts(fault));
+            let expected = expected_attempts(fault, &app);
+            assert!(expected.contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {expected:?}");
             match path {
                 p if p.ends_with("generate-script") || p.ends_with("ai-hypnosis") => {
                     assert_eq!((answer.status, json["source"].as_str()), (200, Some("fallback")), "{case}: {}", answer.text());
@@ -693,7 +705,8 @@ async fn elevenlabs_faults_refund_and_answer_within_the_deadline() {
             let seen = hits.load(Ordering::SeqCst) - before;
             let case = format!("elevenlabs {fault:?} → {}", path.trim_start_matches("/functions/v1/"));
             assert!(elapsed < VOICE_AND_AI_LIMIT, "{case}: {elapsed:?} (deadline 2 s)");
-            assert!(expected_attempts(fault).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {:?}", expected_attempts(fault));
+            let expected = expected_attempts(fault, &app);
+            assert!(expected.contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {expected:?}");
             if fault == Fault::Truncated {
                 assert_cut_audio(&case, &answer);
             } else {
