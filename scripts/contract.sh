@@ -15,7 +15,8 @@
 #                 streamed as events, the "no provider" 503s); served by the bundled host.
 # Without Spin both use the bundled host. Each gets a run with a fixed seed and one with a
 # random seed (printed; CONTRACT_SEED=<n> replays it), CONTRACT_SECONDS (default 120)
-# shared out between the four. Any failure not accepted in tests/schemathesis/baseline.yaml
+# shared out between the four; CONTRACT_ST_ARGS adds Schemathesis options (for instance
+# `--include-path /chatgpt-chat` to look at one endpoint). Any failure not accepted in tests/schemathesis/baseline.yaml
 # (each entry with its reason; applied by tests/schemathesis/hooks.py) fails the script.
 #
 # Builds only the operator CLI (migrations) and, if missing, the bundled host: run
@@ -188,7 +189,7 @@ st_run() {
     --seed "$2" --max-time "$3" \
     --generation-database none \
     --report ndjson --report-ndjson-path "$work/$1-$2.ndjson" \
-    --no-color
+    --no-color ${CONTRACT_ST_ARGS:-}
 }
 
 failed=()
