@@ -13,6 +13,11 @@
 #[path = "../tests/stripe_support/mod.rs"]
 mod stripe_support;
 
+#[path = "libero_bench/runtimes.rs"]
+mod runtimes;
+#[path = "libero_bench/side_by_side.rs"]
+mod side_by_side;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -42,6 +47,11 @@ const NOTES_FILE: &str = "docs/benchmark-notes.md";
 
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789abcdef";
 const USERS: usize = 1000;
+/// Users whose session completions are benchmarked: each earns at most 12 rewarded
+/// completions a day, and a full run makes ~150,000 on a quiet machine.
+const COMPLETION_USERS: usize = 40_000;
+/// Of those, the ones the statement-alone rows use.
+const STATEMENT_USERS: usize = 4_000;
 
 /// Passes over the rows the budgets are judged on (the median pass is reported).
 const BUDGET_PASSES: usize = 3;
@@ -64,6 +74,9 @@ struct Settings {
     out: Option<std::path::PathBuf>,
     /// `--only <text>`: just the endpoint rows whose name contains it, printed, no report.
     only: Option<String>,
+    /// `--pg-from-env`: measure on `DATABASE_URL`'s cluster (as it is configured) instead
+    /// of a cluster of the benchmark's own with default durability.
+    pg_from_env: bool,
 }
 
 fn settings() -> Settings {
@@ -80,6 +93,7 @@ fn settings() -> Settings {
         big: !args.iter().any(|a| a == "--skip-big"),
         out,
         only: args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned(),
+        pg_from_env: args.iter().any(|a| a == "--pg-from-env"),
     }
 }
 
@@ -314,13 +328,14 @@ async fn load_growth(db: &TestDb, users: i64, rows: i64) -> Result<Vec<Uuid>> {
              CREATE TEMP TABLE bench_users AS SELECT gen_random_uuid() AS id, g FROM generate_series(1, {users}) g;
              INSERT INTO auth.users (id, email) SELECT id, id::text || '@bench.local' FROM bench_users;
              INSERT INTO public.user_profiles (id, email, tokens, experience, level, session_streak, last_session_date,
-                                               sessions_completed)
-               SELECT id, id::text || '@bench.local', {per}, 10 * {per}, 1 + (10 * {per}) / 100, 1, current_date - 3, {per}
+                                               sessions_completed, created_at)
+               SELECT id, id::text || '@bench.local', {per}, 10 * {per}, 1 + (10 * {per}) / 100, 1, current_date - 3, {per},
+                      now() - make_interval(days => {per} + 2)
                  FROM bench_users;
              INSERT INTO public.sessions (user_id, client_session_id, ego_state, action, duration, experience_gained,
-                                          tokens_awarded, request_fingerprint, result, completed_at, local_date)
+                                          tokens_awarded, request_fingerprint, result, completed_at, ended_at, local_date)
                SELECT u.id, gen_random_uuid(), 'guardian', 'calm', 60, 12, 1, 'bench', '{{\"outcome\":\"created\"}}'::jsonb,
-                      now() - make_interval(days => i), current_date - i
+                      now() - make_interval(days => i), now() - make_interval(days => i), current_date - i
                  FROM bench_users u, generate_series(1, {per}) i;
              INSERT INTO public.token_ledger (user_id, delta, reason, reference, balance_after, created_at)
                SELECT u.id, 1, 'session_complete', 'bench-' || i, i, now() - make_interval(days => {per} - i)
@@ -357,15 +372,9 @@ fn bearer_all(users: &[Uuid]) -> Arc<Vec<String>> {
     Arc::new(users.iter().map(|u| format!("Bearer {}", token(u))).collect())
 }
 
-fn session_complete_req(tokens: Arc<Vec<String>>) -> MakeReq {
-    Arc::new(move |i| Req {
-        method: "POST",
-        path: "/functions/v1/session-complete".into(),
-        headers: vec![("authorization", tokens[i as usize % tokens.len()].clone()), ("content-type", "application/json".into())],
-        body: json!({"session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "action": "calm", "duration_seconds": 300})
-            .to_string()
-            .into_bytes(),
-    })
+/// Session completions each of which earns its rewards (see [`runtimes::Completions`]).
+fn session_complete_req(completions: &Arc<runtimes::Completions>) -> MakeReq {
+    completions.make("/functions/v1/session-complete")
 }
 
 fn webhook_body(user: &Uuid) -> Vec<u8> {
@@ -611,21 +620,22 @@ struct Native {
     wasm_unauthorized: Stats,
 }
 
-/// `complete_session` for the benchmark's users, one call after another: what the
+/// `complete_session` one call after another, each a rewarded completion: what the
 /// database alone takes for a session completion.
-fn complete_session_sql_load(platform: &NativePlatform, users: &[Uuid], s: &Settings) -> Result<Stats> {
+fn complete_session_sql_load(platform: &NativePlatform, completions: &runtimes::Completions, s: &Settings) -> Result<Stats> {
     let start = Instant::now();
     let (from, until) = (start + s.warmup, start + s.warmup + s.measure);
     let mut all = Vec::new();
-    for user in users.iter().cycle() {
+    loop {
         let t0 = Instant::now();
         if t0 >= until {
             break;
         }
+        let (user, started_ms, fingerprint) = completions.next_sql_args();
         platform.runtime.block_on(platform.client.query_one(
             // The same arguments as the benchmark's session-complete request.
-            "select public.complete_session($1, gen_random_uuid(), 'guardian', 'calm', 300, null, 'bench', null)",
-            &[user],
+            "select public.complete_session($1, gen_random_uuid(), 'guardian', 'calm', 300, null, $2, to_timestamp($3::int8 / 1000.0))",
+            &[&user, &fingerprint, &started_ms],
         ))?;
         if t0 >= from {
             all.push(t0.elapsed());
@@ -863,7 +873,18 @@ async fn run(s: Settings) -> Result<()> {
     let say = |line: &str| eprintln!("bench: {line}");
 
     let upstream = format!("http://{}", fake_upstreams().await?);
-    let db = db::fresh_database().await.context("creating the benchmark database")?;
+    // Default durability (fsync on): a cluster of the benchmark's own, unless
+    // `--pg-from-env` asks for DATABASE_URL's (scripts/pg.sh's runs with fsync off). The
+    // report states the settings of the server it measured on.
+    let durable_pg = if s.pg_from_env { None } else { runtimes::DurablePg::start().context("starting the benchmark's Postgres")? };
+    let admin = match &durable_pg {
+        Some(pg) => pg.url.clone(),
+        None => db::admin_url()?,
+    };
+    say(&format!("database: {}", if durable_pg.is_some() { "a cluster of the benchmark's own" } else { "DATABASE_URL's cluster" }));
+    let db = db::fresh_database_on(&admin).await.context("creating the benchmark database")?;
+    let durability = runtimes::durability(&db.url).await?;
+    let has_pg_stat_statements = db.client().await.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.is_ok();
     let vars = base_variables(&db, &upstream);
 
     // --- components: size, compile, instantiate --------------------------------------
@@ -898,6 +919,15 @@ async fn run(s: Settings) -> Result<()> {
     create_users(&db, &users, 1_000_000).await?;
     let tokens = bearer_all(&users);
     let users = Arc::new(users);
+    // Session completions get users of their own, enough that each completion of the run
+    // is a rewarded one (at most 12 a user, the daily cap); the statement-alone rows too.
+    let completion_users: Vec<Uuid> = (0..COMPLETION_USERS).map(|_| Uuid::new_v4()).collect();
+    create_users(&db, &completion_users, 10).await?;
+    runtimes::backdate_profiles(&db.client().await, &completion_users).await?;
+    let completion_tokens: Vec<String> = completion_users.iter().map(|u| format!("Bearer {}", token(u))).collect();
+    let (statement_users, endpoint_users) = completion_users.split_at(STATEMENT_USERS);
+    let completions = runtimes::Completions::new(endpoint_users.to_vec(), completion_tokens[STATEMENT_USERS..].to_vec());
+    let statement_completions = runtimes::Completions::new(statement_users.to_vec(), Vec::new());
 
     let preflight = fixed(
         "OPTIONS",
@@ -915,7 +945,7 @@ async fn run(s: Settings) -> Result<()> {
         vec![("content-type", "application/json".into())],
         json!({"session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 60}),
     );
-    let complete = session_complete_req(tokens.clone());
+    let complete = session_complete_req(&completions);
     let invalid = with_user("/functions/v1/session-complete", tokens.clone(), json!({"ego_state": "guardian", "duration_seconds": 60}));
     let webhook = webhook_req(users.clone());
     let checkout = with_user("/functions/v1/stripe-checkout", tokens.clone(), json!({"product": "tokens-small"}));
@@ -986,6 +1016,11 @@ async fn run(s: Settings) -> Result<()> {
         rows.push(Row { name: name.to_string(), c1, c32: Some(c32), note: note.to_string() });
     }
 
+    // --- real Spin, the host and the Deno peer, side by side ----------------------------
+    let side = side_by_side::run(&s, &db.url, &vars, app.addr, &completions, &tokens, &webhook, statement_completions.clone(), has_pg_stat_statements)
+        .await
+        .context("side by side")?;
+
     // --- the same at c=32 with fewer Postgres connections ------------------------------
     let mut small_pools: Vec<(usize, Stats, Stats)> = Vec::new();
     let pools_to_run = if s.only.as_deref().is_none_or(|only| only == "pool") { &SMALL_POOLS[..] } else { &[] };
@@ -999,6 +1034,9 @@ async fn run(s: Settings) -> Result<()> {
     }
 
     if s.only.is_some() {
+        let mut side_report = String::new();
+        side_by_side::write_report(&mut side_report, &side, &durability, runtimes::rewarded_counts(&db.url).await?)?;
+        println!("{side_report}");
         for (size, sc, wh) in &small_pools {
             println!("pool {size}: session-complete c=32 {:.0} req/s, webhook c=32 {:.0} req/s", sc.rps, wh.rps);
         }
@@ -1024,15 +1062,15 @@ async fn run(s: Settings) -> Result<()> {
     say("native, in-process and behind HTTP");
     let (mut native, platform) = {
         let (url, vars) = (db.url.clone(), vars.clone());
-        let (complete, unauthorized, users) = (complete.clone(), unauthorized.clone(), users.clone());
-        let s2 = Settings { warmup: s.warmup, measure: s.measure, big: s.big, out: None, only: None };
+        let (complete, unauthorized, statement_completions) = (complete.clone(), unauthorized.clone(), statement_completions.clone());
+        let s2 = Settings { warmup: s.warmup, measure: s.measure, big: s.big, out: None, only: None, pg_from_env: s.pg_from_env };
         tokio::task::spawn_blocking(move || -> Result<(Native, NativePlatform)> {
             let platform = NativePlatform::new(&url, vars)?;
             let native = Native {
                 complete: native_load(&platform, &session_complete::ENDPOINT, &complete, 200, &s2, false)?,
                 unauthorized: native_load(&platform, &session_complete::ENDPOINT, &unauthorized, 401, &s2, false)?,
                 complete_with_reset: native_load(&platform, &session_complete::ENDPOINT, &complete, 200, &s2, true)?,
-                complete_sql: complete_session_sql_load(&platform, &users, &s2)?,
+                complete_sql: complete_session_sql_load(&platform, &statement_completions, &s2)?,
                 complete_http: Stats::default(),
                 unauthorized_http: Stats::default(),
                 wasm_complete: Stats::default(),
@@ -1068,7 +1106,9 @@ async fn run(s: Settings) -> Result<()> {
     // Both sizes are loaded and served side by side, then measured in alternating rounds
     // (small, big, small, big, ...) and each figure is the median of its rounds, so a
     // burst of load from elsewhere on the machine does not land on one size only.
-    let sizes_to_run: Vec<(i64, i64)> = if s.big { vec![(100, 1_000), (100_000, 1_000_000)] } else { vec![(100, 1_000)] };
+    // 1,000 users at the small size (not 100): each measured completion is a rewarded one,
+    // at most 12 a user a day.
+    let sizes_to_run: Vec<(i64, i64)> = if s.big { vec![(1_000, 1_000), (100_000, 1_000_000)] } else { vec![(1_000, 1_000)] };
     struct GrowthSize {
         name: String,
         load_time: f64,
@@ -1089,8 +1129,9 @@ async fn run(s: Settings) -> Result<()> {
         let gvars = base_variables(&gdb, &upstream);
         let gapp = start_app(libero_tests::repo_root().join("spin.toml"), &gvars).await?;
         let gtokens = bearer_all(&gusers);
+        let gcompletions = runtimes::Completions::new(gusers.clone(), gtokens.to_vec());
         let gusers = Arc::new(gusers);
-        let (complete, webhook) = (session_complete_req(gtokens.clone()), webhook_req(gusers.clone()));
+        let (complete, webhook) = (session_complete_req(&gcompletions), webhook_req(gusers.clone()));
         if n_rows >= 1_000_000 || !s.big {
             let (url, gv) = (gdb.url.clone(), gvars.clone());
             let (sc_req, wh_req) = (complete.clone(), webhook.clone());
@@ -1160,14 +1201,18 @@ async fn run(s: Settings) -> Result<()> {
         report,
         "- method: the bundled host (`host/`, `libero-host`) built with the `bench-host` profile; load generator in the same process \
          (keep-alive HTTP/1.1 on loopback, {} s warm-up, {} s measured per row; the session-complete and webhook \
-         rows are the median of {BUDGET_PASSES} passes); local Postgres 15 \
-         (`scripts/pg.sh`: fsync off); fake Stripe/OpenAI/ElevenLabs on loopback answering at once; run took {:.0} s\n",
+         rows are the median of {BUDGET_PASSES} passes); local Postgres 15, {} ({durability}); every benchmarked \
+         session completion is a rewarded one (see below); fake Stripe/OpenAI/ElevenLabs on loopback answering at once; \
+         run took {:.0} s\n",
         s.warmup.as_secs_f64(),
         s.measure.as_secs_f64(),
+        if durable_pg.is_some() { "a cluster of the benchmark's own" } else { "`DATABASE_URL`'s cluster (`--pg-from-env`)" },
         started.elapsed().as_secs_f64()
     )?;
 
-    writeln!(report, "## Budgets\n")?;
+    side_by_side::write_report(&mut report, &side, &durability, runtimes::rewarded_counts(&db.url).await?)?;
+
+    writeln!(report, "\n## Budgets on the bundled host\n")?;
     writeln!(report, "| figure | budget | measured | |")?;
     writeln!(report, "|---|---|---|---|")?;
     writeln!(report, "| .wasm size, each component, release | ≤ 1 MiB | largest {:.0} KiB | {} |", max_size as f64 / 1024.0, mark(max_size <= 1 << 20))?;

@@ -206,7 +206,14 @@ impl Platform for SpinPlatform {
     }
 
     fn log(&self, line: &str) {
-        eprintln!("{line}");
+        // One write per line. `eprintln!` would make two (the line, then the newline:
+        // stderr is unbuffered), and Spin turns each guest write into a write to the
+        // component's log file and one to its own stderr.
+        use std::io::Write;
+        let mut buffer = String::with_capacity(line.len() + 1);
+        buffer.push_str(line);
+        buffer.push('\n');
+        let _ = std::io::stderr().write_all(buffer.as_bytes());
     }
 
     fn detached(&self) -> Option<Box<dyn Platform>> {

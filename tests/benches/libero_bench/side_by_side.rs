@@ -1,0 +1,463 @@
+//! Real Spin, the bundled host and a Deno peer, measured in turn in one run with the same
+//! load generator, on the same database (issue 19), plus the differential rows that say
+//! where a request's time goes under Spin.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::runtimes::{self, Completions, DenoPeer};
+use super::{fixed, load, median_by, ms, start_app, with_user, MakeReq, Settings, Stats, BUDGET_PASSES, JWT_SECRET};
+
+/// Which server answered.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Runtime {
+    Spin,
+    Host,
+    Deno,
+}
+
+impl Runtime {
+    fn label(self) -> &'static str {
+        match self {
+            Runtime::Spin => "Spin",
+            Runtime::Host => "bundled host",
+            Runtime::Deno => "Deno peer",
+        }
+    }
+}
+
+/// What a row measures.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum What {
+    Noop,
+    LogLine,
+    LogLineOnce,
+    Select1,
+    /// session-complete, signed in, refused before the database (JWT check, body, log line).
+    Rejected400,
+    SessionComplete,
+    Webhook,
+}
+
+impl What {
+    fn label(self) -> &'static str {
+        match self {
+            What::Noop => "floor: a component that does nothing",
+            What::LogLine => "floor + one log line (`eprintln!`, two writes)",
+            What::LogLineOnce => "floor + one log line (one write)",
+            What::Select1 => "floor: one `SELECT 1`",
+            What::Rejected400 => "session-complete, refused with 400 (no database)",
+            What::SessionComplete => "session-complete (rewarded)",
+            What::Webhook => "stripe-webhook (verified delivery)",
+        }
+    }
+}
+
+struct Target {
+    runtime: Runtime,
+    what: What,
+    addr: SocketAddr,
+    make: MakeReq,
+    expect: u16,
+    /// Measured at c=32 as well (the differential rows are c=1 only).
+    c32: bool,
+}
+
+pub struct SideRow {
+    pub runtime: Runtime,
+    pub what: What,
+    pub c1: Stats,
+    pub c32: Option<Stats>,
+}
+
+/// The statement alone (no runtime): `complete_session` over one tokio-postgres
+/// connection, with the server's durability and with `synchronous_commit = off` for this
+/// session only (the difference is the commit's wait for the WAL flush).
+pub struct Statement {
+    pub durable: Stats,
+    pub async_commit: Stats,
+    pub select1: Stats,
+}
+
+/// Per request under Spin at c=1, from `pg_stat_statements` (server-side execution only).
+pub struct ServerSide {
+    pub requests: u64,
+    pub complete_session_ms: f64,
+    /// The pool's reset batch (deadpool `Clean`): statements and their total time per request.
+    pub reset_statements: f64,
+    pub reset_ms: f64,
+    pub other: Vec<(String, f64, f64)>,
+}
+
+pub struct SideBySide {
+    pub rows: Vec<SideRow>,
+    pub spin_version: Option<String>,
+    pub deno_version: Option<String>,
+    pub missing: Vec<String>,
+    pub statement: Statement,
+    pub server_side: Option<ServerSide>,
+}
+
+impl SideBySide {
+    pub fn get(&self, runtime: Runtime, what: What) -> Option<&SideRow> {
+        self.rows.iter().find(|r| r.runtime == runtime && r.what == what)
+    }
+}
+
+fn spin_fixture_manifest() -> Result<std::path::PathBuf> {
+    super::fixture_manifest()
+}
+
+/// Measures every target in turn, `BUDGET_PASSES` times; each figure is the median pass.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    s: &Settings,
+    db_url: &str,
+    vars: &HashMap<String, String>,
+    host_app: SocketAddr,
+    completions: &Arc<Completions>,
+    tokens: &Arc<Vec<String>>,
+    webhook: &MakeReq,
+    statement_users: Arc<Completions>,
+    has_pg_stat_statements: bool,
+) -> Result<SideBySide> {
+    let say = |line: &str| eprintln!("bench: {line}");
+    let mut missing = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+
+    let noop = fixed("GET", "/fixture/noop", vec![], Value::Null);
+    let log = fixed("GET", "/fixture/log", vec![], Value::Null);
+    let log_once = fixed("GET", "/fixture/log-once", vec![], Value::Null);
+    let select1 = fixed("GET", "/fixture/pg/select1", vec![], Value::Null);
+    let rejected = with_user("/functions/v1/session-complete", tokens.clone(), json!({"ego_state": "guardian", "duration_seconds": 60}));
+    let complete = completions.make("/functions/v1/session-complete");
+
+    // Real Spin: the fixture for its floors, the app for the endpoints.
+    let spin = runtimes::find_spin();
+    let (mut spin_fixture, mut spin_app, mut spin_version) = (None, None, None);
+    match &spin {
+        Some(path) => {
+            say(&format!("real Spin: {} (the first start compiles every component)", path.display()));
+            spin_version = Some(runtimes::spin_version(path));
+            let f = runtimes::start_spin(&spin_fixture_manifest()?, vars).await?;
+            let a = runtimes::start_spin(&libero_tests::repo_root().join("spin.toml"), vars).await?;
+            for (what, make) in [(What::Noop, &noop), (What::LogLine, &log), (What::LogLineOnce, &log_once), (What::Select1, &select1)] {
+                let c32 = matches!(what, What::Noop | What::Select1);
+                targets.push(Target { runtime: Runtime::Spin, what, addr: f.addr, make: make.clone(), expect: 200, c32 });
+            }
+            targets.push(Target { runtime: Runtime::Spin, what: What::Rejected400, addr: a.addr, make: rejected.clone(), expect: 400, c32: false });
+            targets.push(Target { runtime: Runtime::Spin, what: What::SessionComplete, addr: a.addr, make: complete.clone(), expect: 200, c32: true });
+            targets.push(Target { runtime: Runtime::Spin, what: What::Webhook, addr: a.addr, make: webhook.clone(), expect: 200, c32: true });
+            spin_fixture = Some(f);
+            spin_app = Some(a);
+        }
+        None => missing.push("real Spin (not in `SPIN`, on `PATH` or at `../shared/bin/spin`)".into()),
+    }
+
+    // The bundled host: its floors (a fixture app of its own) and the endpoints.
+    let host_fixture = start_app(spin_fixture_manifest()?, vars).await?;
+    for what in [What::Noop, What::Select1] {
+        let make = if what == What::Noop { &noop } else { &select1 };
+        targets.push(Target { runtime: Runtime::Host, what, addr: host_fixture.addr, make: make.clone(), expect: 200, c32: true });
+    }
+    targets.push(Target { runtime: Runtime::Host, what: What::SessionComplete, addr: host_app, make: complete.clone(), expect: 200, c32: true });
+    targets.push(Target { runtime: Runtime::Host, what: What::Webhook, addr: host_app, make: webhook.clone(), expect: 200, c32: true });
+
+    // The Deno peer.
+    let mut deno_version = None;
+    let deno = match DenoPeer::start(db_url, JWT_SECRET).await {
+        Ok(peer) => {
+            deno_version = Some(peer.version.clone());
+            targets.push(Target { runtime: Runtime::Deno, what: What::SessionComplete, addr: peer.addr, make: complete.clone(), expect: 200, c32: true });
+            Some(peer)
+        }
+        Err(e) => {
+            missing.push(format!("the Deno peer ({e:#})"));
+            None
+        }
+    };
+
+    if let Some(only) = &s.only {
+        // The floors always (as the host's `--only` rows), and the rows that match.
+        targets.retain(|t| {
+            t.what.label().starts_with("floor") || t.what.label().contains(only.as_str()) || t.runtime.label().contains(only.as_str())
+        });
+    }
+
+    let mut passes: HashMap<(Runtime, What), Vec<(Stats, Option<Stats>)>> = HashMap::new();
+    for pass in 1..=BUDGET_PASSES {
+        for t in &targets {
+            say(&format!("side by side: {}, {}, pass {pass}", t.runtime.label(), t.what.label()));
+            let name = format!("{} {}", t.runtime.label(), t.what.label());
+            let c1 = load(t.addr, &t.make, t.expect, 1, s).await.with_context(|| name.clone())?;
+            let c32 = if t.c32 { Some(load(t.addr, &t.make, t.expect, 32, s).await.with_context(|| name.clone())?) } else { None };
+            passes.entry((t.runtime, t.what)).or_default().push((c1, c32));
+        }
+    }
+    let mut rows = Vec::new();
+    for t in &targets {
+        let Some(measured) = passes.remove(&(t.runtime, t.what)) else { continue };
+        let c1 = median_by(measured.iter().map(|m| m.0).collect(), |st| st.p50);
+        let c32s: Vec<Stats> = measured.iter().filter_map(|m| m.1).collect();
+        let c32 = (!c32s.is_empty()).then(|| median_by(c32s, |st| (st.rps * 1000.0) as u64));
+        rows.push(SideRow { runtime: t.runtime, what: t.what, c1, c32 });
+    }
+
+    // Where the time goes under Spin, server side: one more c=1 window of session
+    // completions with pg_stat_statements reset just before.
+    let server_side = match (&spin_app, has_pg_stat_statements) {
+        (Some(app), true) if s.only.as_deref().is_none_or(|o| "session-complete".contains(o)) => {
+            say("where the time goes under Spin: pg_stat_statements over a c=1 window");
+            Some(server_side(app.addr, &complete, db_url, s).await?)
+        }
+        _ => None,
+    };
+
+    drop(spin_app);
+    drop(spin_fixture);
+    drop(deno);
+    drop(host_fixture);
+
+    say(&format!("session completions so far: {} of {} rewarded slots", completions.used(), completions.capacity()));
+    say("the statement alone, durable and with synchronous_commit off");
+    let statement = statement_alone(db_url, statement_users, s).await?;
+
+    Ok(SideBySide { rows, spin_version, deno_version, missing, statement, server_side })
+}
+
+async fn server_side(addr: SocketAddr, complete: &MakeReq, db_url: &str, s: &Settings) -> Result<ServerSide> {
+    let client = libero_tests::db::connect(db_url).await?;
+    client.batch_execute("SELECT pg_stat_statements_reset()").await?;
+    let window = Settings { warmup: Duration::ZERO, measure: s.measure, big: s.big, out: None, only: None, pg_from_env: s.pg_from_env };
+    let st = load(addr, complete, 200, 1, &window).await?;
+    let requests = st.n.max(1) as u64;
+    let rows = client
+        .query(
+            "SELECT query, calls, total_exec_time + total_plan_time FROM pg_stat_statements s
+               JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() ORDER BY 3 DESC",
+            &[],
+        )
+        .await?;
+    let (mut complete_ms, mut reset_n, mut reset_ms, mut other) = (0.0, 0.0, 0.0, Vec::new());
+    for row in rows {
+        let (query, calls, total): (String, i64, f64) = (row.get(0), row.get(1), row.get(2));
+        let per = |x: f64| x / requests as f64;
+        let q = query.trim().to_string();
+        if q.contains("complete_session") {
+            complete_ms += per(total);
+        } else if ["CLOSE ALL", "SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "UNLISTEN *", "pg_advisory_unlock_all", "DISCARD TEMP", "DISCARD SEQUENCES"]
+            .iter()
+            .any(|r| q.contains(r))
+        {
+            reset_n += per(calls as f64);
+            reset_ms += per(total);
+        } else if !q.contains("pg_stat_statements") {
+            other.push((q.chars().take(60).collect(), per(calls as f64), per(total)));
+        }
+    }
+    Ok(ServerSide { requests, complete_session_ms: complete_ms, reset_statements: reset_n, reset_ms, other })
+}
+
+/// `complete_session` called back to back over one connection, as the endpoint calls it
+/// (for users of its own, so it takes no slot from the endpoints' completions).
+async fn statement_alone(db_url: &str, own: Arc<Completions>, s: &Settings) -> Result<Statement> {
+    let client = libero_tests::db::connect(db_url).await?;
+    let complete = client
+        .prepare("select public.complete_session($1, gen_random_uuid(), 'guardian', 'calm', 300, null, $2, to_timestamp($3::int8 / 1000.0))")
+        .await?;
+    let select1 = client.prepare("SELECT 1").await?;
+    let durable = statement_window(&client, Some(&complete), &select1, &own, s).await?;
+    client.batch_execute("SET synchronous_commit = off").await?;
+    let async_commit = statement_window(&client, Some(&complete), &select1, &own, s).await?;
+    client.batch_execute("RESET synchronous_commit").await?;
+    let select1 = statement_window(&client, None, &select1, &own, s).await?;
+    Ok(Statement { durable, async_commit, select1 })
+}
+
+/// One warm-up and measuring window of `complete` (or `SELECT 1` when None), back to back.
+async fn statement_window(
+    client: &tokio_postgres::Client,
+    complete: Option<&tokio_postgres::Statement>,
+    select1: &tokio_postgres::Statement,
+    own: &Completions,
+    s: &Settings,
+) -> Result<Stats> {
+    let start = Instant::now();
+    let (from, until) = (start + s.warmup, start + s.warmup + s.measure);
+    let mut all = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        if t0 >= until {
+            break;
+        }
+        match complete {
+            None => {
+                client.query_one(select1, &[]).await?;
+            }
+            Some(complete) => {
+                let (user, started_ms, fingerprint) = own.next_sql_args();
+                let doc: Value = client.query_one(complete, &[&user, &fingerprint, &started_ms]).await?.get(0);
+                if doc["rewarded"] != json!(true) {
+                    anyhow::bail!("complete_session alone: not rewarded: {doc}");
+                }
+            }
+        }
+        if t0 >= from {
+            all.push(t0.elapsed());
+        }
+    }
+    Ok(super::stats(all, s.measure))
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn msf(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+/// The budgets judged on real Spin, the side-by-side table and the breakdown.
+pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, completions: (i64, i64)) -> Result<()> {
+    let mark = |ok: bool| if ok { "met" } else { "**not met**" };
+    let get = |r: Runtime, w: What| side.get(r, w);
+    let (spin_floor, spin_q, spin_sc, spin_wh, spin_400) = (
+        get(Runtime::Spin, What::Noop),
+        get(Runtime::Spin, What::Select1),
+        get(Runtime::Spin, What::SessionComplete),
+        get(Runtime::Spin, What::Webhook),
+        get(Runtime::Spin, What::Rejected400),
+    );
+    let deno = get(Runtime::Deno, What::SessionComplete);
+    let st = &side.statement;
+    let commit = st.durable.p50.saturating_sub(st.async_commit.p50);
+
+    writeln!(report, "\n## Real Spin, side by side\n")?;
+    writeln!(
+        report,
+        "One run, one load generator (this process: keep-alive HTTP/1.1 on loopback), one Postgres ({durability}); \
+         every target measured in turn, {BUDGET_PASSES} passes, each figure the median pass. Runtimes: {}; the \
+         bundled host (`host/`, in this process); {}. Session completions: every request a new session id for the \
+         next of the benchmark's users in turn, with a `started_at` in the past that overlaps none of that user's \
+         sessions and at most 12 a user (the daily cap), so each one is **rewarded**: of the {} completions this \
+         run recorded, {} were rewarded.\n",
+        side.spin_version.as_deref().unwrap_or("Spin not found"),
+        side.deno_version
+            .as_deref()
+            .map(|v| format!("the Deno peer ({v}; `tests/benches/deno-peer`: `Deno.serve`, postgres-js with its defaults, the same `complete_session` call, the same HS256 check)"))
+            .unwrap_or_else(|| "no Deno peer".into()),
+        completions.0,
+        completions.1
+    )?;
+    for m in &side.missing {
+        writeln!(report, "- not measured: {m}")?;
+    }
+
+    // Budgets.
+    writeln!(report, "### Budgets on real Spin\n")?;
+    writeln!(report, "| figure | budget | measured | |")?;
+    writeln!(report, "|---|---|---|---|")?;
+    if let (Some(q), Some(sc)) = (spin_q, spin_sc) {
+        let r = ratio(sc.c1.p50, q.c1.p50);
+        writeln!(report, "| session-complete p50 at c=1 | ≤ 1.5× Spin's one-query floor | {} ms = {r:.2}× {} ms | {} |", ms(sc.c1.p50), ms(q.c1.p50), mark(r <= 1.5))?;
+        let (a, b) = (sc.c32.unwrap_or_default().rps, q.c32.unwrap_or_default().rps);
+        writeln!(report, "| session-complete at c=32 | ≥ 0.8× the floor's req/s | {a:.0} = {:.2}× {b:.0} req/s | {} |", a / b, mark(a >= 0.8 * b))?;
+    }
+    if let (Some(q), Some(wh)) = (spin_q, spin_wh) {
+        let r = ratio(wh.c1.p50, q.c1.p50);
+        writeln!(report, "| verified webhook p50 at c=1 | ≤ 1.5× Spin's one-query floor | {} ms = {r:.2}× {} ms | {} |", ms(wh.c1.p50), ms(q.c1.p50), mark(r <= 1.5))?;
+        let (a, b) = (wh.c32.unwrap_or_default().rps, q.c32.unwrap_or_default().rps);
+        writeln!(report, "| verified webhook at c=32 | ≥ 0.8× the floor's req/s | {a:.0} = {:.2}× {b:.0} req/s | {} |", a / b, mark(a >= 0.8 * b))?;
+    }
+    if let (Some(sc), Some(d)) = (spin_sc, deno) {
+        let r = ratio(sc.c1.p50, d.c1.p50);
+        writeln!(report, "| session-complete p50 at c=1 against the Deno peer | ≤ 1.3× | {} ms = {r:.2}× {} ms | {} |", ms(sc.c1.p50), ms(d.c1.p50), mark(r <= 1.3))?;
+    }
+
+    // The table.
+    writeln!(report, "\n| runtime | request | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms |")?;
+    writeln!(report, "|---|---|---:|---:|---:|---:|---:|")?;
+    for row in &side.rows {
+        let (rps, p50, p99) = match row.c32 {
+            Some(c) => (format!("{:.0}", c.rps), ms(c.p50), ms(c.p99)),
+            None => ("".into(), "".into(), "".into()),
+        };
+        writeln!(report, "| {} | {} | {} | {} | {rps} | {p50} | {p99} |", row.runtime.label(), row.what.label(), ms(row.c1.p50), ms(row.c1.p99))?;
+    }
+    writeln!(
+        report,
+        "| (no runtime) | `complete_session` alone, one connection, c=1 | {} | {} | | | |\n\
+         | (no runtime) | the same with `synchronous_commit = off` for that session | {} | {} | | | |\n\
+         | (no runtime) | `SELECT 1` alone, one connection, c=1 | {} | {} | | | |",
+        ms(st.durable.p50), ms(st.durable.p99), ms(st.async_commit.p50), ms(st.async_commit.p99), ms(st.select1.p50), ms(st.select1.p99)
+    )?;
+
+    // The breakdown.
+    if let (Some(floor), Some(q), Some(sc)) = (spin_floor, spin_q, spin_sc) {
+        writeln!(report, "\n### Where a session completion's time goes under Spin (c=1, p50)\n")?;
+        writeln!(report, "Differences of the rows above (each a median, so the parts add up only roughly):\n")?;
+        writeln!(report, "| part | ms | from |")?;
+        writeln!(report, "|---|---:|---|")?;
+        writeln!(report, "| Spin's per-request floor (instance, HTTP) | {} | the no-op row |", ms(floor.c1.p50))?;
+        if let Some(r) = spin_400 {
+            writeln!(
+                report,
+                "| our guest code before the database: JWT check, body, validation, the answer, the log line | {} | 400 row − no-op row |",
+                ms(r.c1.p50.saturating_sub(floor.c1.p50))
+            )?;
+        }
+        if let (Some(l), Some(l1)) = (get(Runtime::Spin, What::LogLine), get(Runtime::Spin, What::LogLineOnce)) {
+            writeln!(
+                report,
+                "| of which the operator's log line (`eprintln!`; one write) | {} ({}) | log rows − no-op row |",
+                msf(l.c1.p50.as_secs_f64() * 1e3 - floor.c1.p50.as_secs_f64() * 1e3),
+                msf(l1.c1.p50.as_secs_f64() * 1e3 - floor.c1.p50.as_secs_f64() * 1e3)
+            )?;
+        }
+        writeln!(
+            report,
+            "| Spin's Postgres path for one statement: pool checkout and reset, prepare, execute, close | {} | `SELECT 1` row − no-op row − `SELECT 1` alone |",
+            ms(q.c1.p50.saturating_sub(floor.c1.p50).saturating_sub(st.select1.p50))
+        )?;
+        writeln!(report, "| the statement's own cost, without the commit's flush | {} | `complete_session` alone, `synchronous_commit = off` |", ms(st.async_commit.p50))?;
+        writeln!(report, "| the commit's WAL flush (fsync) | {} | the two `complete_session` alone rows |", ms(commit))?;
+        let accounted = floor.c1.p50
+            + spin_400.map(|r| r.c1.p50.saturating_sub(floor.c1.p50)).unwrap_or_default()
+            + q.c1.p50.saturating_sub(floor.c1.p50).saturating_sub(st.select1.p50)
+            + st.durable.p50;
+        writeln!(
+            report,
+            "| rest: bytes across the pg interface (parameters in, the jsonb answer out), the answer's size | {} | session-complete row − the parts above |",
+            msf(sc.c1.p50.as_secs_f64() * 1e3 - accounted.as_secs_f64() * 1e3)
+        )?;
+        writeln!(report, "| **session-complete under Spin** | **{}** | |", ms(sc.c1.p50))?;
+    }
+    if let Some(ss) = &side.server_side {
+        writeln!(
+            report,
+            "\nServer side under Spin (`pg_stat_statements`, {} requests at c=1, execution and planning time per request): \
+             `complete_session` {} ms; Spin's pool reset {:.1} statements ({}) taking {} ms{}.",
+            ss.requests,
+            msf(ss.complete_session_ms),
+            ss.reset_statements,
+            "deadpool `Clean`: `CLOSE ALL`, `SET SESSION AUTHORIZATION DEFAULT`, `RESET ALL`, `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP`, `DISCARD SEQUENCES`",
+            msf(ss.reset_ms),
+            ss.other
+                .iter()
+                .filter(|o| o.1 >= 0.01)
+                .map(|o| format!("; `{}` {:.2}× per request, {} ms", o.0, o.1, msf(o.2)))
+                .collect::<String>()
+        )?;
+    }
+    Ok(())
+}
