@@ -510,8 +510,33 @@ impl Platform for NativePlatform {
             .collect())
     }
 
-    fn send(&self, _: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-        Err(OutboundError::Connection("the native benchmark makes no upstream calls".into()))
+    /// HTTP/1.1 to the benchmark's own fake upstreams on loopback (the webhook reads a
+    /// session's line items before it credits), one connection per call.
+    fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        use std::io::{Read, Write};
+        let fail = |e: std::io::Error| OutboundError::Connection(e.to_string());
+        let rest = request.url.strip_prefix("http://").ok_or_else(|| OutboundError::Connection("not http://".into()))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut stream = std::net::TcpStream::connect(authority).map_err(fail)?;
+        stream.set_read_timeout(Some(request.timeout)).map_err(fail)?;
+        let mut head = format!("{} {} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            request.method, if path.is_empty() { "/" } else { path }, request.body.len());
+        for (name, value) in &request.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&request.body)).map_err(fail)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(fail)?;
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| OutboundError::Connection("no header end".into()))?;
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(502);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())))
+            .collect();
+        let body = raw[split + 4..].to_vec();
+        Ok(OutboundResponse { status, headers, body: Box::new(libero_shared::http::outbound::BytesReader(Some(body))) })
     }
 
     fn now_unix_ms(&self) -> i64 {
