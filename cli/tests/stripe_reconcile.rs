@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::admin_url;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -68,27 +71,13 @@ fn paid_order(n: u32, user: &str) -> Value {
             "metadata": {"user_id": user, "product": "tokens-small"}}}})
 }
 
-fn admin_url() -> String {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| std::fs::read_to_string(workspace.join(".local/pg/url")).ok())
-        .expect("DATABASE_URL, or a cluster started with scripts/pg.sh")
-        .trim()
-        .to_string()
-}
-
 async fn scratch_database() -> (String, String) {
     let admin = admin_url();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let name = format!("reconcile_test_{}_{nanos}", std::process::id());
     let client = libero_cli::pg::connect(&admin).await.unwrap();
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let config: tokio_postgres::Config = admin.parse().unwrap();
-    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("a TCP host") };
-    let user = config.get_user().unwrap_or("postgres");
-    let url = format!("postgres://{user}@{host}:{}/{name}?sslmode=disable", config.get_ports()[0]);
+    let url = common::url_of(&admin, &name);
     let migrations = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     libero_cli::migrate::migrate_dir(&url, &migrations).await.unwrap();
     (url, name)

@@ -4,11 +4,13 @@
 //! the cluster `scripts/pg.sh` started) with the migrations applied.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::ScratchDb;
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -360,43 +362,16 @@ impl Fake {
 // ---------------------------------------------------------------------------------------
 // The database and the command.
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| std::fs::read_to_string(workspace().join(".local/pg/url")).ok())
-        .expect("DATABASE_URL, or a cluster started with scripts/pg.sh")
-        .trim()
-        .to_string()
-}
-
 /// A migrated database of its own, dropped at the end.
 struct Db {
-    admin: String,
-    name: String,
     url: String,
+    _scratch: ScratchDb,
 }
 
 impl Db {
     async fn new() -> Db {
-        let admin = admin_url();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let name = format!("sync_test_{}_{nanos}", std::process::id());
-        let client = libero_cli::pg::connect(&admin).await.unwrap();
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let config: tokio_postgres::Config = admin.parse().unwrap();
-        let host = match &config.get_hosts()[0] {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            other => panic!("unexpected host {other:?}"),
-        };
-        let user = config.get_user().unwrap_or("postgres");
-        let url = format!("postgres://{user}@{host}:{}/{name}?sslmode=disable", config.get_ports()[0]);
-        libero_cli::migrate::migrate_dir(&url, &workspace().join("migrations")).await.unwrap();
-        Db { admin, name, url }
+        let scratch = ScratchDb::migrated("sync_test").await;
+        Db { url: scratch.url.clone(), _scratch: scratch }
     }
 
     /// What checkout would sell: product key → price id, and the portal configuration.
@@ -422,20 +397,6 @@ impl Db {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let client = libero_cli::pg::connect(&admin).await.unwrap();
-                let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-            })
-        })
-        .join();
     }
 }
 
