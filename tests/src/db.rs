@@ -7,6 +7,9 @@
 //!   tens of milliseconds, where running the migrations each time would take seconds.
 
 use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -79,26 +82,66 @@ impl TestDb {
 
 impl Drop for TestDb {
     /// Drops the database so test runs do not pile up databases in the cluster
-    /// (`LIBERO_KEEP_TEST_DB=1` keeps them). Blocking, on a thread of its own, because a
-    /// drop cannot await and may run inside a single-threaded runtime.
+    /// (`LIBERO_KEEP_TEST_DB=1` keeps them), on the [`reaper`]'s thread: a drop cannot
+    /// await, and it must not block either. `DROP DATABASE ... WITH (FORCE)` waits until
+    /// every backend has acknowledged it, and one still authenticating (SCRAM takes
+    /// several round trips) waits for its client, which may be a task on the very
+    /// single-threaded runtime the drop runs on.
     fn drop(&mut self) {
-        if std::env::var_os(KEEP_ENV).is_some() {
-            return;
+        if std::env::var_os(KEEP_ENV).is_none() {
+            reaper().drop_later(self.admin_url.clone(), self.name.clone());
         }
-        let admin = self.admin_url.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let client = connect(&admin).await.ok()?;
-                // FORCE: the app under test may still hold pooled connections.
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+    }
+}
+
+/// Drops the test databases of this process one after another, off every test's runtime;
+/// at exit the process waits (a bounded time) for the last ones.
+struct Reaper {
+    jobs: Mutex<Sender<(String, String)>>,
+    pending: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// How long the process waits at exit for databases still being dropped.
+const REAPER_EXIT_WAIT: Duration = Duration::from_secs(30);
+
+fn reaper() -> &'static Reaper {
+    static REAPER: OnceLock<Reaper> = OnceLock::new();
+    REAPER.get_or_init(|| {
+        let (jobs, queue) = channel::<(String, String)>();
+        let pending = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let done = pending.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            for (admin, name) in queue {
+                rt.block_on(async {
+                    // FORCE: the app under test may still hold pooled connections.
+                    if let Ok(client) = connect(&admin).await {
+                        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name))).await;
+                    }
+                });
+                let (count, changed) = &*done;
+                *count.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+                changed.notify_all();
+            }
+        });
+        extern "C" fn wait_for_drops() {
+            let (count, changed) = &*reaper().pending;
+            let count = count.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = changed.wait_timeout_while(count, REAPER_EXIT_WAIT, |n| *n > 0);
+        }
+        // SAFETY: registers a plain function without arguments; it runs once, at exit.
+        unsafe { libc::atexit(wait_for_drops) };
+        Reaper { jobs: Mutex::new(jobs), pending }
+    })
+}
+
+impl Reaper {
+    fn drop_later(&self, admin: String, name: String) {
+        *self.pending.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        let sent = self.jobs.lock().unwrap_or_else(PoisonError::into_inner).send((admin, name));
+        if sent.is_err() {
+            *self.pending.0.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        }
     }
 }
 
