@@ -390,14 +390,16 @@ async fn session_mode_pool_smaller_than_the_apps_connections_is_503_busy() {
 async fn too_many_connections_for_the_role_is_503_busy() {
     let db = db::fresh_database().await.expect("a test database");
     let role = format!("libero_limited_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    // A password, as a cluster of scripts/pg.sh requires over TCP.
+    let password = Uuid::new_v4().simple().to_string();
     let admin = db::connect(&db::admin_url().unwrap()).await.expect("the admin connection");
     // Member of the owner: the owner's rights (and RLS exemption) without superuser's
     // exemption from the limit.
     admin
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN BYPASSRLS CONNECTION LIMIT 2 IN ROLE postgres"))
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}' BYPASSRLS CONNECTION LIMIT 2 IN ROLE postgres"))
         .await
         .expect("creating the limited role");
-    let url = format!("postgres://{role}@{}/{}", libero_tests::testing::db_host(&db.url), db.name);
+    let url = format!("postgres://{role}:{password}@{}/{}", libero_tests::testing::db_host(&db.url), db.name);
     let app = TestApp::spawn_on(db, |variables| {
         variables.insert("database_url".into(), url);
     })

@@ -64,7 +64,7 @@ pub struct Pgbouncer {
 
 impl Pgbouncer {
     /// PgBouncer in `mode` in front of the Postgres at `upstream` (any database on it),
-    /// trusting the upstream's user, with these `[pgbouncer]` settings on top of the
+    /// trusting its clients, with these `[pgbouncer]` settings on top of the
     /// defaults below (e.g. `default_pool_size`).
     pub async fn start(binary: &std::path::Path, upstream: &str, mode: PoolMode, settings: &[(&str, &str)]) -> Pgbouncer {
         let config: tokio_postgres::Config = upstream.parse().expect("a Postgres URL");
@@ -74,6 +74,9 @@ impl Pgbouncer {
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config.get_user().unwrap_or("postgres").to_string();
+        // PgBouncer logs in to the upstream with the password its auth file holds for the
+        // user (a cluster of scripts/pg.sh requires one over TCP).
+        let password = config.get_password().map(|p| String::from_utf8_lossy(p).replace('"', "\"\"")).unwrap_or_default();
 
         let dir = tempfile::Builder::new().prefix("libero-pgbouncer").tempdir().expect("a temp dir");
         // PgBouncer refuses to run as root: it switches to `user` (below), which must be
@@ -114,7 +117,7 @@ impl Pgbouncer {
         }
         let ini_path = dir.path().join("pgbouncer.ini");
         std::fs::write(&ini_path, text).expect("writing pgbouncer.ini");
-        std::fs::write(dir.path().join("userlist.txt"), format!("\"{user}\" \"\"\n")).expect("writing userlist.txt");
+        std::fs::write(dir.path().join("userlist.txt"), format!("\"{user}\" \"{password}\"\n")).expect("writing userlist.txt");
 
         let (child, logs) = spawn_listening(Command::new(binary).arg(&ini_path), listen, "pgbouncer").await;
         Pgbouncer { port: listen, child, logs, _dir: dir }
@@ -223,6 +226,8 @@ impl Pgcat {
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config.get_user().unwrap_or("postgres");
+        // PgCat logs in to the upstream with this user's password (TOML basic string).
+        let password = config.get_password().map(|p| String::from_utf8_lossy(p).replace('\\', "\\\\").replace('"', "\\\"")).unwrap_or_default();
         let dbname = config.get_dbname().expect("a database name");
         let dir = tempfile::Builder::new().prefix("libero-pgcat").tempdir().expect("a temp dir");
         let listen = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
@@ -241,7 +246,7 @@ query_parser_enabled = false
 
 [pools.{dbname}.users.0]
 username = "{user}"
-password = "unused"
+password = "{password}"
 auth_type = "trust"
 pool_size = {pool_size}
 
