@@ -48,40 +48,24 @@ pub struct Options {
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options> {
         let mut options = Options { days: 7, csv: false, only: None, refresh: false, database_url: None };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (arg.as_str(), None),
-            };
-            let mut value = || -> Result<String> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => it.next().cloned().with_context(|| format!("{name} needs a value")),
-                }
-            };
-            match name {
-                "--csv" => options.csv = true,
-                "--refresh" => options.refresh = true,
-                "--days" => {
-                    let raw = value()?;
-                    options.days = match raw.parse::<u32>() {
-                        Ok(n) if (1..=3660).contains(&n) => n,
-                        _ => bail!("--days must be a whole number from 1 to 3660, not {raw:?}"),
-                    };
-                }
+        crate::args::each(args, |mut flag| {
+            match flag.name {
+                "--csv" => options.csv = flag.switch()?,
+                "--refresh" => options.refresh = flag.switch()?,
+                "--days" => options.days = flag.number(1, 3660)? as u32,
                 "--only" => {
-                    let view = value()?;
+                    let view = flag.value()?;
                     if !VIEWS.iter().any(|v| v.name == view) {
                         let names: Vec<&str> = VIEWS.iter().map(|v| v.name).collect();
                         bail!("no view {view:?}; the views are {}", names.join(", "));
                     }
                     options.only = Some(view);
                 }
-                "--database-url" => options.database_url = Some(value()?),
-                _ => bail!("unknown argument {arg:?}\nusage:\n{USAGE}"),
+                "--database-url" => options.database_url = Some(flag.value()?),
+                _ => return Err(flag.unknown(USAGE)),
             }
-        }
+            Ok(())
+        })?;
         Ok(options)
     }
 }
@@ -89,13 +73,7 @@ impl Options {
 /// `libero analytics ...`.
 pub async fn command(args: &[String]) -> Result<()> {
     let options = Options::parse(args)?;
-    let url = match &options.database_url {
-        Some(url) => url.clone(),
-        None => ["DATABASE_URL", "SPIN_VARIABLE_DATABASE_URL"]
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-            .context("give --database-url, or set DATABASE_URL or SPIN_VARIABLE_DATABASE_URL")?,
-    };
+    let url = crate::args::database_url(options.database_url.clone())?;
     let client = crate::pg::connect(&url).await?;
     print!("{}", report(&client, &options).await?);
     Ok(())

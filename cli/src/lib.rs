@@ -2,6 +2,7 @@
 //! from tests and scripts as a library too.
 
 pub mod analytics;
+pub mod args;
 pub mod migrate;
 pub mod pg;
 pub mod stripe;

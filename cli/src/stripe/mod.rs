@@ -12,6 +12,8 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use libero_shared::stripe::client::DEFAULT_API_BASE;
+
+use crate::args::env;
 use serde_json::Value;
 
 use crate::pg;
@@ -43,10 +45,6 @@ pub fn key_mode(key: &str) -> Result<KeyMode> {
     }
 }
 
-fn env(names: &[&str]) -> Option<String> {
-    names.iter().find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-}
-
 #[derive(Debug, Default)]
 struct SyncArgs {
     dry_run: bool,
@@ -57,27 +55,43 @@ struct SyncArgs {
 
 fn parse(args: &[String]) -> Result<SyncArgs> {
     let mut out = SyncArgs::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (arg.as_str(), None),
-        };
-        let mut value = || -> Result<String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().cloned().with_context(|| format!("{name} needs a value")),
-            }
-        };
-        match name {
-            "--dry-run" if inline.is_none() => out.dry_run = true,
-            "--live" if inline.is_none() => out.live = true,
-            "--database-url" => out.database_url = Some(value()?),
-            "--api-base" => out.api_base = Some(value()?),
-            _ => bail!("unknown argument {arg:?}\nusage:\n{USAGE}"),
+    crate::args::each(args, |mut flag| {
+        match flag.name {
+            "--dry-run" => out.dry_run = flag.switch()?,
+            "--live" => out.live = flag.switch()?,
+            "--database-url" => out.database_url = Some(flag.value()?),
+            "--api-base" => out.api_base = Some(flag.value()?),
+            _ => return Err(flag.unknown(USAGE)),
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// The account the commands work on: its secret key (`STRIPE_SECRET_KEY`, else
+/// `SPIN_VARIABLE_STRIPE_SECRET_KEY`), the key's mode, and the API's address
+/// (`--api-base`, else `STRIPE_API_BASE`, else `SPIN_VARIABLE_STRIPE_API_BASE`, else Stripe's).
+pub(crate) struct Account {
+    key: String,
+    mode: KeyMode,
+    base: String,
+}
+
+impl Account {
+    pub(crate) fn from_env(api_base: Option<String>) -> Result<Account> {
+        let key = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"])
+            .context("set STRIPE_SECRET_KEY (or SPIN_VARIABLE_STRIPE_SECRET_KEY) to the account's secret key")?;
+        let mode = key_mode(&key)?;
+        let base = api_base
+            .or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"]))
+            .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+        Ok(Account { key, mode, base })
+    }
+
+    /// What the shared Stripe client reads from its platform.
+    pub(crate) fn variables(self) -> HashMap<String, String> {
+        HashMap::from([("stripe_secret_key".to_string(), self.key), ("stripe_api_base".to_string(), self.base)])
+    }
 }
 
 /// `libero stripe <args>`.
@@ -90,27 +104,17 @@ pub async fn command(args: &[String]) -> Result<()> {
 }
 
 async fn sync_command(args: SyncArgs) -> Result<()> {
-    let key = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"])
-        .context("set STRIPE_SECRET_KEY (or SPIN_VARIABLE_STRIPE_SECRET_KEY) to the account's secret key")?;
-    let mode = key_mode(&key)?;
-    if mode == KeyMode::Live && !args.live && !args.dry_run {
+    let account = Account::from_env(args.api_base.clone())?;
+    if account.mode == KeyMode::Live && !args.live && !args.dry_run {
         bail!("that is a live key: this would change the live account. Add --live if that is what you mean (or --dry-run to look first)");
     }
-    let base = args
-        .api_base
-        .clone()
-        .or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"]))
-        .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
 
     // The database is checked before Stripe is touched, so a wrong address changes nothing.
     let database = if args.dry_run {
         None
     } else {
-        let url = args
-            .database_url
-            .clone()
-            .or_else(|| env(&["DATABASE_URL", "SPIN_VARIABLE_DATABASE_URL"]))
-            .context("give --database-url, or set DATABASE_URL or SPIN_VARIABLE_DATABASE_URL (the price ids are stored there for checkout)")?;
+        // (The price ids are stored there for checkout.)
+        let url = crate::args::database_url(args.database_url.clone())?;
         let client = pg::connect(&url).await?;
         let ready: bool = client
             .query_one("select to_regprocedure('public.stripe_catalog_store(jsonb, jsonb)') is not null", &[])
@@ -122,15 +126,12 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
         Some(client)
     };
 
-    let what = match mode {
+    let what = match account.mode {
         KeyMode::Test => "test mode",
         KeyMode::Live => "LIVE mode",
     };
-    println!("stripe sync: {what}, {base}{}", if args.dry_run { " (dry run: nothing is written)" } else { "" });
-    let variables = HashMap::from([
-        ("stripe_secret_key".to_string(), key),
-        ("stripe_api_base".to_string(), base),
-    ]);
+    println!("stripe sync: {what}, {}{}", account.base, if args.dry_run { " (dry run: nothing is written)" } else { "" });
+    let variables = account.variables();
     let dry_run = args.dry_run;
     // Stripe's client is blocking: off the async thread.
     let synced = tokio::task::spawn_blocking(move || {

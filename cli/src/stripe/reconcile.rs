@@ -4,18 +4,15 @@
 //! functions), in this process, straight against Postgres and Stripe, until nothing is
 //! left. So it works while the app is down or misconfigured, which is when it is needed.
 
-use std::collections::HashMap;
-
 use anyhow::{bail, Context, Result};
 use libero_shared::db::{DbError, SqlParam, SqlRow, SqlValue};
 use libero_shared::http::outbound::{OutboundError, OutboundRequest, OutboundResponse};
-use libero_shared::stripe::client::DEFAULT_API_BASE;
 use libero_shared::stripe::reconcile::{self, Limits, Report};
 use libero_shared::{ApiError, Platform};
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use super::http::CliPlatform;
-use super::{env, key_mode};
+use super::Account;
 use crate::pg;
 
 pub const USAGE: &str = "  libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
@@ -35,53 +32,25 @@ struct Args {
 
 fn parse(args: &[String]) -> Result<Args> {
     let mut out = Args::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (arg.as_str(), None),
-        };
-        let mut value = || -> Result<String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().cloned().with_context(|| format!("{name} needs a value")),
-            }
-        };
-        match name {
-            "--once" if inline.is_none() => out.once = true,
-            "--max-events" => out.limits.max_events = number(name, &value()?, 1, 100_000)? as usize,
-            "--max-seconds" => out.limits.max_millis = number(name, &value()?, 1, 3600)? * 1000,
-            "--database-url" => out.database_url = Some(value()?),
-            "--api-base" => out.api_base = Some(value()?),
-            _ => bail!("unknown argument {arg:?}\nusage:\n{USAGE}"),
+    crate::args::each(args, |mut flag| {
+        match flag.name {
+            "--once" => out.once = flag.switch()?,
+            "--max-events" => out.limits.max_events = flag.number(1, 100_000)? as usize,
+            "--max-seconds" => out.limits.max_millis = flag.number(1, 3600)? * 1000,
+            "--database-url" => out.database_url = Some(flag.value()?),
+            "--api-base" => out.api_base = Some(flag.value()?),
+            _ => return Err(flag.unknown(USAGE)),
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
-}
-
-fn number(name: &str, value: &str, min: u64, max: u64) -> Result<u64> {
-    match value.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => bail!("{name} takes a whole number from {min} to {max}"),
-    }
 }
 
 /// `libero stripe reconcile <args>`.
 pub async fn command(args: &[String]) -> Result<()> {
     let args = parse(args)?;
-    let key = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"])
-        .context("set STRIPE_SECRET_KEY (or SPIN_VARIABLE_STRIPE_SECRET_KEY) to the account's secret key")?;
-    key_mode(&key)?;
-    let base = args
-        .api_base
-        .clone()
-        .or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"]))
-        .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
-    let url = args
-        .database_url
-        .clone()
-        .or_else(|| env(&["DATABASE_URL", "SPIN_VARIABLE_DATABASE_URL"]))
-        .context("give --database-url, or set DATABASE_URL or SPIN_VARIABLE_DATABASE_URL")?;
+    let account = Account::from_env(args.api_base.clone())?;
+    let url = crate::args::database_url(args.database_url.clone())?;
     let client = pg::connect(&url).await?;
     let ready: bool = client
         .query_one("select to_regprocedure('public.stripe_reconcile_cursor()') is not null", &[])
@@ -91,10 +60,7 @@ pub async fn command(args: &[String]) -> Result<()> {
         bail!("the database has no reconciliation cursor yet: run `libero migrate` first");
     }
     // The price overrides the components read (`stripe_price_*`), from the environment.
-    let mut variables: HashMap<String, String> = HashMap::from([
-        ("stripe_secret_key".to_string(), key),
-        ("stripe_api_base".to_string(), base),
-    ]);
+    let mut variables = account.variables();
     for (name, value) in std::env::vars() {
         if let Some(variable) = name.strip_prefix("SPIN_VARIABLE_STRIPE_PRICE_") {
             variables.insert(format!("stripe_price_{}", variable.to_ascii_lowercase()), value);
