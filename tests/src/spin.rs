@@ -96,25 +96,7 @@ impl SpinApp {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
         let mut child = command.spawn().with_context(|| format!("starting {}", spin.display()))?;
-        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-        for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let logs = logs.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if echo_logs {
-                        eprintln!("[spin] {line}");
-                    }
-                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
+        let logs = capture_output(&mut child, "spin", echo_logs);
         let started = Instant::now();
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -152,4 +134,27 @@ fn free_loopback_addr() -> Result<std::net::SocketAddr> {
     // Bound and released at once; Spin binds it a moment later (a race only with another
     // process picking the same ephemeral port in between).
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Collects a child process's stdout and stderr, line by line, as it runs (and echoes
+/// them to this process's stderr, prefixed with `[label]`, when `echo` is set).
+pub fn capture_output(child: &mut Child, label: &str, echo: bool) -> Arc<Mutex<Vec<String>>> {
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let streams = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let (logs, label) = (logs.clone(), label.to_string());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[{label}] {line}");
+                }
+                logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+    }
+    logs
 }

@@ -13,7 +13,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The `pgbouncer` binary: `PGBOUNCER`, `PATH`, then Debian's `/usr/sbin/pgbouncer`.
@@ -161,27 +160,7 @@ async fn spawn_listening(command: &mut Command, port: u16, name: &str) -> (Child
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-    let echo = std::env::var_os("LIBERO_ECHO_LOGS").is_some();
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let logs = logs.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if echo {
-                    eprintln!("[{name}] {line}");
-                }
-                logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-    }
+    let logs = libero_tests::spin::capture_output(&mut child, name, std::env::var_os("LIBERO_ECHO_LOGS").is_some());
     let started = Instant::now();
     loop {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
