@@ -901,9 +901,9 @@ async fn run(s: Settings) -> Result<()> {
     // Default durability (fsync on): a cluster of the benchmark's own, unless
     // `--pg-from-env` asks for DATABASE_URL's (scripts/pg.sh's runs with fsync off). The
     // report states the settings of the server it measured on.
-    let durable_pg = if s.pg_from_env { None } else { runtimes::DurablePg::start().context("starting the benchmark's Postgres")? };
+    let durable_pg = if s.pg_from_env { None } else { runtimes::durable_pg().context("starting the benchmark's Postgres")? };
     let admin = match &durable_pg {
-        Some(pg) => pg.url.clone(),
+        Some(pg) => pg.url(),
         None => db::admin_url()?,
     };
     say(&format!("database: {}", if durable_pg.is_some() { "a cluster of the benchmark's own" } else { "DATABASE_URL's cluster" }));

@@ -5,8 +5,10 @@
 //!   operator's runner (`libero-cli`, in `cli/`).
 //! * [`testing`]: helpers for end-to-end tests (`TestApp`).
 //! * [`spin`]: real `spin up` as the runtime under those tests (`LIBERO_RUNTIME=spin`).
+//! * [`cluster`]: a Postgres cluster of a test's own (to crash, or with default durability).
 //! * [`contract`]: responses against `openapi.yaml`, and the secret-leak check.
 
+pub mod cluster;
 pub mod contract;
 pub mod db;
 pub use libero_host as host;

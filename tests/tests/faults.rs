@@ -32,8 +32,6 @@
 #![recursion_limit = "256"]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +40,7 @@ use std::time::{Duration, Instant};
 mod stripe_support;
 
 use futures_util::future::join_all;
+use libero_tests::cluster::Cluster;
 use libero_tests::db;
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
@@ -57,126 +56,29 @@ const UPSTREAM_SECRET: &str = "UPSTREAM-FAULT-BODY-sk-live-must-not-leak";
 // A Postgres cluster of this test's own
 // ---------------------------------------------------------------------------------------
 
-fn pg_bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Some(dir);
+/// A cluster of this test's own, started (durable settings, unlike scripts/pg.sh's: it
+/// is crashed on purpose, and a commit the app was told about must survive it). Without
+/// Postgres binaries the test fails, unless `LIBERO_SKIP_PG_CRASH=1` asks to skip it
+/// (None), which CI (`CI` set) never does.
+fn own_cluster() -> Option<Cluster> {
+    let Some(cluster) = Cluster::init("faults").expect("a cluster of the test's own") else {
+        let skip = std::env::var_os("LIBERO_SKIP_PG_CRASH").is_some_and(|v| v == "1");
+        if skip && std::env::var_os("CI").is_none() {
+            eprintln!("SKIPPED on request (LIBERO_SKIP_PG_CRASH=1): no Postgres binaries here");
+            return None;
         }
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.pop()
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-/// Runs a Postgres binary as the cluster's owner (`postgres` when we are root).
-fn as_owner(bin: &Path, args: &[&str]) -> std::process::Output {
-    let output = if is_root() {
-        Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(bin).args(args).output()
-    } else {
-        Command::new(bin).args(args).output()
+        panic!(
+            "no Postgres binaries (initdb, pg_ctl) on this machine: this test crashes a cluster of its own. \
+             Run scripts/pg.sh once (it installs Debian's postgresql), or set LIBERO_SKIP_PG_CRASH=1 \
+             to skip it outside CI"
+        );
     };
-    output.expect("running a Postgres binary")
+    start(&cluster);
+    Some(cluster)
 }
 
-struct Cluster {
-    bindir: PathBuf,
-    data: PathBuf,
-    port: u16,
-    /// The `postgres` role's password: TCP logins need it (scram), so the secret-leak
-    /// check on every response and log line has a password to look for.
-    password: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// A new cluster (not started). Without Postgres binaries the test fails, unless
-    /// `LIBERO_SKIP_PG_CRASH=1` asks to skip it (None), which CI (`CI` set) never does.
-    fn init() -> Option<Cluster> {
-        let Some(bindir) = pg_bindir() else {
-            let skip = std::env::var_os("LIBERO_SKIP_PG_CRASH").is_some_and(|v| v == "1");
-            if skip && std::env::var_os("CI").is_none() {
-                eprintln!("SKIPPED on request (LIBERO_SKIP_PG_CRASH=1): no Postgres binaries here");
-                return None;
-            }
-            panic!(
-                "no Postgres binaries (initdb, pg_ctl) on this machine: this test crashes a cluster of its own. \
-                 Run scripts/pg.sh once (it installs Debian's postgresql), or set LIBERO_SKIP_PG_CRASH=1 \
-                 to skip it outside CI"
-            );
-        };
-        let dir = tempfile::Builder::new().prefix("libero-faults-pg").tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let password: String = {
-            use rand::Rng;
-            hex::encode(rand::rng().random::<[u8; 16]>())
-        };
-        let pwfile = dir.path().join("pwfile");
-        std::fs::write(&pwfile, format!("{password}\n")).unwrap();
-        if is_root() {
-            let status = Command::new("chown").arg("-R").arg("postgres").arg(dir.path()).status().unwrap();
-            assert!(status.success());
-        }
-        let out = as_owner(
-            &bindir.join("initdb"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                &format!("--pwfile={}", pwfile.display()),
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ],
-        );
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let _ = std::fs::remove_file(&pwfile);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Some(Cluster { bindir, data, port, password, _dir: dir })
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/postgres", self.password, self.port)
-    }
-
-    fn start(&self) {
-        let options = format!(
-            // Durable settings (unlike scripts/pg.sh): this cluster is crashed on purpose, and
-            // a commit the app was told about must survive it.
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            self.port,
-            self.data.display()
-        );
-        let log = self.data.join("server.log");
-        let out = as_owner(
-            &self.bindir.join("pg_ctl"),
-            &["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start", "-o", &options],
-        );
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// `immediate`: like a crash or a pulled cable; every connection is cut.
-    fn stop(&self) {
-        let out = as_owner(&self.bindir.join("pg_ctl"), &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = as_owner(&self.bindir.join("pg_ctl"), &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]);
-    }
+fn start(cluster: &Cluster) {
+    cluster.start(&[("max_connections", "200")]).expect("starting the test's cluster");
 }
 
 async fn post_json(app: &TestApp, path: &str, token: Option<&str>, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
@@ -235,8 +137,7 @@ fn all_vars(vars: &mut HashMap<String, String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
-    let Some(cluster) = Cluster::init() else { return };
-    cluster.start();
+    let Some(cluster) = own_cluster() else { return };
     let test_db = db::fresh_database_on(&cluster.url()).await.expect("a database on the fault cluster");
     // Stripe answers the purchase's line items (the webhook checks what was paid).
     let stripe = fake_stripe().await;
@@ -295,7 +196,7 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
             assert!(Instant::now() < deadline, "only {waiting} of {} completions reached the database", burst.len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        cluster.stop();
+        cluster.crash().expect("crashing the test's cluster");
         in_flight
     };
     let (answers, in_flight) = tokio::join!(join_all(sends), killer);
@@ -343,7 +244,7 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
     println!("database down:\n  {}", table.join("\n  "));
 
     // Up again: Stripe redelivers and clients retry; everything applies exactly once.
-    cluster.start();
+    start(&cluster);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut retried = 0;
     loop {

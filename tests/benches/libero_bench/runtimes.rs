@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use libero_tests::cluster::Cluster;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -21,88 +22,20 @@ use super::{MakeReq, Req};
 
 /// A Postgres cluster of the benchmark's own with the server's default durability
 /// (`fsync`, `synchronous_commit` and `full_page_writes` on), unlike `scripts/pg.sh`'s
-/// throwaway cluster, which turns them off. Stopped and deleted when dropped.
-pub struct DurablePg {
-    pub url: String,
-    bindir: PathBuf,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn pg_bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Some(dir);
-        }
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.pop()
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-/// Runs a Postgres binary as the cluster's owner (`postgres` when we are root: Postgres
-/// refuses to run as root).
-fn as_owner(bin: &Path, args: &[&str]) -> Result<std::process::Output> {
-    let output = if is_root() {
-        Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(bin).args(args).output()
-    } else {
-        Command::new(bin).args(args).output()
-    };
-    output.with_context(|| format!("running {}", bin.display()))
-}
-
-impl DurablePg {
-    /// None when this machine has no Postgres binaries (the caller falls back to
-    /// `DATABASE_URL` and labels the figures with that server's settings).
-    pub fn start() -> Result<Option<DurablePg>> {
-        let Some(bindir) = pg_bindir() else { return Ok(None) };
-        let dir = tempfile::Builder::new().prefix("libero-bench-pg").tempdir_in("/var/tmp")?;
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data)?;
-        if is_root() {
-            let status = Command::new("chown").arg("-R").arg("postgres").arg(dir.path()).status()?;
-            if !status.success() {
-                bail!("chown postgres {}", dir.path().display());
-            }
-        }
-        let d = data.to_str().context("data dir path")?;
-        let out = as_owner(&bindir.join("initdb"), &["-D", d, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])?;
-        if !out.status.success() {
-            bail!("initdb: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        // Durability is left at the server's defaults. The rest as in scripts/pg.sh: room
-        // for Spin's, the host's and the peer's pools at once, the same buffer size; and
-        // pg_stat_statements, for the server-side breakdown under Spin.
-        let options = format!(
-            "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=600 -c shared_buffers=256MB \
-             -c shared_preload_libraries=pg_stat_statements"
-        );
-        let log = data.join("server.log");
-        let out = as_owner(
-            &bindir.join("pg_ctl"),
-            &["-D", d, "-l", log.to_str().context("log path")?, "-w", "-t", "60", "start", "-o", &options],
-        )?;
-        if !out.status.success() {
-            bail!("pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(Some(DurablePg { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), bindir, data, _dir: dir }))
-    }
-}
-
-impl Drop for DurablePg {
-    fn drop(&mut self) {
-        if let Some(d) = self.data.to_str() {
-            let _ = as_owner(&self.bindir.join("pg_ctl"), &["-D", d, "-m", "fast", "-w", "stop"]);
-        }
-    }
+/// throwaway cluster, which turns them off; None when this machine has no Postgres
+/// binaries (the caller falls back to `DATABASE_URL` and labels the figures with that
+/// server's settings).
+pub fn durable_pg() -> Result<Option<Cluster>> {
+    let Some(cluster) = Cluster::init("bench")? else { return Ok(None) };
+    // Durability is left at the server's defaults. The rest as in scripts/pg.sh: room for
+    // Spin's, the host's and the peer's pools at once, the same buffer size; and
+    // pg_stat_statements, for the server-side breakdown under Spin.
+    cluster.start(&[
+        ("max_connections", "600"),
+        ("shared_buffers", "256MB"),
+        ("shared_preload_libraries", "pg_stat_statements"),
+    ])?;
+    Ok(Some(cluster))
 }
 
 /// `fsync`, `synchronous_commit`, `full_page_writes` of the server at `url`, for the report.

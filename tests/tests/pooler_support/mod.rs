@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use libero_tests::cluster::is_root;
 use tokio::process::{Child, Command};
 
 /// The `pgbouncer` binary: `PGBOUNCER`, `PATH`, then Debian's `/usr/sbin/pgbouncer`.
@@ -38,13 +39,6 @@ pub fn pgbouncer_or_skip() -> Option<PathBuf> {
     found
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 /// PgBouncer's `pool_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
