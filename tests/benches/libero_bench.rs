@@ -859,7 +859,7 @@ async fn start_app_with_pool(
 
 fn fixture_manifest() -> Result<std::path::PathBuf> {
     let root = libero_tests::repo_root();
-    let wasm = root.join("target/wasm32-wasip2/release/libero_fixture.wasm");
+    let wasm = libero_tests::fixture_wasm();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("spin-fixture.toml");

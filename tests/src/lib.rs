@@ -24,3 +24,15 @@ pub fn repo_root() -> PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// The fixture component (`tests/fixture`, built by `scripts/build-wasm.sh`), for tests
+/// and the benchmark that write manifests of their own around it.
+pub fn fixture_wasm() -> PathBuf {
+    let path = repo_root().join("target/wasm32-wasip2/release/libero_fixture.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-wasm.sh (or cargo build --target wasm32-wasip2 --release -p libero-fixture)",
+        path.display()
+    );
+    path
+}

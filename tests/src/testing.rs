@@ -104,6 +104,23 @@ impl Runtime {
     }
 }
 
+/// Short retry budgets for OpenAI and ElevenLabs, so a test of a slow or failing upstream
+/// takes seconds: two attempts, each bounded by `timeout_ms`, waiting 10 to
+/// `retry_max_ms` between them, the whole call by `deadline_ms`.
+pub fn upstream_retries(vars: &mut HashMap<String, String>, retry_max_ms: u64, timeout_ms: u64, deadline_ms: u64) {
+    for prefix in ["openai", "elevenlabs"] {
+        for (name, value) in [
+            ("max_attempts", 2),
+            ("retry_base_ms", 10),
+            ("retry_max_ms", retry_max_ms),
+            ("timeout_ms", timeout_ms),
+            ("deadline_ms", deadline_ms),
+        ] {
+            vars.insert(format!("{prefix}_{name}"), value.to_string());
+        }
+    }
+}
+
 /// For a test that needs what only the bundled host offers (fault injection, response
 /// recording, a Postgres cluster of its own): true under real Spin, after one line
 /// saying the test is skipped there and why.

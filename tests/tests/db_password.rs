@@ -32,8 +32,7 @@ fn the_test_database_and_each_test_s_copy_have_a_password() {
 /// value: a deliberate leak, which the check must report.
 #[tokio::test]
 async fn a_database_password_in_a_response_is_reported() {
-    let wasm = libero_tests::repo_root().join("target/wasm32-wasip2/release/libero_fixture.wasm");
-    assert!(wasm.exists(), "{} is missing: run scripts/build-wasm.sh", wasm.display());
+    let wasm = libero_tests::fixture_wasm();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("spin.toml");
     std::fs::write(

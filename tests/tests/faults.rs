@@ -42,9 +42,9 @@ mod stripe_support;
 use futures_util::future::join_all;
 use libero_tests::cluster::Cluster;
 use libero_tests::db;
-use libero_tests::testing::TestApp;
+use libero_tests::testing::{upstream_retries, TestApp};
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, event, fake_stripe, signature, subscription, now, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use stripe_support::{checkout_session, event, fake_stripe, signature, stripe_vars, subscription, now, SECRET_KEY, WEBHOOK_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -119,12 +119,8 @@ fn no_traps(app: &TestApp) {
     }
 }
 
-fn all_vars(vars: &mut HashMap<String, String>) {
-    vars.insert("stripe_secret_key".into(), SECRET_KEY.into());
-    vars.insert("stripe_webhook_secrets".into(), WEBHOOK_SECRET.into());
-    for (name, price) in PRICES {
-        vars.insert(name.into(), price.into());
-    }
+fn all_vars(vars: &mut HashMap<String, String>, stripe_api_base: &str) {
+    stripe_vars(vars, stripe_api_base);
     // Keys set but upstreams closed: only the database matters here.
     vars.insert("openai_api_key".into(), "sk-faults-openai-key-0001".into());
     vars.insert("elevenlabs_api_key".into(), "xi-faults-eleven-key-0001".into());
@@ -142,8 +138,7 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
     // Stripe answers the purchase's line items (the webhook checks what was paid).
     let stripe = fake_stripe().await;
     let app = TestApp::spawn_on(test_db, |vars| {
-        all_vars(vars);
-        vars.insert("stripe_api_base".into(), stripe.uri());
+        all_vars(vars, &stripe.uri());
     })
     .await;
     let user = app.create_user().await;
@@ -447,11 +442,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
 
 /// Small retry budgets so a hanging upstream costs seconds, not minutes.
 fn fast_retries(vars: &mut HashMap<String, String>) {
-    for prefix in ["openai", "elevenlabs"] {
-        for (name, value) in [("max_attempts", "2"), ("retry_base_ms", "10"), ("retry_max_ms", "200"), ("timeout_ms", "800"), ("deadline_ms", "2000")] {
-            vars.insert(format!("{prefix}_{name}"), value.into());
-        }
-    }
+    upstream_retries(vars, 200, 800, 2000);
 }
 
 struct Outcome {
@@ -664,12 +655,7 @@ async fn stripe_faults_answer_502_and_change_nothing() {
     let cases = FAULTS.iter().map(|&fault| async move {
         let (base, hits) = faulty_upstream(fault).await;
         let app = TestApp::spawn_with(|vars| {
-            vars.insert("stripe_api_base".into(), base.clone());
-            vars.insert("stripe_secret_key".into(), SECRET_KEY.into());
-            vars.insert("stripe_webhook_secrets".into(), WEBHOOK_SECRET.into());
-            for (name, price) in PRICES {
-                vars.insert(name.into(), price.into());
-            }
+            stripe_vars(vars, &base);
         })
         .await;
         let user = app.create_user().await;

@@ -2,7 +2,6 @@
 //! (`tests/fixture`, built by `scripts/build-wasm.sh`) under manifests written per test.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -10,16 +9,6 @@ use libero_tests::db::{self, TestDb};
 use libero_tests::host::{self, AppOptions, RunningApp};
 use libero_tests::testing::db_host;
 use serde_json::{json, Value};
-
-fn fixture_wasm() -> PathBuf {
-    let path = libero_tests::repo_root().join("target/wasm32-wasip2/release/libero_fixture.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-wasm.sh (or cargo build --target wasm32-wasip2 --release -p libero-fixture)",
-        path.display()
-    );
-    path
-}
 
 /// A manifest serving the fixture as `fixture` (database and `{{ upstream }}` allowed)
 /// and as `denied` (nothing allowed), plus `extra` TOML appended.
@@ -65,7 +54,7 @@ source = "{wasm}"
 [component.denied.variables]
 database_url = "{{{{ database_url }}}}"
 {extra}"#,
-        wasm = fixture_wasm().display()
+        wasm = libero_tests::fixture_wasm().display()
     )
 }
 

@@ -32,7 +32,7 @@ use libero_tests::db;
 use libero_tests::testing::TestApp;
 use pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, count, event, fake_stripe, now, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
 use uuid::Uuid;
 
 const PATH: &str = "/functions/v1/session-complete";
@@ -310,12 +310,7 @@ async fn transaction_mode_with_prepared_statements_applies_the_money_paths_once(
     let stripe = fake_stripe().await;
     let app = TestApp::spawn_on(db, |variables| {
         pgcat.route(variables);
-        variables.insert("stripe_api_base".into(), stripe.uri());
-        variables.insert("stripe_secret_key".into(), SECRET_KEY.into());
-        variables.insert("stripe_webhook_secrets".into(), WEBHOOK_SECRET.into());
-        for (name, price) in PRICES {
-            variables.insert(name.into(), price.into());
-        }
+        stripe_vars(variables, &stripe.uri());
     })
     .await;
     let users: Vec<Uuid> = join_all((0..30).map(|_| app.create_user())).await;

@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 
+mod speech_support;
+
 use libero_tests::testing::TestApp;
+use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};
@@ -16,42 +19,16 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const ROUTE: &str = "/functions/v1/transcribe";
 
-const OPENAI_KEY: &str = "sk-test-SECRET-openai-0123";
-const ELEVEN_KEY: &str = "xi-test-SECRET-eleven-4567";
-/// Put in upstream error bodies: never to reach a client or the log.
-const UPSTREAM_SECRET: &str = "UPSTREAM-ERROR-BODY-sk-live-leaked";
 /// The transcript and the prompt are the user's: never in the log.
 const TRANSCRIPT: &str = "I felt calm after the session, TRANSCRIPT-PRIVATE-77";
 const PROMPT: &str = "Libero, ego state, PROMPT-PRIVATE-88";
 /// Chrome's FormData boundary shape.
 const BROWSER_BOUNDARY: &str = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
 
-struct Fakes {
-    openai: Option<String>,
-    elevenlabs: Option<String>,
-}
-
+/// The app with the providers pointed at `fakes`, generous timeouts (a transcription
+/// takes a while), and `extra` variables.
 async fn spawn(fakes: Fakes, extra: &[(&str, &str)]) -> TestApp {
-    let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    TestApp::spawn_with(move |vars| {
-        if let Some(url) = fakes.openai {
-            vars.insert("openai_base_url".into(), url);
-            vars.insert("openai_api_key".into(), OPENAI_KEY.into());
-        }
-        if let Some(url) = fakes.elevenlabs {
-            vars.insert("elevenlabs_base_url".into(), url);
-            vars.insert("elevenlabs_api_key".into(), ELEVEN_KEY.into());
-        }
-        for prefix in ["openai", "elevenlabs"] {
-            for (name, value) in [("max_attempts", "2"), ("retry_base_ms", "10"), ("retry_max_ms", "1000"), ("timeout_ms", "10000"), ("deadline_ms", "20000")] {
-                vars.insert(format!("{prefix}_{name}"), value.into());
-            }
-        }
-        for (k, v) in extra {
-            vars.insert(k, v);
-        }
-    })
-    .await
+    speech_support::spawn(fakes, 10_000, 20_000, extra).await
 }
 
 // ---------------------------------------------------------------------------------------

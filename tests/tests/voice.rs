@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
+mod speech_support;
+
 use libero_tests::testing::TestApp;
+use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,47 +21,18 @@ use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
 const TTS: &str = "/functions/v1/tts";
 const PREMIUM: &str = "/functions/v1/elevenlabs-tts-proxy";
 
-const OPENAI_KEY: &str = "sk-test-SECRET-openai-0123";
-const ELEVEN_KEY: &str = "xi-test-SECRET-eleven-4567";
 const DEFAULT_VOICE: &str = "DefaultVoice01";
-/// Put in every upstream error body: it must never reach a client or the log.
-const UPSTREAM_SECRET: &str = "UPSTREAM-ERROR-BODY-sk-live-leaked";
 /// Put in user texts: user content must never reach the log.
 const USER_SECRET: &str = "my-private-affirmation-42";
 
 const MP3: &[u8] = b"ID3\x04\x00fake-mp3-audio-bytes";
 
-struct Fakes {
-    openai: Option<String>,
-    elevenlabs: Option<String>,
-}
-
-/// The app with both providers pointed at `fakes` (keys set only for those given),
-/// fast retries, and `extra` variables.
+/// The app with both providers pointed at `fakes` (keys set only for those given), the
+/// default and the premium voices on offer, fast retries, and `extra` variables.
 async fn spawn(fakes: Fakes, extra: &[(&str, &str)]) -> TestApp {
-    let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    TestApp::spawn_with(move |vars| {
-        if let Some(url) = fakes.openai {
-            vars.insert("openai_base_url".into(), url);
-            vars.insert("openai_api_key".into(), OPENAI_KEY.into());
-        }
-        if let Some(url) = fakes.elevenlabs {
-            vars.insert("elevenlabs_base_url".into(), url);
-            vars.insert("elevenlabs_api_key".into(), ELEVEN_KEY.into());
-        }
-        vars.insert("elevenlabs_default_voice_id".into(), DEFAULT_VOICE.into());
-        // The premium voices on offer besides the default.
-        vars.insert("elevenlabs_voice_ids".into(), "Voice_42,down,refused,json".into());
-        for prefix in ["openai", "elevenlabs"] {
-            for (name, value) in [("max_attempts", "2"), ("retry_base_ms", "10"), ("retry_max_ms", "1000"), ("timeout_ms", "3000"), ("deadline_ms", "6000")] {
-                vars.insert(format!("{prefix}_{name}"), value.into());
-            }
-        }
-        for (k, v) in extra {
-            vars.insert(k, v);
-        }
-    })
-    .await
+    // The premium voices on offer besides the default.
+    let voices = [("elevenlabs_default_voice_id", DEFAULT_VOICE), ("elevenlabs_voice_ids", "Voice_42,down,refused,json")];
+    speech_support::spawn(fakes, 3_000, 6_000, &[&voices[..], extra].concat()).await
 }
 
 struct Answer {

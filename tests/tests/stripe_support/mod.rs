@@ -115,6 +115,17 @@ impl std::ops::Deref for StripeApp {
     }
 }
 
+/// The app's Stripe settings: the API at `api_base` (a fake), the test key, the webhook
+/// secret and the catalog's price ids.
+pub fn stripe_vars(variables: &mut HashMap<String, String>, api_base: &str) {
+    for (k, v) in [("stripe_api_base", api_base), ("stripe_secret_key", SECRET_KEY), ("stripe_webhook_secrets", WEBHOOK_SECRET)] {
+        variables.insert(k.to_string(), v.to_string());
+    }
+    for (name, price) in PRICES {
+        variables.insert(name.into(), price.into());
+    }
+}
+
 pub async fn spawn() -> StripeApp {
     spawn_with(|_| {}).await
 }
@@ -123,17 +134,8 @@ pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) ->
     let stripe = fake_stripe().await;
     let stripe_uri = stripe.uri();
     let app = TestApp::spawn_with(|variables| {
-        for (k, v) in [
-            ("app_origins", "http://localhost:5173,https://app.libero.test"),
-            ("stripe_api_base", stripe_uri.as_str()),
-            ("stripe_secret_key", SECRET_KEY),
-            ("stripe_webhook_secrets", WEBHOOK_SECRET),
-        ] {
-            variables.insert(k.to_string(), v.to_string());
-        }
-        for (name, price) in PRICES {
-            variables.insert(name.into(), price.into());
-        }
+        variables.insert("app_origins".into(), "http://localhost:5173,https://app.libero.test".into());
+        stripe_vars(variables, &stripe_uri);
         configure(variables);
     })
     .await;
