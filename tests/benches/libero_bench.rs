@@ -309,7 +309,7 @@ async fn create_users(db: &TestDb, ids: &[Uuid], tokens: i32) -> Result<()> {
         .execute(
             "WITH p AS (UPDATE public.user_profiles SET tokens = tokens + $2 WHERE id = ANY($1) RETURNING id, tokens)
              INSERT INTO public.token_ledger (user_id, delta, reason, reference, balance_after)
-             SELECT id, $2, 'purchase', 'bench-grant', tokens FROM p",
+             SELECT id, $2::integer, 'purchase', 'bench-grant', tokens FROM p",
             &[&ids, &tokens],
         )
         .await?;

@@ -244,7 +244,8 @@ impl TestApp {
     }
 
     /// Gives `user` `amount` tokens the way a purchase does: a ledger row and the
-    /// balance, in one statement.
+    /// balance, in one statement. (The casts: a parameter written straight into a column
+    /// takes the column's type, here a domain, and tokio-postgres binds only base types.)
     pub async fn grant_tokens(&self, user: Uuid, amount: i32) {
         let reference = format!("test-grant-{}", Uuid::new_v4());
         self.db_client()
@@ -254,7 +255,7 @@ impl TestApp {
                      UPDATE public.user_profiles SET tokens = tokens + $2 WHERE id = $1 RETURNING tokens
                  )
                  INSERT INTO public.token_ledger (user_id, delta, reason, reference, balance_after)
-                 SELECT $1, $2, 'purchase', $3, p.tokens FROM p",
+                 SELECT $1, $2::integer, 'purchase', $3::text, p.tokens FROM p",
                 &[&user, &amount, &reference],
             )
             .await

@@ -91,7 +91,7 @@ async fn credit(client: &Client, user: Uuid, tokens: i32, reference: &str) {
         .execute(
             "with p as (update user_profiles set tokens = tokens + $2 where id = $1 returning tokens)
              insert into token_ledger (user_id, delta, reason, reference, balance_after)
-             select $1, $2, 'purchase', $3, tokens from p",
+             select $1, $2::integer, 'purchase', $3::text, tokens from p",
             &[&user, &tokens, &reference],
         )
         .await
