@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: builds the components, starts a throwaway Postgres unless
-# DATABASE_URL names one, and runs every test against the real .wasm: first under the
-# bundled host, then the end-to-end HTTP tests again under real `spin up` when Spin is
-# found (SPIN, PATH, then ../shared/bin/spin). Arguments go to both `cargo test` runs.
+# The whole test suite: checks the formatting, builds the components, starts a throwaway
+# Postgres unless DATABASE_URL names one, and runs every test against the real .wasm:
+# first under the bundled host, then the end-to-end HTTP tests again under real
+# `spin up` when Spin is found (SPIN, PATH, then ../shared/bin/spin). Arguments go to
+# both `cargo test` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Formatting first: a second, and it fails before the long part does.
+if ! cargo fmt --all -- --check >/dev/null; then
+  echo "test.sh: the code is not formatted (rustfmt.toml): run \`cargo fmt --all\`" >&2
+  exit 1
+fi
 scripts/build-wasm.sh
 DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
 export DATABASE_URL

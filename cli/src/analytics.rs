@@ -29,10 +29,25 @@ pub const VIEWS: &[View] = &[
         daily: true,
         order_by: "day, product, currency",
     },
-    View { name: "analytics_tokens_daily", title: "Tokens granted and spent", daily: true, order_by: "day, direction, source" },
-    View { name: "analytics_ai_daily", title: "AI and voice calls per endpoint", daily: true, order_by: "day, endpoint" },
+    View {
+        name: "analytics_tokens_daily",
+        title: "Tokens granted and spent",
+        daily: true,
+        order_by: "day, direction, source",
+    },
+    View {
+        name: "analytics_ai_daily",
+        title: "AI and voice calls per endpoint",
+        daily: true,
+        order_by: "day, endpoint",
+    },
     View { name: "analytics_tts_daily", title: "tts requests and cache hit rate", daily: true, order_by: "day" },
-    View { name: "analytics_plan_mix", title: "Plan mix and subscriptions (now)", daily: false, order_by: "kind, name" },
+    View {
+        name: "analytics_plan_mix",
+        title: "Plan mix and subscriptions (now)",
+        daily: false,
+        order_by: "kind, name",
+    },
     View { name: "analytics_subscriptions_daily", title: "Subscriptions and churn", daily: true, order_by: "day" },
 ];
 
@@ -115,13 +130,15 @@ pub async fn read(client: &Client, view: &View, days: u32) -> Result<Table> {
 pub async fn report(client: &Client, options: &Options) -> Result<String> {
     let mut out = String::new();
     if options.refresh {
-        let row = client.query_one("select public.insights_refresh()::text", &[]).await.context("insights_refresh()")?;
+        let row =
+            client.query_one("select public.insights_refresh()::text", &[]).await.context("insights_refresh()")?;
         let refreshed: String = row.get(0);
         if !options.csv {
             out.push_str(&format!("insights comparison histogram rebuilt: {refreshed}\n\n"));
         }
     }
-    let views: Vec<&View> = VIEWS.iter().filter(|v| options.only.as_deref().is_none_or(|only| only == v.name)).collect();
+    let views: Vec<&View> =
+        VIEWS.iter().filter(|v| options.only.as_deref().is_none_or(|only| only == v.name)).collect();
     for (i, view) in views.iter().enumerate() {
         let table = read(client, view, options.days).await?;
         if i > 0 {
@@ -147,7 +164,9 @@ pub fn text_table(table: &Table) -> String {
         return "  (no rows)\n".to_string();
     }
     let widths: Vec<usize> = (0..table.columns.len())
-        .map(|i| table.rows.iter().map(|r| r[i].chars().count()).chain([table.columns[i].chars().count()]).max().unwrap_or(0))
+        .map(|i| {
+            table.rows.iter().map(|r| r[i].chars().count()).chain([table.columns[i].chars().count()]).max().unwrap_or(0)
+        })
         .collect();
     let numeric: Vec<bool> = (0..table.columns.len())
         .map(|i| table.rows.iter().all(|r| r[i].is_empty() || r[i].parse::<f64>().is_ok()))
@@ -156,7 +175,9 @@ pub fn text_table(table: &Table) -> String {
         let padded: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if numeric[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) })
+            .map(
+                |(i, c)| if numeric[i] { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) },
+            )
             .collect();
         format!("  {}\n", padded.join("  ").trim_end())
     };
@@ -195,10 +216,17 @@ mod tests {
 
     #[test]
     fn options_parse_and_refuse_what_they_do_not_know() {
-        let options = Options::parse(&args(&["--days", "30", "--csv", "--only=analytics_tts_daily", "--refresh"])).unwrap();
+        let options =
+            Options::parse(&args(&["--days", "30", "--csv", "--only=analytics_tts_daily", "--refresh"])).unwrap();
         assert_eq!(
             options,
-            Options { days: 30, csv: true, only: Some("analytics_tts_daily".into()), refresh: true, database_url: None }
+            Options {
+                days: 30,
+                csv: true,
+                only: Some("analytics_tts_daily".into()),
+                refresh: true,
+                database_url: None
+            }
         );
         assert_eq!(Options::parse(&[]).unwrap().days, 7);
         for bad in [&["--days", "0"][..], &["--days", "x"], &["--days"], &["--only", "user_profiles"], &["--verbose"]] {

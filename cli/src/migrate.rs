@@ -41,13 +41,9 @@ pub fn read_migrations(dir: &Path) -> Result<Vec<Migration>> {
                 .with_context(|| format!("non-UTF-8 migration name {}", path.display()))?;
             let (version, name) = stem.split_once('_').unwrap_or((stem, ""));
             if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit()) {
-                bail!(
-                    "migration {} is not named <timestamp>_<name>.sql (as the Supabase CLI expects)",
-                    path.display()
-                );
+                bail!("migration {} is not named <timestamp>_<name>.sql (as the Supabase CLI expects)", path.display());
             }
-            let sql = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let sql = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             Ok(Migration { version: version.to_string(), name: name.to_string(), path, sql })
         })
         .collect()
@@ -61,13 +57,9 @@ pub async fn migrate_dir(url: &str, dir: &Path) -> Result<Vec<Migration>> {
     let mut client = connect(url).await?;
     // Two runners against one database (parallel test binaries, two servers starting)
     // must not both apply a file: serialise them on a transaction-independent lock.
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('libero_migrate'))")
-        .await?;
+    client.batch_execute("SELECT pg_advisory_lock(hashtext('libero_migrate'))").await?;
     let result = apply_pending(&mut client, migrations).await;
-    let _ = client
-        .batch_execute("SELECT pg_advisory_unlock(hashtext('libero_migrate'))")
-        .await;
+    let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('libero_migrate'))").await;
     result
 }
 
@@ -132,4 +124,3 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
-

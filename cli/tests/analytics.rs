@@ -11,7 +11,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_libero");
 
 fn libero(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).current_dir(workspace()).env_remove("DATABASE_URL").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -37,7 +41,9 @@ async fn analytics_prints_the_days_figures_as_tables_and_csv() {
 
     let (ok, tables, err) = libero(&["analytics", "--database-url", &db.url, "--days", "1"]);
     assert!(ok, "{err}");
-    for title in ["analytics_active_users", "analytics_revenue_daily", "analytics_plan_mix", "analytics_subscriptions_daily"] {
+    for title in
+        ["analytics_active_users", "analytics_revenue_daily", "analytics_plan_mix", "analytics_subscriptions_daily"]
+    {
         assert!(tables.contains(title), "{title} in\n{tables}");
     }
     // The sessions table: header, rule, today's row.
@@ -49,17 +55,22 @@ async fn analytics_prints_the_days_figures_as_tables_and_csv() {
 
     let (ok, csv, err) = libero(&["analytics", "--database-url", &db.url, "--csv", "--only", "analytics_tts_daily"]);
     assert!(ok, "{err}");
-    assert_eq!(csv, format!("day,tts_requests,cache_hits,cache_misses,hit_rate,premium_calls\n{today},3,1,2,0.333,0\n"));
+    assert_eq!(
+        csv,
+        format!("day,tts_requests,cache_hits,cache_misses,hit_rate,premium_calls\n{today},3,1,2,0.333,0\n")
+    );
 
     let (ok, all_csv, err) = libero(&["analytics", "--database-url", &db.url, "--csv"]);
     assert!(ok, "{err}");
     assert_eq!(all_csv.lines().filter(|l| l.starts_with("# analytics_")).count(), 8, "{all_csv}");
 
     // --refresh rebuilds the insights histogram (the job cron runs).
-    let (ok, refreshed, err) = libero(&["analytics", "--database-url", &db.url, "--refresh", "--only", "analytics_active_users"]);
+    let (ok, refreshed, err) =
+        libero(&["analytics", "--database-url", &db.url, "--refresh", "--only", "analytics_active_users"]);
     assert!(ok, "{err}");
     assert!(refreshed.starts_with("insights comparison histogram rebuilt: "), "{refreshed}");
-    let population: i32 = client.query_one("select population from insights_histogram_state", &[]).await.unwrap().get(0);
+    let population: i32 =
+        client.query_one("select population from insights_histogram_state", &[]).await.unwrap().get(0);
     assert_eq!(population, 1);
 
     let (ok, _, err) = libero(&["analytics", "--database-url", &db.url, "--days", "0"]);

@@ -16,9 +16,10 @@ fn libero(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn migrate_applies_every_file_once_then_reports_up_to_date() {
     let db = ScratchDb::new("cli_test").await;
-    let files = std::fs::read_dir(workspace().join("migrations")).unwrap().filter(|e| {
-        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql")
-    }).count();
+    let files = std::fs::read_dir(workspace().join("migrations"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
+        .count();
 
     let first = libero(&["migrate", "--database-url", &db.url]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
@@ -31,11 +32,8 @@ async fn migrate_applies_every_file_once_then_reports_up_to_date() {
 
     // Recorded where the Supabase CLI looks, so `supabase db push` skips them too.
     let client = libero_cli::pg::connect(&db.url).await.unwrap();
-    let recorded: i64 = client
-        .query_one("SELECT count(*) FROM supabase_migrations.schema_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let recorded: i64 =
+        client.query_one("SELECT count(*) FROM supabase_migrations.schema_migrations", &[]).await.unwrap().get(0);
     assert_eq!(recorded as usize, files);
 }
 
@@ -48,5 +46,9 @@ fn migrate_without_a_database_says_what_to_set() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--database-url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

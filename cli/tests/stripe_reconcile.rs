@@ -28,7 +28,8 @@ struct Log {
 impl Respond for Log {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         if self.failing.load(Ordering::SeqCst) {
-            return ResponseTemplate::new(500).set_body_json(json!({"error": {"type": "api_error", "message": "down"}}));
+            return ResponseTemplate::new(500)
+                .set_body_json(json!({"error": {"type": "api_error", "message": "down"}}));
         }
         let q: Vec<(String, String)> = request.url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
         let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -63,7 +64,8 @@ impl Respond for Log {
 }
 
 fn paid_order(n: u32, user: &str) -> Value {
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 600 + n as i64;
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 600 + n as i64;
     json!({"id": format!("evt_1Qcli{n}"), "object": "event", "type": "checkout.session.completed", "created": created,
         "data": {"object": {"id": format!("cs_test_cli{n}"), "object": "checkout.session", "mode": "payment",
             "payment_status": "paid", "amount_total": 499, "currency": "usd", "customer": null,
@@ -140,7 +142,10 @@ async fn reconcile_applies_missed_events_once_and_a_failure_keeps_the_cursor() {
     assert!(ok && out.contains("0 applied, 3 already applied"), "{out}");
 
     let cursor = || async {
-        db.query_one("SELECT anchor_event_id FROM public.stripe_reconcile_state", &[]).await.unwrap().get::<_, String>(0)
+        db.query_one("SELECT anchor_event_id FROM public.stripe_reconcile_state", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
     };
     let before = cursor().await;
     log.events.lock().unwrap().push(paid_order(3, user));

@@ -59,7 +59,8 @@ fn nested(pairs: &[(String, String)]) -> Value {
     fn arrays(value: Value) -> Value {
         match value {
             Value::Object(map) if !map.is_empty() && map.keys().all(|k| k.parse::<usize>().is_ok()) => {
-                let mut items: Vec<(usize, Value)> = map.into_iter().map(|(k, v)| (k.parse().unwrap(), arrays(v))).collect();
+                let mut items: Vec<(usize, Value)> =
+                    map.into_iter().map(|(k, v)| (k.parse().unwrap(), arrays(v))).collect();
                 items.sort_by_key(|(k, _)| *k);
                 Value::Array(items.into_iter().map(|(_, v)| v).collect())
             }
@@ -236,7 +237,9 @@ impl State {
                 let prices: Vec<Value> = self
                     .prices
                     .iter()
-                    .filter(|p| keys.is_empty() || p["lookup_key"].as_str().is_some_and(|k| keys.iter().any(|x| x == k)))
+                    .filter(|p| {
+                        keys.is_empty() || p["lookup_key"].as_str().is_some_and(|k| keys.iter().any(|x| x == k))
+                    })
                     .filter(|p| value("product").is_none_or(|id| p["product"] == id.as_str()))
                     .filter(|p| value("active").is_none_or(|a| p["active"] == (a == "true")))
                     .map(|p| if has("expand[]", "data.product") { self.expanded(p) } else { p.clone() })
@@ -244,8 +247,11 @@ impl State {
                 list(prices, query, url)
             }
             ["prices", id] => match self.prices.iter().find(|p| p["id"] == *id) {
-                Some(p) => ResponseTemplate::new(200)
-                    .set_body_json(if has("expand[]", "product") { self.expanded(p) } else { p.clone() }),
+                Some(p) => ResponseTemplate::new(200).set_body_json(if has("expand[]", "product") {
+                    self.expanded(p)
+                } else {
+                    p.clone()
+                }),
                 None => error(404, "invalid_request_error", "No such price"),
             },
             ["billing_portal", "configurations"] => list(self.portals.clone(), query, url),
@@ -262,19 +268,28 @@ impl Respond for FakeStripe {
         let full = request.url.path().to_string();
         let Some(rest) = full.strip_prefix("/v1/") else { return error(404, "invalid_request_error", "no") };
         let path: Vec<&str> = rest.split('/').collect();
-        let query: Vec<(String, String)> = request.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let query: Vec<(String, String)> =
+            request.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let mut state = self.0.lock().unwrap();
         match request.method.as_str() {
             "GET" => state.read(&path, &query, &full),
             "POST" => {
-                let Some(key) = request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string) else {
+                let Some(key) =
+                    request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string)
+                else {
                     return error(400, "invalid_request_error", "this fake wants an Idempotency-Key on every write");
                 };
                 if let Some((body, reply)) = state.replies.get(&key) {
                     return if *body == request.body {
-                        ResponseTemplate::new(200).insert_header("idempotent-replayed", "true").set_body_json(reply.clone())
+                        ResponseTemplate::new(200)
+                            .insert_header("idempotent-replayed", "true")
+                            .set_body_json(reply.clone())
                     } else {
-                        error(400, "idempotency_error", "Keys for idempotent requests can only be used with the same parameters")
+                        error(
+                            400,
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same parameters",
+                        )
                     };
                 }
                 if state.fail_after_writes.is_some_and(|n| state.writes >= n) {
@@ -343,8 +358,15 @@ impl Fake {
         let portals: Vec<Value> = s
             .portals
             .iter()
-            .map(|c| json!([c["active"], c["features"]["subscription_cancel"], c["features"]["subscription_update"]["enabled"],
-                c["features"]["invoice_history"], c["features"]["payment_method_update"]]))
+            .map(|c| {
+                json!([
+                    c["active"],
+                    c["features"]["subscription_cancel"],
+                    c["features"]["subscription_update"]["enabled"],
+                    c["features"]["invoice_history"],
+                    c["features"]["payment_method_update"]
+                ])
+            })
             .collect();
         out.insert("portal".into(), Value::from(portals));
         let other = s.prices.iter().find(|p| p["id"] == "price_Other").unwrap();
@@ -435,7 +457,10 @@ fn catalog_summary() -> BTreeMap<String, Value> {
         ("tokens-medium", "250 tokens", 999, Value::Null, "libero_tokens_medium"),
         ("tokens-large", "500 tokens", 1999, Value::Null, "libero_tokens_large"),
     ] {
-        expected.insert(key.to_string(), json!({"name": name, "active": true, "prices": [[amount, "usd", interval, lookup]]}));
+        expected.insert(
+            key.to_string(),
+            json!({"name": name, "active": true, "prices": [[amount, "usd", interval, lookup]]}),
+        );
     }
     let cancel = json!({"enabled": true, "mode": "at_period_end", "proration_behavior": "none"});
     expected.insert("portal".into(), json!([[true, cancel, false, {"enabled": true}, {"enabled": true}]]));
@@ -453,7 +478,11 @@ async fn the_first_run_creates_everything_and_the_second_changes_nothing() {
     assert!(dry.ok, "{}{}", dry.stdout, dry.stderr);
     assert_eq!(fake.posts().await, 0, "a dry run writes nothing");
     assert!(dry.stdout.contains("product tokens-small: would create \"100 tokens\""), "{}", dry.stdout);
-    assert!(dry.stdout.contains("price tokens-large: would create $19.99 with lookup key libero_tokens_large"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("price tokens-large: would create $19.99 with lookup key libero_tokens_large"),
+        "{}",
+        dry.stdout
+    );
     assert!(db.rows().await.is_empty(), "nor the database");
 
     let first = sync(&fake, &db, TEST_KEY, &[]).await;
@@ -473,7 +502,9 @@ async fn the_first_run_creates_everything_and_the_second_changes_nothing() {
     }
     let (sold, portal) = db.sold().await;
     assert_eq!(sold.len(), 4);
-    for (key, lookup) in [("tokens-small", "libero_tokens_small"), ("mystic-subscription", "libero_mystic_subscription")] {
+    for (key, lookup) in
+        [("tokens-small", "libero_tokens_small"), ("mystic-subscription", "libero_mystic_subscription")]
+    {
         assert_eq!(sold[key], fake.holder(lookup), "{key}: the stored price is the one with the lookup key");
     }
     assert_eq!(portal.as_deref(), fake.state.lock().unwrap().portals[0]["id"].as_str());
@@ -485,7 +516,11 @@ async fn the_first_run_creates_everything_and_the_second_changes_nothing() {
     let second = sync(&fake, &db, TEST_KEY, &[]).await;
     assert!(second.ok, "{}{}", second.stdout, second.stderr);
     assert_eq!(fake.posts().await, 9, "the second run wrote nothing to Stripe:\n{}", second.stdout);
-    assert!(second.stdout.contains("nothing to change: Stripe and the database already match the catalog"), "{}", second.stdout);
+    assert!(
+        second.stdout.contains("nothing to change: Stripe and the database already match the catalog"),
+        "{}",
+        second.stdout
+    );
     assert!(second.stdout.contains("product tokens-large: unchanged (prod_"), "{}", second.stdout);
     assert!(second.stdout.contains("portal: unchanged (bpc_"), "{}", second.stdout);
     assert!(!second.stdout.contains("database:"), "{}", second.stdout);

@@ -52,7 +52,9 @@ impl AllowedHosts {
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
         let entries = entries
             .iter()
-            .map(|e| parse_entry(e.as_ref()).map_err(|err| anyhow!("allowed_outbound_hosts entry {:?}: {err}", e.as_ref())))
+            .map(|e| {
+                parse_entry(e.as_ref()).map_err(|err| anyhow!("allowed_outbound_hosts entry {:?}: {err}", e.as_ref()))
+            })
             .collect::<Result<_>>()?;
         Ok(AllowedHosts { entries })
     }
@@ -90,9 +92,7 @@ impl AllowedHosts {
 }
 
 fn parse_entry(entry: &str) -> Result<Entry> {
-    let (scheme, rest) = entry
-        .split_once("://")
-        .ok_or_else(|| anyhow!("must be of the form scheme://host[:port]"))?;
+    let (scheme, rest) = entry.split_once("://").ok_or_else(|| anyhow!("must be of the form scheme://host[:port]"))?;
     if scheme.is_empty() {
         bail!("missing scheme");
     }
@@ -159,7 +159,12 @@ mod tests {
 
     #[test]
     fn wildcards_ranges_and_paths() {
-        let h = hosts(&["http://127.0.0.1:*", "https://*.example.com", "https://api.openai.com/v1", "postgres://db:6000..6010"]);
+        let h = hosts(&[
+            "http://127.0.0.1:*",
+            "https://*.example.com",
+            "https://api.openai.com/v1",
+            "postgres://db:6000..6010",
+        ]);
         assert!(h.allows("http", "127.0.0.1", Some(41234)));
         assert!(h.allows("https", "a.example.com", None));
         assert!(!h.allows("https", "example.com", None));

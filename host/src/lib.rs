@@ -44,8 +44,8 @@ use wasmtime_wasi_http::WasiHttpView;
 
 pub use engine::{engine, load_component};
 use logs::LogBuffer;
-use record::{RecordedResponse, Recorder};
 use manifest::Manifest;
+use record::{RecordedResponse, Recorder};
 use routes::{RouteMatch, Router};
 use state::{ComponentShared, RequestState};
 
@@ -174,15 +174,13 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
     let mut components = HashMap::new();
     for component in manifest.components.values() {
         let path = component.source.clone();
-        let compiled = tokio::task::spawn_blocking(move || load_component(&path))
-            .await?
-            .with_context(|| {
-                format!(
-                    "component {:?}: cannot load {} (build the components with scripts/build-wasm.sh)",
-                    component.id,
-                    component.source.display()
-                )
-            })?;
+        let compiled = tokio::task::spawn_blocking(move || load_component(&path)).await?.with_context(|| {
+            format!(
+                "component {:?}: cannot load {} (build the components with scripts/build-wasm.sh)",
+                component.id,
+                component.source.display()
+            )
+        })?;
         let pre = linker
             .instantiate_pre(&compiled)
             .map_err(anyhow::Error::from)
@@ -220,9 +218,8 @@ pub async fn start(options: AppOptions) -> Result<RunningApp> {
         recorder: options.record_responses.then(|| recorder.clone()),
     });
 
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("listening on {}", options.listen))?;
+    let listener =
+        TcpListener::bind(options.listen).await.with_context(|| format!("listening on {}", options.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel();
     let server = tokio::spawn(serve(listener, app, stopped));
@@ -358,12 +355,7 @@ impl App {
 
 /// The headers Spin adds to every request (spin-sdk reads some of them).
 fn add_spin_headers(req: &mut hyper::Request<Incoming>, route: &RouteMatch, client: SocketAddr) {
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string();
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let mut set = |name: &str, value: &str| {
         if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(name), http::HeaderValue::try_from(value)) {
@@ -385,7 +377,10 @@ fn add_spin_headers(req: &mut hyper::Request<Incoming>, route: &RouteMatch, clie
 /// For the benchmark: compiles the component at `path` with Cranelift (bypassing the
 /// on-disk cache) and instantiates it `iterations` times, each in a fresh store as a
 /// request does. Returns the compile time and the median time to instantiate.
-pub async fn measure_component(path: &std::path::Path, iterations: usize) -> Result<(std::time::Duration, std::time::Duration)> {
+pub async fn measure_component(
+    path: &std::path::Path,
+    iterations: usize,
+) -> Result<(std::time::Duration, std::time::Duration)> {
     use std::time::Instant;
     let engine = engine();
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -395,7 +390,8 @@ pub async fn measure_component(path: &std::path::Path, iterations: usize) -> Res
         .map_err(anyhow::Error::from)?;
     let compile = started.elapsed();
     let linker = state::linker(engine)?;
-    let pre = ProxyPre::new(linker.instantiate_pre(&component).map_err(anyhow::Error::from)?).map_err(anyhow::Error::from)?;
+    let pre =
+        ProxyPre::new(linker.instantiate_pre(&component).map_err(anyhow::Error::from)?).map_err(anyhow::Error::from)?;
     let shared = ComponentShared {
         id: "bench".into(),
         variables: Arc::new(HashMap::new()),

@@ -151,12 +151,8 @@ enum RawSource {
 impl Manifest {
     /// Reads and validates `spin.toml`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading manifest {}", path.display()))?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         Self::parse(&text, &dir).with_context(|| format!("invalid manifest {}", path.display()))
     }
@@ -168,8 +164,7 @@ impl Manifest {
             bail!("spin_manifest_version must be 2");
         }
         for (name, var) in &raw.variables {
-            super::variables::validate_name(name)
-                .with_context(|| format!("application variable {name:?}"))?;
+            super::variables::validate_name(name).with_context(|| format!("application variable {name:?}"))?;
             match (var.required, &var.default) {
                 (true, Some(_)) => bail!("variable {name:?} has both `required = true` and a default"),
                 (false, None) => bail!("variable {name:?} needs a `default` or `required = true`"),
@@ -189,8 +184,7 @@ impl Manifest {
                 }
             };
             for (var, template) in &raw_component.variables {
-                super::variables::validate_name(var)
-                    .with_context(|| format!("component {id:?} variable {var:?}"))?;
+                super::variables::validate_name(var).with_context(|| format!("component {id:?} variable {var:?}"))?;
                 let template = super::variables::Template::parse(template)
                     .with_context(|| format!("component {id:?} variable {var:?}"))?;
                 for name in template.referenced() {

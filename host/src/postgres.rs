@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BufMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 use tokio_postgres::config::SslMode;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 use wasmtime::component::Resource;
 
@@ -93,10 +93,7 @@ impl Pools {
         // few (warm) backends instead of rotating through every connection the pool ever
         // opened. Which connection a request gets is not something a guest can observe
         // beyond what `Clean` recycling already allows (see the module docs).
-        let pool = Pool::builder(manager)
-            .max_size(self.size)
-            .queue_mode(deadpool_postgres::QueueMode::Lifo)
-            .build()?;
+        let pool = Pool::builder(manager).max_size(self.size).queue_mode(deadpool_postgres::QueueMode::Lifo).build()?;
         pools.insert(address.to_string(), pool.clone());
         Ok(pool)
     }
@@ -141,17 +138,9 @@ impl pg::Host for PgHost {}
 impl pg::HostConnection for PgHost {
     async fn open(&mut self, address: String) -> Result<Resource<Connection>, pg::Error> {
         self.ensure_allowed(&address)?;
-        let pool = self
-            .pools
-            .pool(&address)
-            .map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
-        self.table
-            .push(Connection { client })
-            .map_err(|_| pg::Error::ConnectionFailed("too many connections".into()))
+        let pool = self.pools.pool(&address).map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
+        let client = pool.get().await.map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
+        self.table.push(Connection { client }).map_err(|_| pg::Error::ConnectionFailed("too many connections".into()))
     }
 
     async fn query(
@@ -199,8 +188,7 @@ impl pg::HostConnection for PgHost {
         params: Vec<ParameterValue>,
     ) -> Result<u64, pg::Error> {
         // Spin reports a parameter that does not convert differently here than in `query`.
-        let params =
-            to_sql_parameters(&params).map_err(|e| pg::Error::ValueConversionFailed(format!("{e:?}")))?;
+        let params = to_sql_parameters(&params).map_err(|e| pg::Error::ValueConversionFailed(format!("{e:?}")))?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         self.pools.statements.fetch_add(1, Ordering::Relaxed);
         let client = self.client(&conn)?;
@@ -216,10 +204,7 @@ impl pg::HostConnection for PgHost {
 
 impl PgHost {
     fn client(&self, conn: &Resource<Connection>) -> Result<&tokio_postgres::Client, pg::Error> {
-        self.table
-            .get(conn)
-            .map(|c| &**c.client)
-            .map_err(|_| pg::Error::ConnectionFailed("no connection found".into()))
+        self.table.get(conn).map(|c| &**c.client).map_err(|_| pg::Error::ConnectionFailed("no connection found".into()))
     }
 
     /// Every TCP host of the address must be allowed as `postgres://host:port`.
@@ -243,9 +228,7 @@ impl PgHost {
                 }
                 #[cfg(unix)]
                 tokio_postgres::config::Host::Unix(_) => {
-                    return Err(pg::Error::ConnectionFailed(
-                        "Unix sockets are not supported on WebAssembly".into(),
-                    ))
+                    return Err(pg::Error::ConnectionFailed("Unix sockets are not supported on WebAssembly".into()))
                 }
             }
         }
@@ -327,11 +310,9 @@ fn to_sql_parameter(value: &ParameterValue) -> anyhow::Result<Box<dyn ToSql + Se
         ParameterValue::ArrayInt32(v) => Box::new(v.clone()),
         ParameterValue::ArrayInt64(v) => Box::new(v.clone()),
         ParameterValue::ArrayStr(v) => Box::new(v.clone()),
-        ParameterValue::ArrayDecimal(v) => Box::new(
-            v.iter()
-                .map(|d| d.as_deref().map(decimal).transpose())
-                .collect::<anyhow::Result<Vec<_>>>()?,
-        ),
+        ParameterValue::ArrayDecimal(v) => {
+            Box::new(v.iter().map(|d| d.as_deref().map(decimal).transpose()).collect::<anyhow::Result<Vec<_>>>()?)
+        }
         ParameterValue::Interval(v) => Box::new(Interval(*v)),
         ParameterValue::DbNull => Box::new(PgNull),
         ParameterValue::RangeInt32(_) | ParameterValue::RangeInt64(_) | ParameterValue::RangeDecimal(_) => {
@@ -444,7 +425,11 @@ fn convert_row(row: &Row) -> anyhow::Result<Vec<DbValue>> {
 }
 
 /// Reads column `i` as `T` (NULL → `db-null`) and wraps it.
-fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize, f: impl FnOnce(T) -> anyhow::Result<DbValue>) -> anyhow::Result<DbValue> {
+fn get<'a, T: FromSql<'a>>(
+    row: &'a Row,
+    i: usize,
+    f: impl FnOnce(T) -> anyhow::Result<DbValue>,
+) -> anyhow::Result<DbValue> {
     match row.try_get::<_, Option<T>>(i)? {
         Some(v) => f(v),
         None => Ok(DbValue::DbNull),

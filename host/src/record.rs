@@ -70,7 +70,12 @@ impl Recorder {
 
     /// Wraps `response` so that its body is copied as it is sent and the whole is recorded
     /// once the body ends (or is dropped).
-    pub fn tee(&self, method: &str, path: &str, response: hyper::Response<ResponseBody>) -> hyper::Response<ResponseBody> {
+    pub fn tee(
+        &self,
+        method: &str,
+        path: &str,
+        response: hyper::Response<ResponseBody>,
+    ) -> hyper::Response<ResponseBody> {
         let (parts, body) = response.into_parts();
         let record = RecordedResponse {
             method: method.to_string(),
@@ -109,7 +114,10 @@ impl Body for Tee {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -39,9 +39,7 @@ pub struct RequestState {
 impl RequestState {
     pub fn new(shared: &ComponentShared) -> Self {
         let mut wasi = WasiCtx::builder();
-        wasi.envs(&shared.environment)
-            .stdout(shared.logs.stream(&shared.id))
-            .stderr(shared.logs.stream(&shared.id));
+        wasi.envs(&shared.environment).stdout(shared.logs.stream(&shared.id)).stderr(shared.logs.stream(&shared.id));
         RequestState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

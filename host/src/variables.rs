@@ -56,9 +56,7 @@ impl Template {
                 parts.push(Part::Lit(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| anyhow!("unterminated '{{{{' in template {text:?}"))?;
+            let end = after.find("}}").ok_or_else(|| anyhow!("unterminated '{{{{' in template {text:?}"))?;
             let name = after[..end].trim();
             validate_name(name)?;
             parts.push(Part::Var(name.to_string()));
@@ -102,19 +100,13 @@ impl Resolver {
     /// `overrides` keys are variable names (`openai_api_key`); upper-case keys are
     /// accepted too, as `SPIN_VARIABLE_` suffixes are.
     pub fn new(app: BTreeMap<String, Variable>, overrides: &HashMap<String, String>, use_env: bool) -> Self {
-        let overrides = overrides
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect();
+        let overrides = overrides.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
         Resolver { app, overrides, use_env }
     }
 
     /// The value of application variable `name`.
     pub fn variable(&self, name: &str) -> Result<String> {
-        let var = self
-            .app
-            .get(name)
-            .ok_or_else(|| anyhow!("unknown application variable {name:?}"))?;
+        let var = self.app.get(name).ok_or_else(|| anyhow!("unknown application variable {name:?}"))?;
         if let Some(v) = self.overrides.get(name) {
             return Ok(v.clone());
         }
@@ -124,10 +116,7 @@ impl Resolver {
             }
         }
         var.default.clone().ok_or_else(|| {
-            anyhow!(
-                "no provider resolved required variable {name:?} (set SPIN_VARIABLE_{})",
-                name.to_ascii_uppercase()
-            )
+            anyhow!("no provider resolved required variable {name:?} (set SPIN_VARIABLE_{})", name.to_ascii_uppercase())
         })
     }
 
@@ -139,12 +128,8 @@ impl Resolver {
     /// Fails, naming every one, if a required variable has no value (Spin refuses to
     /// start then).
     pub fn check_required(&self) -> Result<()> {
-        let missing: Vec<&str> = self
-            .app
-            .keys()
-            .filter(|name| self.variable(name).is_err())
-            .map(String::as_str)
-            .collect();
+        let missing: Vec<&str> =
+            self.app.keys().filter(|name| self.variable(name).is_err()).map(String::as_str).collect();
         if !missing.is_empty() {
             bail!(
                 "no provider resolved required variable(s): {} (set SPIN_VARIABLE_<NAME> for each)",
@@ -156,10 +141,7 @@ impl Resolver {
 
     /// All of a component's variables, rendered.
     pub fn component_values(&self, templates: &BTreeMap<String, String>) -> Result<HashMap<String, String>> {
-        templates
-            .iter()
-            .map(|(name, text)| Ok((name.clone(), self.render(&Template::parse(text)?)?)))
-            .collect()
+        templates.iter().map(|(name, text)| Ok((name.clone(), self.render(&Template::parse(text)?)?))).collect()
     }
 }
 
@@ -169,7 +151,10 @@ mod tests {
 
     fn resolver(overrides: &[(&str, &str)]) -> Resolver {
         let mut app = BTreeMap::new();
-        app.insert("base".into(), Variable { default: Some("b".into()), required: false, secret: false, description: None });
+        app.insert(
+            "base".into(),
+            Variable { default: Some("b".into()), required: false, secret: false, description: None },
+        );
         app.insert("key".into(), Variable { default: None, required: true, secret: true, description: None });
         let overrides = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Resolver::new(app, &overrides, false)

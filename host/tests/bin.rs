@@ -42,18 +42,25 @@ greeting = "{{{{ greeting }}}}"
     )
     .unwrap();
 
-    let mut child = KillOnDrop(Command::new(BIN)
-        .args(["serve", "--quiet", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .env("SPIN_VARIABLE_GREETING", "from-env")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap());
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--quiet", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&manifest)
+            .env("SPIN_VARIABLE_GREETING", "from-env")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
 
-    let body: serde_json::Value = reqwest::get(format!("{base}/var?name=greeting")).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value =
+        reqwest::get(format!("{base}/var?name=greeting")).await.unwrap().json().await.unwrap();
     drop(child);
     assert_eq!(body, serde_json::json!({"ok": "from-env"}), "SPIN_VARIABLE_ values reach the component");
 }

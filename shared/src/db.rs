@@ -103,7 +103,8 @@ impl DbError {
             Some(ConnectionLimit::Database)
         } else if has("too many clients already") || has("remaining connection slots are reserved") {
             Some(ConnectionLimit::Server)
-        } else if has("max_client_conn") || has("no more connections allowed") || has("max client connections reached") {
+        } else if has("max_client_conn") || has("no more connections allowed") || has("max client connections reached")
+        {
             Some(ConnectionLimit::PoolerClients)
         } else if has("query_wait_timeout") || has("emaxconn") || has("max clients reached") {
             Some(ConnectionLimit::PoolerPool)
@@ -176,11 +177,8 @@ impl From<DbError> for ApiError {
             )
             .with_header("retry-after", "2")
         } else if error.is_unavailable() {
-            ApiError::service_unavailable(
-                "database_unavailable",
-                "The database is unavailable; try again shortly.",
-            )
-            .with_header("retry-after", "5")
+            ApiError::service_unavailable("database_unavailable", "The database is unavailable; try again shortly.")
+                .with_header("retry-after", "5")
         } else {
             ApiError::internal("A database operation failed.")
         }
@@ -220,10 +218,12 @@ pub fn query_row(platform: &dyn Platform, sql: &str, params: &[SqlParam]) -> Res
 pub fn query_json(platform: &dyn Platform, sql: &str, params: &[SqlParam]) -> Result<Value, DbError> {
     let row = query_row(platform, sql, params)?;
     match row.into_iter().next() {
-        Some(SqlValue::Json(bytes)) => serde_json::from_slice(&bytes)
-            .map_err(|e| DbError::Conversion(format!("invalid json from database: {e}"))),
-        Some(SqlValue::Text(text)) => serde_json::from_str(&text)
-            .map_err(|e| DbError::Conversion(format!("invalid json from database: {e}"))),
+        Some(SqlValue::Json(bytes)) => {
+            serde_json::from_slice(&bytes).map_err(|e| DbError::Conversion(format!("invalid json from database: {e}")))
+        }
+        Some(SqlValue::Text(text)) => {
+            serde_json::from_str(&text).map_err(|e| DbError::Conversion(format!("invalid json from database: {e}")))
+        }
         Some(SqlValue::Null) | None => Ok(Value::Null),
         Some(other) => Err(DbError::Conversion(format!("expected json, got {other:?}"))),
     }
@@ -284,7 +284,10 @@ mod tests {
             assert_eq!(header(&answer, "retry-after"), Some("5"));
             let logs = platform.logs.borrow();
             assert_eq!(logs.len(), 1);
-            assert!(logs[0].contains("complete_session") && logs[0].contains("database_pooler_misconfigured"), "{logs:?}");
+            assert!(
+                logs[0].contains("complete_session") && logs[0].contains("database_pooler_misconfigured"),
+                "{logs:?}"
+            );
             assert!(logs[0].contains("session mode") && logs[0].contains("max_prepared_statements"), "{logs:?}");
         }
     }

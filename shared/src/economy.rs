@@ -104,10 +104,9 @@ pub fn complete_session(
                 _ => "Field `started_at` is before the account was created.".to_string(),
             },
         )),
-        Some("unknown_user") => Err(ApiError::not_found(
-            "user_not_found",
-            "The signed-in user has no account in this project.",
-        )),
+        Some("unknown_user") => {
+            Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
+        }
         _ => Err(ApiError::internal("The session could not be recorded.")),
     }
 }
@@ -133,16 +132,25 @@ mod tests {
     fn fingerprints_without_started_at_keep_their_first_form() {
         // Completions recorded before `started_at` existed must still replay.
         assert_eq!(completion(None).fingerprint(), "v1|guardian|calm|600|");
-        assert_eq!(completion(Some(1_736_152_200_000)).fingerprint(), "v1|guardian|calm|600||started_at_ms=1736152200000");
+        assert_eq!(
+            completion(Some(1_736_152_200_000)).fingerprint(),
+            "v1|guardian|calm|600||started_at_ms=1736152200000"
+        );
     }
 
     #[test]
     fn started_at_goes_to_the_database_and_its_refusals_are_400s() {
-        for (problem, words) in [("in_future", "later than now"), ("too_old", "more than 24 hours"), ("before_account", "before the account")] {
+        for (problem, words) in [
+            ("in_future", "later than now"),
+            ("too_old", "more than 24 hours"),
+            ("before_account", "before the account"),
+        ] {
             let platform = FakePlatform::with_vars(&[]);
-            let answer = format!(r#"{{"outcome":"invalid_started_at","problem":"{problem}","max_backdate_seconds":86400}}"#);
+            let answer =
+                format!(r#"{{"outcome":"invalid_started_at","problem":"{problem}","max_backdate_seconds":86400}}"#);
             platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(answer.into_bytes())]]));
-            let error = complete_session(&platform, "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34", &completion(Some(42))).unwrap_err();
+            let error =
+                complete_session(&platform, "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34", &completion(Some(42))).unwrap_err();
             assert_eq!((error.status, error.code), (400, "invalid_field"), "{problem}");
             assert!(error.message.contains(words), "{problem}: {}", error.message);
             assert_eq!(platform.queries.borrow()[0].1[7], SqlParam::Int64(42));

@@ -125,10 +125,7 @@ pub fn voice_id(field: &str, value: &str) -> Result<String, ApiError> {
 pub fn output_format(value: &str) -> Result<(&'static str, &'static str), ApiError> {
     OUTPUT_FORMATS.iter().find(|(name, _)| *name == value).copied().ok_or_else(|| {
         let names: Vec<&str> = OUTPUT_FORMATS.iter().map(|(n, _)| *n).collect();
-        ApiError::bad_request(
-            "invalid_field",
-            format!("Field `output_format` must be one of {}.", names.join(", ")),
-        )
+        ApiError::bad_request("invalid_field", format!("Field `output_format` must be one of {}.", names.join(", ")))
     })
 }
 
@@ -193,7 +190,8 @@ impl ElevenLabs {
 /// The voice and model the `tts` fallback uses (`elevenlabs_default_voice_id`,
 /// `elevenlabs_model_id`); an operator's value that is not a safe id is a config error.
 pub fn defaults(platform: &dyn Platform) -> Result<(String, String), ApiError> {
-    let invalid = |name: &str| ApiError::new(500, "config_invalid", format!("The server setting `{name}` has an invalid value."));
+    let invalid =
+        |name: &str| ApiError::new(500, "config_invalid", format!("The server setting `{name}` has an invalid value."));
     let voice = config::or_default(platform, "elevenlabs_default_voice_id", DEFAULT_VOICE_ID);
     let model = config::or_default(platform, "elevenlabs_model_id", DEFAULT_MODEL_ID);
     let voice = voice_id("elevenlabs_default_voice_id", &voice).map_err(|_| invalid("elevenlabs_default_voice_id"))?;
@@ -241,15 +239,28 @@ mod tests {
     fn formats_and_settings() {
         assert_eq!(output_format("pcm_24000").unwrap().1, "audio/pcm");
         assert!(output_format("mp3_44100_128&x=1").is_err());
-        let ok = VoiceSettings { stability: Some(0.5), similarity_boost: None, style: None, use_speaker_boost: Some(true), speed: Some(1.0) };
+        let ok = VoiceSettings {
+            stability: Some(0.5),
+            similarity_boost: None,
+            style: None,
+            use_speaker_boost: Some(true),
+            speed: Some(1.0),
+        };
         assert!(ok.validated().is_ok());
-        let bad = VoiceSettings { stability: Some(1.5), similarity_boost: None, style: None, use_speaker_boost: None, speed: None };
+        let bad = VoiceSettings {
+            stability: Some(1.5),
+            similarity_boost: None,
+            style: None,
+            use_speaker_boost: None,
+            speed: None,
+        };
         assert!(bad.validated().unwrap_err().message.contains("stability"));
     }
 
     #[test]
     fn sends_key_in_header_and_voice_in_path() {
-        let platform = FakePlatform::with_vars(&[("elevenlabs_api_key", "xi-secret"), ("elevenlabs_base_url", "http://el.test")]);
+        let platform =
+            FakePlatform::with_vars(&[("elevenlabs_api_key", "xi-secret"), ("elevenlabs_base_url", "http://el.test")]);
         platform.push_upstream(200, &[], b"audio");
         let client = ElevenLabs::from_platform(&platform).unwrap().unwrap();
         let synthesis = Synthesis {

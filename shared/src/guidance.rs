@@ -19,18 +19,95 @@ pub struct Theme {
 }
 
 const THEMES: &[(&str, Theme)] = &[
-    ("guardian", Theme { title: "The Guardian Within", quality: "quiet, protective strength", image: "sheltered, like a lighthouse on calm water" }),
-    ("rebel", Theme { title: "Free to Choose", quality: "the courage to go your own way", image: "free, like wind over an open field" }),
-    ("healer", Theme { title: "Gentle Healing", quality: "warm, patient care for yourself", image: "soothed, as if wrapped in warm light" }),
-    ("explorer", Theme { title: "The Open Path", quality: "curiosity and openness", image: "light, at the edge of a wide horizon" }),
-    ("mystic", Theme { title: "The Still Centre", quality: "deep inner stillness", image: "weightless, beneath a sky full of stars" }),
-    ("sage", Theme { title: "Clear Mind", quality: "calm, clear wisdom", image: "grounded, like an old tree with deep roots" }),
-    ("child", Theme { title: "Playful Heart", quality: "playful wonder", image: "safe and delighted, like a summer afternoon" }),
-    ("performer", Theme { title: "Center Stage", quality: "easy, relaxed confidence", image: "warm, in a soft and friendly spotlight" }),
+    (
+        "guardian",
+        Theme {
+            title: "The Guardian Within",
+            quality: "quiet, protective strength",
+            image: "sheltered, like a lighthouse on calm water",
+        },
+    ),
+    (
+        "rebel",
+        Theme {
+            title: "Free to Choose",
+            quality: "the courage to go your own way",
+            image: "free, like wind over an open field",
+        },
+    ),
+    (
+        "healer",
+        Theme {
+            title: "Gentle Healing",
+            quality: "warm, patient care for yourself",
+            image: "soothed, as if wrapped in warm light",
+        },
+    ),
+    (
+        "explorer",
+        Theme {
+            title: "The Open Path",
+            quality: "curiosity and openness",
+            image: "light, at the edge of a wide horizon",
+        },
+    ),
+    (
+        "mystic",
+        Theme {
+            title: "The Still Centre",
+            quality: "deep inner stillness",
+            image: "weightless, beneath a sky full of stars",
+        },
+    ),
+    (
+        "sage",
+        Theme {
+            title: "Clear Mind",
+            quality: "calm, clear wisdom",
+            image: "grounded, like an old tree with deep roots",
+        },
+    ),
+    (
+        "child",
+        Theme {
+            title: "Playful Heart",
+            quality: "playful wonder",
+            image: "safe and delighted, like a summer afternoon",
+        },
+    ),
+    (
+        "performer",
+        Theme {
+            title: "Center Stage",
+            quality: "easy, relaxed confidence",
+            image: "warm, in a soft and friendly spotlight",
+        },
+    ),
     ("lover", Theme { title: "Open Heart", quality: "kindness and connection", image: "held, close to a gentle fire" }),
-    ("creator", Theme { title: "The Creative Spring", quality: "flowing creativity", image: "alive, beside a clear mountain spring" }),
-    ("warrior", Theme { title: "Steady Resolve", quality: "focused, steady resolve", image: "strong, standing firm on solid rock" }),
-    ("shadow", Theme { title: "Meeting the Shadow", quality: "acceptance of every part of you", image: "calm, in the cool shade of an evening garden" }),
+    (
+        "creator",
+        Theme {
+            title: "The Creative Spring",
+            quality: "flowing creativity",
+            image: "alive, beside a clear mountain spring",
+        },
+    ),
+    (
+        "warrior",
+        Theme {
+            title: "Steady Resolve",
+            quality: "focused, steady resolve",
+            image: "strong, standing firm on solid rock",
+        },
+    ),
+    (
+        "shadow",
+        Theme {
+            title: "Meeting the Shadow",
+            quality: "acceptance of every part of you",
+            image: "calm, in the cool shade of an evening garden",
+        },
+    ),
 ];
 
 const DEFAULT_THEME: Theme =
@@ -291,7 +368,10 @@ mod tests {
         let reply = |content: &str| json!({"model": "m-2", "choices": [{"message": {"content": content}}]}).to_string();
         platform.push_upstream(200, &[], reply(r#"{"guidance":"Settle in...","next_phase":"deepening"}"#).as_bytes());
         let step = guide(&platform, client.as_ref(), "m", &request);
-        assert_eq!((step.text.as_str(), step.next_phase, step.source), ("Settle in...", Phase::Deepening, Ok("m-2".into())));
+        assert_eq!(
+            (step.text.as_str(), step.next_phase, step.source),
+            ("Settle in...", Phase::Deepening, Ok("m-2".into()))
+        );
 
         platform.push_upstream(200, &[], reply(r#"{"guidance":"x","next_phase":"emergence"}"#).as_bytes());
         assert_eq!(guide(&platform, client.as_ref(), "m", &request).source, Err("invalid_output"));

@@ -37,10 +37,9 @@ pub fn for_user(platform: &dyn Platform, user_id: &str) -> Result<Map<String, Va
     };
     match document.remove("outcome").as_ref().and_then(Value::as_str) {
         Some("ok") => Ok(document),
-        Some("unknown_user") => Err(ApiError::not_found(
-            "user_not_found",
-            "The signed-in user has no account in this project.",
-        )),
+        Some("unknown_user") => {
+            Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
+        }
         _ => Err(ApiError::internal("The insights could not be read.")),
     }
 }

@@ -20,12 +20,12 @@ pub mod openai;
 pub mod platform;
 pub mod quota;
 pub mod scripts;
-pub mod upstream;
-pub mod validate;
 pub mod stripe;
 pub mod stripe_signature;
 pub mod transcribe;
 pub mod tts;
+pub mod upstream;
+pub mod validate;
 
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
@@ -33,9 +33,9 @@ pub mod spin;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use http::DEFAULT_BODY_LIMIT;
 pub use http::{ApiError, ApiRequest, ApiResponse, Endpoint};
 pub use platform::Platform;
-pub use http::DEFAULT_BODY_LIMIT;
 
 /// Declares the Spin component for an endpoint crate: `spin_component!(ENDPOINT);`.
 /// Expands to nothing natively, so the crate's logic can be called in-process.
@@ -44,10 +44,7 @@ macro_rules! spin_component {
     ($endpoint:expr) => {
         #[cfg(target_arch = "wasm32")]
         #[::spin_sdk::http_component]
-        async fn handle(
-            request: ::spin_sdk::http::IncomingRequest,
-            out: ::spin_sdk::http::ResponseOutparam,
-        ) {
+        async fn handle(request: ::spin_sdk::http::IncomingRequest, out: ::spin_sdk::http::ResponseOutparam) {
             $crate::spin::serve(request, out, &$endpoint)
         }
     };

@@ -64,8 +64,12 @@ impl From<SignatureError> for ApiError {
             NoSecrets => return ApiError::config_missing(SECRETS_VARIABLE),
             MissingHeader => ("missing_signature", "The Stripe-Signature header is missing."),
             HeaderTooLong => ("malformed_signature", "The Stripe-Signature header is too long."),
-            MissingTimestamp => ("malformed_signature", "The Stripe-Signature header needs exactly one `t=` timestamp."),
-            InvalidTimestamp => ("malformed_signature", "The Stripe-Signature timestamp `t=` is not a number of seconds."),
+            MissingTimestamp => {
+                ("malformed_signature", "The Stripe-Signature header needs exactly one `t=` timestamp.")
+            }
+            InvalidTimestamp => {
+                ("malformed_signature", "The Stripe-Signature timestamp `t=` is not a number of seconds.")
+            }
             MissingV1 => ("malformed_signature", "The Stripe-Signature header has no `v1=` signature."),
             InvalidV1 => ("malformed_signature", "A Stripe-Signature `v1=` value is not 64 hex digits."),
             Mismatch => (

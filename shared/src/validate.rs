@@ -86,8 +86,7 @@ pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
 /// database never sees a date it would refuse (a 500) and equal instants compare equal
 /// however they were written.
 pub fn timestamp_millis(field: &str, value: &str) -> Result<i64, ApiError> {
-    parse_rfc3339_millis(value)
-        .ok_or_else(|| invalid(field, "must be an RFC 3339 timestamp like 2025-01-06T08:30:00Z"))
+    parse_rfc3339_millis(value).ok_or_else(|| invalid(field, "must be an RFC 3339 timestamp like 2025-01-06T08:30:00Z"))
 }
 
 fn parse_rfc3339_millis(value: &str) -> Option<i64> {
@@ -162,7 +161,12 @@ mod tests {
     #[test]
     fn uuids() {
         assert_eq!(uuid("id", "3F2A9C4E-1B7D-4C2E-9A6F-0E8D5B1C2A34").unwrap(), "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34");
-        for bad in ["", "3f2a9c4e1b7d4c2e9a6f0e8d5b1c2a34", "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a3g", "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a345"] {
+        for bad in [
+            "",
+            "3f2a9c4e1b7d4c2e9a6f0e8d5b1c2a34",
+            "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a3g",
+            "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a345",
+        ] {
             assert!(uuid("id", bad).is_err(), "{bad}");
         }
         assert!(uuid("protocol_id", "x").unwrap_err().message.contains("protocol_id"));
@@ -199,7 +203,13 @@ mod tests {
         assert_eq!(n(r#"{"n": 438.0}"#).unwrap(), 438);
         assert_eq!(n(r#"{"n": 4.38e2}"#).unwrap(), 438);
         assert_eq!(n(r#"{"n": -0.0}"#).unwrap(), 0);
-        for bad in [r#"{"n": 438.5}"#, r#"{"n": "438"}"#, r#"{"n": 1e300}"#, r#"{"n": null}"#, r#"{"n": 18446744073709551615}"#] {
+        for bad in [
+            r#"{"n": 438.5}"#,
+            r#"{"n": "438"}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": null}"#,
+            r#"{"n": 18446744073709551615}"#,
+        ] {
             assert!(n(bad).is_err(), "{bad}");
         }
     }
@@ -215,11 +225,27 @@ mod tests {
         assert_eq!(ms("2024-02-29T00:00:00Z").unwrap(), 1_709_164_800_000);
         assert_eq!(ms("2000-03-01T00:00:00Z").unwrap(), 951_868_800_000);
         for bad in [
-            "", "2025-01-06", "2025-01-06T08:30:00", "2025-01-06 08:30:00Z", "2025-13-01T00:00:00Z",
-            "2025-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2025-01-32T00:00:00Z", "2025-01-06T24:00:00Z",
-            "2025-01-06T08:60:00Z", "2025-01-06T08:30:60Z", "2025-01-06T08:30:00.Z", "2025-01-06T08:30:00.1234567890Z",
-            "2025-01-06T08:30:00+0100", "2025-01-06T08:30:00+24:00", "2025-01-06T08:30:00Zjunk", "1969-12-31T23:59:59Z",
-            "+2025-01-06T08:30:00Z", "2025-01-06T08:30:00\u{e9}", "\u{ff12}025-01-06T08:30:00Z", "now",
+            "",
+            "2025-01-06",
+            "2025-01-06T08:30:00",
+            "2025-01-06 08:30:00Z",
+            "2025-13-01T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2025-01-32T00:00:00Z",
+            "2025-01-06T24:00:00Z",
+            "2025-01-06T08:60:00Z",
+            "2025-01-06T08:30:60Z",
+            "2025-01-06T08:30:00.Z",
+            "2025-01-06T08:30:00.1234567890Z",
+            "2025-01-06T08:30:00+0100",
+            "2025-01-06T08:30:00+24:00",
+            "2025-01-06T08:30:00Zjunk",
+            "1969-12-31T23:59:59Z",
+            "+2025-01-06T08:30:00Z",
+            "2025-01-06T08:30:00\u{e9}",
+            "\u{ff12}025-01-06T08:30:00Z",
+            "now",
         ] {
             assert!(ms(bad).is_err(), "{bad:?}");
         }

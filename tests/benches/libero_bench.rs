@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use libero_host::{self as host, AppOptions, RunningApp};
 use libero_shared::db::{DbError, SqlParam, SqlRow, SqlValue};
 use libero_shared::http::outbound::{OutboundError, OutboundRequest, OutboundResponse};
 use libero_shared::http::{dispatch, ApiRequest, Endpoint};
 use libero_shared::Platform;
 use libero_tests::db::{self, TestDb};
-use libero_host::{self as host, AppOptions, RunningApp};
 use libero_tests::testing::{db_host, sign_hs256};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -183,7 +183,12 @@ async fn load(addr: SocketAddr, make: &MakeReq, expect: u16, concurrency: usize,
                     Ok((status, body)) => {
                         let mut f = failure.lock().unwrap();
                         if f.is_none() {
-                            *f = Some(format!("{} {}: {status} {}", req.method, req.path, String::from_utf8_lossy(&body)));
+                            *f = Some(format!(
+                                "{} {}: {status} {}",
+                                req.method,
+                                req.path,
+                                String::from_utf8_lossy(&body)
+                            ));
                         }
                         break;
                     }
@@ -255,14 +260,18 @@ async fn fake_upstreams() -> Result<SocketAddr> {
                         let path = req.uri().path().to_string();
                         let _ = req.into_body().collect().await;
                         let (ct, body): (&str, Vec<u8>) = if path == "/v1/customers" {
-                            ("application/json", json!({"id": format!("cus_Bench{n:06}"), "object": "customer"}).to_string().into())
+                            (
+                                "application/json",
+                                json!({"id": format!("cus_Bench{n:06}"), "object": "customer"}).to_string().into(),
+                            )
                         } else if path == "/v1/checkout/sessions" {
                             let id = format!("cs_test_a1Bench{n:08}");
                             let url = format!("https://checkout.stripe.com/c/pay/{id}");
                             ("application/json", json!({"id": id, "object": "checkout.session", "url": url, "status": "open", "payment_status": "unpaid"}).to_string().into())
                         } else if path.starts_with("/v1/checkout/sessions/") && path.ends_with("/line_items") {
                             // Every benchmarked purchase is tokens-small at the catalog's price.
-                            let (price, amount) = (stripe_support::price_of("tokens-small"), stripe_support::amount_of("tokens-small"));
+                            let (price, amount) =
+                                (stripe_support::price_of("tokens-small"), stripe_support::amount_of("tokens-small"));
                             ("application/json", stripe_support::line_items(price, amount, "usd", 1).to_string().into())
                         } else if path == "/v1/chat/completions" {
                             ("application/json", json!({
@@ -285,9 +294,8 @@ async fn fake_upstreams() -> Result<SocketAddr> {
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -303,7 +311,10 @@ async fn fake_upstreams() -> Result<SocketAddr> {
 async fn create_users(db: &TestDb, ids: &[Uuid], tokens: i32) -> Result<()> {
     let client = db.client().await;
     client
-        .execute("INSERT INTO auth.users (id, email) SELECT u, u::text || '@bench.local' FROM unnest($1::uuid[]) u", &[&ids])
+        .execute(
+            "INSERT INTO auth.users (id, email) SELECT u, u::text || '@bench.local' FROM unnest($1::uuid[]) u",
+            &[&ids],
+        )
         .await?;
     client
         .execute(
@@ -385,7 +396,11 @@ fn webhook_body(user: &Uuid) -> Vec<u8> {
 fn webhook_req(users: Arc<Vec<Uuid>>) -> MakeReq {
     Arc::new(move |i| {
         let body = webhook_body(&users[i as usize % users.len()]);
-        let sig = libero_shared::stripe_signature::sign(&body, stripe_support::WEBHOOK_SECRET, chrono::Utc::now().timestamp());
+        let sig = libero_shared::stripe_signature::sign(
+            &body,
+            stripe_support::WEBHOOK_SECRET,
+            chrono::Utc::now().timestamp(),
+        );
         Req {
             method: "POST",
             path: "/functions/v1/stripe-webhook".into(),
@@ -406,7 +421,10 @@ fn with_user(path: &'static str, tokens: Arc<Vec<String>>, body: Value) -> MakeR
     Arc::new(move |i| Req {
         method: "POST",
         path: path.into(),
-        headers: vec![("authorization", tokens[i as usize % tokens.len()].clone()), ("content-type", "application/json".into())],
+        headers: vec![
+            ("authorization", tokens[i as usize % tokens.len()].clone()),
+            ("content-type", "application/json".into()),
+        ],
         body: body.clone(),
     })
 }
@@ -425,7 +443,11 @@ struct NativePlatform {
 #[derive(Debug)]
 struct Null;
 impl ToSql for Null {
-    fn to_sql(&self, _: &Type, _: &mut bytes::BytesMut) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        _: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
         Ok(tokio_postgres::types::IsNull::Yes)
     }
     fn accepts(_: &Type) -> bool {
@@ -492,19 +514,21 @@ impl Platform for NativePlatform {
             .iter()
             .map(|row| {
                 (0..row.len())
-                    .map(|i| match *row.columns()[i].type_() {
-                        Type::BOOL => row.get::<_, Option<bool>>(i).map(SqlValue::Bool),
-                        Type::INT4 => row.get::<_, Option<i32>>(i).map(|v| SqlValue::Int(v.into())),
-                        Type::INT8 => row.get::<_, Option<i64>>(i).map(SqlValue::Int),
-                        Type::TEXT | Type::VARCHAR => row.get::<_, Option<String>>(i).map(SqlValue::Text),
-                        Type::BYTEA => row.get::<_, Option<Vec<u8>>>(i).map(SqlValue::Bytes),
-                        Type::JSONB | Type::JSON => {
-                            row.get::<_, Option<Value>>(i).map(|v| SqlValue::Json(serde_json::to_vec(&v).unwrap()))
+                    .map(|i| {
+                        match *row.columns()[i].type_() {
+                            Type::BOOL => row.get::<_, Option<bool>>(i).map(SqlValue::Bool),
+                            Type::INT4 => row.get::<_, Option<i32>>(i).map(|v| SqlValue::Int(v.into())),
+                            Type::INT8 => row.get::<_, Option<i64>>(i).map(SqlValue::Int),
+                            Type::TEXT | Type::VARCHAR => row.get::<_, Option<String>>(i).map(SqlValue::Text),
+                            Type::BYTEA => row.get::<_, Option<Vec<u8>>>(i).map(SqlValue::Bytes),
+                            Type::JSONB | Type::JSON => {
+                                row.get::<_, Option<Value>>(i).map(|v| SqlValue::Json(serde_json::to_vec(&v).unwrap()))
+                            }
+                            Type::UUID => row.get::<_, Option<Uuid>>(i).map(|v| SqlValue::Other(v.to_string())),
+                            _ => Some(SqlValue::Other(String::new())),
                         }
-                        Type::UUID => row.get::<_, Option<Uuid>>(i).map(|v| SqlValue::Other(v.to_string())),
-                        _ => Some(SqlValue::Other(String::new())),
-                    }
-                    .unwrap_or(SqlValue::Null))
+                        .unwrap_or(SqlValue::Null)
+                    })
                     .collect()
             })
             .collect())
@@ -515,12 +539,17 @@ impl Platform for NativePlatform {
     fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         use std::io::{Read, Write};
         let fail = |e: std::io::Error| OutboundError::Connection(e.to_string());
-        let rest = request.url.strip_prefix("http://").ok_or_else(|| OutboundError::Connection("not http://".into()))?;
+        let rest =
+            request.url.strip_prefix("http://").ok_or_else(|| OutboundError::Connection("not http://".into()))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let mut stream = std::net::TcpStream::connect(authority).map_err(fail)?;
         stream.set_read_timeout(Some(request.timeout)).map_err(fail)?;
-        let mut head = format!("{} {} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            request.method, if path.is_empty() { "/" } else { path }, request.body.len());
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            request.method,
+            if path.is_empty() { "/" } else { path },
+            request.body.len()
+        );
         for (name, value) in &request.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -528,7 +557,10 @@ impl Platform for NativePlatform {
         stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&request.body)).map_err(fail)?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).map_err(fail)?;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| OutboundError::Connection("no header end".into()))?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| OutboundError::Connection("no header end".into()))?;
         let head = String::from_utf8_lossy(&raw[..split]).to_string();
         let mut lines = head.lines();
         let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(502);
@@ -584,7 +616,11 @@ const POOL_RESET_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESE
 /// (hyper on loopback, `TCP_NODELAY`): measured with the same client and requests as the
 /// host, only wasm is taken out. With `reset`, each request first runs the pool's reset
 /// batch, as a pooled connection in the host does. Requests are handled one at a time.
-async fn native_server(platform: &'static Mutex<NativePlatform>, endpoint: &'static Endpoint, reset: bool) -> Result<SocketAddr> {
+async fn native_server(
+    platform: &'static Mutex<NativePlatform>,
+    endpoint: &'static Endpoint,
+    reset: bool,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -609,7 +645,14 @@ async fn native_server(platform: &'static Mutex<NativePlatform>, endpoint: &'sta
                                 platform.batch(POOL_RESET_SQL)?;
                             }
                             let request_id = ApiRequest::choose_request_id(None, &platform.random_bytes(12));
-                            let request = ApiRequest { method, path: "/".into(), query: String::new(), headers, body, request_id };
+                            let request = ApiRequest {
+                                method,
+                                path: "/".into(),
+                                query: String::new(),
+                                headers,
+                                body,
+                                request_id,
+                            };
                             let response = dispatch(endpoint, &request, &*platform);
                             let libero_shared::http::Body::Bytes(bytes) = response.body else {
                                 bail!("native server: streamed bodies are not benchmarked");
@@ -622,7 +665,8 @@ async fn native_server(platform: &'static Mutex<NativePlatform>, endpoint: &'sta
                         })
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -647,7 +691,11 @@ struct Native {
 
 /// `complete_session` one call after another, each a rewarded completion: what the
 /// database alone takes for a session completion.
-fn complete_session_sql_load(platform: &NativePlatform, completions: &runtimes::Completions, s: &Settings) -> Result<Stats> {
+fn complete_session_sql_load(
+    platform: &NativePlatform,
+    completions: &runtimes::Completions,
+    s: &Settings,
+) -> Result<Stats> {
     let start = Instant::now();
     let (from, until) = (start + s.warmup, start + s.warmup + s.measure);
     let mut all = Vec::new();
@@ -672,7 +720,14 @@ fn complete_session_sql_load(platform: &NativePlatform, completions: &runtimes::
 /// Calls the endpoint in-process, one request after another, for warmup + measure;
 /// with `reset`, each request first pays the pool's connection reset, as a request
 /// through the host does.
-fn native_load(platform: &NativePlatform, endpoint: &Endpoint, make: &MakeReq, expect: u16, s: &Settings, reset: bool) -> Result<Stats> {
+fn native_load(
+    platform: &NativePlatform,
+    endpoint: &Endpoint,
+    make: &MakeReq,
+    expect: u16,
+    s: &Settings,
+    reset: bool,
+) -> Result<Stats> {
     let start = Instant::now();
     let (from, until) = (start + s.warmup, start + s.warmup + s.measure);
     let mut all = Vec::new();
@@ -771,7 +826,9 @@ fn machine() -> String {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|r| format!(", Linux {}", r.trim())).unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| format!(", Linux {}", r.trim()))
+        .unwrap_or_default();
     format!("{model}, {cores} cores, {:.1} GiB RAM{kernel}", mem_kb as f64 / 1024.0 / 1024.0)
 }
 
@@ -901,15 +958,20 @@ async fn run(s: Settings) -> Result<()> {
     // Default durability (fsync on): a cluster of the benchmark's own, unless
     // `--pg-from-env` asks for DATABASE_URL's (scripts/pg.sh's runs with fsync off). The
     // report states the settings of the server it measured on.
-    let durable_pg = if s.pg_from_env { None } else { runtimes::durable_pg().context("starting the benchmark's Postgres")? };
+    let durable_pg =
+        if s.pg_from_env { None } else { runtimes::durable_pg().context("starting the benchmark's Postgres")? };
     let admin = match &durable_pg {
         Some(pg) => pg.url(),
         None => db::admin_url()?,
     };
-    say(&format!("database: {}", if durable_pg.is_some() { "a cluster of the benchmark's own" } else { "DATABASE_URL's cluster" }));
+    say(&format!(
+        "database: {}",
+        if durable_pg.is_some() { "a cluster of the benchmark's own" } else { "DATABASE_URL's cluster" }
+    ));
     let db = db::fresh_database_on(&admin).await.context("creating the benchmark database")?;
     let durability = runtimes::durability(&db.url).await?;
-    let has_pg_stat_statements = db.client().await.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.is_ok();
+    let has_pg_stat_statements =
+        db.client().await.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.is_ok();
     let vars = base_variables(&db, &upstream);
 
     // --- components: size, compile, instantiate --------------------------------------
@@ -917,11 +979,19 @@ async fn run(s: Settings) -> Result<()> {
     let wasm_dir = libero_tests::repo_root().join("target/wasm32-wasip2/release");
     let mut sizes = Vec::new();
     for name in [
-        "session_complete", "stripe_checkout", "stripe_webhook", "generate_script", "chatgpt_chat", "ai_hypnosis", "tts",
-        "elevenlabs_tts_proxy", "libero_fixture",
+        "session_complete",
+        "stripe_checkout",
+        "stripe_webhook",
+        "generate_script",
+        "chatgpt_chat",
+        "ai_hypnosis",
+        "tts",
+        "elevenlabs_tts_proxy",
+        "libero_fixture",
     ] {
         let path = wasm_dir.join(format!("{name}.wasm"));
-        let size = std::fs::metadata(&path).with_context(|| format!("{}: run scripts/build-wasm.sh", path.display()))?.len();
+        let size =
+            std::fs::metadata(&path).with_context(|| format!("{}: run scripts/build-wasm.sh", path.display()))?.len();
         let (compile, instantiate) = host::measure_component(&path, 200).await?;
         sizes.push((name.replace('_', "-"), size, compile, instantiate));
     }
@@ -933,8 +1003,18 @@ async fn run(s: Settings) -> Result<()> {
     let select1 = fixed("GET", "/fixture/pg/select1", vec![], Value::Null);
     let floor_noop = (load(fixture.addr, &noop, 200, 1, &s).await?, load(fixture.addr, &noop, 200, 32, &s).await?);
     let floor_q = (load(fixture.addr, &select1, 200, 1, &s).await?, load(fixture.addr, &select1, 200, 32, &s).await?);
-    rows.push(Row { name: "floor: component that does nothing".into(), c1: floor_noop.0, c32: Some(floor_noop.1), note: "fixture `/noop`".into() });
-    rows.push(Row { name: "floor: one trivial query (`SELECT 1`)".into(), c1: floor_q.0, c32: Some(floor_q.1), note: "fixture `/pg/select1`".into() });
+    rows.push(Row {
+        name: "floor: component that does nothing".into(),
+        c1: floor_noop.0,
+        c32: Some(floor_noop.1),
+        note: "fixture `/noop`".into(),
+    });
+    rows.push(Row {
+        name: "floor: one trivial query (`SELECT 1`)".into(),
+        c1: floor_q.0,
+        c32: Some(floor_q.1),
+        note: "fixture `/pg/select1`".into(),
+    });
     drop(fixture);
 
     // --- the endpoints --------------------------------------------------------------------
@@ -951,7 +1031,8 @@ async fn run(s: Settings) -> Result<()> {
     runtimes::backdate_profiles(&db.client().await, &completion_users).await?;
     let completion_tokens: Vec<String> = completion_users.iter().map(|u| format!("Bearer {}", token(u))).collect();
     let (statement_users, endpoint_users) = completion_users.split_at(STATEMENT_USERS);
-    let completions = runtimes::Completions::new(endpoint_users.to_vec(), completion_tokens[STATEMENT_USERS..].to_vec());
+    let completions =
+        runtimes::Completions::new(endpoint_users.to_vec(), completion_tokens[STATEMENT_USERS..].to_vec());
     let statement_completions = runtimes::Completions::new(statement_users.to_vec(), Vec::new());
 
     let preflight = fixed(
@@ -971,7 +1052,11 @@ async fn run(s: Settings) -> Result<()> {
         json!({"session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 60}),
     );
     let complete = session_complete_req(&completions);
-    let invalid = with_user("/functions/v1/session-complete", tokens.clone(), json!({"ego_state": "guardian", "duration_seconds": 60}));
+    let invalid = with_user(
+        "/functions/v1/session-complete",
+        tokens.clone(),
+        json!({"ego_state": "guardian", "duration_seconds": 60}),
+    );
     let webhook = webhook_req(users.clone());
     let checkout = with_user("/functions/v1/stripe-checkout", tokens.clone(), json!({"product": "tokens-small"}));
     let chat = with_user(
@@ -980,8 +1065,10 @@ async fn run(s: Settings) -> Result<()> {
         json!({"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi, how are you?"},
                             {"role": "user", "content": "Help me relax"}], "ego_state": "sage"}),
     );
-    let tts = with_user("/functions/v1/tts", tokens.clone(), json!({"text": "Breathe in, breathe out.", "voice": "nova"}));
-    let spend = with_user("/functions/v1/elevenlabs-tts-proxy", tokens.clone(), json!({"text": "Relax your shoulders."}));
+    let tts =
+        with_user("/functions/v1/tts", tokens.clone(), json!({"text": "Breathe in, breathe out.", "voice": "nova"}));
+    let spend =
+        with_user("/functions/v1/elevenlabs-tts-proxy", tokens.clone(), json!({"text": "Relax your shoulders."}));
 
     // Prime: one customer per user (as after each user's first checkout), the tts cache.
     {
@@ -1016,7 +1103,9 @@ async fn run(s: Settings) -> Result<()> {
     let mut passes: HashMap<&str, Vec<(Stats, Stats)>> = HashMap::new();
     for pass in 1..=BUDGET_PASSES {
         for (name, make, expect, _) in &endpoints {
-            if s.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) || (pass > 1 && !BUDGET_ROWS.contains(name)) {
+            if s.only.as_ref().is_some_and(|only| !name.contains(only.as_str()))
+                || (pass > 1 && !BUDGET_ROWS.contains(name))
+            {
                 continue;
             }
             say(&format!("{name}, pass {pass}"));
@@ -1042,9 +1131,19 @@ async fn run(s: Settings) -> Result<()> {
     }
 
     // --- real Spin, the host and the Deno peer, side by side ----------------------------
-    let side = side_by_side::run(&s, &db.url, &vars, app.addr, &completions, &tokens, &webhook, statement_completions.clone(), has_pg_stat_statements)
-        .await
-        .context("side by side")?;
+    let side = side_by_side::run(
+        &s,
+        &db.url,
+        &vars,
+        app.addr,
+        &completions,
+        &tokens,
+        &webhook,
+        statement_completions.clone(),
+        has_pg_stat_statements,
+    )
+    .await
+    .context("side by side")?;
 
     // --- the same at c=32 with fewer Postgres connections ------------------------------
     let mut small_pools: Vec<(usize, Stats, Stats)> = Vec::new();
@@ -1067,7 +1166,14 @@ async fn run(s: Settings) -> Result<()> {
         }
         for row in &rows {
             let c32 = row.c32.unwrap_or_default();
-            println!("{}: c=1 {:.0} req/s p50 {} ms | c=32 {:.0} req/s p50 {} ms", row.name, row.c1.rps, ms(row.c1.p50), c32.rps, ms(c32.p50));
+            println!(
+                "{}: c=1 {:.0} req/s p50 {} ms | c=32 {:.0} req/s p50 {} ms",
+                row.name,
+                row.c1.rps,
+                ms(row.c1.p50),
+                c32.rps,
+                ms(c32.p50)
+            );
         }
         return Ok(());
     }
@@ -1087,8 +1193,16 @@ async fn run(s: Settings) -> Result<()> {
     say("native, in-process and behind HTTP");
     let (mut native, platform) = {
         let (url, vars) = (db.url.clone(), vars.clone());
-        let (complete, unauthorized, statement_completions) = (complete.clone(), unauthorized.clone(), statement_completions.clone());
-        let s2 = Settings { warmup: s.warmup, measure: s.measure, big: s.big, out: None, only: None, pg_from_env: s.pg_from_env };
+        let (complete, unauthorized, statement_completions) =
+            (complete.clone(), unauthorized.clone(), statement_completions.clone());
+        let s2 = Settings {
+            warmup: s.warmup,
+            measure: s.measure,
+            big: s.big,
+            out: None,
+            only: None,
+            pg_from_env: s.pg_from_env,
+        };
         tokio::task::spawn_blocking(move || -> Result<(Native, NativePlatform)> {
             let platform = NativePlatform::new(&url, vars)?;
             let native = Native {
@@ -1133,7 +1247,8 @@ async fn run(s: Settings) -> Result<()> {
     // burst of load from elsewhere on the machine does not land on one size only.
     // 1,000 users at the small size (not 100): each measured completion is a rewarded one,
     // at most 12 a user a day.
-    let sizes_to_run: Vec<(i64, i64)> = if s.big { vec![(1_000, 1_000), (100_000, 1_000_000)] } else { vec![(1_000, 1_000)] };
+    let sizes_to_run: Vec<(i64, i64)> =
+        if s.big { vec![(1_000, 1_000), (100_000, 1_000_000)] } else { vec![(1_000, 1_000)] };
     struct GrowthSize {
         name: String,
         load_time: f64,
@@ -1220,7 +1335,11 @@ async fn run(s: Settings) -> Result<()> {
         load_average()
     )?;
     writeln!(report, "- date: {}", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"))?;
-    writeln!(report, "- command: `{}`", std::env::var("LIBERO_BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench.sh".into()))?;
+    writeln!(
+        report,
+        "- command: `{}`",
+        std::env::var("LIBERO_BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench.sh".into())
+    )?;
     writeln!(report, "- commit: {}", git_commit())?;
     writeln!(
         report,
@@ -1240,8 +1359,18 @@ async fn run(s: Settings) -> Result<()> {
     writeln!(report, "\n## Budgets on the bundled host\n")?;
     writeln!(report, "| figure | budget | measured | |")?;
     writeln!(report, "|---|---|---|---|")?;
-    writeln!(report, "| .wasm size, each component, release | ≤ 1 MiB | largest {:.0} KiB | {} |", max_size as f64 / 1024.0, mark(max_size <= 1 << 20))?;
-    writeln!(report, "| host floor (does nothing), p50 at c=1 | ≤ 0.2 ms | {} ms | {} |", ms(floor_noop.0.p50), mark(floor_noop.0.p50 <= Duration::from_micros(200)))?;
+    writeln!(
+        report,
+        "| .wasm size, each component, release | ≤ 1 MiB | largest {:.0} KiB | {} |",
+        max_size as f64 / 1024.0,
+        mark(max_size <= 1 << 20)
+    )?;
+    writeln!(
+        report,
+        "| host floor (does nothing), p50 at c=1 | ≤ 0.2 ms | {} ms | {} |",
+        ms(floor_noop.0.p50),
+        mark(floor_noop.0.p50 <= Duration::from_micros(200))
+    )?;
     writeln!(
         report,
         "| DB round trips per request: session-complete, a webhook event, a spend | 1 | {} | {} |",
@@ -1249,9 +1378,25 @@ async fn run(s: Settings) -> Result<()> {
         mark(max_stmts <= 1.0)
     )?;
     let r = sc.0.p50.as_secs_f64() / floor1.as_secs_f64();
-    writeln!(report, "| session-complete p50 at c=1 | ≤ 1.3× one-query floor | {} ms = {r:.2}× {} ms | {} |", ms(sc.0.p50), ms(floor1), mark(r <= 1.3))?;
-    writeln!(report, "| session-complete, c=32 | ≥ 1,000 req/s | {:.0} req/s | {} |", sc.1.rps, mark(sc.1.rps >= 1000.0))?;
-    writeln!(report, "| verified webhook delivery, c=32 | ≥ 1,500 req/s | {:.0} req/s | {} |", wh.1.rps, mark(wh.1.rps >= 1500.0))?;
+    writeln!(
+        report,
+        "| session-complete p50 at c=1 | ≤ 1.3× one-query floor | {} ms = {r:.2}× {} ms | {} |",
+        ms(sc.0.p50),
+        ms(floor1),
+        mark(r <= 1.3)
+    )?;
+    writeln!(
+        report,
+        "| session-complete, c=32 | ≥ 1,000 req/s | {:.0} req/s | {} |",
+        sc.1.rps,
+        mark(sc.1.rps >= 1000.0)
+    )?;
+    writeln!(
+        report,
+        "| verified webhook delivery, c=32 | ≥ 1,500 req/s | {:.0} req/s | {} |",
+        wh.1.rps,
+        mark(wh.1.rps >= 1500.0)
+    )?;
     writeln!(
         report,
         "| wasm/native, session-complete (p50, c=1; both behind HTTP, both pay the pool's reset) | ≤ 1.5× | {ratio_sc_http:.2}× | {} |",
@@ -1272,36 +1417,63 @@ async fn run(s: Settings) -> Result<()> {
     }
 
     writeln!(report, "\n## Requests through the host\n")?;
-    writeln!(report, "| request | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms | what |")?;
+    writeln!(
+        report,
+        "| request | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms | what |"
+    )?;
     writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---|")?;
     for row in &rows {
         let c32 = row.c32.unwrap_or_default();
         writeln!(
             report,
             "| {} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
-            row.name, row.c1.rps, ms(row.c1.p50), ms(row.c1.p99), c32.rps, ms(c32.p50), ms(c32.p99), row.note
+            row.name,
+            row.c1.rps,
+            ms(row.c1.p50),
+            ms(row.c1.p99),
+            c32.rps,
+            ms(c32.p50),
+            ms(c32.p99),
+            row.note
         )?;
     }
 
     writeln!(report, "\n## Wasm against native (same endpoint code, same database, c=1)\n")?;
-    writeln!(report, "Native: the endpoint crate compiled for the host and run through \
+    writeln!(
+        report,
+        "Native: the endpoint crate compiled for the host and run through \
         `libero_shared::http::dispatch` with a native `Platform` (tokio-postgres, one connection kept open): \
         either behind a hyper HTTP/1.1 server on loopback like the host's, measured with the same client and \
         requests, in turn with the host, median of {BUDGET_PASSES} passes each (the budget's like-for-like \
         figures), or called in-process with no HTTP at all. \
-        Wasm: the full request through the host (HTTP on loopback, a fresh instance, a pooled connection).\n")?;
+        Wasm: the full request through the host (HTTP on loopback, a fresh instance, a pooled connection).\n"
+    )?;
     writeln!(report, "| request | wasm p50 ms | native p50 ms | wasm/native |")?;
     writeln!(report, "|---|---:|---:|---:|")?;
     let auth_p50 = by_name["auth rejection (401)"].0.p50;
     let table: [(&str, Duration, Duration); 5] = [
-        ("session-complete; native behind HTTP, running the pool's reset first", native.wasm_complete.p50, native.complete_http.p50),
+        (
+            "session-complete; native behind HTTP, running the pool's reset first",
+            native.wasm_complete.p50,
+            native.complete_http.p50,
+        ),
         ("auth rejection (401); native behind HTTP", native.wasm_unauthorized.p50, native.unauthorized_http.p50),
-        ("session-complete; native in-process, running the pool's reset first", sc.0.p50, native.complete_with_reset.p50),
+        (
+            "session-complete; native in-process, running the pool's reset first",
+            sc.0.p50,
+            native.complete_with_reset.p50,
+        ),
         ("session-complete; native in-process", sc.0.p50, native.complete.p50),
         ("auth rejection (401); native in-process", auth_p50, native.unauthorized.p50),
     ];
     for (name, wasm, native) in table {
-        writeln!(report, "| {name} | {} | {} | {:.2}× |", ms(wasm), ms(native), wasm.as_secs_f64() / native.as_secs_f64())?;
+        writeln!(
+            report,
+            "| {name} | {} | {} | {:.2}× |",
+            ms(wasm),
+            ms(native),
+            wasm.as_secs_f64() / native.as_secs_f64()
+        )?;
     }
     writeln!(
         report,
@@ -1335,8 +1507,11 @@ async fn run(s: Settings) -> Result<()> {
     }
 
     writeln!(report, "\n## Database statements per request\n")?;
-    writeln!(report, "Counted in the host's `spin:postgres` binding (each `query`/`execute` is one statement; \
-        tokio-postgres, like Spin, sends an unnamed prepare and the execute for each).\n")?;
+    writeln!(
+        report,
+        "Counted in the host's `spin:postgres` binding (each `query`/`execute` is one statement; \
+        tokio-postgres, like Spin, sends an unnamed prepare and the execute for each).\n"
+    )?;
     writeln!(report, "| request | statements |")?;
     writeln!(report, "|---|---:|")?;
     for (name, n) in &stmts {
@@ -1360,9 +1535,19 @@ async fn run(s: Settings) -> Result<()> {
     writeln!(report, "| table size | load time | session-complete p50 ms | p99 ms | webhook p50 ms | p99 ms |")?;
     writeln!(report, "|---|---:|---:|---:|---:|---:|")?;
     for (name, sc, wh, secs) in &growth {
-        writeln!(report, "| {name} | {secs:.0} s | {} | {} | {} | {} |", ms(sc.p50), ms(sc.p99), ms(wh.p50), ms(wh.p99))?;
+        writeln!(
+            report,
+            "| {name} | {secs:.0} s | {} | {} | {} | {} |",
+            ms(sc.p50),
+            ms(sc.p99),
+            ms(wh.p50),
+            ms(wh.p99)
+        )?;
     }
-    writeln!(report, "\nQuery plans at the largest size (`auto_explain`, nested statements included; scans on our tables):\n")?;
+    writeln!(
+        report,
+        "\nQuery plans at the largest size (`auto_explain`, nested statements included; scans on our tables):\n"
+    )?;
     writeln!(report, "```")?;
     for l in &plan_lines {
         writeln!(report, "{l}")?;

@@ -63,7 +63,8 @@ impl Cluster {
             options.push_str(&format!(" -c {name}={value}"));
         }
         let log = self.data.join("server.log");
-        let out = self.pg_ctl(&["-l", log.to_str().context("the log's path")?, "-w", "-t", "60", "start", "-o", &options])?;
+        let out =
+            self.pg_ctl(&["-l", log.to_str().context("the log's path")?, "-w", "-t", "60", "start", "-o", &options])?;
         if !out.status.success() {
             bail!("pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -58,7 +58,11 @@ impl Spec {
 
         // An undocumented method must be answered 405 as some operation of the path says.
         let documented = match item.get(&method) {
-            Some(op) => op["responses"].get(&status).or_else(|| op["responses"].get(format!("{}XX", &status[..1]))).or_else(|| op["responses"].get("default")).cloned(),
+            Some(op) => op["responses"]
+                .get(&status)
+                .or_else(|| op["responses"].get(format!("{}XX", &status[..1])))
+                .or_else(|| op["responses"].get("default"))
+                .cloned(),
             None => {
                 if response.status != 405 {
                     problems.push(format!("{what}: method not documented and the answer is not 405"));
@@ -80,33 +84,42 @@ impl Spec {
         }
 
         let content = documented.get("content").and_then(Value::as_object);
-        let content_type = response.header("content-type").map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let content_type =
+            response.header("content-type").map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
         match (content, content_type) {
             (None, None) => {}
             (None, Some(_)) if response.body.is_empty() => {}
             (None, Some(ct)) => problems.push(format!("{what}: documented without a body but answered {ct}")),
             (Some(_), None) if response.body.is_empty() && response.status == 204 => {}
-            (Some(media), None) => problems.push(format!(
-                "{what}: no content-type; documented: {:?}",
-                media.keys().collect::<Vec<_>>()
-            )),
+            (Some(media), None) => {
+                problems.push(format!("{what}: no content-type; documented: {:?}", media.keys().collect::<Vec<_>>()))
+            }
             (Some(media), Some(ct)) => match media.get(&ct) {
-                None => problems.push(format!("{what}: content-type {ct} not documented ({:?})", media.keys().collect::<Vec<_>>())),
+                None => problems
+                    .push(format!("{what}: content-type {ct} not documented ({:?})", media.keys().collect::<Vec<_>>())),
                 Some(entry) => {
                     if ct == "text/event-stream" {
                         if let Some(item) = entry.get("itemSchema") {
                             let cut = response.truncated || response.incomplete;
-                            problems.extend(event_errors(item, &response.body, cut).into_iter().map(|e| format!("{what}: {e}")));
+                            problems.extend(
+                                event_errors(item, &response.body, cut).into_iter().map(|e| format!("{what}: {e}")),
+                            );
                         }
                     } else if ct == "application/json" || ct.ends_with("+json") {
                         if response.truncated || response.incomplete {
                             return problems;
                         }
                         match serde_json::from_slice::<Value>(&response.body) {
-                            Err(e) => problems.push(format!("{what}: body is not JSON ({e}): {}", preview(&response.body))),
+                            Err(e) => {
+                                problems.push(format!("{what}: body is not JSON ({e}): {}", preview(&response.body)))
+                            }
                             Ok(body) => {
                                 if let Some(schema) = entry.get("schema") {
-                                    problems.extend(schema_errors(schema, &body).into_iter().map(|e| format!("{what}: {e}; body {}", preview(&response.body))));
+                                    problems.extend(
+                                        schema_errors(schema, &body)
+                                            .into_iter()
+                                            .map(|e| format!("{what}: {e}; body {}", preview(&response.body))),
+                                    );
                                 }
                             }
                         }
@@ -202,7 +215,9 @@ fn content_errors(schema: &Value, value: &Value) -> Vec<String> {
             return vec![format!("matches no branch of {keyword}: {}", all.join("; "))];
         }
     }
-    let (Some("application/json"), Some(text)) = (schema.get("contentMediaType").and_then(Value::as_str), value.as_str()) else {
+    let (Some("application/json"), Some(text)) =
+        (schema.get("contentMediaType").and_then(Value::as_str), value.as_str())
+    else {
         return Vec::new();
     };
     match serde_json::from_str::<Value>(text) {
@@ -217,13 +232,20 @@ fn inline_refs(value: &Value, root: &Value, depth: usize) -> anyhow::Result<Valu
     Ok(match value {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("$ref") {
-                let pointer = reference.strip_prefix('#').ok_or_else(|| anyhow::anyhow!("only local $refs: {reference}"))?;
+                let pointer =
+                    reference.strip_prefix('#').ok_or_else(|| anyhow::anyhow!("only local $refs: {reference}"))?;
                 let target = root.pointer(pointer).ok_or_else(|| anyhow::anyhow!("dangling $ref {reference}"))?;
                 return inline_refs(target, root, depth + 1);
             }
-            Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), inline_refs(v, root, depth)?))).collect::<anyhow::Result<_>>()?)
+            Value::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), inline_refs(v, root, depth)?)))
+                    .collect::<anyhow::Result<_>>()?,
+            )
         }
-        Value::Array(items) => Value::Array(items.iter().map(|v| inline_refs(v, root, depth)).collect::<anyhow::Result<_>>()?),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| inline_refs(v, root, depth)).collect::<anyhow::Result<_>>()?)
+        }
         other => other.clone(),
     })
 }
@@ -320,7 +342,13 @@ mod tests {
     #[test]
     fn the_spec_parses_and_catches_mismatches() {
         let spec = Spec::repo();
-        let ok = record("POST", "/functions/v1/session-complete", 401, Some("application/json"), r#"{"error":{"code":"unauthorized","message":"m"}}"#);
+        let ok = record(
+            "POST",
+            "/functions/v1/session-complete",
+            401,
+            Some("application/json"),
+            r#"{"error":{"code":"unauthorized","message":"m"}}"#,
+        );
         assert!(spec.violations(&ok).is_empty(), "{:?}", spec.violations(&ok));
         let bad_body = record("POST", "/session-complete", 401, Some("application/json"), r#"{"message":"m"}"#);
         assert!(!spec.violations(&bad_body).is_empty());

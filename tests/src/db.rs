@@ -116,7 +116,9 @@ fn reaper() -> &'static Reaper {
                 rt.block_on(async {
                     // FORCE: the app under test may still hold pooled connections.
                     if let Ok(client) = connect(&admin).await {
-                        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name))).await;
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
+                            .await;
                     }
                 });
                 let (count, changed) = &*done;
@@ -201,24 +203,15 @@ async fn ensure_template(admin: &str) -> Result<String> {
 
     let client = connect(admin).await?;
     // A session lock: parallel test binaries wait here while the first builds the template.
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('libero_test_template'))")
-        .await?;
+    client.batch_execute("SELECT pg_advisory_lock(hashtext('libero_test_template'))").await?;
     let result = async {
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
-            .await?
-            .is_some();
+        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template]).await?.is_some();
         if exists {
             return Ok(());
         }
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building)))
-            .await?;
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building))).await?;
         client.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&building))).await?;
-        migrate(&with_dbname(admin, &building)?)
-            .await
-            .context("migrating the test template database")?;
+        migrate(&with_dbname(admin, &building)?).await.context("migrating the test template database")?;
         // The migration connection may take a moment to go away after it is dropped.
         for _ in 0..50 {
             let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&building), quote_ident(&template));
@@ -233,9 +226,7 @@ async fn ensure_template(admin: &str) -> Result<String> {
         bail!("template database {building} stayed in use")
     }
     .await;
-    let _ = client
-        .batch_execute("SELECT pg_advisory_unlock(hashtext('libero_test_template'))")
-        .await;
+    let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('libero_test_template'))").await;
     result.map(|()| template)
 }
 
@@ -256,10 +247,7 @@ pub fn with_dbname(url: &str, dbname: &str) -> Result<String> {
         Ok(out)
     } else {
         // key=value form: drop any dbname=... and append ours.
-        let kept: Vec<&str> = url
-            .split_whitespace()
-            .filter(|kv| !kv.starts_with("dbname="))
-            .collect();
+        let kept: Vec<&str> = url.split_whitespace().filter(|kv| !kv.starts_with("dbname=")).collect();
         Ok(format!("{} dbname={dbname}", kept.join(" ")).trim().to_string())
     }
 }

@@ -19,10 +19,7 @@ use std::path::PathBuf;
 
 /// The repository root (the workspace that holds `spin.toml`, `migrations/`, `target/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The fixture component (`tests/fixture`, built by `scripts/build-wasm.sh`), for tests

@@ -40,13 +40,21 @@ async fn fresh() -> (TestDb, Client) {
 
 async fn new_user(client: &Client) -> Uuid {
     let id = Uuid::new_v4();
-    client.execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")]).await.unwrap();
+    client
+        .execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")])
+        .await
+        .unwrap();
     id
 }
 
 /// Runs `sql` in a transaction as `role` (for `authenticated`, signed in as `user`, the way
 /// PostgREST does it), and commits when it succeeds.
-async fn as_role(client: &mut Client, role: &str, user: Option<Uuid>, sql: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
+async fn as_role(
+    client: &mut Client,
+    role: &str,
+    user: Option<Uuid>,
+    sql: &str,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
     let tx = client.transaction().await.unwrap();
     if let Some(user) = user {
         let claims = json!({ "sub": user.to_string(), "role": role }).to_string();
@@ -103,27 +111,35 @@ async fn a_signed_in_user_reads_only_their_own_insights() {
 
         assert_denied(as_role(&mut client, "anon", None, &format!("select * from public.{view}")).await, view);
         // The server reads everyone's.
-        let all = as_role(&mut client, "service_role", None, &format!("select distinct user_id from public.{view}")).await.unwrap();
+        let all = as_role(&mut client, "service_role", None, &format!("select distinct user_id from public.{view}"))
+            .await
+            .unwrap();
         assert_eq!(all.len(), 2, "{view}");
     }
     // Asking for another user's rows by id finds nothing.
-    let theirs = as_role(&mut client, "authenticated", Some(me), &format!("select * from public.insights_days where user_id = '{other}'"))
-        .await
-        .unwrap();
+    let theirs = as_role(
+        &mut client,
+        "authenticated",
+        Some(me),
+        &format!("select * from public.insights_days where user_id = '{other}'"),
+    )
+    .await
+    .unwrap();
     assert!(theirs.is_empty());
-    let days = as_role(&mut client, "authenticated", Some(me), "select sessions from public.insights_days").await.unwrap();
+    let days =
+        as_role(&mut client, "authenticated", Some(me), "select sessions from public.insights_days").await.unwrap();
     assert_eq!(days.len(), 30);
     assert_eq!(days.iter().map(|r| r.get::<_, i64>(0)).sum::<i64>(), 1);
 
     // The endpoint's function and the histogram are the server's.
-    for sql in [
-        format!("select public.user_insights('{me}', 20)"),
-        "select public.insights_refresh()".to_string(),
-    ] {
+    for sql in [format!("select public.user_insights('{me}', 20)"), "select public.insights_refresh()".to_string()] {
         assert_denied(as_role(&mut client, "authenticated", Some(me), &sql).await, &sql);
     }
     for table in SERVER_TABLES {
-        assert_denied(as_role(&mut client, "authenticated", Some(me), &format!("select * from public.{table}")).await, table);
+        assert_denied(
+            as_role(&mut client, "authenticated", Some(me), &format!("select * from public.{table}")).await,
+            table,
+        );
     }
 }
 
@@ -136,7 +152,9 @@ async fn the_views_and_the_endpoint_give_the_same_figures() {
     session(&client, me, "made-up", 60).await;
 
     let insights: Value = client.query_one("select public.user_insights($1, 20)", &[&me]).await.unwrap().get(0);
-    let totals = as_role(&mut client, "authenticated", Some(me), "select to_jsonb(t) from public.insights_totals t").await.unwrap();
+    let totals = as_role(&mut client, "authenticated", Some(me), "select to_jsonb(t) from public.insights_totals t")
+        .await
+        .unwrap();
     let totals: Value = totals[0].get(0);
     for key in ["sessions", "minutes", "experience", "level", "current_streak", "longest_streak"] {
         assert_eq!(totals[key], insights["totals"][key], "{key}");
@@ -189,18 +207,25 @@ async fn ai_calls_tts_hits_refunds_and_subscriptions_are_counted_per_day() {
         assert_eq!(quota["allowed"], true);
     }
     // A call over the quota is not counted.
-    let refused: Value = client.query_one("select public.ai_quota_take($1, 'chatgpt-chat', 0, 0)", &[&me]).await.unwrap().get(0);
+    let refused: Value =
+        client.query_one("select public.ai_quota_take($1, 'chatgpt-chat', 0, 0)", &[&me]).await.unwrap().get(0);
     assert_eq!(refused["allowed"], false);
     // Two hits; storing the entry again (a miss filled) is no hit.
     client
-        .query_one("select public.tts_cache_store('k1', 'openai', 'audio/mpeg', '\\x0102'::bytea, 0, 1, 1000000, 3600)", &[])
+        .query_one(
+            "select public.tts_cache_store('k1', 'openai', 'audio/mpeg', '\\x0102'::bytea, 0, 1, 1000000, 3600)",
+            &[],
+        )
         .await
         .unwrap();
     for _ in 0..2 {
         client.query("select * from public.tts_cache_get('k1', 3600)", &[]).await.unwrap();
     }
     client
-        .query_one("select public.tts_cache_store('k1', 'openai', 'audio/mpeg', '\\x0103'::bytea, 0, 1, 1000000, 3600)", &[])
+        .query_one(
+            "select public.tts_cache_store('k1', 'openai', 'audio/mpeg', '\\x0103'::bytea, 0, 1, 1000000, 3600)",
+            &[],
+        )
         .await
         .unwrap();
 
@@ -213,8 +238,14 @@ async fn ai_calls_tts_hits_refunds_and_subscriptions_are_counted_per_day() {
         )
         .await
         .unwrap();
-    client.execute("update stripe_orders set tokens_reversed = 55 where checkout_session_id = 'cs_1'", &[]).await.unwrap();
-    client.execute("update stripe_orders set payment_status = 'paid' where checkout_session_id = 'cs_1'", &[]).await.unwrap();
+    client
+        .execute("update stripe_orders set tokens_reversed = 55 where checkout_session_id = 'cs_1'", &[])
+        .await
+        .unwrap();
+    client
+        .execute("update stripe_orders set payment_status = 'paid' where checkout_session_id = 'cs_1'", &[])
+        .await
+        .unwrap();
 
     // Two subscriptions start, one ends.
     for (id, user) in [("sub_1", me), ("sub_2", other)] {
@@ -227,14 +258,28 @@ async fn ai_calls_tts_hits_refunds_and_subscriptions_are_counted_per_day() {
             .await
             .unwrap();
     }
-    client.execute("update stripe_subscriptions set status = 'past_due' where subscription_id = 'sub_2'", &[]).await.unwrap();
-    client.execute("update stripe_subscriptions set status = 'canceled' where subscription_id = 'sub_2'", &[]).await.unwrap();
+    client
+        .execute("update stripe_subscriptions set status = 'past_due' where subscription_id = 'sub_2'", &[])
+        .await
+        .unwrap();
+    client
+        .execute("update stripe_subscriptions set status = 'canceled' where subscription_id = 'sub_2'", &[])
+        .await
+        .unwrap();
 
     let today = |view: &str| format!("select to_jsonb(v) from public.{view} v where day = current_date");
     let one = |rows: Vec<Row>| -> Value { rows.iter().map(|r| r.get::<_, Value>(0)).collect() };
 
-    let ai = one(as_role(&mut client, "service_role", None, &format!("{} order by endpoint", today("analytics_ai_daily"))).await.unwrap());
-    let calls: Vec<(String, i64)> = ai.as_array().unwrap().iter().map(|r| (r["endpoint"].as_str().unwrap().into(), r["calls"].as_i64().unwrap())).collect();
+    let ai =
+        one(as_role(&mut client, "service_role", None, &format!("{} order by endpoint", today("analytics_ai_daily")))
+            .await
+            .unwrap());
+    let calls: Vec<(String, i64)> = ai
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["endpoint"].as_str().unwrap().into(), r["calls"].as_i64().unwrap()))
+        .collect();
     assert_eq!(calls, [("generate-script".to_string(), 1), ("tts".to_string(), 3)]);
 
     let tts = one(as_role(&mut client, "service_role", None, &today("analytics_tts_daily")).await.unwrap());
@@ -247,7 +292,16 @@ async fn ai_calls_tts_hits_refunds_and_subscriptions_are_counted_per_day() {
     assert_eq!(revenue.as_array().unwrap().len(), 1, "{revenue}");
     let row = &revenue[0];
     assert_eq!(
-        (&row["product"], &row["orders"], &row["tokens_sold"], &row["revenue"], &row["refunds"], &row["tokens_refunded"], &row["refunded"], &row["net_revenue"]),
+        (
+            &row["product"],
+            &row["orders"],
+            &row["tokens_sold"],
+            &row["revenue"],
+            &row["refunds"],
+            &row["tokens_refunded"],
+            &row["refunded"],
+            &row["net_revenue"]
+        ),
         (&json!("tokens-small"), &json!(1), &json!(110), &json!(499), &json!(1), &json!(55), &json!(250), &json!(249))
     );
 
@@ -255,9 +309,22 @@ async fn ai_calls_tts_hits_refunds_and_subscriptions_are_counted_per_day() {
     assert_eq!((&subs[0]["started"], &subs[0]["ended"], &subs[0]["active"]), (&json!(2), &json!(1), &json!(1)));
     assert_eq!(subs[0]["churn_rate"], json!(0.5), "one of the two live today ended");
 
-    let mix = one(as_role(&mut client, "service_role", None, "select to_jsonb(v) from public.analytics_plan_mix v order by kind, name").await.unwrap());
-    assert!(mix.as_array().unwrap().contains(&json!({"kind": "plan", "name": "free", "count": 2, "share": 1.0})), "{mix}");
-    assert!(mix.as_array().unwrap().contains(&json!({"kind": "subscription", "name": "active", "count": 1, "share": 0.5})), "{mix}");
+    let mix = one(as_role(
+        &mut client,
+        "service_role",
+        None,
+        "select to_jsonb(v) from public.analytics_plan_mix v order by kind, name",
+    )
+    .await
+    .unwrap());
+    assert!(
+        mix.as_array().unwrap().contains(&json!({"kind": "plan", "name": "free", "count": 2, "share": 1.0})),
+        "{mix}"
+    );
+    assert!(
+        mix.as_array().unwrap().contains(&json!({"kind": "subscription", "name": "active", "count": 1, "share": 0.5})),
+        "{mix}"
+    );
 }
 
 #[tokio::test]
@@ -316,10 +383,12 @@ async fn active_users_match_a_distinct_count_for_every_day() {
 async fn the_histogram_counts_active_users_once_in_buckets() {
     let (_db, client) = fresh().await;
     for (value, bucket) in [(0_i64, 0_i64), (99, 99), (100, 100), (1234, 1200), (98_765, 98_000)] {
-        let got: i64 = client.query_one("select public.insights_bucket('minutes_30d', $1)", &[&value]).await.unwrap().get(0);
+        let got: i64 =
+            client.query_one("select public.insights_bucket('minutes_30d', $1)", &[&value]).await.unwrap().get(0);
         assert_eq!(got, bucket, "{value}");
     }
-    let streak: i64 = client.query_one("select public.insights_bucket('current_streak', 1234)", &[]).await.unwrap().get(0);
+    let streak: i64 =
+        client.query_one("select public.insights_bucket('current_streak', 1234)", &[]).await.unwrap().get(0);
     assert_eq!(streak, 1234);
 
     let (a, b, idle) = (new_user(&client).await, new_user(&client).await, new_user(&client).await);
@@ -328,7 +397,10 @@ async fn the_histogram_counts_active_users_once_in_buckets() {
     session(&client, b, "guardian", 3000).await;
     session(&client, idle, "guardian", 600).await;
     // idle's only session was 40 days ago: not active.
-    client.execute("update sessions set ended_at = now() - interval '40 days' where user_id = $1", &[&idle]).await.unwrap();
+    client
+        .execute("update sessions set ended_at = now() - interval '40 days' where user_id = $1", &[&idle])
+        .await
+        .unwrap();
 
     let refreshed: Value = client.query_one("select public.insights_refresh()", &[]).await.unwrap().get(0);
     assert_eq!(refreshed["population"], 2);

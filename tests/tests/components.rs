@@ -33,7 +33,10 @@ fn components_use_only_the_portable_spin_interfaces() {
         }
         let exports: Vec<String> = ty.exports(engine()).map(|(name, _)| name.to_string()).collect();
         if !exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler@0.2.")) {
-            problems.push(format!("{}: does not export wasi:http/incoming-handler@0.2.x (exports {exports:?})", component.id));
+            problems.push(format!(
+                "{}: does not export wasi:http/incoming-handler@0.2.x (exports {exports:?})",
+                component.id
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -26,10 +26,7 @@ async fn fresh() -> (TestDb, Client) {
 async fn new_user(client: &Client) -> Uuid {
     let id = Uuid::new_v4();
     client
-        .execute(
-            "insert into auth.users (id, email) values ($1, $2)",
-            &[&id, &format!("{id}@example.test")],
-        )
+        .execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")])
         .await
         .unwrap();
     id
@@ -47,16 +44,9 @@ async fn as_role(
     let tx = client.transaction().await.unwrap();
     if let Some(user) = user {
         let claims = json!({ "sub": user.to_string(), "role": role }).to_string();
-        tx.execute(
-            "select set_config('request.jwt.claims', $1, true)",
-            &[&claims],
-        )
-        .await
-        .unwrap();
+        tx.execute("select set_config('request.jwt.claims', $1, true)", &[&claims]).await.unwrap();
     }
-    tx.batch_execute(&format!("set local role {role}"))
-        .await
-        .unwrap();
+    tx.batch_execute(&format!("set local role {role}")).await.unwrap();
     let result = tx.query(sql, &[]).await;
     if result.is_ok() {
         tx.commit().await.unwrap();
@@ -64,11 +54,7 @@ async fn as_role(
     result
 }
 
-async fn as_user(
-    client: &mut Client,
-    user: Uuid,
-    sql: &str,
-) -> Result<Vec<Row>, tokio_postgres::Error> {
+async fn as_user(client: &mut Client, user: Uuid, sql: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
     as_role(client, "authenticated", Some(user), sql).await
 }
 
@@ -101,10 +87,7 @@ async fn credit(client: &Client, user: Uuid, tokens: i32, reference: &str) {
 /// (tokens, experience, level, session_streak)
 async fn progress(client: &Client, user: Uuid) -> (i32, i32, i32, i32) {
     let row = client
-        .query_one(
-            "select tokens, experience, level, session_streak from user_profiles where id = $1",
-            &[&user],
-        )
+        .query_one("select tokens, experience, level, session_streak from user_profiles where id = $1", &[&user])
         .await
         .unwrap();
     (row.get(0), row.get(1), row.get(2), row.get(3))
@@ -113,10 +96,7 @@ async fn progress(client: &Client, user: Uuid) -> (i32, i32, i32, i32) {
 /// The user's unlocked achievement ids, in order.
 async fn achievements_of(client: &Client, user: Uuid) -> Vec<String> {
     client
-        .query(
-            "select achievement_id from user_achievements where user_id = $1 order by 1",
-            &[&user],
-        )
+        .query("select achievement_id from user_achievements where user_id = $1 order by 1", &[&user])
         .await
         .unwrap()
         .iter()
@@ -125,21 +105,9 @@ async fn achievements_of(client: &Client, user: Uuid) -> Vec<String> {
 }
 
 async fn assert_ledger_consistent(client: &Client) {
-    let rows = client
-        .query(
-            "select user_id::text, tokens, ledger_sum from ledger_mismatches",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mismatches: Vec<(String, i32, i64)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert!(
-        mismatches.is_empty(),
-        "balances that disagree with the ledger: {mismatches:?}"
-    );
+    let rows = client.query("select user_id::text, tokens, ledger_sum from ledger_mismatches", &[]).await.unwrap();
+    let mismatches: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert!(mismatches.is_empty(), "balances that disagree with the ledger: {mismatches:?}");
 }
 
 /// Tests cannot wait for a session to end before the next one starts: this moves the
@@ -148,10 +116,7 @@ async fn assert_ledger_consistent(client: &Client) {
 /// count days on the profile and are left as they are.
 async fn earlier_sessions_ended_long_ago(client: &Client, user: Uuid) {
     client
-        .execute(
-            "update sessions set ended_at = ended_at - interval '25 hours' where user_id = $1",
-            &[&user],
-        )
+        .execute("update sessions set ended_at = ended_at - interval '25 hours' where user_id = $1", &[&user])
         .await
         .unwrap();
 }
@@ -171,15 +136,7 @@ async fn complete_session(
     client
         .query_one(
             "select complete_session($1, $2, $3, $4, $5, $6, $7, null)",
-            &[
-                &user,
-                &session,
-                &ego_state,
-                &None::<&str>,
-                &seconds,
-                &protocol,
-                &fingerprint,
-            ],
+            &[&user, &session, &ego_state, &None::<&str>, &seconds, &protocol, &fingerprint],
         )
         .await
         .unwrap()
@@ -188,16 +145,7 @@ async fn complete_session(
 
 /// A new session of `seconds` in the 'guardian' ego state, after the user's earlier ones.
 async fn complete(client: &Client, user: Uuid, seconds: i32) -> Value {
-    complete_session(
-        client,
-        user,
-        Uuid::new_v4(),
-        "guardian",
-        seconds,
-        None,
-        "fp",
-    )
-    .await
+    complete_session(client, user, Uuid::new_v4(), "guardian", seconds, None, "fp").await
 }
 
 /// Runs `statements[i]` (each returning one jsonb), each on its own connection, all
@@ -212,11 +160,7 @@ async fn in_parallel(test_db: &TestDb, statements: Vec<String>) -> Vec<Value> {
             tokio::spawn(async move {
                 let client = db::connect(&url).await.unwrap();
                 barrier.wait().await;
-                client
-                    .query_one(sql.as_str(), &[])
-                    .await
-                    .unwrap()
-                    .get::<_, Value>(0)
+                client.query_one(sql.as_str(), &[]).await.unwrap().get::<_, Value>(0)
             })
         })
         .collect();
@@ -235,10 +179,7 @@ fn count(values: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
 /// earlier today (`started_at` may not be before the account).
 async fn make_account_a_day_old(client: &Client, user: Uuid) {
     client
-        .execute(
-            "update user_profiles set created_at = now() - interval '1 day' where id = $1",
-            &[&user],
-        )
+        .execute("update user_profiles set created_at = now() - interval '1 day' where id = $1", &[&user])
         .await
         .unwrap();
 }
@@ -260,10 +201,7 @@ async fn complete_started(client: &Client, user: Uuid, seconds: i32, started_ago
 /// A session of `seconds` ending now, with nothing moved on the clock first.
 async fn complete_now(client: &Client, user: Uuid, id: Uuid, seconds: i32) -> Value {
     client
-        .query_one(
-            "select complete_session($1, $2, 'guardian', null, $3, null, 'fp', null)",
-            &[&user, &id, &seconds],
-        )
+        .query_one("select complete_session($1, $2, 'guardian', null, $3, null, 'fp', null)", &[&user, &id, &seconds])
         .await
         .unwrap()
         .get(0)
@@ -309,10 +247,7 @@ async fn migrations_apply_to_an_empty_database_in_order_once() {
     let admin_url = db::admin_url().unwrap();
     let admin = db::connect(&admin_url).await.unwrap();
     let name = format!("libero_empty_{}", Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("create database {}", db::quote_ident(&name)))
-        .await
-        .unwrap();
+    admin.batch_execute(&format!("create database {}", db::quote_ident(&name))).await.unwrap();
     let url = db::with_dbname(&admin_url, &name).unwrap();
 
     let outcome = async {
@@ -321,20 +256,11 @@ async fn migrations_apply_to_an_empty_database_in_order_once() {
         anyhow::Ok((first, second))
     }
     .await;
-    admin
-        .batch_execute(&format!(
-            "drop database {} with (force)",
-            db::quote_ident(&name)
-        ))
-        .await
-        .unwrap();
+    admin.batch_execute(&format!("drop database {} with (force)", db::quote_ident(&name))).await.unwrap();
 
     let (first, second) = outcome.expect("migrations apply to an empty database");
-    let expected: Vec<String> = db::read_migrations(&db::migrations_dir())
-        .unwrap()
-        .into_iter()
-        .map(|m| m.version)
-        .collect();
+    let expected: Vec<String> =
+        db::read_migrations(&db::migrations_dir()).unwrap().into_iter().map(|m| m.version).collect();
     let applied: Vec<String> = first.into_iter().map(|m| m.version).collect();
     assert_eq!(applied, expected, "every migration, in filename order");
     assert!(second.is_empty(), "a second run applies nothing");
@@ -372,21 +298,9 @@ const TABLES: &[&str] = &[
 async fn anon_can_read_nothing() {
     let (_db, mut client) = fresh().await;
     for table in TABLES {
-        assert_denied(
-            as_role(&mut client, "anon", None, &format!("select * from {table}")).await,
-            table,
-        );
+        assert_denied(as_role(&mut client, "anon", None, &format!("select * from {table}")).await, table);
     }
-    assert_denied(
-        as_role(
-            &mut client,
-            "anon",
-            None,
-            "select spend_tokens('custom_protocol')",
-        )
-        .await,
-        "anon spending",
-    );
+    assert_denied(as_role(&mut client, "anon", None, "select spend_tokens('custom_protocol')").await, "anon spending");
 }
 
 #[tokio::test]
@@ -396,18 +310,9 @@ async fn users_read_only_their_own_rows() {
     for user in [alice, bob] {
         complete(&client, user, 60).await;
         credit(&client, user, 5, "cs_test").await;
+        client.execute("insert into custom_protocols (user_id, name) values ($1, 'mine')", &[&user]).await.unwrap();
         client
-            .execute(
-                "insert into custom_protocols (user_id, name) values ($1, 'mine')",
-                &[&user],
-            )
-            .await
-            .unwrap();
-        client
-            .execute(
-                "insert into stripe_customers (user_id, customer_id) values ($1, $2)",
-                &[&user, &user.to_string()],
-            )
+            .execute("insert into stripe_customers (user_id, customer_id) values ($1, $2)", &[&user, &user.to_string()])
             .await
             .unwrap();
     }
@@ -420,30 +325,16 @@ async fn users_read_only_their_own_rows() {
         ("token_ledger", "user_id"),
         ("stripe_customers", "user_id"),
     ] {
-        let rows = as_user(&mut client, alice, &format!("select {owner} from {table}"))
-            .await
-            .unwrap();
+        let rows = as_user(&mut client, alice, &format!("select {owner} from {table}")).await.unwrap();
         let owners: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         assert!(!owners.is_empty(), "{table}: alice sees her rows");
-        assert!(
-            owners.iter().all(|o| *o == alice),
-            "{table}: alice sees only hers: {owners:?}"
-        );
+        assert!(owners.iter().all(|o| *o == alice), "{table}: alice sees only hers: {owners:?}");
     }
-    let prices = as_user(&mut client, alice, "select feature from token_prices")
-        .await
-        .unwrap();
+    let prices = as_user(&mut client, alice, "select feature from token_prices").await.unwrap();
     // custom_protocol, elevenlabs_tts, elevenlabs_tts_fast
-    assert_eq!(
-        prices.len(),
-        3,
-        "prices are visible to every signed-in user"
-    );
+    assert_eq!(prices.len(), 3, "prices are visible to every signed-in user");
     for table in ["stripe_events", "tts_cache", "ledger_mismatches"] {
-        assert_denied(
-            as_user(&mut client, alice, &format!("select * from {table}")).await,
-            table,
-        );
+        assert_denied(as_user(&mut client, alice, &format!("select * from {table}")).await, table);
     }
 }
 
@@ -466,10 +357,7 @@ async fn users_update_journey_and_settings_but_not_progress() {
     .await;
     assert!(updated.is_ok(), "{updated:?}");
     let tz: String = client
-        .query_one(
-            "select settings->>'timezone' from user_profiles where id = $1",
-            &[&alice],
-        )
+        .query_one("select settings->>'timezone' from user_profiles where id = $1", &[&alice])
         .await
         .unwrap()
         .get(0);
@@ -494,28 +382,16 @@ async fn users_update_journey_and_settings_but_not_progress() {
         assert_denied(as_user(&mut client, alice, &sql).await, &sql);
     }
     assert_denied(
-        as_user(
-            &mut client,
-            alice,
-            &format!("insert into user_profiles (id, tokens) values ('{alice}', 1000)"),
-        )
-        .await,
+        as_user(&mut client, alice, &format!("insert into user_profiles (id, tokens) values ('{alice}', 1000)")).await,
         "inserting a profile",
     );
     assert_denied(
-        as_user(
-            &mut client,
-            alice,
-            &format!("delete from user_profiles where id = '{alice}'"),
-        )
-        .await,
+        as_user(&mut client, alice, &format!("delete from user_profiles where id = '{alice}'")).await,
         "deleting a profile",
     );
 
     // Someone else's profile is invisible, so updating it changes no row.
-    let sql = format!(
-        "update user_profiles set display_name = 'Mallory' where id = '{bob}' returning id"
-    );
+    let sql = format!("update user_profiles set display_name = 'Mallory' where id = '{bob}' returning id");
     assert!(as_user(&mut client, alice, &sql).await.unwrap().is_empty());
 
     // Journey data stays the shape the app expects, and bounded.
@@ -592,25 +468,14 @@ async fn users_manage_their_own_protocols_and_pay_for_new_ones() {
     assert_eq!(progress(&client, alice).await.0, 2);
 
     // Not enough tokens: nothing created.
-    let poor: Value = as_user(
-        &mut client,
-        alice,
-        "select create_custom_protocol('Another')",
-    )
-    .await
-    .unwrap()[0]
-        .get(0);
-    assert_eq!(
-        poor,
-        json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 2})
-    );
+    let poor: Value = as_user(&mut client, alice, "select create_custom_protocol('Another')").await.unwrap()[0].get(0);
+    assert_eq!(poor, json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 2}));
 
     // Edit and delete their own; someone else's are out of reach.
-    let sql = format!("update custom_protocols set name = 'Sleep well', duration = 25 where id = '{protocol}' returning id");
+    let sql =
+        format!("update custom_protocols set name = 'Sleep well', duration = 25 where id = '{protocol}' returning id");
     assert_eq!(as_user(&mut client, alice, &sql).await.unwrap().len(), 1);
-    let sql = format!(
-        "update custom_protocols set name = 'Mine now' where id = '{protocol}' returning id"
-    );
+    let sql = format!("update custom_protocols set name = 'Mine now' where id = '{protocol}' returning id");
     assert!(as_user(&mut client, bob, &sql).await.unwrap().is_empty());
     let sql = format!("delete from custom_protocols where id = '{protocol}' returning id");
     assert!(as_user(&mut client, bob, &sql).await.unwrap().is_empty());
@@ -623,9 +488,7 @@ async fn users_manage_their_own_protocols_and_pay_for_new_ones() {
     assert_eq!(progress(&client, alice).await.0, 12);
 
     // Invalid content charges nothing.
-    let err = as_user(&mut client, alice, "select create_custom_protocol('')")
-        .await
-        .unwrap_err();
+    let err = as_user(&mut client, alice, "select create_custom_protocol('')").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
     assert_eq!(progress(&client, alice).await.0, 12);
     assert_ledger_consistent(&client).await;
@@ -640,13 +503,7 @@ async fn balances_change_only_through_the_ledger() {
     // Even with every privilege, a balance change without its ledger row is refused at
     // commit, and so is a ledger row without the balance change or one that does not
     // continue the previous balance.
-    let err = client
-        .execute(
-            "update user_profiles set tokens = 1000 where id = $1",
-            &[&alice],
-        )
-        .await
-        .unwrap_err();
+    let err = client.execute("update user_profiles set tokens = 1000 where id = $1", &[&alice]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err:?}");
     let err = client
         .execute(
@@ -687,18 +544,9 @@ async fn balances_change_only_through_the_ledger() {
     assert_ledger_consistent(&client).await;
 
     // Deleting the user takes their rows with them.
-    client
-        .execute("delete from auth.users where id = $1", &[&alice])
-        .await
-        .unwrap();
-    let left: i64 = client
-        .query_one(
-            "select count(*) from token_ledger where user_id = $1",
-            &[&alice],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    client.execute("delete from auth.users where id = $1", &[&alice]).await.unwrap();
+    let left: i64 =
+        client.query_one("select count(*) from token_ledger where user_id = $1", &[&alice]).await.unwrap().get(0);
     assert_eq!(left, 0);
 }
 
@@ -717,27 +565,12 @@ async fn token_cost_charges_every_started_block() {
         ("elevenlabs_tts", 501, 2),
         ("elevenlabs_tts", 1200, 3),
     ] {
-        let got: i32 = client
-            .query_one("select token_cost($1, $2)", &[&feature, &units])
-            .await
-            .unwrap()
-            .get(0);
+        let got: i32 = client.query_one("select token_cost($1, $2)", &[&feature, &units]).await.unwrap().get(0);
         assert_eq!(got, cost, "{feature} x {units}");
     }
-    for (feature, units) in [
-        ("no_such_feature", 1),
-        ("custom_protocol", 0),
-        ("elevenlabs_tts", -1),
-    ] {
-        let err = client
-            .query_one("select token_cost($1, $2)", &[&feature, &units])
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::INVALID_PARAMETER_VALUE),
-            "{feature} x {units}"
-        );
+    for (feature, units) in [("no_such_feature", 1), ("custom_protocol", 0), ("elevenlabs_tts", -1)] {
+        let err = client.query_one("select token_cost($1, $2)", &[&feature, &units]).await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{feature} x {units}");
     }
 }
 
@@ -751,29 +584,23 @@ async fn a_spend_debits_once_per_reference() {
     };
 
     let first = json_of(&client, &spend("custom_protocol", 1, "r1")).await;
-    assert_eq!(
-        first,
-        json!({"ok": true, "replayed": false, "cost": 5, "balance": 7, "reference": "r1"})
-    );
+    assert_eq!(first, json!({"ok": true, "replayed": false, "cost": 5, "balance": 7, "reference": "r1"}));
     let again = json_of(&client, &spend("custom_protocol", 1, "r1")).await;
-    assert_eq!(
-        again,
-        json!({"ok": true, "replayed": true, "cost": 5, "balance": 7, "reference": "r1"})
-    );
+    assert_eq!(again, json!({"ok": true, "replayed": true, "cost": 5, "balance": 7, "reference": "r1"}));
     assert_eq!(progress(&client, alice).await.0, 7);
 
     let other_use = json_of(&client, &spend("elevenlabs_tts", 1200, "r1")).await;
-    assert_eq!(
-        other_use,
-        json!({"ok": false, "reason": "reference_conflict", "cost": 5, "balance": 7})
-    );
+    assert_eq!(other_use, json!({"ok": false, "reason": "reference_conflict", "cost": 5, "balance": 7}));
 
     let tts = json_of(&client, &spend("elevenlabs_tts", 1200, "r2")).await;
     assert_eq!(tts["cost"], 3);
     assert_eq!(tts["balance"], 4);
 
     let rows: Vec<(String, i32, Option<String>)> = client
-        .query("select reason, delta, feature from token_ledger where user_id = $1 and reason = 'spend' order by id", &[&alice])
+        .query(
+            "select reason, delta, feature from token_ledger where user_id = $1 and reason = 'spend' order by id",
+            &[&alice],
+        )
         .await
         .unwrap()
         .iter()
@@ -795,33 +622,16 @@ async fn a_spend_without_enough_tokens_changes_nothing() {
     let alice = new_user(&client).await;
     credit(&client, alice, 4, "cs_test").await;
 
-    let refused = json_of(
-        &client,
-        &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')"),
-    )
-    .await;
-    assert_eq!(
-        refused,
-        json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 4})
-    );
+    let refused = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')")).await;
+    assert_eq!(refused, json!({"ok": false, "reason": "insufficient_tokens", "cost": 5, "balance": 4}));
     assert_eq!(progress(&client, alice).await.0, 4);
-    let spends: i64 = client
-        .query_one(
-            "select count(*) from token_ledger where reason = 'spend'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let spends: i64 =
+        client.query_one("select count(*) from token_ledger where reason = 'spend'", &[]).await.unwrap().get(0);
     assert_eq!(spends, 0);
 
     // Refused spends record nothing, so the same reference works once there is enough.
     credit(&client, alice, 1, "cs_test_2").await;
-    let paid = json_of(
-        &client,
-        &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')"),
-    )
-    .await;
+    let paid = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r1')")).await;
     assert_eq!(paid["ok"], true);
     assert_eq!(paid["balance"], 0);
     assert_ledger_consistent(&client).await;
@@ -836,14 +646,8 @@ async fn a_refund_gives_a_spend_back_once() {
     let refund = format!("select refund_spend('{alice}', 'tts:1')");
 
     assert_eq!(json_of(&client, &spend).await["balance"], 2);
-    assert_eq!(
-        json_of(&client, &refund).await,
-        json!({"ok": true, "replayed": false, "refunded": 3, "balance": 5})
-    );
-    assert_eq!(
-        json_of(&client, &refund).await,
-        json!({"ok": true, "replayed": true, "refunded": 3, "balance": 5})
-    );
+    assert_eq!(json_of(&client, &refund).await, json!({"ok": true, "replayed": false, "refunded": 3, "balance": 5}));
+    assert_eq!(json_of(&client, &refund).await, json!({"ok": true, "replayed": true, "refunded": 3, "balance": 5}));
     assert_eq!(
         json_of(&client, &spend).await,
         json!({"ok": false, "reason": "already_refunded", "cost": 3, "balance": 5})
@@ -862,36 +666,16 @@ async fn users_spend_for_themselves_through_rpc() {
     let alice = new_user(&client).await;
     credit(&client, alice, 10, "cs_test").await;
 
-    let spent: Value = as_user(
-        &mut client,
-        alice,
-        "select spend_tokens('custom_protocol', 1, 'abc')",
-    )
-    .await
-    .unwrap()[0]
-        .get(0);
-    assert_eq!(
-        spent,
-        json!({"ok": true, "replayed": false, "cost": 5, "balance": 5, "reference": "client:abc"})
-    );
+    let spent: Value =
+        as_user(&mut client, alice, "select spend_tokens('custom_protocol', 1, 'abc')").await.unwrap()[0].get(0);
+    assert_eq!(spent, json!({"ok": true, "replayed": false, "cost": 5, "balance": 5, "reference": "client:abc"}));
     // The user's references live apart from the server's.
-    let server = json_of(
-        &client,
-        &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'abc')"),
-    )
-    .await;
+    let server = json_of(&client, &format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'abc')")).await;
     assert_eq!(server["replayed"], false);
     assert_eq!(progress(&client, alice).await.0, 0);
 
     // Without a user in the claims: refused with SQLSTATE 42501.
-    let err = as_role(
-        &mut client,
-        "authenticated",
-        None,
-        "select spend_tokens('custom_protocol')",
-    )
-    .await
-    .unwrap_err();
+    let err = as_role(&mut client, "authenticated", None, "select spend_tokens('custom_protocol')").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     assert_ledger_consistent(&client).await;
 }
@@ -904,16 +688,11 @@ async fn concurrent_spends_never_overdraw() {
 
     let results = in_parallel(
         &test_db,
-        (0..20)
-            .map(|i| format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r{i}')"))
-            .collect(),
+        (0..20).map(|i| format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r{i}')")).collect(),
     )
     .await;
     assert_eq!(count(&results, |r| r["ok"] == true), 4, "{results:?}");
-    assert_eq!(
-        count(&results, |r| r["reason"] == "insufficient_tokens"),
-        16
-    );
+    assert_eq!(count(&results, |r| r["reason"] == "insufficient_tokens"), 16);
     assert_eq!(progress(&client, alice).await.0, 3);
     assert_ledger_consistent(&client).await;
 }
@@ -924,20 +703,12 @@ async fn concurrent_spends_with_one_reference_debit_once() {
     let alice = new_user(&client).await;
     credit(&client, alice, 50, "cs_test").await;
 
-    let results = in_parallel(
-        &test_db,
-        vec![format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'same')"); 20],
-    )
-    .await;
-    assert_eq!(
-        count(&results, |r| r["replayed"] == false),
-        1,
-        "{results:?}"
-    );
+    let results =
+        in_parallel(&test_db, vec![format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'same')"); 20])
+            .await;
+    assert_eq!(count(&results, |r| r["replayed"] == false), 1, "{results:?}");
     assert_eq!(count(&results, |r| r["replayed"] == true), 19);
-    assert!(results
-        .iter()
-        .all(|r| r["ok"] == true && r["balance"] == 45));
+    assert!(results.iter().all(|r| r["ok"] == true && r["balance"] == 45));
     assert_eq!(progress(&client, alice).await.0, 45);
     assert_ledger_consistent(&client).await;
 }
@@ -959,19 +730,13 @@ async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
     assert_eq!(result["client_session_id"], id.to_string());
     assert_eq!(result["experience_gained"], 14);
     assert_eq!(result["tokens_awarded"], 2);
-    assert_eq!(
-        result["rewards"],
-        json!([{"reason": "session_complete", "tokens": 2}])
-    );
+    assert_eq!(result["rewards"], json!([{"reason": "session_complete", "tokens": 2}]));
     assert_eq!(result["level_before"], 1);
     assert_eq!(result["level_after"], 1);
     assert_eq!(result["streak"], 1);
     assert_eq!(result["streak_extended"], true);
     assert_eq!(result["achievements_unlocked"], json!(["first_session"]));
-    assert_eq!(
-        result["totals"],
-        json!({"tokens": 2, "experience": 14, "level": 1, "session_streak": 1})
-    );
+    assert_eq!(result["totals"], json!({"tokens": 2, "experience": 14, "level": 1, "session_streak": 1}));
     assert_eq!(progress(&client, alice).await, (2, 14, 1, 1));
 
     let row = client
@@ -982,31 +747,12 @@ async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        row.get::<_, String>(0),
-        result["session_id"].as_str().unwrap()
-    );
+    assert_eq!(row.get::<_, String>(0), result["session_id"].as_str().unwrap());
     assert_eq!(row.get::<_, String>(1), "guardian");
-    assert_eq!(
-        (
-            row.get::<_, i32>(2),
-            row.get::<_, i32>(3),
-            row.get::<_, i32>(4)
-        ),
-        (150, 14, 2)
-    );
-    assert_eq!(
-        row.get::<_, String>(5),
-        result["local_date"].as_str().unwrap()
-    );
-    let usage: Value = client
-        .query_one(
-            "select ego_state_usage from user_profiles where id = $1",
-            &[&alice],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!((row.get::<_, i32>(2), row.get::<_, i32>(3), row.get::<_, i32>(4)), (150, 14, 2));
+    assert_eq!(row.get::<_, String>(5), result["local_date"].as_str().unwrap());
+    let usage: Value =
+        client.query_one("select ego_state_usage from user_profiles where id = $1", &[&alice]).await.unwrap().get(0);
     assert_eq!(usage, json!({"guardian": 1}));
     assert_ledger_consistent(&client).await;
 }
@@ -1015,20 +761,8 @@ async fn a_first_session_grants_xp_tokens_a_streak_and_an_achievement() {
 async fn xp_counts_whole_minutes_up_to_an_hour() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
-    for (seconds, xp) in [
-        (0, 10),
-        (59, 10),
-        (61, 12),
-        (600, 30),
-        (3600, 130),
-        (3659, 130),
-        (86400, 130),
-    ] {
-        assert_eq!(
-            complete(&client, alice, seconds).await["experience_gained"],
-            xp,
-            "{seconds}s"
-        );
+    for (seconds, xp) in [(0, 10), (59, 10), (61, 12), (600, 30), (3600, 130), (3659, 130), (86400, 130)] {
+        assert_eq!(complete(&client, alice, seconds).await["experience_gained"], xp, "{seconds}s");
     }
     for seconds in [-1, 86401] {
         let err = client
@@ -1038,11 +772,7 @@ async fn xp_counts_whole_minutes_up_to_an_hour() {
             )
             .await
             .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::INVALID_PARAMETER_VALUE),
-            "{seconds}s"
-        );
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{seconds}s");
     }
 }
 
@@ -1066,13 +796,7 @@ async fn each_level_reached_pays_five_tokens_once() {
     assert_eq!(same_level["tokens_awarded"], 2);
 
     // Several levels in one session: each pays.
-    client
-        .execute(
-            "update user_profiles set experience = 490 where id = $1",
-            &[&alice],
-        )
-        .await
-        .unwrap();
+    client.execute("update user_profiles set experience = 490 where id = $1", &[&alice]).await.unwrap();
     let jump = complete(&client, alice, 3600).await; // 620 XP: level 7
     assert_eq!(jump["level_before"], 2);
     assert_eq!(jump["level_after"], 7);
@@ -1103,20 +827,11 @@ async fn a_replay_returns_the_first_answer_and_grants_nothing() {
     assert_eq!(replay, expected);
 
     let conflict = complete_session(&client, alice, id, "guardian", 600, None, "fp-2").await;
-    assert_eq!(
-        conflict,
-        json!({"outcome": "conflict", "session_id": first["session_id"]})
-    );
+    assert_eq!(conflict, json!({"outcome": "conflict", "session_id": first["session_id"]}));
 
     assert_eq!(progress(&client, alice).await, (2, 20, 1, 1));
-    let sessions: i64 = client
-        .query_one(
-            "select count(*) from sessions where user_id = $1",
-            &[&alice],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sessions: i64 =
+        client.query_one("select count(*) from sessions where user_id = $1", &[&alice]).await.unwrap().get(0);
     assert_eq!(sessions, 1);
     assert_ledger_consistent(&client).await;
 }
@@ -1129,10 +844,7 @@ async fn a_session_protocol_must_be_the_users_own() {
         let client = &client;
         async move {
             client
-                .query_one(
-                    "insert into custom_protocols (user_id, name) values ($1, 'p') returning id",
-                    &[&user],
-                )
+                .query_one("insert into custom_protocols (user_id, name) values ($1, 'p') returning id", &[&user])
                 .await
                 .unwrap()
                 .get::<_, Uuid>(0)
@@ -1140,45 +852,17 @@ async fn a_session_protocol_must_be_the_users_own() {
     };
     let (hers, his) = (protocol_of(alice).await, protocol_of(bob).await);
 
-    let unknown = complete_session(
-        &client,
-        alice,
-        Uuid::new_v4(),
-        "guardian",
-        60,
-        Some(Uuid::new_v4()),
-        "fp",
-    )
-    .await;
+    let unknown = complete_session(&client, alice, Uuid::new_v4(), "guardian", 60, Some(Uuid::new_v4()), "fp").await;
     assert_eq!(unknown, json!({"outcome": "unknown_protocol"}));
-    let forbidden = complete_session(
-        &client,
-        alice,
-        Uuid::new_v4(),
-        "guardian",
-        60,
-        Some(his),
-        "fp",
-    )
-    .await;
+    let forbidden = complete_session(&client, alice, Uuid::new_v4(), "guardian", 60, Some(his), "fp").await;
     assert_eq!(forbidden, json!({"outcome": "forbidden_protocol"}));
-    assert_eq!(
-        progress(&client, alice).await,
-        (0, 0, 1, 0),
-        "nothing granted"
-    );
+    assert_eq!(progress(&client, alice).await, (0, 0, 1, 0), "nothing granted");
 
     let id = Uuid::new_v4();
     let own = complete_session(&client, alice, id, "guardian", 60, Some(hers), "fp").await;
     assert_eq!(own["outcome"], "created");
-    let stored: Option<Uuid> = client
-        .query_one(
-            "select protocol_id from sessions where client_session_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored: Option<Uuid> =
+        client.query_one("select protocol_id from sessions where client_session_id = $1", &[&id]).await.unwrap().get(0);
     assert_eq!(stored, Some(hers));
 
     let nobody = complete(&client, Uuid::new_v4(), 60).await;
@@ -1206,24 +890,16 @@ async fn streaks_follow_the_users_local_days() {
     };
 
     // UTC+14 and UTC-11 are always on different dates: the day is the user's.
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'")).await;
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'"))
+        .await;
     let first = complete(&client, alice, 60).await;
     assert_eq!(first["local_date"], local_today("Pacific/Kiritimati").await);
     assert_ne!(first["local_date"], local_today("Pacific/Pago_Pago").await);
-    assert_eq!(
-        (first["streak"].clone(), first["streak_extended"].clone()),
-        (json!(1), json!(true))
-    );
+    assert_eq!((first["streak"].clone(), first["streak_extended"].clone()), (json!(1), json!(true)));
 
     // Another session the same day changes nothing.
     let same_day = complete(&client, alice, 60).await;
-    assert_eq!(
-        (
-            same_day["streak"].clone(),
-            same_day["streak_extended"].clone()
-        ),
-        (json!(1), json!(false))
-    );
+    assert_eq!((same_day["streak"].clone(), same_day["streak_extended"].clone()), (json!(1), json!(false)));
 
     // A session yesterday (local): the streak grows; reaching 7 pays the bonus once.
     set(format!(
@@ -1248,22 +924,14 @@ async fn streaks_follow_the_users_local_days() {
     ))
     .await;
     let restarted = complete(&client, alice, 60).await;
-    assert_eq!(
-        (
-            restarted["streak"].clone(),
-            restarted["streak_extended"].clone()
-        ),
-        (json!(1), json!(true))
-    );
+    assert_eq!((restarted["streak"].clone(), restarted["streak_extended"].clone()), (json!(1), json!(true)));
 
     // Moving west to a date before the last counted day: the streak stands.
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'")).await;
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'"))
+        .await;
     let west = complete(&client, alice, 60).await;
     assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
-    assert_eq!(
-        (west["streak"].clone(), west["streak_extended"].clone()),
-        (json!(1), json!(false))
-    );
+    assert_eq!((west["streak"].clone(), west["streak_extended"].clone()), (json!(1), json!(false)));
 
     // Not a zone (or an offset, whose sign nobody agrees on): UTC.
     for zone in ["Not/A_Zone", "UTC+5", "", "../etc"] {
@@ -1271,11 +939,7 @@ async fn streaks_follow_the_users_local_days() {
             "update user_profiles set settings = jsonb_build_object('timezone', '{zone}') where id = '{alice}'"
         ))
         .await;
-        assert_eq!(
-            complete(&client, alice, 60).await["local_date"],
-            local_today("UTC").await,
-            "{zone:?}"
-        );
+        assert_eq!(complete(&client, alice, 60).await["local_date"], local_today("UTC").await, "{zone:?}");
     }
     assert_ledger_consistent(&client).await;
 }
@@ -1286,25 +950,20 @@ async fn achievements_unlock_once_each() {
     let alice = new_user(&client).await;
     let mut unlocked = Vec::new();
     for (i, ego_state) in [
-        "guardian", "rebel", "healer", "explorer", "mystic", "guardian", "rebel", "healer",
-        "explorer", "mystic", "sage",
+        "guardian", "rebel", "healer", "explorer", "mystic", "guardian", "rebel", "healer", "explorer", "mystic",
+        "sage",
     ]
     .into_iter()
     .enumerate()
     {
-        let result =
-            complete_session(&client, alice, Uuid::new_v4(), ego_state, 60, None, "fp").await;
+        let result = complete_session(&client, alice, Uuid::new_v4(), ego_state, 60, None, "fp").await;
         for a in result["achievements_unlocked"].as_array().unwrap() {
             unlocked.push((i + 1, a.as_str().unwrap().to_string()));
         }
     }
     assert_eq!(
         unlocked,
-        [
-            (1, "first_session".to_string()),
-            (5, "ego_explorer".to_string()),
-            (10, "sessions_10".to_string())
-        ]
+        [(1, "first_session".to_string()), (5, "ego_explorer".to_string()), (10, "sessions_10".to_string())]
     );
     assert_eq!(achievements_of(&client, alice).await, ["ego_explorer", "first_session", "sessions_10"]);
 }
@@ -1353,7 +1012,10 @@ async fn overlapping_sessions_are_recorded_but_earn_nothing() {
         (false, Some("overlaps_previous_session".to_string()), 0, 0)
     );
     let usage: Value = client
-        .query_one("select jsonb_build_array(ego_state_usage, sessions_completed) from user_profiles where id = $1", &[&alice])
+        .query_one(
+            "select jsonb_build_array(ego_state_usage, sessions_completed) from user_profiles where id = $1",
+            &[&alice],
+        )
         .await
         .unwrap()
         .get(0);
@@ -1423,16 +1085,10 @@ async fn a_reported_start_places_the_session_and_must_be_possible() {
         complete_started(&client, alice, 60, "25 hours").await,
         json!({"outcome": "invalid_started_at", "problem": "too_old", "max_backdate_seconds": 86400})
     );
-    assert_eq!(
-        complete_started(&client, alice, 60, "-1 hour").await["problem"],
-        "in_future"
-    );
+    assert_eq!(complete_started(&client, alice, 60, "-1 hour").await["problem"], "in_future");
 
-    let sessions: i64 = client
-        .query_one("select count(*) from sessions where user_id = $1", &[&alice])
-        .await
-        .unwrap()
-        .get(0);
+    let sessions: i64 =
+        client.query_one("select count(*) from sessions where user_id = $1", &[&alice]).await.unwrap().get(0);
     assert_eq!(sessions, 6, "refused reports are not recorded");
     assert_eq!(progress(&client, alice).await.0, 4 * 2 + 5, "four earned, one level");
     assert_rewarded_sessions_do_not_overlap(&client).await;
@@ -1459,7 +1115,8 @@ async fn daily_caps_follow_the_users_local_day() {
                 .get::<_, String>(0)
         }
     };
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'")).await;
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'"))
+        .await;
 
     for n in 1..=12 {
         let result = complete(&client, alice, 60).await;
@@ -1482,7 +1139,8 @@ async fn daily_caps_follow_the_users_local_day() {
     assert_eq!(complete_session(&client, alice, id, "guardian", 60, None, "fp").await, replayed);
 
     // Moving west, to a date before the counted day, does not reopen the day.
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'")).await;
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'"))
+        .await;
     let west = complete(&client, alice, 60).await;
     assert_eq!(west["reason"], "daily_session_cap");
     assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
@@ -1503,7 +1161,8 @@ async fn daily_caps_follow_the_users_local_day() {
     // Pago's today are no limit for a user whose day is Kiritimati's.
     set(format!("update user_profiles set reward_day_sessions = 12 where id = '{alice}'")).await;
     assert_eq!(complete(&client, alice, 60).await["reason"], "daily_session_cap");
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'")).await;
+    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'"))
+        .await;
     let east = complete(&client, alice, 60).await;
     assert_eq!((east["rewarded"].clone(), east["daily"]["rewarded_sessions"].clone()), (json!(true), json!(1)));
 
@@ -1611,10 +1270,13 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
     let results = in_parallel(
         &test_db,
         (1..=20)
-            .map(|k| format!(
-                "select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp',
-                                         now() - interval '{}' minute)", k * 11
-            ))
+            .map(|k| {
+                format!(
+                    "select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp',
+                                         now() - interval '{}' minute)",
+                    k * 11
+                )
+            })
             .collect(),
     )
     .await;
@@ -1623,12 +1285,8 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
     assert_eq!(count(&results, |r| r["reason"] == "daily_session_cap"), 8, "{results:?}");
     // 12 x 30 XP = 360 XP: level 4, three level-ups; 12 x 2 + 3 x 5 tokens.
     assert_eq!(progress(&client, alice).await, (39, 360, 4, 1));
-    let first_sessions = count(&results, |r| {
-        r["achievements_unlocked"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("first_session"))
-    });
+    let first_sessions =
+        count(&results, |r| r["achievements_unlocked"].as_array().unwrap().contains(&json!("first_session")));
     assert_eq!(first_sessions, 1);
     assert_rewarded_sessions_do_not_overlap(&client).await;
     assert_ledger_consistent(&client).await;
@@ -1644,7 +1302,11 @@ async fn overlapping_completions_sent_at_once_reward_one() {
     let results = in_parallel(
         &test_db,
         (0..20)
-            .map(|_| format!("select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp', null)"))
+            .map(|_| {
+                format!(
+                    "select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp', null)"
+                )
+            })
             .collect(),
     )
     .await;
@@ -1675,23 +1337,12 @@ async fn concurrent_repeats_of_one_session_grant_once() {
 
     let results = in_parallel(
         &test_db,
-        vec![
-            format!(
-                "select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp', null)"
-            );
-            20
-        ],
+        vec![format!("select complete_session('{alice}', '{id}', 'guardian', null, 600, null, 'fp', null)"); 20],
     )
     .await;
-    assert_eq!(
-        count(&results, |r| r["outcome"] == "created"),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(count(&results, |r| r["outcome"] == "created"), 1, "{results:?}");
     assert_eq!(count(&results, |r| r["outcome"] == "replayed"), 19);
-    assert!(results
-        .iter()
-        .all(|r| r["session_id"] == results[0]["session_id"]));
+    assert!(results.iter().all(|r| r["session_id"] == results[0]["session_id"]));
     assert_eq!(progress(&client, alice).await, (2, 30, 1, 1));
     assert_ledger_consistent(&client).await;
 }

@@ -11,7 +11,11 @@ async fn migrate_applies_each_file_once_in_order() {
     let test_db = db::fresh_database().await.expect("fresh database");
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "20240102000000_second.sql", "INSERT INTO runner_probe VALUES (2);");
-    write(dir.path(), "20240101000000_first.sql", "CREATE TABLE runner_probe (n int); INSERT INTO runner_probe VALUES (1);");
+    write(
+        dir.path(),
+        "20240101000000_first.sql",
+        "CREATE TABLE runner_probe (n int); INSERT INTO runner_probe VALUES (1);",
+    );
 
     let applied = db::migrate_dir(&test_db.url, dir.path()).await.unwrap();
     let versions: Vec<_> = applied.iter().map(|m| m.version.as_str()).collect();
@@ -40,11 +44,7 @@ async fn a_failing_migration_rolls_back_and_is_not_recorded() {
     let err = db::migrate_dir(&test_db.url, dir.path()).await.unwrap_err();
     assert!(format!("{err:#}").contains("42883"), "{err:#}");
     let client = test_db.client().await;
-    let exists: bool = client
-        .query_one("SELECT to_regclass('half_done') IS NOT NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let exists: bool = client.query_one("SELECT to_regclass('half_done') IS NOT NULL", &[]).await.unwrap().get(0);
     assert!(!exists);
 }
 
@@ -54,7 +54,8 @@ async fn fresh_databases_are_separate() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_ne!(a.name, b.name);
     a.client().await.batch_execute("CREATE TABLE only_in_a (n int)").await.unwrap();
-    let in_b: bool = b.client().await.query_one("SELECT to_regclass('only_in_a') IS NOT NULL", &[]).await.unwrap().get(0);
+    let in_b: bool =
+        b.client().await.query_one("SELECT to_regclass('only_in_a') IS NOT NULL", &[]).await.unwrap().get(0);
     assert!(!in_b);
 }
 

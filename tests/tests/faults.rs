@@ -44,7 +44,9 @@ use libero_tests::cluster::Cluster;
 use libero_tests::db;
 use libero_tests::testing::{upstream_retries, TestApp};
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, event, fake_stripe, signature, stripe_vars, subscription, now, SECRET_KEY, WEBHOOK_SECRET};
+use stripe_support::{
+    checkout_session, event, fake_stripe, now, signature, stripe_vars, subscription, SECRET_KEY, WEBHOOK_SECRET,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -81,7 +83,12 @@ fn start(cluster: &Cluster) {
     cluster.start(&[("max_connections", "200")]).expect("starting the test's cluster");
 }
 
-async fn post_json(app: &TestApp, path: &str, token: Option<&str>, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn post_json(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut request = app.client.post(app.url(path)).json(body).timeout(Duration::from_secs(60));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -90,7 +97,11 @@ async fn post_json(app: &TestApp, path: &str, token: Option<&str>, body: &Value)
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.bytes().await.unwrap_or_default();
-    (status, headers, serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+    )
 }
 
 async fn deliver(app: &TestApp, event: &Value) -> (u16, Value) {
@@ -198,7 +209,11 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
     drop(holder);
     println!("crash: {in_flight} completions in flight in the database when it was killed");
     for (status, headers, body) in &answers {
-        assert_eq!((*status, body["error"]["code"].as_str()), (503, Some("database_unavailable")), "mid-burst answer: {body}");
+        assert_eq!(
+            (*status, body["error"]["code"].as_str()),
+            (503, Some("database_unavailable")),
+            "mid-burst answer: {body}"
+        );
         assert!(headers.get("retry-after").is_some(), "mid-burst 503 without Retry-After");
     }
 
@@ -267,9 +282,13 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
         assert_eq!(answer.0, 200, "{}", answer.1);
     }
     let client = app.db_client().await;
-    let sessions: i64 = client.query_one("SELECT count(*) FROM public.sessions WHERE user_id = $1", &[&user]).await.unwrap().get(0);
+    let sessions: i64 =
+        client.query_one("SELECT count(*) FROM public.sessions WHERE user_id = $1", &[&user]).await.unwrap().get(0);
     let completion_rewards: i64 = client
-        .query_one("SELECT count(*) FROM public.token_ledger WHERE user_id = $1 AND reason = 'session_complete'", &[&user])
+        .query_one(
+            "SELECT count(*) FROM public.token_ledger WHERE user_id = $1 AND reason = 'session_complete'",
+            &[&user],
+        )
         .await
         .unwrap()
         .get(0);
@@ -322,7 +341,8 @@ enum Fault {
     Close,
 }
 
-const FAULTS: [Fault; 6] = [Fault::Hang, Fault::Status500, Fault::Status429, Fault::MalformedJson, Fault::Truncated, Fault::Close];
+const FAULTS: [Fault; 6] =
+    [Fault::Hang, Fault::Status500, Fault::Status429, Fault::MalformedJson, Fault::Truncated, Fault::Close];
 
 /// The requests a faulty upstream must see for one call: the retry policy's attempts
 /// (`fast_retries` allows 2 to OpenAI and ElevenLabs; a Retry-After longer than its
@@ -359,7 +379,9 @@ async fn faulty_upstream(fault: Fault) -> (String, Arc<AtomicUsize>) {
                 let path = read_request(&mut stream).await;
                 counter.fetch_add(1, Ordering::SeqCst);
                 // Stripe relays its own error messages (by design); it must mask our key.
-                let json_error = format!(r#"{{"error":{{"type":"api_error","message":"{UPSTREAM_SECRET} Invalid API Key provided: {SECRET_KEY}"}}}}"#);
+                let json_error = format!(
+                    r#"{{"error":{{"type":"api_error","message":"{UPSTREAM_SECRET} Invalid API Key provided: {SECRET_KEY}"}}}}"#
+                );
                 let reply: Vec<u8> = match fault {
                     Fault::Hang => {
                         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -456,7 +478,14 @@ struct Outcome {
 fn print_table(title: &str, rows: &[Outcome]) {
     println!("{title}");
     for r in rows {
-        println!("  {:<40} {:>3} {:<28} {:>6} ms  {} upstream request(s)", r.case, r.status, r.code, r.elapsed.as_millis(), r.hits);
+        println!(
+            "  {:<40} {:>3} {:<28} {:>6} ms  {} upstream request(s)",
+            r.case,
+            r.status,
+            r.code,
+            r.elapsed.as_millis(),
+            r.hits
+        );
     }
 }
 
@@ -509,7 +538,9 @@ fn assert_cut_audio(case: &str, answer: &Answer) {
     assert!(answer.content_type.starts_with("audio/"), "{case}: {}", answer.content_type);
     match &answer.body {
         Err(_) => {}
-        Ok(bytes) => panic!("{case}: the stream broke off upstream, but the client got a clean end after {} bytes", bytes.len()),
+        Ok(bytes) => {
+            panic!("{case}: the stream broke off upstream, but the client got a clean end after {} bytes", bytes.len())
+        }
     }
 }
 
@@ -528,7 +559,10 @@ async fn openai_faults_map_to_fallbacks_or_503_within_the_deadline() {
         let token = app.token_for(user);
         let mut rows = Vec::new();
         for (path, body) in [
-            ("/functions/v1/generate-script", json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2 })),
+            (
+                "/functions/v1/generate-script",
+                json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2 }),
+            ),
             ("/functions/v1/ai-hypnosis", json!({ "ego_state": "healer", "phase": "deepening" })),
             ("/functions/v1/chatgpt-chat", json!({ "messages": [{ "role": "user", "content": "hi" }] })),
             ("/functions/v1/tts", json!({ "text": "hello there" })),
@@ -540,30 +574,50 @@ async fn openai_faults_map_to_fallbacks_or_503_within_the_deadline() {
             let seen = hits.load(Ordering::SeqCst) - before;
             let case = format!("openai {fault:?} → {}", path.trim_start_matches("/functions/v1/"));
             let json = &answer.json;
-            let code = json["error"]["code"].as_str().or(json["reason"].as_str()).unwrap_or(&answer.content_type).to_string();
+            let code =
+                json["error"]["code"].as_str().or(json["reason"].as_str()).unwrap_or(&answer.content_type).to_string();
             assert!(elapsed < VOICE_AND_AI_LIMIT, "{case}: {elapsed:?} (deadline 2 s)");
             let expected = expected_attempts(fault, &app);
-            assert!(expected.contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {expected:?}");
+            assert!(
+                expected.contains(&seen),
+                "{case}: the faulty upstream saw {seen} request(s), expected {expected:?}"
+            );
             match path {
                 p if p.ends_with("generate-script") || p.ends_with("ai-hypnosis") => {
-                    assert_eq!((answer.status, json["source"].as_str()), (200, Some("fallback")), "{case}: {}", answer.text());
+                    assert_eq!(
+                        (answer.status, json["source"].as_str()),
+                        (200, Some("fallback")),
+                        "{case}: {}",
+                        answer.text()
+                    );
                 }
                 p if p.ends_with("chatgpt-chat") => {
-                    assert_eq!((answer.status, json["error"]["code"].as_str()), (503, Some("ai_unavailable")), "{case}: {}", answer.text());
+                    assert_eq!(
+                        (answer.status, json["error"]["code"].as_str()),
+                        (503, Some("ai_unavailable")),
+                        "{case}: {}",
+                        answer.text()
+                    );
                     assert!(answer.retry_after, "{case}: no Retry-After");
                 }
                 // Audio is passed on as it arrives: a speech stream that breaks off has
                 // already started the answer.
                 _ if fault == Fault::Truncated => assert_cut_audio(&case, &answer),
                 _ => {
-                    assert_eq!((answer.status, json["fallback"].as_str()), (503, Some("browser")), "{case}: {}", answer.text());
+                    assert_eq!(
+                        (answer.status, json["fallback"].as_str()),
+                        (503, Some("browser")),
+                        "{case}: {}",
+                        answer.text()
+                    );
                 }
             }
             assert!(!answer.text().contains(UPSTREAM_SECRET), "{case} leaks the upstream body: {}", answer.text());
             rows.push(Outcome { case, status: answer.status, code, elapsed, hits: seen });
         }
         // No upstream answer was whole audio: nothing may have been cached.
-        let cached: i64 = app.db_client().await.query_one("SELECT count(*) FROM public.tts_cache", &[]).await.unwrap().get(0);
+        let cached: i64 =
+            app.db_client().await.query_one("SELECT count(*) FROM public.tts_cache", &[]).await.unwrap().get(0);
         assert_eq!(cached, 0, "openai {fault:?}: a broken answer was cached");
         assert!(app.logs().iter().all(|l| !l.contains(UPSTREAM_SECRET)), "an upstream body reached the log");
         no_traps(&app);
@@ -598,7 +652,10 @@ async fn elevenlabs_faults_refund_and_answer_within_the_deadline() {
             let case = format!("elevenlabs {fault:?} → {}", path.trim_start_matches("/functions/v1/"));
             assert!(elapsed < VOICE_AND_AI_LIMIT, "{case}: {elapsed:?} (deadline 2 s)");
             let expected = expected_attempts(fault, &app);
-            assert!(expected.contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {expected:?}");
+            assert!(
+                expected.contains(&seen),
+                "{case}: the faulty upstream saw {seen} request(s), expected {expected:?}"
+            );
             if fault == Fault::Truncated {
                 assert_cut_audio(&case, &answer);
             } else {
@@ -663,16 +720,26 @@ async fn stripe_faults_answer_502_and_change_nothing() {
         let mut rows = Vec::new();
 
         let started = Instant::now();
-        let (status, _, answer) = post_json(&app, "/functions/v1/stripe-checkout", Some(&token), &json!({ "product": "tokens-small" })).await;
+        let (status, _, answer) =
+            post_json(&app, "/functions/v1/stripe-checkout", Some(&token), &json!({ "product": "tokens-small" })).await;
         let elapsed = started.elapsed();
         let case = format!("stripe {fault:?} → stripe-checkout");
         assert_eq!(status, 502, "{case}: {answer}");
         assert!(answer["error"]["code"].as_str().is_some_and(|c| c.starts_with("stripe_")), "{case}: {answer}");
         assert!(elapsed < stripe_limit(fault), "{case}: {elapsed:?}");
         let seen = hits.load(Ordering::SeqCst);
-        assert!((1..=2).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected 1 or 2 (one retry at most)");
+        assert!(
+            (1..=2).contains(&seen),
+            "{case}: the faulty upstream saw {seen} request(s), expected 1 or 2 (one retry at most)"
+        );
         assert!(!answer.to_string().contains(SECRET_KEY), "{case} leaks the key: {answer}");
-        rows.push(Outcome { case, status, code: answer["error"]["code"].as_str().unwrap_or("").into(), elapsed, hits: seen });
+        rows.push(Outcome {
+            case,
+            status,
+            code: answer["error"]["code"].as_str().unwrap_or("").into(),
+            elapsed,
+            hits: seen,
+        });
 
         // A subscription event makes the webhook re-read the subscription from Stripe.
         let before = hits.load(Ordering::SeqCst);
@@ -685,11 +752,20 @@ async fn stripe_faults_answer_502_and_change_nothing() {
         assert!(status >= 500, "{case}: Stripe must retry, got {status} {answer}");
         assert!(elapsed < stripe_limit(fault), "{case}: {elapsed:?}");
         let seen = hits.load(Ordering::SeqCst) - before;
-        assert!((1..=2).contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected 1 or 2 (one retry at most)");
+        assert!(
+            (1..=2).contains(&seen),
+            "{case}: the faulty upstream saw {seen} request(s), expected 1 or 2 (one retry at most)"
+        );
         let client = app.db_client().await;
         let events: i64 = client.query_one("SELECT count(*) FROM public.stripe_events", &[]).await.unwrap().get(0);
         assert_eq!(events, 0, "{case}: the event was recorded though it was not applied");
-        rows.push(Outcome { case, status, code: answer["error"]["code"].as_str().unwrap_or("").into(), elapsed, hits: seen });
+        rows.push(Outcome {
+            case,
+            status,
+            code: answer["error"]["code"].as_str().unwrap_or("").into(),
+            elapsed,
+            hits: seen,
+        });
         assert!(app.logs().iter().all(|l| !l.contains(SECRET_KEY)), "the key reached the log");
         no_traps(&app);
         app.assert_ledger_consistent().await;

@@ -112,9 +112,7 @@ impl Fixture {
 }
 
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 // ---- variables ----------------------------------------------------------------------
@@ -140,7 +138,10 @@ async fn a_required_variable_without_a_value_refuses_to_start() {
     let path = dir.path().join("spin.toml");
     std::fs::write(
         &path,
-        manifest("").replace("greeting = { default = \"hello\" }", "greeting = { default = \"hello\" }\napi_secret = { required = true }"),
+        manifest("").replace(
+            "greeting = { default = \"hello\" }",
+            "greeting = { default = \"hello\" }\napi_secret = { required = true }",
+        ),
     )
     .unwrap();
     let mut options = AppOptions::new(&path);
@@ -239,7 +240,9 @@ async fn postgres_errors_carry_sqlstate_and_details() {
     assert_eq!((e["kind"].as_str(), e["code"].as_str()), (Some("db-error"), Some("42P01")), "{e}");
     assert_eq!(e["severity"], "ERROR");
 
-    let n = f.ok(&format!("/fixture/pg/execute?sql={}", encode("CREATE TABLE t (id int CONSTRAINT t_pk PRIMARY KEY)"))).await;
+    let n = f
+        .ok(&format!("/fixture/pg/execute?sql={}", encode("CREATE TABLE t (id int CONSTRAINT t_pk PRIMARY KEY)")))
+        .await;
     assert_eq!(n, 0);
     assert_eq!(f.ok(&format!("/fixture/pg/execute?sql={}", encode("INSERT INTO t VALUES (1)"))).await, 1);
     let e = f.err(&format!("/fixture/pg/execute?sql={}", encode("INSERT INTO t VALUES (1)"))).await;

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use libero_tests::testing::{sign_hs256, TestApp};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 #[path = "stripe_support/mod.rs"]
@@ -50,11 +50,17 @@ const TABLES: [&str; 13] = [
 /// Every JSON endpoint with a body it would accept.
 fn endpoints() -> Vec<(&'static str, Value)> {
     vec![
-        ("/functions/v1/session-complete", json!({ "session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 600 })),
+        (
+            "/functions/v1/session-complete",
+            json!({ "session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 600 }),
+        ),
         ("/functions/v1/stripe-checkout", json!({ "product": "tokens-small" })),
         ("/functions/v1/stripe-checkout/portal", json!({ "return_url": "http://localhost:5173/" })),
         ("/functions/v1/generate-script", json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2 })),
-        ("/functions/v1/chatgpt-chat", json!({ "messages": [{ "role": "user", "content": "hi" }], "ego_state": "sage" })),
+        (
+            "/functions/v1/chatgpt-chat",
+            json!({ "messages": [{ "role": "user", "content": "hi" }], "ego_state": "sage" }),
+        ),
         ("/functions/v1/ai-hypnosis", json!({ "ego_state": "healer", "phase": "deepening", "history": ["Relax"] })),
         ("/functions/v1/tts", json!({ "text": "hello there", "voice": "alloy" })),
         ("/functions/v1/elevenlabs-tts-proxy", json!({ "text": "hello there", "voice_id": "Voice01" })),
@@ -91,7 +97,13 @@ fn body_limit(path: &str) -> usize {
 }
 
 impl Case {
-    fn new(name: impl Into<String>, path: &str, token: Option<&str>, content_type: Option<&str>, body: impl Into<Vec<u8>>) -> Case {
+    fn new(
+        name: impl Into<String>,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<Vec<u8>>,
+    ) -> Case {
         let mut headers = Vec::new();
         if let Some(t) = token {
             headers.push(("authorization".to_string(), format!("Bearer {t}")));
@@ -99,7 +111,14 @@ impl Case {
         if let Some(ct) = content_type {
             headers.push(("content-type".to_string(), ct.to_string()));
         }
-        Case { name: name.into(), method: "POST", path: path.to_string(), headers, body: body.into(), send: Sending::Whole }
+        Case {
+            name: name.into(),
+            method: "POST",
+            path: path.to_string(),
+            headers,
+            body: body.into(),
+            send: Sending::Whole,
+        }
     }
     fn json(name: impl Into<String>, path: &str, token: &str, body: &Value) -> Case {
         Case::new(name, path, Some(token), Some("application/json"), serde_json::to_vec(body).unwrap())
@@ -108,7 +127,8 @@ impl Case {
 
 /// Every way to mistype a JSON value.
 fn wrong_types(value: &Value) -> Vec<Value> {
-    let all = [json!(12345), json!(-1.5e300), json!("a string"), json!(true), json!([]), json!({}), json!([["nested"]])];
+    let all =
+        [json!(12345), json!(-1.5e300), json!("a string"), json!(true), json!([]), json!({}), json!([["nested"]])];
     all.into_iter().filter(|v| std::mem::discriminant(v) != std::mem::discriminant(value)).collect()
 }
 
@@ -117,17 +137,17 @@ fn odd_strings() -> Vec<String> {
     vec![
         "\u{0000}".into(),
         "gua\u{0000}rdian".into(),
-        "\u{202E}naidraug".into(),     // right-to-left override
-        "guard\u{200B}ian".into(),     // zero-width space
-        "ｇｕａｒｄｉａｎ".into(),       // fullwidth
+        "\u{202E}naidraug".into(), // right-to-left override
+        "guard\u{200B}ian".into(), // zero-width space
+        "ｇｕａｒｄｉａｎ".into(), // fullwidth
         "🧘‍♀️".repeat(3),
-        "x".repeat(70_000),           // over every string limit (and the body limit)
+        "x".repeat(70_000), // over every string limit (and the body limit)
         " ".into(),
         "../../etc/passwd".into(),
         "'; DROP TABLE public.sessions; --".into(),
         "<script>alert(1)</script>".into(),
         "\u{FEFF}".into(),
-        "e\u{0301}".repeat(600),      // combining marks past the length limits
+        "e\u{0301}".repeat(600), // combining marks past the length limits
     ]
 }
 
@@ -139,24 +159,36 @@ fn token_parts(token: &str) -> (String, String, String) {
 /// Tokens that must all be refused with 401.
 fn bad_tokens(app: &TestApp, user: Uuid) -> Vec<(&'static str, String)> {
     let now = chrono::Utc::now().timestamp();
-    let claims = |exp: i64, aud: &str, role: &str, sub: &str| {
-        json!({ "sub": sub, "aud": aud, "role": role, "iat": now - 10, "exp": exp })
-    };
+    let claims = |exp: i64, aud: &str, role: &str, sub: &str| json!({ "sub": sub, "aud": aud, "role": role, "iat": now - 10, "exp": exp });
     let good = app.token_for(user);
     let (header, payload, sig) = token_parts(&good);
-    let other_payload = URL_SAFE_NO_PAD.encode(claims(now + 3600, "authenticated", "authenticated", &Uuid::new_v4().to_string()).to_string());
+    let other_payload = URL_SAFE_NO_PAD
+        .encode(claims(now + 3600, "authenticated", "authenticated", &Uuid::new_v4().to_string()).to_string());
     let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let none_payload = URL_SAFE_NO_PAD.encode(claims(now + 3600, "authenticated", "authenticated", &user.to_string()).to_string());
+    let none_payload =
+        URL_SAFE_NO_PAD.encode(claims(now + 3600, "authenticated", "authenticated", &user.to_string()).to_string());
     let mut flipped = sig.clone().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     vec![
         ("expired", app.token_with_claims(claims(now - 120, "authenticated", "authenticated", &user.to_string()))),
-        ("wrong audience", app.token_with_claims(claims(now + 3600, "somebody-else", "authenticated", &user.to_string()))),
+        (
+            "wrong audience",
+            app.token_with_claims(claims(now + 3600, "somebody-else", "authenticated", &user.to_string())),
+        ),
         ("anon role", app.token_with_claims(claims(now + 3600, "authenticated", "anon", &user.to_string()))),
         ("service role", app.token_with_claims(claims(now + 3600, "authenticated", "service_role", &user.to_string()))),
         ("sub not a uuid", app.token_with_claims(claims(now + 3600, "authenticated", "authenticated", "admin"))),
-        ("no exp", app.token_with_claims(json!({ "sub": user.to_string(), "aud": "authenticated", "role": "authenticated" }))),
-        ("wrong secret", sign_hs256("not-the-project-secret", &claims(now + 3600, "authenticated", "authenticated", &user.to_string()))),
+        (
+            "no exp",
+            app.token_with_claims(json!({ "sub": user.to_string(), "aud": "authenticated", "role": "authenticated" })),
+        ),
+        (
+            "wrong secret",
+            sign_hs256(
+                "not-the-project-secret",
+                &claims(now + 3600, "authenticated", "authenticated", &user.to_string()),
+            ),
+        ),
         ("tampered payload", format!("{header}.{other_payload}.{sig}")),
         ("tampered signature", format!("{header}.{payload}.{}", String::from_utf8(flipped).unwrap())),
         ("alg none", format!("{none_header}.{none_payload}.")),
@@ -199,11 +231,14 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
     app.grant_tokens(user, 100).await;
     let token = app.token_for(user);
     let ghost = app.token_for(Uuid::new_v4()); // valid token, no such user
-    // Another user's protocol.
+                                               // Another user's protocol.
     let foreign_protocol = Uuid::new_v4();
     app.db_client()
         .await
-        .execute("INSERT INTO public.custom_protocols (id, user_id, name) VALUES ($1, $2, 'Not yours')", &[&foreign_protocol, &other])
+        .execute(
+            "INSERT INTO public.custom_protocols (id, user_id, name) VALUES ($1, $2, 'Not yours')",
+            &[&foreign_protocol, &other],
+        )
         .await
         .unwrap();
     let before = counts(&app).await;
@@ -234,10 +269,22 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         let deep_obj = format!("{}1{}", "{\"a\":".repeat(3_000), "}".repeat(3_000));
         cases.push(Case::new(format!("{short}: deep objects"), path, Some(&token), Some("application/json"), deep_obj));
         let huge = serde_json::to_vec(&json!({ "text": "x".repeat(4 * 1024 * 1024) })).unwrap();
-        let mut declared = Case::new(format!("{short}: 4 MiB body, length declared"), path, Some(&token), Some("application/json"), huge);
+        let mut declared = Case::new(
+            format!("{short}: 4 MiB body, length declared"),
+            path,
+            Some(&token),
+            Some("application/json"),
+            huge,
+        );
         declared.send = Sending::DeclaredOnly;
         cases.push(declared);
-        let mut chunked = Case::new(format!("{short}: body over the limit, chunked"), path, Some(&token), Some("application/json"), Vec::new());
+        let mut chunked = Case::new(
+            format!("{short}: body over the limit, chunked"),
+            path,
+            Some(&token),
+            Some("application/json"),
+            Vec::new(),
+        );
         chunked.send = Sending::ChunkedUpTo(body_limit(path) + 1);
         cases.push(chunked);
         // Each field: the wrong type, null (for required ones), odd strings.
@@ -270,8 +317,16 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         cases.push(Case::json(format!("{short}: client-chosen tokens"), path, &token, &tokens_field));
         // Content types.
         let valid_bytes = serde_json::to_vec(&valid).unwrap();
-        for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"] {
-            cases.push(Case::new(format!("{short}: content-type {ct}"), path, Some(&token), Some(ct), valid_bytes.clone()));
+        for ct in
+            ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"]
+        {
+            cases.push(Case::new(
+                format!("{short}: content-type {ct}"),
+                path,
+                Some(&token),
+                Some(ct),
+                valid_bytes.clone(),
+            ));
         }
         // Methods.
         for method in ["GET", "PUT", "DELETE", "PATCH"] {
@@ -284,10 +339,17 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         for (name, bad) in bad_tokens(&app, user) {
             cases.push(Case::json(format!("{short}: token {name}"), path, &bad, &valid));
         }
-        let mut basic = Case::new(format!("{short}: basic auth"), path, None, Some("application/json"), valid_bytes.clone());
+        let mut basic =
+            Case::new(format!("{short}: basic auth"), path, None, Some("application/json"), valid_bytes.clone());
         basic.headers.push(("authorization".into(), "Basic dXNlcjpwYXNz".into()));
         cases.push(basic);
-        let mut long_header = Case::new(format!("{short}: 32 KiB authorization header"), path, None, Some("application/json"), valid_bytes.clone());
+        let mut long_header = Case::new(
+            format!("{short}: 32 KiB authorization header"),
+            path,
+            None,
+            Some("application/json"),
+            valid_bytes.clone(),
+        );
         long_header.headers.push(("authorization".into(), format!("Bearer {}", "y".repeat(32 * 1024))));
         cases.push(long_header);
         // A valid token whose user does not exist. tts reads no per-user state before it
@@ -298,13 +360,24 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
     }
     // Another user's ids.
     let session = json!({ "session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 60, "protocol_id": foreign_protocol.to_string() });
-    cases.push(Case::json("session-complete: another user's protocol", "/functions/v1/session-complete", &token, &session));
+    cases.push(Case::json(
+        "session-complete: another user's protocol",
+        "/functions/v1/session-complete",
+        &token,
+        &session,
+    ));
     let script = json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2, "protocol_id": foreign_protocol.to_string() });
-    cases.push(Case::json("generate-script: another user's protocol", "/functions/v1/generate-script", &token, &script));
+    cases.push(Case::json(
+        "generate-script: another user's protocol",
+        "/functions/v1/generate-script",
+        &token,
+        &script,
+    ));
     cases.push(Case::json("generate-script: a protocol that does not exist", "/functions/v1/generate-script", &token, &json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2, "protocol_id": Uuid::new_v4().to_string() })));
     // The products list takes no body, only GET.
     for method in ["POST", "PUT", "DELETE"] {
-        let mut case = Case::json(format!("products: {method}"), "/functions/v1/stripe-checkout/products", &token, &json!({}));
+        let mut case =
+            Case::json(format!("products: {method}"), "/functions/v1/stripe-checkout/products", &token, &json!({}));
         case.method = method;
         cases.push(case);
     }
@@ -328,7 +401,11 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         ("signed non-json", b"not json at all".to_vec(), Some(signed(b"not json at all", WEBHOOK_SECRET, now()))),
         ("signed empty", Vec::new(), Some(signed(b"", WEBHOOK_SECRET, now()))),
         ("signed array", b"[]".to_vec(), Some(signed(b"[]", WEBHOOK_SECRET, now()))),
-        ("signed event without id", br#"{"type":"checkout.session.completed","data":{"object":{}}}"#.to_vec(), Some(signed(br#"{"type":"checkout.session.completed","data":{"object":{}}}"#, WEBHOOK_SECRET, now()))),
+        (
+            "signed event without id",
+            br#"{"type":"checkout.session.completed","data":{"object":{}}}"#.to_vec(),
+            Some(signed(br#"{"type":"checkout.session.completed","data":{"object":{}}}"#, WEBHOOK_SECRET, now())),
+        ),
         ("signed deep nesting", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), None),
     ];
     for (name, body, sig) in webhook_cases {
@@ -339,16 +416,24 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         }
         cases.push(case);
     }
-    let mut big = Case::new("stripe-webhook: 4 MiB body, length declared", hook, None, Some("application/json"), vec![b' '; 4 * 1024 * 1024]);
+    let mut big = Case::new(
+        "stripe-webhook: 4 MiB body, length declared",
+        hook,
+        None,
+        Some("application/json"),
+        vec![b' '; 4 * 1024 * 1024],
+    );
     big.headers.push(("stripe-signature".into(), format!("t={},v1=00", now())));
     big.send = Sending::DeclaredOnly;
     cases.push(big);
-    let mut chunked = Case::new("stripe-webhook: body over the limit, chunked", hook, None, Some("application/json"), Vec::new());
+    let mut chunked =
+        Case::new("stripe-webhook: body over the limit, chunked", hook, None, Some("application/json"), Vec::new());
     chunked.headers.push(("stripe-signature".into(), format!("t={},v1=00", now())));
     chunked.send = Sending::ChunkedUpTo(body_limit(hook) + 1);
     cases.push(chunked);
     for method in ["GET", "PUT", "DELETE"] {
-        let mut case = Case::new(format!("stripe-webhook: {method}"), hook, None, Some("application/json"), paid_bytes.clone());
+        let mut case =
+            Case::new(format!("stripe-webhook: {method}"), hook, None, Some("application/json"), paid_bytes.clone());
         case.method = method;
         cases.push(case);
     }
@@ -370,7 +455,8 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
             match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let ct = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let ct =
+                        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let body = response.bytes().await.unwrap_or_default();
                     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     (status, ct, json, String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
@@ -380,21 +466,33 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         });
         for (case, (status, ct, json, text)) in chunk.iter().zip(futures_util::future::join_all(sends).await) {
             *by_status.entry(status).or_default() += 1;
-            let refused = (400..500).contains(&status) && ct.starts_with("application/json") && json["error"]["code"].is_string();
-            let ok = refused && (case.send == Sending::Whole || (status, json["error"]["code"].as_str()) == (413, Some("payload_too_large")));
+            let refused =
+                (400..500).contains(&status) && ct.starts_with("application/json") && json["error"]["code"].is_string();
+            let ok = refused
+                && (case.send == Sending::Whole
+                    || (status, json["error"]["code"].as_str()) == (413, Some("payload_too_large")));
             if !ok {
                 failures.push(format!("{}: {status} {ct} {text}", case.name));
             }
         }
     }
     println!("hostile corpus: {total} requests; answers by status: {by_status:?}");
-    assert!(failures.is_empty(), "{} of {total} hostile requests were not refused with a 4xx JSON error:\n  {}", failures.len(), failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} hostile requests were not refused with a 4xx JSON error:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
 
     // Nothing written, nothing spent, nothing trapped.
     assert_eq!(counts(&app).await, before, "hostile requests changed the database");
     assert_eq!(app.tokens_of(user).await, balance);
     app.assert_ledger_consistent().await;
-    let traps: Vec<String> = app.logs().into_iter().filter(|l| l.contains("trap") || l.contains("panicked") || l.contains("error:")).collect();
+    let traps: Vec<String> = app
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("trap") || l.contains("panicked") || l.contains("error:"))
+        .collect();
     assert!(traps.is_empty(), "components trapped:\n{}", traps.join("\n"));
 }
 
@@ -411,7 +509,9 @@ async fn send_raw(app: &TestApp, case: &Case) -> (u16, String, Value, String) {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     match case.send {
-        Sending::DeclaredOnly => head.push_str(&format!("content-length: {}\r\nexpect: 100-continue\r\n\r\n", case.body.len())),
+        Sending::DeclaredOnly => {
+            head.push_str(&format!("content-length: {}\r\nexpect: 100-continue\r\n\r\n", case.body.len()))
+        }
         Sending::ChunkedUpTo(_) => head.push_str("transfer-encoding: chunked\r\n\r\n"),
         Sending::Whole => unreachable!("sent with reqwest"),
     }
@@ -458,7 +558,9 @@ async fn send_raw(app: &TestApp, case: &Case) -> (u16, String, Value, String) {
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or(0);
         raw = &raw[line_end + 2..];
         if size == 0 || raw.len() < size {
             break;

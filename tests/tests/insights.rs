@@ -111,12 +111,16 @@ async fn a_user_with_a_history_sees_their_numbers_and_percentile() {
     assert_eq!(egos, [("guardian", 1), ("rebel", 1)]);
 
     let achievements = &body["achievements"];
-    let unlocked: Vec<&str> = achievements["unlocked"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let unlocked: Vec<&str> =
+        achievements["unlocked"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
     assert_eq!(unlocked, ["first_session"]);
     let next = &achievements["next"];
-    assert!(next.as_array().unwrap().contains(&json!({
-        "metric": "sessions", "id": "sessions_10", "threshold": 10, "current": 2, "remaining": 8, "progress": 0.2
-    })), "{next}");
+    assert!(
+        next.as_array().unwrap().contains(&json!({
+            "metric": "sessions", "id": "sessions_10", "threshold": 10, "current": 2, "remaining": 8, "progress": 0.2
+        })),
+        "{next}"
+    );
     assert!(next.as_array().unwrap().iter().any(|n| n["id"] == "ego_explorer" && n["current"] == 2), "{next}");
 
     // Among 3 active users: minutes 5 < 30 < 50, so half of the tie (me) and one below;
@@ -157,7 +161,8 @@ async fn a_brand_new_user_sees_zeros_and_no_errors() {
     assert!(days.iter().all(|d| d["sessions"] == 0 && d["minutes"] == 0), "{days:?}");
     assert_eq!(body["activity"]["ego_states"], json!([]));
     assert_eq!(body["achievements"]["unlocked"], json!([]));
-    let next: Vec<&str> = body["achievements"]["next"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let next: Vec<&str> =
+        body["achievements"]["next"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(next, ["ego_explorer", "level_5", "first_session", "streak_7"]);
     // No histogram has been computed yet.
     assert_eq!(body["comparison"]["available"], false);
@@ -196,11 +201,20 @@ async fn days_are_the_users_local_days() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
     // A zone whose date differs from UTC's right now: UTC-12 before noon UTC, UTC+14 after.
-    let hour: f64 = app.db_client().await.query_one("select extract(hour from now() at time zone 'UTC')::float8", &[]).await.unwrap().get(0);
+    let hour: f64 = app
+        .db_client()
+        .await
+        .query_one("select extract(hour from now() at time zone 'UTC')::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
     let zone = if hour < 12.0 { "Etc/GMT+12" } else { "Etc/GMT-14" };
     app.db_client()
         .await
-        .execute("update public.user_profiles set settings = jsonb_build_object('timezone', $2::text) where id = $1", &[&user, &zone])
+        .execute(
+            "update public.user_profiles set settings = jsonb_build_object('timezone', $2::text) where id = $1",
+            &[&user, &zone],
+        )
         .await
         .unwrap();
     let response = app
@@ -228,7 +242,10 @@ async fn days_are_the_users_local_days() {
     // A zone Postgres does not know counts as UTC, as for streaks.
     app.db_client()
         .await
-        .execute("update public.user_profiles set settings = '{\"timezone\": \"Mars/Olympus_Mons\"}' where id = $1", &[&user])
+        .execute(
+            "update public.user_profiles set settings = '{\"timezone\": \"Mars/Olympus_Mons\"}' where id = $1",
+            &[&user],
+        )
         .await
         .unwrap();
     let body = insights(&app, user).await;

@@ -56,7 +56,8 @@ fn es256(key: &SigningKey, kid: Option<&str>, user: Uuid) -> String {
         "email": format!("{user}@test.local"), "iat": now, "exp": now + 3600,
         "iss": "http://127.0.0.1:54321/auth/v1",
     });
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     // JWS carries the raw r || s (RFC 7518 §3.4).
     let signature: Signature = key.sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
@@ -124,8 +125,16 @@ async fn es256_key_rotation_both_keys_then_only_the_new_one() {
     // During the rotation Supabase publishes both keys: tokens signed by either work.
     let during = app_with_jwks(jwks(&[jwk(&old, "key-old"), jwk(&new, "key-new")])).await;
     let user = during.create_user().await;
-    assert_eq!(complete(&during, &es256(&old, Some("key-old"), user)).await, (200, None, Some(user)), "old key, both published");
-    assert_eq!(complete(&during, &es256(&new, Some("key-new"), user)).await, (200, None, Some(user)), "new key, both published");
+    assert_eq!(
+        complete(&during, &es256(&old, Some("key-old"), user)).await,
+        (200, None, Some(user)),
+        "old key, both published"
+    );
+    assert_eq!(
+        complete(&during, &es256(&new, Some("key-new"), user)).await,
+        (200, None, Some(user)),
+        "new key, both published"
+    );
     assert_eq!(
         complete(&during, &es256(&new, None, user)).await,
         (401, Some("unknown_key".into()), None),

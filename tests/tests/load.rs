@@ -29,7 +29,10 @@ use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use stripe_support::{amount_of, checkout_session, event, fake_stripe, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use stripe_support::{
+    amount_of, checkout_session, event, fake_stripe, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY,
+    WEBHOOK_SECRET,
+};
 use uuid::Uuid;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -92,7 +95,11 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
         .await;
     Mock::given(method("POST"))
         .and(path_regex("^/v1/text-to-speech/[A-Za-z0-9]+/stream$"))
-        .respond_with(ResponseTemplate::new(200).insert_header("content-type", "audio/mpeg").set_body_bytes(b"ID3 load audio".to_vec()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "audio/mpeg")
+                .set_body_bytes(b"ID3 load audio".to_vec()),
+        )
         .mount(&eleven)
         .await;
     // Stripe answers each purchase's line items (the webhook checks what was paid).
@@ -149,7 +156,13 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
             *expected_sessions.entry(user).or_default() += 1;
         }
         // Purchases: the hot user buys 4 times, every other user once, every third none.
-        let purchases = if is_hot { 4 } else if i % 3 == 0 { 0 } else { 1 };
+        let purchases = if is_hot {
+            4
+        } else if i % 3 == 0 {
+            0
+        } else {
+            1
+        };
         for p in 0..purchases {
             let product = ["tokens-small", "tokens-medium", "tokens-large"][(rand() % 3) as usize];
             let mut session = checkout_session(user, product, "payment", "paid");
@@ -232,7 +245,8 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
 
     // Invariants.
     app.assert_ledger_consistent().await;
-    let negative: i64 = client.query_one("SELECT count(*) FROM public.user_profiles WHERE tokens < 0", &[]).await.unwrap().get(0);
+    let negative: i64 =
+        client.query_one("SELECT count(*) FROM public.user_profiles WHERE tokens < 0", &[]).await.unwrap().get(0);
     assert_eq!(negative, 0);
     let mut session_mismatch = Vec::new();
     let mut purchase_mismatch = Vec::new();
@@ -247,7 +261,8 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
             )
             .await
             .unwrap();
-        let (sessions, rewards, purchases, orders): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (sessions, rewards, purchases, orders): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         let want_sessions = expected_sessions.get(&user).copied().unwrap_or(0);
         let want_purchases = expected_purchases.get(&user).copied().unwrap_or(0);
         // Sessions sent at once all end now: at least one of each user's earns, the rest
@@ -263,7 +278,8 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
             ));
         }
         if purchases != want_purchases || orders != want_purchases {
-            purchase_mismatch.push(format!("{user}: {purchases} purchase rows, {orders} orders, want {want_purchases}"));
+            purchase_mismatch
+                .push(format!("{user}: {purchases} purchase rows, {orders} orders, want {want_purchases}"));
         }
     }
     assert!(session_mismatch.is_empty(), "sessions lost or doubled: {session_mismatch:?}");
@@ -288,12 +304,17 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
     assert_eq!(t(&tally.webhook_applied) as i64, unique_events, "every event applied exactly once");
     assert_eq!(t(&tally.session_replayed), session_duplicates, "each duplicate answered as a replay of its twin");
     let pair_mismatch = tally.pair_mismatch.lock().unwrap().clone();
-    assert!(pair_mismatch.is_empty(), "duplicate pairs not concurrent, or answered differently:\n  {}", pair_mismatch.join("\n  "));
+    assert!(
+        pair_mismatch.is_empty(),
+        "duplicate pairs not concurrent, or answered differently:\n  {}",
+        pair_mismatch.join("\n  ")
+    );
     assert_eq!(t(&tally.webhook_applied) + t(&tally.webhook_duplicate), webhook_deliveries, "every delivery answered");
 
     // Each partial refund takes back exactly its share of what the purchase credited,
     // rounded down: balances here always cover it, so there is no shortfall.
-    let refunds: i64 = client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'refund'", &[]).await.unwrap().get(0);
+    let refunds: i64 =
+        client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'refund'", &[]).await.unwrap().get(0);
     assert_eq!(refunds, expected_refund_events, "one refund row per refund event");
     let mut refund_mismatch = Vec::new();
     for (user, checkout_id, charge, amount, refunded) in &refunds_sent {
@@ -306,7 +327,8 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
             )
             .await
             .unwrap();
-        let (credited, taken, shortfall): (Option<i32>, Option<i32>, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+        let (credited, taken, shortfall): (Option<i32>, Option<i32>, Option<i32>) =
+            (row.get(0), row.get(1), row.get(2));
         let credited = credited.unwrap_or(0) as i64;
         let want = credited * refunded / amount;
         if taken.map(|d| -d as i64) != Some(want) || shortfall != Some(0) {
@@ -343,12 +365,20 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
         }
         possible.push(before_start);
         if r.cost != SPEND_COST || r.balance >= r.cost || !possible.contains(&r.balance) {
-            unfair.push(format!("{}: 402 with balance {} and cost {}; balances then: {possible:?}", r.user, r.balance, r.cost));
+            unfair.push(format!(
+                "{}: 402 with balance {} and cost {}; balances then: {possible:?}",
+                r.user, r.balance, r.cost
+            ));
         }
     }
     assert!(unfair.is_empty(), "402 without a short balance:\n  {}", unfair.join("\n  "));
-    let spend_rows: i64 = client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'spend'", &[]).await.unwrap().get(0);
-    let spend_refunds: i64 = client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'spend_refund'", &[]).await.unwrap().get(0);
+    let spend_rows: i64 =
+        client.query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'spend'", &[]).await.unwrap().get(0);
+    let spend_refunds: i64 = client
+        .query_one("SELECT count(*) FROM public.token_ledger WHERE reason = 'spend_refund'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(spend_rows as usize, t(&tally.spend_ok) + t(&tally.spend_refunded), "one debit per paid call");
     assert_eq!(spend_refunds as usize, t(&tally.spend_refunded), "one refund per failed call");
     let ledger_rows: i64 = client.query_one("SELECT count(*) FROM public.token_ledger", &[]).await.unwrap().get(0);
@@ -479,7 +509,11 @@ async fn run(app: &TestApp, op: Op, tally: &Tally) {
                     tally.spend_402.fetch_add(1, Ordering::SeqCst)
                 }
                 _ => {
-                    tally.unexpected.lock().unwrap().push(format!("premium: {status} {}", String::from_utf8_lossy(&bytes)));
+                    tally
+                        .unexpected
+                        .lock()
+                        .unwrap()
+                        .push(format!("premium: {status} {}", String::from_utf8_lossy(&bytes)));
                     tally.spend_other.fetch_add(1, Ordering::SeqCst)
                 }
             };

@@ -391,7 +391,9 @@ async fn too_many_connections_for_the_role_is_503_busy() {
     // Member of the owner: the owner's rights (and RLS exemption) without superuser's
     // exemption from the limit.
     admin
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}' BYPASSRLS CONNECTION LIMIT 2 IN ROLE postgres"))
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}' BYPASSRLS CONNECTION LIMIT 2 IN ROLE postgres"
+        ))
         .await
         .expect("creating the limited role");
     let url = format!("postgres://{role}:{password}@{}/{}", libero_tests::testing::db_host(&db.url), db.name);

@@ -9,14 +9,8 @@ use uuid::Uuid;
 const PATH: &str = "/functions/v1/session-complete";
 
 async fn complete(app: &TestApp, user: Uuid, body: Value) -> (u16, Value) {
-    let response = app
-        .client
-        .post(app.url(PATH))
-        .bearer_auth(app.token_for(user))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
+    let response =
+        app.client.post(app.url(PATH)).bearer_auth(app.token_for(user)).json(&body).send().await.expect("request");
     let status = response.status().as_u16();
     (status, response.json().await.expect("json body"))
 }
@@ -111,7 +105,8 @@ async fn minutes_are_capped_and_level_ups_pay_tokens() {
     assert_eq!(body["level_before"], 1);
     assert_eq!(body["level_after"], 2);
     assert_eq!(body["tokens_awarded"], 2 + 5);
-    let reasons: Vec<&str> = body["rewards"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> =
+        body["rewards"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, ["session_complete", "level_up"]);
     assert_eq!(app.tokens_of(user).await, 7);
     app.assert_ledger_consistent().await;
@@ -182,7 +177,10 @@ async fn a_seventh_day_pays_the_streak_bonus() {
 
     assert_eq!(body["streak"], 7);
     assert_eq!(body["streak_extended"], true);
-    assert!(body["rewards"].as_array().unwrap().contains(&json!({"reason": "streak_bonus", "tokens": 10, "streak": 7})));
+    assert!(body["rewards"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"reason": "streak_bonus", "tokens": 10, "streak": 7})));
     assert!(body["achievements_unlocked"].as_array().unwrap().contains(&json!("streak_7")));
     assert_eq!(app.tokens_of(user).await, 12);
 
@@ -560,14 +558,8 @@ async fn both_paths_and_the_preflight_answer() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
     for path in ["/session-complete", PATH] {
-        let response = app
-            .client
-            .post(app.url(path))
-            .bearer_auth(app.token_for(user))
-            .json(&session(60))
-            .send()
-            .await
-            .unwrap();
+        let response =
+            app.client.post(app.url(path)).bearer_auth(app.token_for(user)).json(&session(60)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         time_passes(&app, user, 3600.0).await;
         assert!(response.headers().contains_key("x-request-id"));

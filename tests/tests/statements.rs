@@ -98,7 +98,11 @@ async fn premium_spend_is_one_statement() {
     let eleven = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path_regex("^/v1/text-to-speech/[A-Za-z0-9]+/stream$"))
-        .respond_with(ResponseTemplate::new(200).insert_header("content-type", "audio/mpeg").set_body_bytes(b"ID3 statements".to_vec()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "audio/mpeg")
+                .set_body_bytes(b"ID3 statements".to_vec()),
+        )
         .mount(&eleven)
         .await;
     let app = TestApp::spawn_with(|vars| {

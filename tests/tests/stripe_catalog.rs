@@ -65,7 +65,15 @@ fn product(id: &str, key: &str) -> Value {
            "created": 1_750_000_000, "livemode": false})
 }
 
-fn price(id: &str, product: &str, lookup_key: Option<&str>, amount: i64, currency: &str, interval: Option<&str>, created: i64) -> Value {
+fn price(
+    id: &str,
+    product: &str,
+    lookup_key: Option<&str>,
+    amount: i64,
+    currency: &str,
+    interval: Option<&str>,
+    created: i64,
+) -> Value {
     json!({"id": id, "object": "price", "active": true, "product": product, "lookup_key": lookup_key,
            "unit_amount": amount, "currency": currency, "billing_scheme": "per_unit", "created": created,
            "metadata": {"libero_product": "x"}, "livemode": false, "type": if interval.is_some() { "recurring" } else { "one_time" },
@@ -103,8 +111,10 @@ async fn spawn_catalog_app() -> (StripeApp, Catalog) {
         .await;
     Mock::given(method("POST"))
         .and(path("/v1/billing_portal/sessions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "bps_1", "object": "billing_portal.session",
-            "url": "https://billing.stripe.com/p/session/test_catalog"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"id": "bps_1", "object": "billing_portal.session",
+            "url": "https://billing.stripe.com/p/session/test_catalog"})),
+        )
         .mount(&app.stripe)
         .await;
     (app, catalog)
@@ -130,7 +140,12 @@ async fn products(app: &StripeApp) -> HashMap<String, Value> {
     let response = app.client.get(app.url(&format!("{CHECKOUT}/products"))).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    body["products"].as_array().unwrap().iter().map(|p| (p["product"].as_str().unwrap().to_string(), p.clone())).collect()
+    body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["product"].as_str().unwrap().to_string(), p.clone()))
+        .collect()
 }
 
 async fn checkout(app: &StripeApp, user: Uuid, body: Value) -> (u16, Value) {
@@ -141,18 +156,15 @@ async fn checkout(app: &StripeApp, user: Uuid, body: Value) -> (u16, Value) {
 }
 
 async fn last_session_form(app: &StripeApp, path: &str) -> String {
-    let sent = app.stripe.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == path).last().unwrap();
+    let sent =
+        app.stripe.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == path).last().unwrap();
     String::from_utf8(sent.body).unwrap()
 }
 
 /// What checkout sells now, from the database.
 async fn sold(app: &StripeApp) -> Value {
-    app.db_client()
-        .await
-        .query_one("select public.stripe_catalog('[]'::jsonb)", &[])
-        .await
-        .unwrap()
-        .get::<_, Value>(0)["prices"]
+    app.db_client().await.query_one("select public.stripe_catalog('[]'::jsonb)", &[]).await.unwrap().get::<_, Value>(0)
+        ["prices"]
         .clone()
 }
 
@@ -199,7 +211,11 @@ async fn checkout_with_no_price_variables_sells_the_stored_prices() {
         ("tokens-large", "€21.99", 2199),
     ] {
         let p = &listed[key];
-        assert_eq!((p["available"].as_bool(), p["price_label"].as_str(), p["amount"].as_i64()), (Some(true), Some(label), Some(amount)), "{p}");
+        assert_eq!(
+            (p["available"].as_bool(), p["price_label"].as_str(), p["amount"].as_i64()),
+            (Some(true), Some(label), Some(amount)),
+            "{p}"
+        );
         assert_eq!(p["currency"], "eur");
     }
     assert_eq!(listed["mystic-subscription"]["interval"], "month");
@@ -216,7 +232,11 @@ async fn checkout_with_no_price_variables_sells_the_stored_prices() {
     assert_eq!(status, 200, "{body}");
     assert!(last_session_form(&app, "/v1/checkout/sessions").await.contains("metadata%5Bproduct%5D=tokens-large"));
     let (status, body) = checkout(&app, user, json!({"price_id": "price_1TokensLarge", "mode": "payment"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unknown_price")), "a price that is not stored: {body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("unknown_price")),
+        "a price that is not stored: {body}"
+    );
 
     // Paid at the stored price: credited (the webhook checks the stored price too).
     let mut session = checkout_session(user, "tokens-small", "payment", "paid");
@@ -236,7 +256,10 @@ async fn checkout_with_no_price_variables_sells_the_stored_prices() {
     let reason: String = app
         .db_client()
         .await
-        .query_one("select review_reason from public.stripe_orders where checkout_session_id = $1", &[&other["id"].as_str().unwrap()])
+        .query_one(
+            "select review_reason from public.stripe_orders where checkout_session_id = $1",
+            &[&other["id"].as_str().unwrap()],
+        )
         .await
         .unwrap()
         .get(0);
@@ -266,22 +289,32 @@ async fn price_events_update_the_table_exactly_once_in_any_order() {
             p["lookup_key"] = Value::Null;
             p["active"] = json!(false);
         });
-        let events = [event("price.created", catalog.get("price_1New")), event("price.updated", catalog.get("price_1Old"))];
+        let events =
+            [event("price.created", catalog.get("price_1New")), event("price.updated", catalog.get("price_1Old"))];
         for i in order {
             let answers = join_all((0..3).map(|_| deliver(&app, &events[i]))).await;
-            let mut outcomes: Vec<&str> = answers.iter().map(|(s, a)| {
-                assert_eq!(*s, 200, "{a}");
-                a["outcome"].as_str().unwrap()
-            }).collect();
+            let mut outcomes: Vec<&str> = answers
+                .iter()
+                .map(|(s, a)| {
+                    assert_eq!(*s, 200, "{a}");
+                    a["outcome"].as_str().unwrap()
+                })
+                .collect();
             outcomes.sort();
             assert_eq!(outcomes, ["applied", "duplicate", "duplicate"], "order {order:?}, event {i}");
         }
         assert_eq!(sold_price(&app, "tokens-small").await.as_deref(), Some("price_1New"), "order {order:?}");
         assert_eq!(products(&app).await["tokens-small"]["amount"], 599);
         let old: (bool, bool) = {
-            let row = app.db_client().await
-                .query_one("select active, catalog_lookup from public.stripe_catalog_prices where price_id = 'price_1Old'", &[])
-                .await.unwrap();
+            let row = app
+                .db_client()
+                .await
+                .query_one(
+                    "select active, catalog_lookup from public.stripe_catalog_prices where price_id = 'price_1Old'",
+                    &[],
+                )
+                .await
+                .unwrap();
             (row.get(0), row.get(1))
         };
         assert_eq!(old, (false, false));
@@ -308,7 +341,8 @@ async fn archived_prices_and_products_stop_being_sold_and_a_new_lookup_key_price
 
     // A new price given the catalog's lookup key (made in the Dashboard, on the same product).
     catalog.edit("price_1SmallEur", |p| p["lookup_key"] = Value::Null);
-    let mut dashboard = price("price_1Dashboard", "prod_RSmall", Some("libero_tokens_small"), 449, "eur", None, 1_750_001_000);
+    let mut dashboard =
+        price("price_1Dashboard", "prod_RSmall", Some("libero_tokens_small"), 449, "eur", None, 1_750_001_000);
     dashboard["metadata"] = json!({});
     catalog.put(dashboard);
     let (_, answer) = deliver(&app, &event("price.created", catalog.get("price_1Dashboard"))).await;

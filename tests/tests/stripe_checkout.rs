@@ -105,14 +105,8 @@ async fn requests_to(app: &StripeApp, path: &str) -> Vec<Request> {
 }
 
 async fn checkout(app: &StripeApp, user: Uuid, body: Value) -> (u16, Value) {
-    let response = app
-        .client
-        .post(app.url(CHECKOUT))
-        .bearer_auth(app.token_for(user))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.post(app.url(CHECKOUT)).bearer_auth(app.token_for(user)).json(&body).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -170,7 +164,10 @@ async fn checkout_for_each_product_makes_one_customer_and_a_session() {
         assert_eq!(status, 200, "{product}: {body}");
         let session_id = body["session_id"].as_str().unwrap();
         assert!(session_id.starts_with("cs_test_"));
-        assert_eq!(body["url"].as_str().unwrap(), format!("https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0"));
+        assert_eq!(
+            body["url"].as_str().unwrap(),
+            format!("https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0")
+        );
 
         let sent = requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap();
         let f = form(&sent);
@@ -279,7 +276,11 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
         (json!({}), 400, "missing_product"),
         (json!({"product": "tokens-small", "tokens": 100000}), 400, "invalid_body"),
         (json!({"product": "tokens-small", "success_url": "https://evil.test/phish"}), 400, "invalid_redirect"),
-        (json!({"product": "tokens-small", "success_url": "http://localhost:5173.evil.test/"}), 400, "invalid_redirect"),
+        (
+            json!({"product": "tokens-small", "success_url": "http://localhost:5173.evil.test/"}),
+            400,
+            "invalid_redirect",
+        ),
         (json!({"product": "tokens-small", "cancel_url": "http://localhost:5173@evil.test/"}), 400, "invalid_redirect"),
         (json!({"product": "tokens-small", "cancel_url": "javascript:alert(1)"}), 400, "invalid_redirect"),
     ];
@@ -292,7 +293,9 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
     let checkout_body = json!({"product": "tokens-small"});
     let portal = format!("{CHECKOUT}/portal");
     let long = "k".repeat(65);
-    for (route, body, key) in [(CHECKOUT, &checkout_body, "a b"), (CHECKOUT, &checkout_body, ""), (&portal, &json!({}), &long)] {
+    for (route, body, key) in
+        [(CHECKOUT, &checkout_body, "a b"), (CHECKOUT, &checkout_body, ""), (&portal, &json!({}), &long)]
+    {
         let response = app
             .client
             .post(app.url(route))
@@ -304,7 +307,11 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
             .unwrap();
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
-        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_field")), "{route} {key:?}: {answer}");
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some("invalid_field")),
+            "{route} {key:?}: {answer}"
+        );
     }
     let response = app.client.post(app.url(CHECKOUT)).json(&json!({"product": "tokens-small"})).send().await.unwrap();
     assert_eq!(response.status(), 401);
@@ -364,7 +371,10 @@ async fn a_subscriber_asking_again_is_pointed_at_the_portal() {
     assert_eq!(body["url"], "https://billing.stripe.com/p/session/test_YWNjdF8xTGliZXJv");
     let sent = requests_to(&app, "/v1/billing_portal/sessions").await;
     let f = form(&sent[0]);
-    assert_eq!((f["customer"].as_str(), f["return_url"].as_str()), ("cus_RtestExisting", "https://app.libero.test/account"));
+    assert_eq!(
+        (f["customer"].as_str(), f["return_url"].as_str()),
+        ("cus_RtestExisting", "https://app.libero.test/account")
+    );
     assert!(header(&sent[0], "idempotency-key").is_some());
     app.assert_ledger_consistent().await;
 }
@@ -484,8 +494,14 @@ async fn anonymous_sign_ins_cannot_buy_unless_allowed() {
         "sub": user.to_string(), "aud": "authenticated", "role": "authenticated",
         "is_anonymous": true, "iat": now, "exp": now + 3600,
     }));
-    let response =
-        open.client.post(open.url(CHECKOUT)).bearer_auth(&guest).json(&json!({"product": "tokens-small"})).send().await.unwrap();
+    let response = open
+        .client
+        .post(open.url(CHECKOUT))
+        .bearer_auth(&guest)
+        .json(&json!({"product": "tokens-small"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 }
 
@@ -494,14 +510,17 @@ async fn a_stripe_that_does_not_answer_is_given_up_on_in_bounded_time() {
     let app = spawn().await;
     Mock::given(method("POST"))
         .and(path("/v1/customers"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)).set_body_json(json!({"id": "cus_late"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(60)).set_body_json(json!({"id": "cus_late"})),
+        )
         .mount(&app.stripe)
         .await;
     let user = app.create_user().await;
     let started = Instant::now();
-    let (status, body) = tokio::time::timeout(Duration::from_secs(45), checkout(&app, user, json!({"product": "tokens-small"})))
-        .await
-        .expect("the endpoint answers before the upstream does");
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(45), checkout(&app, user, json!({"product": "tokens-small"})))
+            .await
+            .expect("the endpoint answers before the upstream does");
     assert_eq!((status, body["error"]["code"].as_str()), (502, Some("stripe_unavailable")), "{body}");
     // Two attempts of at most 10 s each, plus the pause between them.
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
@@ -571,7 +590,10 @@ async fn the_whole_loop_checkout_then_webhook_credits_the_package_and_the_plan()
     let mut session = checkout_session(user, "tokens-large", "payment", "paid");
     session["id"] = body["session_id"].clone();
     // Stripe's line items for it: the catalog's price, which the webhook checks.
-    set_line_items(body["session_id"].as_str().unwrap(), line_items(price_of("tokens-large"), amount_of("tokens-large"), "usd", 1));
+    set_line_items(
+        body["session_id"].as_str().unwrap(),
+        line_items(price_of("tokens-large"), amount_of("tokens-large"), "usd", 1),
+    );
     session["customer"] = json!(sent["customer"]);
     session["client_reference_id"] = json!(sent["client_reference_id"]);
     session["metadata"] = json!({"user_id": sent["metadata[user_id]"], "product": sent["metadata[product]"]});

@@ -111,7 +111,9 @@ fn paid_order(user: Uuid, age: i64) -> Value {
 
 fn service_token(app: &StripeApp) -> String {
     let now = now();
-    app.token_with_claims(json!({"iss": "supabase", "ref": "test", "role": "service_role", "iat": now, "exp": now + 600}))
+    app.token_with_claims(
+        json!({"iss": "supabase", "ref": "test", "role": "service_role", "iat": now, "exp": now + 600}),
+    )
 }
 
 async fn reconcile_at(app: &StripeApp, base: &str, body: Value) -> (u16, Value) {
@@ -163,7 +165,9 @@ async fn missed_events_are_applied_and_delivered_ones_are_duplicates() {
     // Only the project's server jobs may run it, and a refused call touches nothing.
     let url = app.url(RECONCILE);
     let user_token = app.token_for(delivered_to);
-    for (token, status, code) in [(None, 401, "missing_token"), (Some(user_token.as_str()), 403, "service_role_required")] {
+    for (token, status, code) in
+        [(None, 401, "missing_token"), (Some(user_token.as_str()), 403, "service_role_required")]
+    {
         let mut request = app.client.post(&url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -311,7 +315,8 @@ async fn stale_subscription_reads_are_refreshed_from_stripe() {
         .respond_with(move |request: &Request| {
             counter.fetch_add(1, Ordering::SeqCst);
             assert!(request.url.query().unwrap().contains("customer=cus_Rlost"));
-            ResponseTemplate::new(200).set_body_json(json!({"object": "list", "has_more": false, "data": [active.clone()]}))
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"object": "list", "has_more": false, "data": [active.clone()]}))
         })
         .mount(&app.stripe)
         .await;

@@ -220,7 +220,9 @@ async fn serve_subscription(app: &StripeApp, id: &str, state: Value) -> Arc<Mute
         .and(path(format!("/v1/subscriptions/{id}")))
         .and(header("authorization", format!("Bearer {SECRET_KEY}").as_str()))
         .and(header("stripe-version", API_VERSION))
-        .respond_with(move |_: &wiremock::Request| ResponseTemplate::new(200).set_body_json(served.lock().unwrap().clone()))
+        .respond_with(move |_: &wiremock::Request| {
+            ResponseTemplate::new(200).set_body_json(served.lock().unwrap().clone())
+        })
         .mount(&app.stripe)
         .await;
     shared
@@ -341,7 +343,10 @@ async fn stripe_api_down_answers_502_then_the_retry_applies() {
     let sub = "sub_1QtestSubscription";
     Mock::given(method("GET"))
         .and(path(format!("/v1/subscriptions/{sub}")))
-        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"error": {"type": "api_error", "message": "Stripe is down"}})))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"error": {"type": "api_error", "message": "Stripe is down"}})),
+        )
         .up_to_n_times(2)
         .with_priority(1)
         .mount(&app.stripe)
@@ -366,7 +371,10 @@ async fn review_of(app: &StripeApp, session_id: &str) -> (String, Option<String>
     let row = app
         .db_client()
         .await
-        .query_one("SELECT status, review_reason FROM public.stripe_orders WHERE checkout_session_id = $1", &[&session_id])
+        .query_one(
+            "SELECT status, review_reason FROM public.stripe_orders WHERE checkout_session_id = $1",
+            &[&session_id],
+        )
         .await
         .expect("order row");
     (row.get(0), row.get(1))
@@ -490,8 +498,11 @@ async fn disputes_take_tokens_back_exactly_once_and_won_disputes_give_them_back(
     // The dispute before its purchase is applied (a delayed delivery): settled on credit.
     let early = checkout_session(user, "tokens-small", "payment", "paid");
     let pi = early["payment_intent"].as_str().unwrap().to_string();
-    let (status, answer) =
-        deliver(&app, &event("charge.dispute.created", dispute(&random_id("dp_1Q"), &random_id("ch_3Q"), &pi, 499, "needs_response"))).await;
+    let (status, answer) = deliver(
+        &app,
+        &event("charge.dispute.created", dispute(&random_id("dp_1Q"), &random_id("ch_3Q"), &pi, 499, "needs_response")),
+    )
+    .await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("no_order")), "{answer}");
     deliver(&app, &event("checkout.session.completed", early.clone())).await;
     assert_eq!(app.tokens_of(user).await, 220, "credited and taken back in one step");

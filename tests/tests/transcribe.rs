@@ -11,8 +11,8 @@ use std::collections::HashMap;
 mod speech_support;
 
 use libero_tests::testing::TestApp;
-use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use serde_json::{json, Value};
+use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -59,7 +59,12 @@ fn browser_webm(blocks: usize, frame_bytes: usize) -> Vec<u8> {
         Some(&[[0x42, 0x82, 0x84].as_slice(), b"webm", &[0x42, 0x87, 0x81, 0x04, 0x42, 0x85, 0x81, 0x02]].concat()),
     );
     out.extend(ebml(&[0x18, 0x53, 0x80, 0x67], None));
-    let info = [ebml(&[0x2A, 0xD7, 0xB1], Some(&[0x0F, 0x42, 0x40])), ebml(&[0x4D, 0x80], Some(b"Chrome")), ebml(&[0x57, 0x41], Some(b"Chrome"))].concat();
+    let info = [
+        ebml(&[0x2A, 0xD7, 0xB1], Some(&[0x0F, 0x42, 0x40])),
+        ebml(&[0x4D, 0x80], Some(b"Chrome")),
+        ebml(&[0x57, 0x41], Some(b"Chrome")),
+    ]
+    .concat();
     out.extend(ebml(&[0x15, 0x49, 0xA9, 0x66], Some(&info)));
     let track = [
         ebml(&[0xD7], Some(&[1])),
@@ -83,7 +88,15 @@ fn browser_webm(blocks: usize, frame_bytes: usize) -> Vec<u8> {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            frame.push(if i % 97 == 0 { b'\r' } else if i % 97 == 1 { b'\n' } else if i % 97 < 8 { b'-' } else { seed as u8 });
+            frame.push(if i % 97 == 0 {
+                b'\r'
+            } else if i % 97 == 1 {
+                b'\n'
+            } else if i % 97 < 8 {
+                b'-'
+            } else {
+                seed as u8
+            });
         }
         out.extend(ebml(&[0xA3], Some(&frame)));
     }
@@ -94,7 +107,9 @@ fn browser_webm(blocks: usize, frame_bytes: usize) -> Vec<u8> {
 fn form(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, filename, content_type, content) in parts {
-        body.extend_from_slice(format!("--{BROWSER_BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        body.extend_from_slice(
+            format!("--{BROWSER_BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes(),
+        );
         if let Some(filename) = filename {
             body.extend_from_slice(format!("; filename=\"{filename}\"").as_bytes());
         }
@@ -178,7 +193,8 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 fn received_form(request: &Request) -> HashMap<String, Received> {
     let content_type = request.headers.get("content-type").and_then(|v| v.to_str().ok()).expect("content-type");
     let boundary = content_type.strip_prefix("multipart/form-data; boundary=").expect("a multipart content type");
-    let length = request.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let length =
+        request.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     assert_eq!(length, Some(request.body.len()), "content-length");
     let body = &request.body;
     assert!(body.starts_with(format!("--{boundary}\r\n").as_bytes()), "starts with the boundary");
@@ -191,7 +207,8 @@ fn received_form(request: &Request) -> HashMap<String, Received> {
         let headers = String::from_utf8(body[at..headers_end].to_vec()).expect("utf-8 headers");
         let content_end = find(body, delimiter.as_bytes(), headers_end + 4).expect("a delimiter after the part");
         let mut name = None;
-        let mut received = Received { filename: None, content_type: None, body: body[headers_end + 4..content_end].to_vec() };
+        let mut received =
+            Received { filename: None, content_type: None, body: body[headers_end + 4..content_end].to_vec() };
         for line in headers.split("\r\n") {
             let (key, value) = line.split_once(": ").expect("header line");
             match key.to_ascii_lowercase().as_str() {
@@ -270,7 +287,10 @@ async fn a_browser_form_comes_back_as_text_from_openai() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    assert_eq!(answer.body, json!({"text": TRANSCRIPT, "language": "en", "duration_seconds": 2.98, "provider": "openai"}));
+    assert_eq!(
+        answer.body,
+        json!({"text": TRANSCRIPT, "language": "en", "duration_seconds": 2.98, "provider": "openai"})
+    );
     assert!(answer.headers.get("x-request-id").is_some());
     assert_eq!(answer.headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
 
@@ -293,13 +313,26 @@ async fn a_browser_form_comes_back_as_text_from_openai() {
 #[tokio::test]
 async fn a_raw_blob_with_query_options() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/transcriptions")).respond_with(transcript("Hola")).expect(1).mount(&openai).await;
-    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("openai_transcribe_model", "whisper-1")]).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(transcript("Hola"))
+        .expect(1)
+        .mount(&openai)
+        .await;
+    let app =
+        spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("openai_transcribe_model", "whisper-1")])
+            .await;
     let user = app.create_user().await;
     let webm = browser_webm(50, 100);
 
-    let answer =
-        send(&app, Some(app.token_for(user)), Some("application/octet-stream"), "?language=ES&prompt=caf%C3%A9+con+leche", webm.clone()).await;
+    let answer = send(
+        &app,
+        Some(app.token_for(user)),
+        Some("application/octet-stream"),
+        "?language=ES&prompt=caf%C3%A9+con+leche",
+        webm.clone(),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!((&answer.body["text"], &answer.body["language"]), (&json!("Hola"), &json!("es")));
 
@@ -329,9 +362,17 @@ async fn openai_down_then_elevenlabs_answers() {
     let user = app.create_user().await;
     let webm = browser_webm(100, 300);
 
-    let answer = post_form(&app, user, &[("file", Some("blob"), Some("audio/webm"), &webm), ("prompt", None, None, PROMPT.as_bytes())]).await;
+    let answer = post_form(
+        &app,
+        user,
+        &[("file", Some("blob"), Some("audio/webm"), &webm), ("prompt", None, None, PROMPT.as_bytes())],
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    assert_eq!(answer.body, json!({"text": TRANSCRIPT, "language": "de", "duration_seconds": 1.98, "provider": "elevenlabs"}));
+    assert_eq!(
+        answer.body,
+        json!({"text": TRANSCRIPT, "language": "de", "duration_seconds": 1.98, "provider": "elevenlabs"})
+    );
 
     let parts = received_form(&eleven.received_requests().await.expect("recorded")[0]);
     assert_eq!(text_of(&parts, "model_id").as_deref(), Some("scribe_v1"));
@@ -373,7 +414,11 @@ async fn both_down_is_503_with_browser_fallback_and_a_refusal_goes_nowhere_else(
     // A 200 that is no transcript counts as the provider failing.
     openai.reset().await;
     eleven.reset().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_string("<html>gateway</html>")).expect(1).mount(&openai).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>gateway</html>"))
+        .expect(1)
+        .mount(&openai)
+        .await;
     Mock::given(method("POST")).respond_with(transcript(TRANSCRIPT)).expect(1).mount(&eleven).await;
     let stood_in = post_form(&app, user, &[("file", Some("blob"), None, &webm)]).await;
     assert_eq!((stood_in.status, &stood_in.body["provider"]), (200, &json!("elevenlabs")), "{}", stood_in.text);
@@ -439,24 +484,104 @@ async fn hostile_inputs_are_refused_before_anything_is_spent() {
 
     let cases: Vec<(&str, Option<String>, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
         ("no token", None, Some(&ft), "", form(&[("file", None, None, &webm)]), 401, ""),
-        ("anonymous sign-in", Some(guest), Some(&ft), "", form(&[("file", None, None, &webm)]), 403, "anonymous_not_allowed"),
+        (
+            "anonymous sign-in",
+            Some(guest),
+            Some(&ft),
+            "",
+            form(&[("file", None, None, &webm)]),
+            403,
+            "anonymous_not_allowed",
+        ),
         ("no content type", token(), None, "", webm.clone(), 415, "unsupported_media_type"),
         ("json", token(), Some("application/json"), "", b"{\"file\":\"x\"}".to_vec(), 415, "unsupported_media_type"),
         ("text", token(), Some("text/plain"), "", webm.clone(), 415, "unsupported_media_type"),
-        ("image part", token(), Some(&ft), "", form(&[("file", Some("a.png"), Some("image/png"), &webm)]), 415, "unsupported_media_type"),
+        (
+            "image part",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", Some("a.png"), Some("image/png"), &webm)]),
+            415,
+            "unsupported_media_type",
+        ),
         ("empty raw body", token(), Some("audio/webm"), "", Vec::new(), 400, "empty_audio"),
-        ("empty file", token(), Some(&ft), "", form(&[("file", Some("blob"), Some("audio/webm"), b"")]), 400, "empty_audio"),
+        (
+            "empty file",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", Some("blob"), Some("audio/webm"), b"")]),
+            400,
+            "empty_audio",
+        ),
         ("html as audio", token(), Some("audio/webm"), "", b"<!doctype html><p>hi</p>".to_vec(), 400, "not_audio"),
-        ("pdf in the form", token(), Some(&ft), "", form(&[("file", Some("blob"), Some("audio/ogg"), b"%PDF-1.7 ...")]), 400, "not_audio"),
+        (
+            "pdf in the form",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", Some("blob"), Some("audio/ogg"), b"%PDF-1.7 ...")]),
+            400,
+            "not_audio",
+        ),
         ("form without file", token(), Some(&ft), "", form(&[("language", None, None, b"en")]), 400, "missing_file"),
         ("empty form", token(), Some(&ft), "", form(&[]), 400, "missing_file"),
-        ("no boundary", token(), Some("multipart/form-data"), "", form(&[("file", None, None, &webm)]), 400, "invalid_multipart"),
-        ("cut-off form", token(), Some(&ft), "", form(&[("file", None, None, &webm)])[..webm.len() / 2].to_vec(), 400, "invalid_multipart"),
-        ("two files", token(), Some(&ft), "", form(&[("file", None, None, &webm), ("file", None, None, &webm)]), 400, "invalid_field"),
-        ("unknown field", token(), Some(&ft), "", form(&[("file", None, None, &webm), ("model", None, None, b"gpt-4o")]), 400, "invalid_field"),
-        ("bad language", token(), Some(&ft), "", form(&[("file", None, None, &webm), ("language", None, None, b"english")]), 400, "invalid_field"),
+        (
+            "no boundary",
+            token(),
+            Some("multipart/form-data"),
+            "",
+            form(&[("file", None, None, &webm)]),
+            400,
+            "invalid_multipart",
+        ),
+        (
+            "cut-off form",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", None, None, &webm)])[..webm.len() / 2].to_vec(),
+            400,
+            "invalid_multipart",
+        ),
+        (
+            "two files",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", None, None, &webm), ("file", None, None, &webm)]),
+            400,
+            "invalid_field",
+        ),
+        (
+            "unknown field",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", None, None, &webm), ("model", None, None, b"gpt-4o")]),
+            400,
+            "invalid_field",
+        ),
+        (
+            "bad language",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", None, None, &webm), ("language", None, None, b"english")]),
+            400,
+            "invalid_field",
+        ),
         ("bad query language", token(), Some("audio/webm"), "?language=zz", webm.clone(), 400, "invalid_field"),
-        ("long prompt", token(), Some(&ft), "", form(&[("file", None, None, &webm), ("prompt", None, None, "p".repeat(1001).as_bytes())]), 400, "invalid_field"),
+        (
+            "long prompt",
+            token(),
+            Some(&ft),
+            "",
+            form(&[("file", None, None, &webm), ("prompt", None, None, "p".repeat(1001).as_bytes())]),
+            400,
+            "invalid_field",
+        ),
         ("over 25 MB", token(), Some("audio/webm"), "", too_big, 413, "payload_too_large"),
         ("too long", token(), Some(&ft), "", form(&[("file", None, None, &long)]), 413, "audio_too_long"),
     ];
@@ -488,7 +613,12 @@ async fn hostile_inputs_are_refused_before_anything_is_spent() {
 #[tokio::test]
 async fn a_multi_megabyte_recording_arrives_intact() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/transcriptions")).respond_with(transcript(TRANSCRIPT)).expect(2).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(transcript(TRANSCRIPT))
+        .expect(2)
+        .mount(&openai)
+        .await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[]).await;
     let user = app.create_user().await;
     let webm = browser_webm(4_000, 5_000); // 80 s, ~20 MB

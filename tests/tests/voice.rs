@@ -9,11 +9,11 @@ use std::time::Duration;
 mod speech_support;
 
 use libero_tests::testing::TestApp;
+use serde_json::{json, Value};
 use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use serde_json::{json, Value};
 use uuid::Uuid;
 use wiremock::matchers::{body_partial_json, header, method, path, path_regex};
 use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
@@ -31,7 +31,8 @@ const MP3: &[u8] = b"ID3\x04\x00fake-mp3-audio-bytes";
 /// default and the premium voices on offer, fast retries, and `extra` variables.
 async fn spawn(fakes: Fakes, extra: &[(&str, &str)]) -> TestApp {
     // The premium voices on offer besides the default.
-    let voices = [("elevenlabs_default_voice_id", DEFAULT_VOICE), ("elevenlabs_voice_ids", "Voice_42,down,refused,json")];
+    let voices =
+        [("elevenlabs_default_voice_id", DEFAULT_VOICE), ("elevenlabs_voice_ids", "Voice_42,down,refused,json")];
     speech_support::spawn(fakes, 3_000, 6_000, &[&voices[..], extra].concat()).await
 }
 
@@ -51,7 +52,8 @@ impl Answer {
 }
 
 async fn post(app: &TestApp, route: &str, user: Uuid, body: &Value) -> Answer {
-    let response = app.client.post(app.url(route)).bearer_auth(app.token_for(user)).json(body).send().await.expect("request");
+    let response =
+        app.client.post(app.url(route)).bearer_auth(app.token_for(user)).json(body).send().await.expect("request");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.bytes().await.expect("body").to_vec();
@@ -112,7 +114,9 @@ async fn tts_openai_answers_then_identical_request_is_served_from_the_cache() {
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[]).await;
     let user = app.create_user().await;
 
-    let first = post(&app, TTS, user, &json!({"text": format!("Breathe in. {USER_SECRET}"), "voice": "nova", "speed": 1.25})).await;
+    let first =
+        post(&app, TTS, user, &json!({"text": format!("Breathe in. {USER_SECRET}"), "voice": "nova", "speed": 1.25}))
+            .await;
     assert_eq!(first.status, 200, "{:?}", first.json());
     assert_eq!(first.header("content-type"), Some("audio/mpeg"));
     assert_eq!(first.header("x-tts-provider"), Some("openai"));
@@ -143,7 +147,12 @@ async fn tts_openai_answers_then_identical_request_is_served_from_the_cache() {
 #[tokio::test]
 async fn tts_openai_down_falls_back_to_elevenlabs_in_the_default_voice() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(upstream_error(503)).expect(2).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(upstream_error(503))
+        .expect(2)
+        .mount(&openai)
+        .await;
     let eleven = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(format!("/v1/text-to-speech/{DEFAULT_VOICE}/stream")))
@@ -236,7 +245,11 @@ async fn tts_content_type_per_format() {
 async fn tts_cache_keeps_to_its_size_bound_and_expires() {
     let openai = MockServer::start().await;
     // 10 bytes per answer; the cache holds at most 25 bytes, so 2 entries.
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(b"0123456789", "audio/mpeg")).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(b"0123456789", "audio/mpeg"))
+        .mount(&openai)
+        .await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("tts_cache_max_bytes", "25")]).await;
     let user = app.create_user().await;
     for text in ["one", "two", "three"] {
@@ -355,7 +368,13 @@ async fn premium_is_paid_per_started_block_of_characters_at_the_models_price() {
 
     // A Turbo model costs ElevenLabs half as much per character, and so the user: 1000
     // characters are one started block of 1000 (elevenlabs_tts_fast).
-    let turbo = post(&app, PREMIUM, user, &json!({"text": "b".repeat(1000), "voice_id": "Voice_42", "model_id": "eleven_turbo_v2_5"})).await;
+    let turbo = post(
+        &app,
+        PREMIUM,
+        user,
+        &json!({"text": "b".repeat(1000), "voice_id": "Voice_42", "model_id": "eleven_turbo_v2_5"}),
+    )
+    .await;
     assert_eq!(turbo.status, 200, "{:?}", turbo.json());
     assert_eq!(turbo.header("x-tokens-charged"), Some("1"));
     assert_eq!(app.tokens_of(user).await, 7);
@@ -420,11 +439,17 @@ async fn premium_is_refunded_when_the_upstream_fails() {
 #[tokio::test]
 async fn an_answer_that_is_not_audio_is_neither_played_nor_paid_for() {
     let eleven = MockServer::start().await;
-    let page = ResponseTemplate::new(200).insert_header("content-type", "application/json").set_body_string(r#"{"status":"ok"}"#);
+    let page = ResponseTemplate::new(200)
+        .insert_header("content-type", "application/json")
+        .set_body_string(r#"{"status":"ok"}"#);
     premium_mock("json").respond_with(page.clone()).expect(1).mount(&eleven).await;
     let openai = MockServer::start().await;
     Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(page).expect(1).mount(&openai).await;
-    Mock::given(method("POST")).and(path_regex("^/v1/text-to-speech/")).respond_with(audio(MP3, "audio/mpeg")).mount(&eleven).await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v1/text-to-speech/"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .mount(&eleven)
+        .await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
     let user = app.create_user().await;
     app.grant_tokens(user, 5).await;
@@ -462,7 +487,12 @@ async fn premium_402_with_the_balance_when_short() {
 #[tokio::test]
 async fn premium_bad_input_is_rejected_and_costs_nothing() {
     let eleven = MockServer::start().await;
-    Mock::given(method("POST")).and(path_regex(".*")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
+    Mock::given(method("POST"))
+        .and(path_regex(".*"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(0)
+        .mount(&eleven)
+        .await;
     let app = spawn(Fakes { openai: None, elevenlabs: Some(eleven.uri()) }, &[]).await;
     let user = app.create_user().await;
     app.grant_tokens(user, 50).await;
@@ -536,8 +566,11 @@ async fn chunked_upstream(first: &'static [u8], end: End) -> String {
             }
         };
         let head = String::from_utf8_lossy(&buffer[..body_start]).to_ascii_lowercase();
-        let length: usize =
-            head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         while buffer.len() < body_start + length {
             let n = socket.read(&mut piece).await.unwrap_or(0);
             if n == 0 {
@@ -545,8 +578,11 @@ async fn chunked_upstream(first: &'static [u8], end: End) -> String {
             }
             buffer.extend_from_slice(&piece[..n]);
         }
-        let chunk = |bytes: &[u8]| [format!("{:x}\r\n", bytes.len()).into_bytes(), bytes.to_vec(), b"\r\n".to_vec()].concat();
-        let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+        let chunk =
+            |bytes: &[u8]| [format!("{:x}\r\n", bytes.len()).into_bytes(), bytes.to_vec(), b"\r\n".to_vec()].concat();
+        let mut out =
+            b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                .to_vec();
         out.extend(chunk(first));
         let _ = socket.write_all(&out).await;
         let _ = socket.flush().await;
@@ -574,12 +610,19 @@ async fn tts_miss_streams_audio_through_and_fills_the_cache_at_the_end() {
     let app = spawn(Fakes { openai: Some(base), elevenlabs: None }, &[]).await;
     let user = app.create_user().await;
 
-    let mut response =
-        app.client.post(app.url(TTS)).bearer_auth(app.token_for(user)).json(&json!({"text": "Stream me."})).send().await.unwrap();
+    let mut response = app
+        .client
+        .post(app.url(TTS))
+        .bearer_auth(app.token_for(user))
+        .json(&json!({"text": "Stream me."}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-tts-provider"], "openai");
     // The first chunk arrives while the upstream is still holding back the rest.
-    let first = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await.expect("first chunk in time").unwrap();
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), response.chunk()).await.expect("first chunk in time").unwrap();
     assert_eq!(first.as_deref(), Some(&b"first-half|"[..]));
     assert_eq!(cache_rows(&app).await.0, 0, "nothing cached before the upstream ends");
 
@@ -599,8 +642,14 @@ async fn tts_broken_stream_is_cut_short_and_not_cached() {
     let base = chunked_upstream(b"partial", End::Break).await;
     let app = spawn(Fakes { openai: Some(base), elevenlabs: None }, &[]).await;
     let user = app.create_user().await;
-    let response =
-        app.client.post(app.url(TTS)).bearer_auth(app.token_for(user)).json(&json!({"text": "Break me."})).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url(TTS))
+        .bearer_auth(app.token_for(user))
+        .json(&json!({"text": "Break me."}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.bytes().await.is_err(), "a cut-off body must not look complete");
     assert_eq!(cache_rows(&app).await.0, 0);
@@ -643,7 +692,12 @@ async fn premium_stream_broken_off_is_refunded() {
 #[tokio::test]
 async fn tts_misses_count_against_the_ai_quota_and_hits_do_not() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(1).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(1)
+        .mount(&openai)
+        .await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("ai_quota_free_per_hour", "1")]).await;
     let user = app.create_user().await;
 
@@ -680,7 +734,12 @@ async fn tts_passes_on_only_an_outage_never_a_refused_request() {
         .expect(1)
         .mount(&openai)
         .await;
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(0)
+        .mount(&openai)
+        .await;
     let eleven = MockServer::start().await;
     Mock::given(method("POST")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
@@ -714,7 +773,11 @@ async fn premium_counts_against_the_hourly_quota_and_mystic_has_a_monthly_budget
     premium_mock("down").respond_with(upstream_error(503)).mount(&eleven).await;
     let app = spawn(
         Fakes { openai: None, elevenlabs: Some(eleven.uri()) },
-        &[("ai_quota_free_per_hour", "2"), ("ai_quota_mystic_per_hour", "5"), ("elevenlabs_mystic_chars_per_month", "1000")],
+        &[
+            ("ai_quota_free_per_hour", "2"),
+            ("ai_quota_mystic_per_hour", "5"),
+            ("elevenlabs_mystic_chars_per_month", "1000"),
+        ],
     )
     .await;
 
@@ -725,7 +788,12 @@ async fn premium_counts_against_the_hourly_quota_and_mystic_has_a_monthly_budget
         assert_eq!(post(&app, PREMIUM, payer, &json!({"text": "hi"})).await.status, 200);
     }
     let limited = post(&app, PREMIUM, payer, &json!({"text": "hi"})).await;
-    assert_eq!((limited.status, limited.json()["error"]["code"].as_str()), (429, Some("rate_limited")), "{:?}", limited.json());
+    assert_eq!(
+        (limited.status, limited.json()["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{:?}",
+        limited.json()
+    );
     assert!(limited.header("retry-after").is_some());
     assert_eq!(app.tokens_of(payer).await, 8);
     // A refused charge does not use up the quota: a user without tokens keeps theirs.
@@ -738,13 +806,22 @@ async fn premium_counts_against_the_hourly_quota_and_mystic_has_a_monthly_budget
 
     // Mystic: no tokens, but 1000 characters a month.
     let mystic = app.create_user().await;
-    app.db_client().await.execute("UPDATE public.user_profiles SET plan = 'mystic' WHERE id = $1", &[&mystic]).await.unwrap();
+    app.db_client()
+        .await
+        .execute("UPDATE public.user_profiles SET plan = 'mystic' WHERE id = $1", &[&mystic])
+        .await
+        .unwrap();
     assert_eq!(post(&app, PREMIUM, mystic, &json!({"text": "m".repeat(800)})).await.status, 200);
     // A failed call gives its characters back.
     let failed = post(&app, PREMIUM, mystic, &json!({"text": "f".repeat(150), "voice_id": "down"})).await;
     assert_eq!(failed.status, 503);
     let over = post(&app, PREMIUM, mystic, &json!({"text": "m".repeat(201)})).await;
-    assert_eq!((over.status, over.json()["error"]["code"].as_str()), (429, Some("premium_budget_exhausted")), "{:?}", over.json());
+    assert_eq!(
+        (over.status, over.json()["error"]["code"].as_str()),
+        (429, Some("premium_budget_exhausted")),
+        "{:?}",
+        over.json()
+    );
     assert_eq!((over.json()["budget"].as_i64(), over.json()["used"].as_i64()), (Some(1000), Some(800)));
     assert!(over.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1));
     let rest = post(&app, PREMIUM, mystic, &json!({"text": "m".repeat(200)})).await;
@@ -764,19 +841,32 @@ async fn premium_counts_against_the_hourly_quota_and_mystic_has_a_monthly_budget
 #[tokio::test]
 async fn premium_offers_only_the_operators_voices_and_models() {
     let eleven = MockServer::start().await;
-    Mock::given(method("POST")).and(path_regex(".*")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
+    Mock::given(method("POST"))
+        .and(path_regex(".*"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(0)
+        .mount(&eleven)
+        .await;
     let app = spawn(Fakes { openai: None, elevenlabs: Some(eleven.uri()) }, &[]).await;
     let user = app.create_user().await;
     app.grant_tokens(user, 50).await;
     let mystic = app.create_user().await;
-    app.db_client().await.execute("UPDATE public.user_profiles SET plan = 'mystic' WHERE id = $1", &[&mystic]).await.unwrap();
+    app.db_client()
+        .await
+        .execute("UPDATE public.user_profiles SET plan = 'mystic' WHERE id = $1", &[&mystic])
+        .await
+        .unwrap();
     for who in [user, mystic] {
         for body in [
             json!({"text": "hi", "voice_id": "PrivateCloneOfTheCEO"}),
             json!({"text": "hi", "model_id": "eleven_expensive_v9"}),
         ] {
             let answer = post(&app, PREMIUM, who, &body).await;
-            assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (400, Some("invalid_field")), "{body}");
+            assert_eq!(
+                (answer.status, answer.json()["error"]["code"].as_str()),
+                (400, Some("invalid_field")),
+                "{body}"
+            );
         }
     }
     assert_eq!(app.tokens_of(user).await, 50);
@@ -790,7 +880,11 @@ async fn premium_offers_only_the_operators_voices_and_models() {
 #[tokio::test]
 async fn tts_cache_one_user_cannot_flush_entries_others_use() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(&[7u8; 100], "audio/mpeg")).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(&[7u8; 100], "audio/mpeg"))
+        .mount(&openai)
+        .await;
     // Room for 10 answers of 100 bytes.
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("tts_cache_max_bytes", "1000")]).await;
     let (alice, bob, mallory) = (app.create_user().await, app.create_user().await, app.create_user().await);
@@ -870,8 +964,18 @@ fn guest_token(app: &TestApp, user: Uuid) -> String {
 #[tokio::test]
 async fn anonymous_sign_ins_make_no_paid_upstream_calls() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(1).mount(&openai).await;
-    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(1)
+        .mount(&openai)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(0)
+        .mount(&openai)
+        .await;
     let eleven = MockServer::start().await;
     Mock::given(method("POST")).respond_with(audio(MP3, "audio/mpeg")).expect(0).mount(&eleven).await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
@@ -901,7 +1005,11 @@ async fn anonymous_sign_ins_make_no_paid_upstream_calls() {
         ("/functions/v1/ai-hypnosis", json!({"ego_state": "healer", "phase": "deepening"})),
     ] {
         let (status, answer) = send(route, body).await;
-        assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("anonymous_not_allowed")), "{route}: {answer}");
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (403, Some("anonymous_not_allowed")),
+            "{route}: {answer}"
+        );
         if route == TTS {
             assert_eq!(answer["fallback"], "browser", "the guest speaks locally");
         }
@@ -922,11 +1030,22 @@ async fn anonymous_sign_ins_make_no_paid_upstream_calls() {
 #[tokio::test]
 async fn anonymous_paid_access_can_be_allowed() {
     let openai = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/audio/speech")).respond_with(audio(MP3, "audio/mpeg")).expect(1).mount(&openai).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(1)
+        .mount(&openai)
+        .await;
     let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("anonymous_paid_access", "true")]).await;
     let guest = app.create_user().await;
-    let response =
-        app.client.post(app.url(TTS)).bearer_auth(guest_token(&app, guest)).json(&json!({"text": "Hi."})).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url(TTS))
+        .bearer_auth(guest_token(&app, guest))
+        .json(&json!({"text": "Hi."}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     openai.verify().await;
 }

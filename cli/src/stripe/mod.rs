@@ -130,7 +130,11 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
         KeyMode::Test => "test mode",
         KeyMode::Live => "LIVE mode",
     };
-    println!("stripe sync: {what}, {}{}", account.base, if args.dry_run { " (dry run: nothing is written)" } else { "" });
+    println!(
+        "stripe sync: {what}, {}{}",
+        account.base,
+        if args.dry_run { " (dry run: nothing is written)" } else { "" }
+    );
     let variables = account.variables();
     let dry_run = args.dry_run;
     // Stripe's client is blocking: off the async thread.
@@ -170,7 +174,10 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
         match outcome {
             "inserted" | "updated" => {
                 stored_changes += 1;
-                println!("database: price {product}: stored {id} ({})", if row["active"] == true { "sold" } else { "archived" });
+                println!(
+                    "database: price {product}: stored {id} ({})",
+                    if row["active"] == true { "sold" } else { "archived" }
+                );
             }
             "stale" => println!("database: price {product}: {id} kept (the webhook stored a later read)"),
             _ => {}
@@ -210,7 +217,8 @@ mod tests {
 
     #[test]
     fn arguments_parse() {
-        let args: Vec<String> = ["--dry-run", "--database-url=postgres://x", "--api-base", "http://s"].map(String::from).to_vec();
+        let args: Vec<String> =
+            ["--dry-run", "--database-url=postgres://x", "--api-base", "http://s"].map(String::from).to_vec();
         let parsed = parse(&args).unwrap();
         assert!(parsed.dry_run && !parsed.live);
         assert_eq!(parsed.database_url.as_deref(), Some("postgres://x"));

@@ -15,7 +15,8 @@ use super::http::CliPlatform;
 use super::Account;
 use crate::pg;
 
-pub const USAGE: &str = "  libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
+pub const USAGE: &str =
+    "  libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
       apply the Stripe events the webhook missed (GET /v1/events from the stored cursor,
       each applied exactly once) and re-read stale subscriptions; runs until nothing is
       left (--once: one bounded run, as the endpoint does). Reads Stripe, never writes it.
@@ -52,10 +53,8 @@ pub async fn command(args: &[String]) -> Result<()> {
     let account = Account::from_env(args.api_base.clone())?;
     let url = crate::args::database_url(args.database_url.clone())?;
     let client = pg::connect(&url).await?;
-    let ready: bool = client
-        .query_one("select to_regprocedure('public.stripe_reconcile_cursor()') is not null", &[])
-        .await?
-        .get(0);
+    let ready: bool =
+        client.query_one("select to_regprocedure('public.stripe_reconcile_cursor()') is not null", &[]).await?.get(0);
     if !ready {
         bail!("the database has no reconciliation cursor yet: run `libero migrate` first");
     }
@@ -91,7 +90,9 @@ pub async fn command(args: &[String]) -> Result<()> {
         anyhow::Ok(total)
     })
     .await?
-    .context("stopped; the cursor stays before what was not done, and running `libero stripe reconcile` again continues")?;
+    .context(
+        "stopped; the cursor stays before what was not done, and running `libero stripe reconcile` again continues",
+    )?;
     println!(
         "done: {} event(s) seen, {} applied, {} already applied, {} recorded without effect; {} customer(s) re-read, {} subscription(s) updated{}",
         total.seen,

@@ -168,7 +168,10 @@ impl Run<'_> {
 
     fn get(&self, path: &str) -> Result<Read> {
         let at_ms = self.now();
-        let object = self.stripe.get(path).map_err(|e| anyhow!("GET /v1/{}: {}", path.split('?').next().unwrap_or(""), describe(&e)))?;
+        let object = self
+            .stripe
+            .get(path)
+            .map_err(|e| anyhow!("GET /v1/{}: {}", path.split('?').next().unwrap_or(""), describe(&e)))?;
         Ok(Read { object, at_ms })
     }
 
@@ -218,7 +221,11 @@ impl Run<'_> {
             .or(if found.is_empty() { None } else { Some(0) });
         for (i, other) in found.iter().enumerate() {
             if Some(i) != chosen {
-                self.say(format!("{label}: ignoring {} (also tagged {METADATA_KEY}={})", id_of(&other.object), product.key));
+                self.say(format!(
+                    "{label}: ignoring {} (also tagged {METADATA_KEY}={})",
+                    id_of(&other.object),
+                    product.key
+                ));
             }
         }
         let Some(chosen) = chosen.map(|i| found[i].clone()) else {
@@ -245,7 +252,8 @@ impl Run<'_> {
             self.say(format!("{label}: would update {id} (name, description, active)"));
             return Ok(Some(chosen));
         }
-        let form = Form::new().add("name", product.name).add("description", product.description()).add("active", "true");
+        let form =
+            Form::new().add("name", product.name).add("description", product.description()).add("active", "true");
         let updated = self.post(&format!("products/{id}"), &form, &format!("product-{}-update", product.key))?;
         self.say(format!("{label}: updated {id} (name, description, active)"));
         Ok(Some(updated))
@@ -255,7 +263,12 @@ impl Run<'_> {
     /// that takes the key. Archives what it replaces and any other active price the sync
     /// made for the product. Returns the price sold (`None` in a dry run that would
     /// create it).
-    fn ensure_price(&mut self, product: &Product, stripe_product: Option<&Read>, holder: Option<Read>) -> Result<Option<Read>> {
+    fn ensure_price(
+        &mut self,
+        product: &Product,
+        stripe_product: Option<&Read>,
+        holder: Option<Read>,
+    ) -> Result<Option<Read>> {
         let label = format!("price {}", product.key);
         let product_id = stripe_product.map(|p| id_of(&p.object).to_string());
         let mut replaced: Option<Read> = None;
@@ -263,7 +276,11 @@ impl Run<'_> {
             (Some(holder), Some(product_id)) if price_matches(&holder.object, product_id, product) => {
                 let id = id_of(&holder.object).to_string();
                 if holder.object["active"].as_bool() == Some(true) {
-                    self.say(format!("{label}: unchanged ({id}, {}, lookup key {})", label_of(&holder.object), product.lookup_key));
+                    self.say(format!(
+                        "{label}: unchanged ({id}, {}, lookup key {})",
+                        label_of(&holder.object),
+                        product.lookup_key
+                    ));
                     Some(holder)
                 } else if self.dry_run {
                     self.synced.changes += 1;
@@ -271,13 +288,15 @@ impl Run<'_> {
                     Some(holder)
                 } else {
                     let form = Form::new().add("active", "true");
-                    let updated = self.post(&format!("prices/{id}"), &form, &format!("price-{}-reactivate", product.key))?;
+                    let updated =
+                        self.post(&format!("prices/{id}"), &form, &format!("price-{}-reactivate", product.key))?;
                     self.say(format!("{label}: reactivated {id} ({})", label_of(&updated.object)));
                     Some(updated)
                 }
             }
             (holder, _) => {
-                let was = holder.as_ref().map(|h| format!(" (replacing {}, {})", id_of(&h.object), label_of(&h.object)));
+                let was =
+                    holder.as_ref().map(|h| format!(" (replacing {}, {})", id_of(&h.object), label_of(&h.object)));
                 replaced = holder;
                 match &product_id {
                     Some(product_id) if !self.dry_run => {
@@ -319,7 +338,8 @@ impl Run<'_> {
 
         // What to archive: the price replaced, and other active prices the sync made for
         // this product (left by a run that stopped between a create and an archive).
-        let mut stale: Vec<Read> = replaced.into_iter().filter(|r| r.object["active"].as_bool() == Some(true)).collect();
+        let mut stale: Vec<Read> =
+            replaced.into_iter().filter(|r| r.object["active"].as_bool() == Some(true)).collect();
         if let Some(product_id) = &product_id {
             let (active, at_ms) = self.list(&format!("prices?product={product_id}&active=true&limit=100"))?;
             for price in active {
@@ -337,11 +357,17 @@ impl Run<'_> {
                 self.say(format!("{label}: would archive {id} ({})", label_of(&old.object)));
                 continue;
             }
-            let archived = self.post(&format!("prices/{id}"), &Form::new().add("active", "false"), &format!("price-{}-archive-{id}", product.key))?;
+            let archived = self.post(
+                &format!("prices/{id}"),
+                &Form::new().add("active", "false"),
+                &format!("price-{}-archive-{id}", product.key),
+            )?;
             self.say(format!("{label}: archived {id} ({})", label_of(&archived.object)));
             let own_product = stripe_product.filter(|p| archived.object["product"].as_str() == Some(id_of(&p.object)));
             let product_at = own_product.map(|p| p.at_ms).unwrap_or(archived.at_ms);
-            if let Some(row) = catalog::price_row(&archived.object, own_product.map(|p| &p.object), archived.at_ms, product_at) {
+            if let Some(row) =
+                catalog::price_row(&archived.object, own_product.map(|p| &p.object), archived.at_ms, product_at)
+            {
                 self.synced.rows.push(row);
             }
         }
@@ -357,7 +383,10 @@ impl Run<'_> {
         let what = if switchable.is_empty() {
             "cancel at period end, payment methods, invoice history; no plan switching (one subscription)".to_string()
         } else {
-            format!("cancel at period end, payment methods, invoice history, switching between {} plans", switchable.len())
+            format!(
+                "cancel at period end, payment methods, invoice history, switching between {} plans",
+                switchable.len()
+            )
         };
         let form = portal_form(switchable);
         let stored = match ours {
@@ -372,7 +401,11 @@ impl Run<'_> {
                     self.say(format!("portal: would update {id} ({what})"));
                     return Ok(());
                 }
-                let updated = self.post(&format!("billing_portal/configurations/{id}"), &form.add("active", "true"), "portal-update")?;
+                let updated = self.post(
+                    &format!("billing_portal/configurations/{id}"),
+                    &form.add("active", "true"),
+                    "portal-update",
+                )?;
                 self.say(format!("portal: updated {id} ({what})"));
                 updated
             }
@@ -417,9 +450,9 @@ pub fn sync(platform: &dyn Platform, dry_run: bool, say: &mut dyn FnMut(String))
             .iter()
             .find(|p| p["lookup_key"].as_str() == Some(product.lookup_key))
             .map(|p| Read { object: p.clone(), at_ms: holders_at });
-        let holder_product = holder.as_ref().map(|h| {
-            h.object["product"].as_str().unwrap_or_else(|| id_of(&h.object["product"])).to_string()
-        });
+        let holder_product = holder
+            .as_ref()
+            .map(|h| h.object["product"].as_str().unwrap_or_else(|| id_of(&h.object["product"])).to_string());
         let stripe_product = run.ensure_product(product, tagged, holder_product.as_deref())?;
         let price = run.ensure_price(product, stripe_product.as_ref(), holder)?;
         if let (Some(stripe_product), Some(price)) = (stripe_product, price) {
@@ -427,7 +460,9 @@ pub fn sync(platform: &dyn Platform, dry_run: bool, say: &mut dyn FnMut(String))
         }
     }
     for (_, stripe_product, price) in &sold {
-        if let Some(row) = catalog::price_row(&price.object, Some(&stripe_product.object), price.at_ms, stripe_product.at_ms) {
+        if let Some(row) =
+            catalog::price_row(&price.object, Some(&stripe_product.object), price.at_ms, stripe_product.at_ms)
+        {
             run.synced.rows.push(row);
         }
     }
@@ -459,7 +494,8 @@ mod tests {
     #[test]
     fn a_price_matches_only_the_catalogs_terms() {
         let small = catalog::find("tokens-small").unwrap();
-        let price = json!({"id": "price_1", "product": "prod_1", "unit_amount": 499, "currency": "usd", "recurring": null});
+        let price =
+            json!({"id": "price_1", "product": "prod_1", "unit_amount": 499, "currency": "usd", "recurring": null});
         assert!(price_matches(&price, "prod_1", small));
         assert!(!price_matches(&price, "prod_2", small));
         let mystic = catalog::find("mystic-subscription").unwrap();

@@ -102,10 +102,17 @@ fn chat(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, Ap
 
     messages.insert(0, ChatMessage::system(guidance::chat_system_prompt(ego_state.as_deref())));
     let model = openai::model(platform, "openai_chat_model");
-    let chat = ChatRequest { model: model.clone(), messages, max_tokens: MAX_REPLY_TOKENS, temperature: 0.7, json_schema: None };
+    let chat = ChatRequest {
+        model: model.clone(),
+        messages,
+        max_tokens: MAX_REPLY_TOKENS,
+        temperature: 0.7,
+        json_schema: None,
+    };
     let retrier = client.retrier(platform);
     if body.stream {
-        let stream = client.chat_stream(&retrier, &chat).map_err(|e| openai::unavailable(platform, ENDPOINT.name, &e))?;
+        let stream =
+            client.chat_stream(&retrier, &chat).map_err(|e| openai::unavailable(platform, ENDPOINT.name, &e))?;
         return Ok(event_stream(SseRelay::new(stream, model)));
     }
     let completion = client.chat(&retrier, &chat).map_err(|e| openai::unavailable(platform, ENDPOINT.name, &e))?;

@@ -42,7 +42,8 @@ fn parse(body: PremiumBody, platform: &dyn Platform) -> Result<PremiumSpeech, Ap
         Some(voice) => elevenlabs::voice_id("voice_id", &voice)?,
         None => elevenlabs::defaults(platform)?.0,
     };
-    let output_format = elevenlabs::output_format(body.output_format.as_deref().unwrap_or(elevenlabs::DEFAULT_OUTPUT_FORMAT))?.0;
+    let output_format =
+        elevenlabs::output_format(body.output_format.as_deref().unwrap_or(elevenlabs::DEFAULT_OUTPUT_FORMAT))?.0;
     Ok(PremiumSpeech {
         text,
         voice_id,

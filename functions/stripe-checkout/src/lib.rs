@@ -2,8 +2,8 @@
 //! (`POST /`), and the Billing Portal (`POST /portal`). The rules live in
 //! `libero_shared::stripe`; this crate parses requests and maps results.
 
-use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::db;
+use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::stripe::catalog::{self, Prices};
 use libero_shared::stripe::checkout::{self, CheckoutRequest};
 use libero_shared::{auth, validate, Platform};
@@ -44,7 +44,10 @@ struct PortalBody {
 fn request_key(request: &ApiRequest) -> Result<String, ApiError> {
     match request.header("idempotency-key") {
         Some(key) => validate::slug("Idempotency-Key", key, 64).map_err(|_| {
-            ApiError::bad_request("invalid_field", "Header `Idempotency-Key` must be 1 to 64 letters, digits, '_' or '-'.")
+            ApiError::bad_request(
+                "invalid_field",
+                "Header `Idempotency-Key` must be 1 to 64 letters, digits, '_' or '-'.",
+            )
         }),
         None => Ok(request.request_id.clone()),
     }

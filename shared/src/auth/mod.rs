@@ -134,9 +134,7 @@ impl AuthError {
 
     pub fn message(self) -> &'static str {
         match self {
-            AuthError::MissingToken => {
-                "Sign in and send the access token as `Authorization: Bearer <token>`."
-            }
+            AuthError::MissingToken => "Sign in and send the access token as `Authorization: Bearer <token>`.",
             AuthError::MalformedToken => {
                 "The access token is not a well-formed JWT; send the session's access_token as \
                  `Authorization: Bearer <token>`."
@@ -145,9 +143,7 @@ impl AuthError {
                 "The access token is signed with an algorithm this server does not accept."
             }
             AuthError::InvalidSignature => "The access token's signature is not valid; sign in again.",
-            AuthError::UnknownKey => {
-                "The access token is signed with a key this server does not know; sign in again."
-            }
+            AuthError::UnknownKey => "The access token is signed with a key this server does not know; sign in again.",
             AuthError::TokenExpired => "The access token has expired; refresh the session and retry.",
             AuthError::TokenNotYetValid => "The access token is not valid yet; check the device clock.",
             AuthError::WrongAudience => "The access token was not issued for this API.",
@@ -318,7 +314,11 @@ fn check_times(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64) 
     Ok(())
 }
 
-fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64) -> Result<AuthenticatedUser, AuthError> {
+fn check_claims(
+    claims: &Map<String, Value>,
+    config: &AuthConfig,
+    now_unix: i64,
+) -> Result<AuthenticatedUser, AuthError> {
     check_times(claims, config, now_unix)?;
     let audience_matches = match claims.get("aud") {
         Some(Value::String(aud)) => *aud == config.audience,
@@ -332,11 +332,8 @@ fn check_claims(claims: &Map<String, Value>, config: &AuthConfig, now_unix: i64)
     if role != Some(USER_ROLE) {
         return Err(AuthError::WrongRole);
     }
-    let user_id = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .and_then(canonical_uuid)
-        .ok_or(AuthError::InvalidSubject)?;
+    let user_id =
+        claims.get("sub").and_then(Value::as_str).and_then(canonical_uuid).ok_or(AuthError::InvalidSubject)?;
     // Supabase sends `"email": ""` for users without one (phone, anonymous sign-in).
     let email = claims.get("email").and_then(Value::as_str).filter(|e| !e.is_empty()).map(str::to_string);
     let is_anonymous = claims.get("is_anonymous").and_then(Value::as_bool) == Some(true);

@@ -201,8 +201,20 @@ fn alg_none_and_other_algorithms_are_refused() {
     let unsigned = format!("{}.", signing_input(&json!({"alg": "none", "typ": "JWT"}), &claims()));
     let config = both_config();
     assert_eq!(verify(&unsigned, &config), Err(AuthError::UnsupportedAlgorithm));
-    for alg in [json!("none"), json!("None"), json!("hs256"), json!("HS512"), json!("HS384"), json!("RS256"),
-                json!("PS256"), json!("ES384"), json!("EdDSA"), json!(""), json!(null), json!(["HS256"])] {
+    for alg in [
+        json!("none"),
+        json!("None"),
+        json!("hs256"),
+        json!("HS512"),
+        json!("HS384"),
+        json!("RS256"),
+        json!("PS256"),
+        json!("ES384"),
+        json!("EdDSA"),
+        json!(""),
+        json!(null),
+        json!(["HS256"]),
+    ] {
         // Even with a valid HMAC over the input: the algorithm alone decides.
         let token = hs256_with(json!({ "alg": alg }), &claims(), SECRET.as_bytes());
         assert_eq!(verify(&token, &config), Err(AuthError::UnsupportedAlgorithm), "alg {alg}");
@@ -290,9 +302,16 @@ fn only_signed_in_users_are_accepted() {
 fn subject_must_be_a_uuid_and_is_canonicalised() {
     let config = secret_config();
     let at = |sub: Value| verify(&hs256(&with(claims(), "sub", sub)), &config);
-    for bad in [json!("not-a-uuid"), json!(""), json!("6f1c2d3e4b5a47899abcdef012345678"),
-                json!("6f1c2d3e-4b5a-4789-9abc-def01234567g"), json!("{6f1c2d3e-4b5a-4789-9abc-def0123456}"),
-                json!(" 6f1c2d3e-4b5a-4789-9abc-def01234567"), json!(42), json!(null)] {
+    for bad in [
+        json!("not-a-uuid"),
+        json!(""),
+        json!("6f1c2d3e4b5a47899abcdef012345678"),
+        json!("6f1c2d3e-4b5a-4789-9abc-def01234567g"),
+        json!("{6f1c2d3e-4b5a-4789-9abc-def0123456}"),
+        json!(" 6f1c2d3e-4b5a-4789-9abc-def01234567"),
+        json!(42),
+        json!(null),
+    ] {
         assert_eq!(at(bad.clone()), Err(AuthError::InvalidSubject), "sub {bad}");
     }
     assert_eq!(verify(&hs256(&without(claims(), "sub")), &config), Err(AuthError::InvalidSubject));
@@ -319,9 +338,25 @@ fn garbage_empty_and_huge_tokens_are_refused() {
         format!("{input}.{signature}=")
     };
     assert_eq!(verify("", &config), Err(AuthError::MissingToken));
-    for garbage in ["garbage", ".", "..", "...", "a.b.c", "a.b.c.d", "!!!.###.$$$", "eyJ.eyJ.", "\u{0}\u{ff}",
-                    "e30.e30.e30", "W10.W10.", "bnVsbA.bnVsbA.", "MQ.MQ.", &huge, &padded,
-                    &format!("{valid}.extra"), &valid.replacen('.', "", 1)] {
+    for garbage in [
+        "garbage",
+        ".",
+        "..",
+        "...",
+        "a.b.c",
+        "a.b.c.d",
+        "!!!.###.$$$",
+        "eyJ.eyJ.",
+        "\u{0}\u{ff}",
+        "e30.e30.e30",
+        "W10.W10.",
+        "bnVsbA.bnVsbA.",
+        "MQ.MQ.",
+        &huge,
+        &padded,
+        &format!("{valid}.extra"),
+        &valid.replacen('.', "", 1),
+    ] {
         assert_eq!(verify(garbage, &config).map(|_| ()).map_err(|_| ()), Err(()), "token {garbage:.40}");
     }
     assert_eq!(verify(&huge, &config), Err(AuthError::MalformedToken));
@@ -380,11 +415,20 @@ fn authenticate_uses_the_platform_clock() {
 fn auth_errors_are_401_with_a_bearer_challenge() {
     let missing = ApiError::from(AuthError::MissingToken);
     assert_eq!((missing.status, missing.code), (401, "missing_token"));
-    assert_eq!(missing.headers, vec![("www-authenticate".to_string(), r#"Bearer error="invalid_request""#.to_string())]);
+    assert_eq!(
+        missing.headers,
+        vec![("www-authenticate".to_string(), r#"Bearer error="invalid_request""#.to_string())]
+    );
     let all = [
-        AuthError::MalformedToken, AuthError::UnsupportedAlgorithm, AuthError::InvalidSignature,
-        AuthError::UnknownKey, AuthError::TokenExpired, AuthError::TokenNotYetValid,
-        AuthError::WrongAudience, AuthError::WrongRole, AuthError::InvalidSubject,
+        AuthError::MalformedToken,
+        AuthError::UnsupportedAlgorithm,
+        AuthError::InvalidSignature,
+        AuthError::UnknownKey,
+        AuthError::TokenExpired,
+        AuthError::TokenNotYetValid,
+        AuthError::WrongAudience,
+        AuthError::WrongRole,
+        AuthError::InvalidSubject,
     ];
     let mut codes = vec![missing.code];
     for error in all {

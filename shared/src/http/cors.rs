@@ -19,11 +19,8 @@ impl Cors {
     }
 
     pub fn parse(setting: &str) -> Self {
-        let origins: Vec<String> = setting
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_string())
-            .filter(|o| !o.is_empty())
-            .collect();
+        let origins: Vec<String> =
+            setting.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect();
         Self { any_origin: origins.iter().any(|o| o == "*"), origins }
     }
 

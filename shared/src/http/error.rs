@@ -51,8 +51,7 @@ impl ApiError {
 
     pub fn method_not_allowed(allowed: &[&str]) -> Self {
         let allow = allowed.join(", ");
-        Self::new(405, "method_not_allowed", format!("This endpoint accepts {allow}."))
-            .with_header("allow", allow)
+        Self::new(405, "method_not_allowed", format!("This endpoint accepts {allow}.")).with_header("allow", allow)
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -101,10 +100,7 @@ impl ApiError {
 
     pub fn body(&self) -> Value {
         let mut body = self.extra.clone();
-        body.insert(
-            "error".to_string(),
-            json!({ "code": self.code, "message": self.message }),
-        );
+        body.insert("error".to_string(), json!({ "code": self.code, "message": self.message }));
         Value::Object(body)
     }
 }

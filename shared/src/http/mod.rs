@@ -67,8 +67,7 @@ pub fn dispatch(endpoint: &Endpoint, request: &ApiRequest, platform: &dyn Platfo
 
 fn route(endpoint: &Endpoint, request: &ApiRequest) -> Result<Handler, ApiError> {
     let path = request.path.trim_end_matches('/');
-    let on_path: Vec<&Route> =
-        endpoint.routes.iter().filter(|r| r.path.trim_end_matches('/') == path).collect();
+    let on_path: Vec<&Route> = endpoint.routes.iter().filter(|r| r.path.trim_end_matches('/') == path).collect();
     if on_path.is_empty() {
         return Err(ApiError::not_found(
             "route_not_found",

@@ -16,13 +16,7 @@ pub struct OutboundRequest {
 
 impl OutboundRequest {
     pub fn new(method: &'static str, url: impl Into<String>) -> Self {
-        Self {
-            method,
-            url: url.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            timeout: Duration::from_secs(30),
-        }
+        Self { method, url: url.into(), headers: Vec::new(), body: Vec::new(), timeout: Duration::from_secs(30) }
     }
 
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {

@@ -31,19 +31,11 @@ impl ApiResponse {
     }
 
     pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type".to_string(), content_type.to_string())],
-            body: Body::Bytes(body),
-        }
+        Self { status, headers: vec![("content-type".to_string(), content_type.to_string())], body: Body::Bytes(body) }
     }
 
     pub fn stream(status: u16, content_type: &str, body: Box<dyn ChunkStream>) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type".to_string(), content_type.to_string())],
-            body: Body::Stream(body),
-        }
+        Self { status, headers: vec![("content-type".to_string(), content_type.to_string())], body: Body::Stream(body) }
     }
 
     pub fn empty(status: u16) -> Self {

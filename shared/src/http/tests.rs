@@ -23,12 +23,7 @@ const ENDPOINT: Endpoint = Endpoint {
 };
 
 fn request(method: &str, path: &str) -> ApiRequest {
-    ApiRequest {
-        method: method.into(),
-        path: path.into(),
-        request_id: "req-1".into(),
-        ..ApiRequest::default()
-    }
+    ApiRequest { method: method.into(), path: path.into(), request_id: "req-1".into(), ..ApiRequest::default() }
 }
 
 fn body_json(response: &ApiResponse) -> Value {

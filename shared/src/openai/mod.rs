@@ -7,8 +7,8 @@
 
 mod relay;
 pub mod speech;
-pub mod transcription;
 mod sse;
+pub mod transcription;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -86,7 +86,8 @@ impl OpenAi {
     /// One chat completion, whole.
     pub fn chat(&self, retrier: &Retrier, chat: &ChatRequest) -> Result<ChatCompletion, OpenAiError> {
         let response = retrier.send(&self.request(&chat.body(false)))?;
-        let bytes = response.read_all(MAX_RESPONSE_BYTES).map_err(|_| OpenAiError::InvalidResponse("body unreadable"))?;
+        let bytes =
+            response.read_all(MAX_RESPONSE_BYTES).map_err(|_| OpenAiError::InvalidResponse("body unreadable"))?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|_| OpenAiError::InvalidResponse("body is not JSON"))?;
         ChatCompletion::from_response(&value)

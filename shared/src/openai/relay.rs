@@ -39,7 +39,6 @@ impl SseRelay {
     pub fn canned(reply: String, model: String) -> Self {
         SseRelay { upstream: None, canned: Some(reply), model, usage: Value::Null, finished: false }
     }
-
 }
 
 /// The closing events: the summary, then `[DONE]` (the marker OpenAI-style clients wait for).

@@ -21,16 +21,26 @@ pub struct ScriptRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    OpenAi { model: String },
+    OpenAi {
+        model: String,
+    },
     /// Why the local script was used: `not_configured`, `upstream_unavailable` or
     /// `invalid_output`.
-    Fallback { reason: &'static str },
+    Fallback {
+        reason: &'static str,
+    },
 }
 
 /// A script from the model when it is configured and answers validly, else the fallback.
 /// Never fails: the app always gets a usable script.
-pub fn generate(platform: &dyn Platform, client: Option<&OpenAi>, model: &str, request: &ScriptRequest) -> (Script, Source) {
-    let fallback = |reason| (fallback_script(&request.ego_state, request.duration_minutes), Source::Fallback { reason });
+pub fn generate(
+    platform: &dyn Platform,
+    client: Option<&OpenAi>,
+    model: &str,
+    request: &ScriptRequest,
+) -> (Script, Source) {
+    let fallback =
+        |reason| (fallback_script(&request.ego_state, request.duration_minutes), Source::Fallback { reason });
     let Some(client) = client else { return fallback("not_configured") };
     let chat = ChatRequest {
         model: model.to_string(),

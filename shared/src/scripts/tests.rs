@@ -76,7 +76,13 @@ mod generation {
     }
 
     fn request() -> ScriptRequest {
-        ScriptRequest { ego_state: "sage".into(), intent: "focus".into(), duration_minutes: 3, style: None, protocol: None }
+        ScriptRequest {
+            ego_state: "sage".into(),
+            intent: "focus".into(),
+            duration_minutes: 3,
+            style: None,
+            protocol: None,
+        }
     }
 
     fn answer(platform: &FakePlatform, content: &str) {

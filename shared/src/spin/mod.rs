@@ -81,14 +81,8 @@ fn read_request(
         _ => "/".to_string(),
     };
     let request_id = ApiRequest::choose_request_id(find("x-request-id"), &platform.random_bytes(12));
-    let mut api_request = ApiRequest {
-        method: method_name(&request.method()),
-        path,
-        query,
-        headers,
-        body: Vec::new(),
-        request_id,
-    };
+    let mut api_request =
+        ApiRequest { method: method_name(&request.method()), path, query, headers, body: Vec::new(), request_id };
 
     let declared = api_request.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > body_limit as u64) {
@@ -187,10 +181,7 @@ impl Platform for SpinPlatform {
     }
 
     fn now_unix_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
 
     fn monotonic_ms(&self) -> u64 {

@@ -13,8 +13,8 @@ pub fn send(request: OutboundRequest) -> Result<OutboundResponse, OutboundError>
     let (scheme, authority, path) = split_url(&request.url)?;
     let header_list: Vec<(String, Vec<u8>)> =
         request.headers.iter().map(|(n, v)| (n.clone(), v.clone().into_bytes())).collect();
-    let headers = Fields::from_list(&header_list)
-        .map_err(|_| OutboundError::Connection("invalid outbound header".into()))?;
+    let headers =
+        Fields::from_list(&header_list).map_err(|_| OutboundError::Connection("invalid outbound header".into()))?;
     let outgoing = OutgoingRequest::new(headers);
     let method = match request.method {
         "GET" => Method::Get,

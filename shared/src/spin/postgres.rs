@@ -54,9 +54,7 @@ fn map_error(error: pg4::PgError) -> DbError {
     use pg4::{PgError, QueryError};
     match error {
         PgError::ConnectionFailed(detail) => DbError::Unavailable(detail),
-        PgError::QueryFailed(QueryError::DbError(db)) => {
-            DbError::Query { sqlstate: db.code, message: db.message }
-        }
+        PgError::QueryFailed(QueryError::DbError(db)) => DbError::Query { sqlstate: db.code, message: db.message },
         // No SQLSTATE means the failure happened below SQL: the connection broke.
         PgError::QueryFailed(QueryError::Text(detail)) => DbError::Unavailable(detail),
         PgError::BadParameter(detail) | PgError::ValueConversionFailed(detail) => DbError::Conversion(detail),

@@ -346,7 +346,12 @@ mod tests {
             PRODUCTS.iter().map(|p| (p.key, p.credited_tokens(), p.unit_amount)).collect();
         assert_eq!(
             amounts,
-            [("mystic-subscription", 0, 999), ("tokens-small", 110, 499), ("tokens-medium", 300, 999), ("tokens-large", 650, 1999)]
+            [
+                ("mystic-subscription", 0, 999),
+                ("tokens-small", 110, 499),
+                ("tokens-medium", 300, 999),
+                ("tokens-large", 650, 1999)
+            ]
         );
         assert_eq!(find("tokens-medium").unwrap().checkout_mode(), "payment");
         assert_eq!(find("mystic-subscription").unwrap().checkout_mode(), "subscription");
@@ -387,14 +392,20 @@ mod tests {
         let listing = |key: &str| prices.listing(find(key).unwrap());
         assert_eq!(prices.price(find("tokens-small").unwrap()).unwrap().id, "price_small_db");
         assert_eq!(listing("tokens-small")["price_label"], "€5.49");
-        assert_eq!((listing("tokens-small")["amount"].as_i64(), listing("tokens-small")["available"].as_bool()), (Some(549), Some(true)));
+        assert_eq!(
+            (listing("tokens-small")["amount"].as_i64(), listing("tokens-small")["available"].as_bool()),
+            (Some(549), Some(true))
+        );
         assert_eq!(listing("mystic-subscription")["price_label"], "$12.99 / month");
         assert_eq!(listing("mystic-subscription")["interval"], "month");
         // An override wins; its amount is shown when the database knows the price.
         assert_eq!(listing("tokens-large")["amount"], 2499);
         assert_eq!(prices.product_of("price_large_var").unwrap().key, "tokens-large");
         // An override the database does not know: sold, amount unknown, the catalog's label.
-        assert_eq!((listing("tokens-medium")["available"].as_bool(), listing("tokens-medium")["amount"].is_null()), (Some(true), true));
+        assert_eq!(
+            (listing("tokens-medium")["available"].as_bool(), listing("tokens-medium")["amount"].is_null()),
+            (Some(true), true)
+        );
         assert_eq!(listing("tokens-medium")["price_label"], "$9.99");
         assert_eq!(prices.product_of("price_medium_var").unwrap().key, "tokens-medium");
         assert!(prices.product_of("price_small_other").is_none());

@@ -114,12 +114,17 @@ impl CheckoutRequest {
             (Some(key), _) => {
                 let found = catalog::find(key).ok_or_else(|| {
                     let keys: Vec<&str> = catalog::PRODUCTS.iter().map(|p| p.key).collect();
-                    ApiError::bad_request("unknown_product", format!("Unknown product; use one of: {}.", keys.join(", ")))
+                    ApiError::bad_request(
+                        "unknown_product",
+                        format!("Unknown product; use one of: {}.", keys.join(", ")),
+                    )
                 })?;
                 ProductRef::Key(check_mode(found, mode)?)
             }
             (None, Some(price)) => ProductRef::PriceId(price.to_string()),
-            (None, None) => return Err(ApiError::bad_request("missing_product", "Name a `product` (or a `price_id`).")),
+            (None, None) => {
+                return Err(ApiError::bad_request("missing_product", "Name a `product` (or a `price_id`)."))
+            }
         };
         Ok(Self {
             product,
@@ -132,7 +137,11 @@ impl CheckoutRequest {
     /// The product and the price it is sold at now. A price id must be one of the
     /// catalog's prices now; a product with no price (never synced, or its price archived)
     /// is a 409 `product_unavailable`.
-    pub fn resolve<'p>(&self, platform: &dyn Platform, prices: &'p Prices) -> Result<(&'static Product, &'p Price), ApiError> {
+    pub fn resolve<'p>(
+        &self,
+        platform: &dyn Platform,
+        prices: &'p Prices,
+    ) -> Result<(&'static Product, &'p Price), ApiError> {
         let product = match &self.product {
             ProductRef::Key(product) => *product,
             ProductRef::PriceId(id) => {
@@ -147,7 +156,10 @@ impl CheckoutRequest {
                 "stripe checkout: {} has no price to sell (run `libero stripe sync`, or set {})",
                 product.key, product.price_variable
             ));
-            ApiError::conflict("product_unavailable", format!("{} is not for sale right now; try again later.", product.name))
+            ApiError::conflict(
+                "product_unavailable",
+                format!("{} is not for sale right now; try again later.", product.name),
+            )
         })?;
         Ok((product, price))
     }
@@ -166,10 +178,11 @@ struct BillingState {
 }
 
 fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState, ApiError> {
-    let state = db::query_json(platform, "select public.stripe_checkout_state($1::uuid, $2::jsonb)", &[
-        SqlParam::Uuid(user_id.to_string()),
-        Prices::overrides_param(platform),
-    ])
+    let state = db::query_json(
+        platform,
+        "select public.stripe_checkout_state($1::uuid, $2::jsonb)",
+        &[SqlParam::Uuid(user_id.to_string()), Prices::overrides_param(platform)],
+    )
     .map_err(|e| db::report(platform, "stripe_checkout_state", e))?;
     // A valid token for a user this project does not have (deleted, or another
     // project's): refused before anything is created at Stripe for them.
@@ -210,10 +223,11 @@ fn ensure_customer(
     }
     let created = stripe.post("customers", &form, &key)?;
     let customer = stripe_id(&created)?;
-    let linked = db::query_json(platform, "select to_jsonb(public.stripe_link_customer($1::uuid, $2::text))", &[
-        SqlParam::Uuid(user.user_id.clone()),
-        SqlParam::Text(customer),
-    ])
+    let linked = db::query_json(
+        platform,
+        "select to_jsonb(public.stripe_link_customer($1::uuid, $2::text))",
+        &[SqlParam::Uuid(user.user_id.clone()), SqlParam::Text(customer)],
+    )
     .map_err(|e| db::report(platform, "stripe_link_customer", e))?;
     linked
         .as_str()
@@ -294,7 +308,10 @@ pub fn open_portal(
     let return_url = redirect_url(platform, "return_url", return_url, DEFAULT_RETURN_PATH)?;
     let state = billing_state(platform, &user.user_id)?;
     let customer = state.customer_id.filter(|_| state.has_paid).ok_or_else(|| {
-        ApiError::not_found("no_customer", "You have no purchases or subscription to manage yet; buy a product or subscribe first.")
+        ApiError::not_found(
+            "no_customer",
+            "You have no purchases or subscription to manage yet; buy a product or subscribe first.",
+        )
     })?;
     let stripe = StripeClient::from_platform(platform)?;
     let mut form = Form::new().add("customer", customer).add("return_url", return_url);
@@ -303,7 +320,8 @@ pub fn open_portal(
     if let Some(configuration) = &state.prices.portal_configuration {
         form = form.add("configuration", configuration.as_str());
     }
-    let session = stripe.post("billing_portal/sessions", &form, &format!("libero-portal-{}-{request_key}", user.user_id))?;
+    let session =
+        stripe.post("billing_portal/sessions", &form, &format!("libero-portal-{}-{request_key}", user.user_id))?;
     session["url"]
         .as_str()
         .map(str::to_string)
@@ -364,8 +382,14 @@ mod tests {
         };
         // By key, and by the price it is sold at: a variable, or the stored price.
         assert_eq!(ask(Some("tokens-small"), None, None), Ok(("tokens-small", "price_small".to_string())));
-        assert_eq!(ask(None, Some("price_mystic"), Some("subscription")), Ok(("mystic-subscription", "price_mystic".to_string())));
-        assert_eq!(ask(None, Some("price_large_db"), Some("payment")), Ok(("tokens-large", "price_large_db".to_string())));
+        assert_eq!(
+            ask(None, Some("price_mystic"), Some("subscription")),
+            Ok(("mystic-subscription", "price_mystic".to_string()))
+        );
+        assert_eq!(
+            ask(None, Some("price_large_db"), Some("payment")),
+            Ok(("tokens-large", "price_large_db".to_string()))
+        );
         assert_eq!(ask(Some("tokens-free"), None, None), Err("unknown_product"));
         assert_eq!(ask(None, Some("price_other"), None), Err("unknown_price"));
         assert_eq!(ask(None, Some("price_small"), Some("subscription")), Err("mode_mismatch"));

@@ -48,11 +48,7 @@ impl Form {
     }
 
     pub fn encode(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+        self.0.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect::<Vec<_>>().join("&")
     }
 }
 
@@ -113,8 +109,14 @@ impl From<StripeError> for ApiError {
 /// Stripe's documented error types; anything else is reported as `api_error`, so not
 /// even this field can carry text of Stripe's choosing to the client.
 fn known_error_type(error_type: &str) -> &'static str {
-    const TYPES: [&str; 6] =
-        ["api_error", "card_error", "idempotency_error", "invalid_request_error", "rate_limit_error", "authentication_error"];
+    const TYPES: [&str; 6] = [
+        "api_error",
+        "card_error",
+        "idempotency_error",
+        "invalid_request_error",
+        "rate_limit_error",
+        "authentication_error",
+    ];
     TYPES.into_iter().find(|t| *t == error_type).unwrap_or("api_error")
 }
 
@@ -124,7 +126,9 @@ fn stripe_error_message(status: u16, error_type: &str, code: Option<&str>) -> &'
         (401 | 403, _, _) | (_, "authentication_error", _) => {
             "The payment service refused this server's credentials; nothing was charged. Please try again later."
         }
-        (429, _, _) | (_, "rate_limit_error", _) => "The payment service is busy; nothing was charged. Try again shortly.",
+        (429, _, _) | (_, "rate_limit_error", _) => {
+            "The payment service is busy; nothing was charged. Try again shortly."
+        }
         (_, "idempotency_error", _) => {
             "This request reuses an Idempotency-Key from a different request; send a new key."
         }
@@ -176,10 +180,7 @@ impl<'a> StripeClient<'a> {
     /// `POST /v1/<path>`. The same `idempotency_key` is sent on the retry, so Stripe
     /// performs the operation at most once however many attempts reach it.
     pub fn post(&self, path: &str, form: &Form, idempotency_key: &str) -> Result<Value, StripeError> {
-        let request = self
-            .request("POST", path)
-            .header("idempotency-key", idempotency_key)
-            .form_body(form.encode());
+        let request = self.request("POST", path).header("idempotency-key", idempotency_key).form_body(form.encode());
         self.send(request)
     }
 
@@ -344,7 +345,10 @@ mod tests {
         assert_eq!(api.status, 502);
         assert_eq!(api.extra["stripe_error_type"], "invalid_request_error");
         let body = api.body().to_string();
-        assert!(!body.contains("Invalid API Key") && !body.contains("sk_test") && !body.contains("request_log_url"), "{body}");
+        assert!(
+            !body.contains("Invalid API Key") && !body.contains("sk_test") && !body.contains("request_log_url"),
+            "{body}"
+        );
         assert!(api.message.contains("credentials"), "{}", api.message);
         let logs = platform.logs.borrow();
         assert!(logs.iter().any(|l| l.contains("Invalid API Key provided: [redacted]")), "{logs:?}");
@@ -359,14 +363,21 @@ mod tests {
         let body = ApiError::from(error).body().to_string();
         assert!(!body.contains("price_1Secret") && !body.contains("No such"), "{body}");
         assert!(platform.logs.borrow().iter().any(|l| l.contains("No such price: 'price_1Secret'")));
-        let odd = StripeError::Api { status: 400, error_type: "cus_123 leaked".into(), code: None, message: String::new() };
+        let odd =
+            StripeError::Api { status: 400, error_type: "cus_123 leaked".into(), code: None, message: String::new() };
         assert_eq!(ApiError::from(odd).extra["stripe_error_type"], "api_error");
     }
 
     #[test]
     fn stripe_redaction_finds_keys_anywhere() {
-        assert_eq!(redact("key:sk_live_abc*** and (rk_test_1) whsec_x."), "key:[redacted] and ([redacted]) [redacted].");
-        assert_eq!(redact("ask_for_it desk_1 No such customer: 'cus_1'"), "ask_for_it desk_1 No such customer: 'cus_1'");
+        assert_eq!(
+            redact("key:sk_live_abc*** and (rk_test_1) whsec_x."),
+            "key:[redacted] and ([redacted]) [redacted]."
+        );
+        assert_eq!(
+            redact("ask_for_it desk_1 No such customer: 'cus_1'"),
+            "ask_for_it desk_1 No such customer: 'cus_1'"
+        );
         assert_eq!(redact("é sk_1"), "é [redacted]");
     }
 

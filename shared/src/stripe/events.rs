@@ -121,16 +121,24 @@ pub struct Dispute {
 pub enum Effect {
     CheckoutPayment(CheckoutPayment),
     /// Re-read this subscription and store Stripe's current state.
-    SyncSubscription { subscription_id: String },
+    SyncSubscription {
+        subscription_id: String,
+    },
     ChargeRefund(ChargeRefund),
     Dispute(Dispute),
     /// The customer was deleted in Stripe: the user's next checkout makes a new one.
-    CustomerDeleted { customer: String },
+    CustomerDeleted {
+        customer: String,
+    },
     /// Re-read this price (with its product) and store it in the catalog if it is one of
     /// the catalog's.
-    SyncCatalogPrice { price_id: String },
+    SyncCatalogPrice {
+        price_id: String,
+    },
     /// Re-read this product and store whether it is active on its catalog prices.
-    SyncCatalogProduct { product_id: String },
+    SyncCatalogProduct {
+        product_id: String,
+    },
     /// Recorded with this outcome, nothing else.
     Nothing(&'static str),
 }
@@ -175,7 +183,8 @@ pub fn effect_of(event: &Event) -> Effect {
             }
         }
         "charge.refunded" => {
-            let (Some(charge_id), Some(payment_intent)) = (id_field(&object["id"]), id_field(&object["payment_intent"]))
+            let (Some(charge_id), Some(payment_intent)) =
+                (id_field(&object["id"]), id_field(&object["payment_intent"]))
             else {
                 return Effect::Nothing("no_payment_intent");
             };
@@ -188,7 +197,8 @@ pub fn effect_of(event: &Event) -> Effect {
             })
         }
         "charge.dispute.created" | "charge.dispute.closed" => {
-            let (Some(dispute_id), Some(payment_intent)) = (id_field(&object["id"]), id_field(&object["payment_intent"]))
+            let (Some(dispute_id), Some(payment_intent)) =
+                (id_field(&object["id"]), id_field(&object["payment_intent"]))
             else {
                 return Effect::Nothing("no_payment_intent");
             };
@@ -284,7 +294,8 @@ pub fn check_line_items(session: &Value, line_items: &Value) -> Result<String, &
         return Err("quantity_mismatch");
     }
     let unit_amount = item["price"]["unit_amount"].as_i64().ok_or("price_amount_unknown")?;
-    let price_currency = item["price"]["currency"].as_str().map(str::to_ascii_lowercase).ok_or("price_amount_unknown")?;
+    let price_currency =
+        item["price"]["currency"].as_str().map(str::to_ascii_lowercase).ok_or("price_amount_unknown")?;
     let conversion = &session["currency_conversion"];
     let (paid, currency) = if conversion.is_object() {
         (conversion["amount_total"].as_i64(), conversion["source_currency"].as_str())
@@ -363,11 +374,8 @@ impl Subscription {
 /// (`{"outcome": "applied" | "duplicate" | ...}`). Database trouble is a 5xx, Stripe
 /// trouble a 502: Stripe then delivers the event again, and nothing was recorded.
 pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> {
-    let head = [
-        SqlParam::Text(event.id.clone()),
-        SqlParam::Text(event.event_type.clone()),
-        SqlParam::Int64(event.created),
-    ];
+    let head =
+        [SqlParam::Text(event.id.clone()), SqlParam::Text(event.event_type.clone()), SqlParam::Int64(event.created)];
     let text = |v: &Option<String>| v.clone().map(SqlParam::Text).unwrap_or(SqlParam::Null);
     let int = |v: Option<i64>| v.map(SqlParam::Int64).unwrap_or(SqlParam::Null);
 
@@ -458,7 +466,9 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
             let read_at_ms = platform.now_unix_ms();
             let stripe = StripeClient::from_platform(platform)?;
             let active = match stripe.get(&format!("products/{product_id}")) {
-                Ok(product) => product["active"].as_bool().unwrap_or(false) && product["deleted"].as_bool() != Some(true),
+                Ok(product) => {
+                    product["active"].as_bool().unwrap_or(false) && product["deleted"].as_bool() != Some(true)
+                }
                 Err(error) if error.is_missing() => false,
                 Err(error) => return Err(error.into()),
             };
@@ -559,9 +569,11 @@ mod tests {
         assert_eq!((p.status, p.tokens, p.user_id.as_str()), ("completed", 650, USER));
         let unpaid = effect_of(&event("checkout.session.completed", session("payment", "unpaid", "tokens-small")));
         assert!(matches!(unpaid, Effect::CheckoutPayment(CheckoutPayment { status: "pending", .. })));
-        let failed = effect_of(&event("checkout.session.async_payment_failed", session("payment", "unpaid", "tokens-small")));
+        let failed =
+            effect_of(&event("checkout.session.async_payment_failed", session("payment", "unpaid", "tokens-small")));
         assert!(matches!(failed, Effect::CheckoutPayment(CheckoutPayment { status: "failed", .. })));
-        let later = effect_of(&event("checkout.session.async_payment_succeeded", session("payment", "paid", "tokens-small")));
+        let later =
+            effect_of(&event("checkout.session.async_payment_succeeded", session("payment", "paid", "tokens-small")));
         assert!(matches!(later, Effect::CheckoutPayment(CheckoutPayment { status: "completed", tokens: 110, .. })));
         assert_eq!(
             effect_of(&event("checkout.session.completed", session("subscription", "paid", "mystic-subscription"))),
@@ -575,7 +587,10 @@ mod tests {
     fn stripe_invoice_and_subscription_events_sync_the_subscription() {
         let basil = json!({"id": "in_1", "parent": {"type": "subscription_details",
             "subscription_details": {"subscription": "sub_9"}}});
-        assert_eq!(effect_of(&event("invoice.paid", basil)), Effect::SyncSubscription { subscription_id: "sub_9".into() });
+        assert_eq!(
+            effect_of(&event("invoice.paid", basil)),
+            Effect::SyncSubscription { subscription_id: "sub_9".into() }
+        );
         let legacy = json!({"id": "in_1", "subscription": "sub_8"});
         assert_eq!(
             effect_of(&event("invoice.payment_failed", legacy)),
@@ -622,7 +637,8 @@ mod tests {
 
     #[test]
     fn stripe_no_payment_required_is_held_for_review() {
-        let free = effect_of(&event("checkout.session.completed", session("payment", "no_payment_required", "tokens-large")));
+        let free =
+            effect_of(&event("checkout.session.completed", session("payment", "no_payment_required", "tokens-large")));
         let Effect::CheckoutPayment(p) = free else { panic!("{free:?}") };
         assert_eq!((p.status, p.review_reason), ("review", Some("no_payment_required")));
     }
@@ -643,7 +659,8 @@ mod tests {
         let mut discounted = paid.clone();
         discounted["amount_total"] = json!(99);
         assert_eq!(check_line_items(&discounted, &items("price_small", 499, "usd", 1)), Err("amount_mismatch"));
-        let two = json!({"data": [items("price_small", 499, "usd", 1)["data"][0], items("price_x", 1, "usd", 1)["data"][0]]});
+        let two =
+            json!({"data": [items("price_small", 499, "usd", 1)["data"][0], items("price_x", 1, "usd", 1)["data"][0]]});
         assert_eq!(check_line_items(&paid, &two), Err("line_items_count"));
         // Adaptive Pricing: paid in the buyer's currency, compared in the price's.
         let mut converted = paid.clone();
@@ -662,7 +679,10 @@ mod tests {
         assert_eq!((d.dispute_id.as_str(), d.payment_intent.as_str(), d.closed), ("dp_1", "pi_1", false));
         let mut won = dispute.clone();
         won["status"] = json!("won");
-        assert!(matches!(effect_of(&event("charge.dispute.closed", won)), Effect::Dispute(Dispute { closed: true, .. })));
+        assert!(matches!(
+            effect_of(&event("charge.dispute.closed", won)),
+            Effect::Dispute(Dispute { closed: true, .. })
+        ));
         let mut legacy = dispute;
         legacy["payment_intent"] = Value::Null;
         assert_eq!(effect_of(&event("charge.dispute.created", legacy)), Effect::Nothing("no_payment_intent"));

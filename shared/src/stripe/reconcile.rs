@@ -101,7 +101,11 @@ impl Limits {
             let (min, max) = match key.as_str() {
                 "max_events" => (1, 1000),
                 "max_seconds" => (1, 60),
-                _ => return Err(invalid(&format!("Unknown field `{key}`: only max_events and max_seconds are accepted."))),
+                _ => {
+                    return Err(invalid(&format!(
+                        "Unknown field `{key}`: only max_events and max_seconds are accepted."
+                    )))
+                }
             };
             let n = field
                 .as_u64()
@@ -321,7 +325,8 @@ impl Run<'_> {
             &[SqlParam::Jsonb(json!(ids).to_string().into_bytes())],
         )
         .map_err(|e| db::report(self.platform, "stripe_events_known", e))?;
-        let known: Vec<&str> = known.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let known: Vec<&str> =
+            known.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         for (handled, value) in page.iter().enumerate() {
             if handled > 0 && self.out_of_time() {
                 return Ok(handled);
@@ -356,7 +361,10 @@ impl Run<'_> {
         let stale = db::query_json(
             self.platform,
             "select public.stripe_reconcile_stale_customers($1::int8, $2::int4)",
-            &[SqlParam::Int64(self.limits.subscription_max_age_secs), SqlParam::Int32(self.limits.max_customers as i32 + 1)],
+            &[
+                SqlParam::Int64(self.limits.subscription_max_age_secs),
+                SqlParam::Int32(self.limits.max_customers as i32 + 1),
+            ],
         )
         .map_err(|e| db::report(self.platform, "stripe_reconcile_stale_customers", e))?;
         let customers: Vec<String> = stale
@@ -436,7 +444,14 @@ mod tests {
         assert_eq!(Limits::from_body(b"").unwrap(), Limits::default());
         let limits = Limits::from_body(br#"{"max_events": 5, "max_seconds": 2}"#).unwrap();
         assert_eq!((limits.max_events, limits.max_millis), (5, 2000));
-        for bad in [&br#"{"max_events": 0}"#[..], br#"{"max_events": 1001}"#, br#"{"max_seconds": 1.5}"#, br#"{"cursor": "evt_1"}"#, b"[]", b"{"] {
+        for bad in [
+            &br#"{"max_events": 0}"#[..],
+            br#"{"max_events": 1001}"#,
+            br#"{"max_seconds": 1.5}"#,
+            br#"{"cursor": "evt_1"}"#,
+            b"[]",
+            b"{",
+        ] {
             assert_eq!(Limits::from_body(bad).unwrap_err().status, 400, "{}", String::from_utf8_lossy(bad));
         }
     }

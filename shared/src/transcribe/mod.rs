@@ -191,10 +191,7 @@ pub fn language(value: &str) -> Result<String, ApiError> {
     if code.len() == 2 && ISO_639_1.split(' ').any(|c| c == code) {
         Ok(code)
     } else {
-        Err(ApiError::bad_request(
-            "invalid_field",
-            "Field `language` must be an ISO 639-1 code such as en, de or es.",
-        ))
+        Err(ApiError::bad_request("invalid_field", "Field `language` must be an ISO 639-1 code such as en, de or es."))
     }
 }
 
@@ -207,7 +204,10 @@ fn query_value(query: &str, name: &str) -> Result<Option<String>, ApiError> {
             continue;
         }
         let decoded = percent_decode(value).ok_or_else(|| {
-            ApiError::bad_request("invalid_field", format!("Query parameter `{name}` is not valid percent-encoded UTF-8."))
+            ApiError::bad_request(
+                "invalid_field",
+                format!("Query parameter `{name}` is not valid percent-encoded UTF-8."),
+            )
         })?;
         if found.replace(decoded).is_some() {
             return Err(ApiError::bad_request("invalid_field", format!("Query parameter `{name}` is given twice.")));
@@ -246,8 +246,9 @@ impl Settings {
     fn from_platform(platform: &dyn Platform) -> Result<Settings, ApiError> {
         let model = |name: &str, default: &str| {
             let value = config::or_default(platform, name, default);
-            validate::slug(name, &value, 64)
-                .map_err(|_| ApiError::new(500, "config_invalid", format!("The server setting `{name}` has an invalid value.")))
+            validate::slug(name, &value, 64).map_err(|_| {
+                ApiError::new(500, "config_invalid", format!("The server setting `{name}` has an invalid value."))
+            })
         };
         Ok(Settings {
             max_duration_secs: config::parsed(platform, "transcribe_max_duration_seconds", DEFAULT_MAX_DURATION_SECS)?,

@@ -77,10 +77,8 @@ pub fn boundary(content_type: &str) -> Result<String, MultipartError> {
         .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
         .map(|(_, v)| v)
         .ok_or(MultipartError::Boundary)?;
-    let ok = !value.is_empty()
-        && value.len() <= MAX_BOUNDARY_LEN
-        && value.bytes().all(is_bchar)
-        && !value.ends_with(' ');
+    let ok =
+        !value.is_empty() && value.len() <= MAX_BOUNDARY_LEN && value.bytes().all(is_bchar) && !value.ends_with(' ');
     if ok {
         Ok(value)
     } else {
@@ -155,8 +153,7 @@ fn part_headers(block: &[u8]) -> Result<Part<'static>, MultipartError> {
         if line.starts_with([' ', '\t']) {
             return Err(MultipartError::Malformed("a part header is folded"));
         }
-        let (key, value) =
-            line.split_once(':').ok_or(MultipartError::Malformed("a part header line has no colon"))?;
+        let (key, value) = line.split_once(':').ok_or(MultipartError::Malformed("a part header line has no colon"))?;
         let key = key.trim();
         if key.eq_ignore_ascii_case("content-disposition") {
             if name.is_some() {
@@ -375,8 +372,14 @@ de\r\n\
             (format!("--b\r\n{part}\r\n--b"), MultipartError::Truncated),
             (format!("--bx\r\n{part}\r\n--b--"), MultipartError::Malformed("a boundary line does not end with CRLF")),
             ("--b\r\nContent-Type: text/plain\r\n\r\n1\r\n--b--".to_string(), MultipartError::NoName),
-            ("--b\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\n1\r\n--b--".to_string(), MultipartError::NoName),
-            ("--b\r\nno colon\r\n\r\n1\r\n--b--".to_string(), MultipartError::Malformed("a part header line has no colon")),
+            (
+                "--b\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\n1\r\n--b--".to_string(),
+                MultipartError::NoName,
+            ),
+            (
+                "--b\r\nno colon\r\n\r\n1\r\n--b--".to_string(),
+                MultipartError::Malformed("a part header line has no colon"),
+            ),
             (format!("--b\r\nX: {}\r\n\r\n1\r\n--b--", "y".repeat(MAX_HEADER_BYTES)), MultipartError::HeadersTooLarge),
             (format!("--b\r\n{}--", format!("{part}\r\n--b\r\n").repeat(MAX_PARTS + 1)), MultipartError::TooManyParts),
         ] {
@@ -389,7 +392,9 @@ de\r\n\
         let audio: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
         let mut form = FormBuilder::new(&[7; 16], audio.len());
         assert!(form.fits(&audio));
-        form.text("model", "gpt-4o-mini-transcribe").file("file", "audio.webm", "audio/webm", &audio).text("prompt", "a\r\nb");
+        form.text("model", "gpt-4o-mini-transcribe")
+            .file("file", "audio.webm", "audio/webm", &audio)
+            .text("prompt", "a\r\nb");
         let (content_type, body) = form.finish();
         let parts = parse(&body, &boundary(&content_type).unwrap()).unwrap();
         assert_eq!(parts.len(), 3);
@@ -404,7 +409,8 @@ de\r\n\
     fn search_is_linear_on_near_miss_delimiters() {
         // 4 MiB of almost-delimiters: a quadratic search would take minutes.
         let near = format!("\r\n--{}", "b".repeat(69));
-        let mut body = format!("--{}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n", "b".repeat(70)).into_bytes();
+        let mut body =
+            format!("--{}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n", "b".repeat(70)).into_bytes();
         while body.len() < 4 << 20 {
             body.extend_from_slice(near.as_bytes());
         }

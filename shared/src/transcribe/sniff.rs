@@ -226,11 +226,8 @@ fn ogg_first_packet(bytes: &[u8]) -> Option<&[u8]> {
 /// Opus, less its pre-skip; Vorbis names its rate).
 fn ogg_duration(bytes: &[u8]) -> Option<f64> {
     let head = ogg_first_packet(bytes)?;
-    let (rate, pre_skip) = if head.starts_with(b"OpusHead") {
-        (48_000u64, le(head, 10, 2)?)
-    } else {
-        (le(head, 12, 4)?, 0)
-    };
+    let (rate, pre_skip) =
+        if head.starts_with(b"OpusHead") { (48_000u64, le(head, 10, 2)?) } else { (le(head, 12, 4)?, 0) };
     if rate == 0 {
         return None;
     }
@@ -372,7 +369,14 @@ fn mp3_frame(bytes: &[u8], at: usize) -> Option<Mp3Frame> {
     const RATES: [u32; 3] = [44_100, 48_000, 32_000];
     let mpeg1 = version == 3;
     let bitrate_bps = if mpeg1 { V1[bitrate_index] } else { V2[bitrate_index] } * 1000;
-    let sample_rate = RATES[rate_index] >> if mpeg1 { 0 } else if version == 2 { 1 } else { 2 };
+    let sample_rate = RATES[rate_index]
+        >> if mpeg1 {
+            0
+        } else if version == 2 {
+            1
+        } else {
+            2
+        };
     let samples = if mpeg1 { 1152 } else { 576 };
     let padding = ((h >> 9) & 1) as usize;
     let len = (samples as usize / 8) * bitrate_bps as usize / sample_rate as usize + padding;

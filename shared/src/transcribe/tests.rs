@@ -104,7 +104,10 @@ fn hostile_uploads_get_their_own_answers() {
         (form(&[("file", None, None, &webm), ("language", None, None, b"english")]), (400, "invalid_field")),
         (form(&[("file", None, None, &webm), ("language", None, None, b"xx")]), (400, "invalid_field")),
         (form(&[("file", None, None, &webm), ("prompt", None, None, b"\xff\xfe")]), (400, "invalid_field")),
-        (form(&[("file", None, None, &webm), ("prompt", None, None, "p".repeat(1001).as_bytes())]), (400, "invalid_field")),
+        (
+            form(&[("file", None, None, &webm), ("prompt", None, None, "p".repeat(1001).as_bytes())]),
+            (400, "invalid_field"),
+        ),
         (form(&[("file", None, None, &webm), ("prompt", None, None, b"a\x07b")]), (400, "invalid_field")),
         (request(Some("audio/webm"), "language=en&language=de", webm.clone()), (400, "invalid_field")),
         (request(Some("audio/webm"), "prompt=%ZZ", webm.clone()), (400, "invalid_field")),
@@ -112,7 +115,13 @@ fn hostile_uploads_get_their_own_answers() {
         (request(Some("multipart/form-data; boundary=x"), "", webm.clone()), (400, "invalid_multipart")),
     ];
     for (req, expected) in cases {
-        assert_eq!(error_of(&req), expected, "{:?} {}", req.headers, String::from_utf8_lossy(&req.body[..req.body.len().min(200)]));
+        assert_eq!(
+            error_of(&req),
+            expected,
+            "{:?} {}",
+            req.headers,
+            String::from_utf8_lossy(&req.body[..req.body.len().min(200)])
+        );
     }
 }
 
@@ -157,7 +166,10 @@ fn openai_gets_the_recording_as_a_form() {
     let req = form(&[("file", Some("blob"), Some("audio/webm"), &webm), ("prompt", None, None, b"Libero")]);
     let response = transcribe(&platform, &user(), &upload_of(&req)).unwrap();
     let answer: Value = serde_json::from_slice(response.body_bytes().unwrap()).unwrap();
-    assert_eq!(answer, json!({"text": "Hello there.", "language": null, "duration_seconds": 2.98, "provider": "openai"}));
+    assert_eq!(
+        answer,
+        json!({"text": "Hello there.", "language": null, "duration_seconds": 2.98, "provider": "openai"})
+    );
 
     let sent = platform.sent.borrow()[0].clone();
     assert!(sent.url.ends_with("/v1/audio/transcriptions"));
@@ -201,7 +213,8 @@ fn elevenlabs_stands_in_only_while_openai_is_unavailable() {
     wav[24..32].copy_from_slice(&[0; 8]); // no byte rate: the length is unknown
     let req = request(Some("audio/wav"), "", wav);
     let answer: Value =
-        serde_json::from_slice(transcribe(&platform, &user(), &upload_of(&req)).unwrap().body_bytes().unwrap()).unwrap();
+        serde_json::from_slice(transcribe(&platform, &user(), &upload_of(&req)).unwrap().body_bytes().unwrap())
+            .unwrap();
     assert_eq!((answer["duration_seconds"].as_f64(), &answer["language"]), (Some(2.25), &Value::Null));
 }
 

@@ -169,7 +169,14 @@ mod tests {
     use super::*;
 
     fn parts(text: &str) -> KeyParts<'_> {
-        KeyParts { text, voice: "alloy", model: "gpt-4o-mini-tts", speed_hundredths: 100, format: "mp3", instructions: None }
+        KeyParts {
+            text,
+            voice: "alloy",
+            model: "gpt-4o-mini-tts",
+            speed_hundredths: 100,
+            format: "mp3",
+            instructions: None,
+        }
     }
 
     #[test]
@@ -194,7 +201,10 @@ mod tests {
     fn tts_cache_settings() {
         let platform = crate::testing::FakePlatform::with_vars(&[("tts_cache_max_bytes", "1000")]);
         let settings = CacheSettings::from_platform(&platform).unwrap();
-        assert_eq!((settings.max_bytes, settings.ttl_seconds, settings.entry_limit()), (1000, DEFAULT_TTL_SECONDS, 1000));
+        assert_eq!(
+            (settings.max_bytes, settings.ttl_seconds, settings.entry_limit()),
+            (1000, DEFAULT_TTL_SECONDS, 1000)
+        );
         assert_eq!((settings.buckets(), settings.bucket_of(&key(&parts("a")))), (1, 0));
         let off = crate::testing::FakePlatform::with_vars(&[("tts_cache_ttl_seconds", "0")]);
         assert!(!CacheSettings::from_platform(&off).unwrap().enabled());

@@ -255,7 +255,8 @@ pub fn speak(platform: &dyn Platform, user: &AuthenticatedUser, speech: &Speech)
         let (voice_id, model_id) = elevenlabs::defaults(platform)?;
         let output_format = speech.format.elevenlabs_output();
         let (_, content_type) = elevenlabs::output_format(output_format)?;
-        let synthesis = Synthesis { voice_id, text: speech.text.clone(), model_id, voice_settings: None, output_format };
+        let synthesis =
+            Synthesis { voice_id, text: speech.text.clone(), model_id, voice_settings: None, output_format };
         match elevenlabs.synthesize(&elevenlabs.retrier(platform), &synthesis) {
             Ok(upstream) => {
                 let response = relay::respond(platform, upstream, "elevenlabs", content_type, None, None)?;
@@ -426,7 +427,10 @@ mod tests {
         platform.push_upstream(400, &[], b"{\"error\":\"unknown voice\"}");
         let speech = Speech { voice: "madeup".into(), ..speech() };
         let error = speak(&platform, &user(), &speech).err().expect("refused");
-        assert_eq!((error.status, error.code, error.extra["fallback"].as_str()), (502, "tts_rejected", Some("browser")));
+        assert_eq!(
+            (error.status, error.code, error.extra["fallback"].as_str()),
+            (502, "tts_rejected", Some("browser"))
+        );
         assert_eq!(platform.sent.borrow().len(), 1, "ElevenLabs is not asked");
     }
 

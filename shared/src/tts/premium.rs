@@ -63,11 +63,11 @@ pub fn charge(
     // A fresh reference per request: each call is its own purchase.
     let random: String = platform.random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
     let reference = format!("elevenlabs-tts:{random}");
-    let units = i32::try_from(chars).map_err(|_| ApiError::bad_request("invalid_field", "Field `text` is too long."))?;
+    let units =
+        i32::try_from(chars).map_err(|_| ApiError::bad_request("invalid_field", "Field `text` is too long."))?;
     let free = config::parsed(platform, "ai_quota_free_per_hour", quota::DEFAULT_FREE_PER_HOUR)?.max(0);
     let mystic = config::parsed(platform, "ai_quota_mystic_per_hour", quota::DEFAULT_MYSTIC_PER_HOUR)?.max(0);
-    let budget =
-        config::parsed(platform, "elevenlabs_mystic_chars_per_month", DEFAULT_MYSTIC_CHARS_PER_MONTH)?.max(0);
+    let budget = config::parsed(platform, "elevenlabs_mystic_chars_per_month", DEFAULT_MYSTIC_CHARS_PER_MONTH)?.max(0);
     let answer = db::query_json(
         platform,
         "select public.premium_tts_charge($1::uuid, $2, $3, $4, $5, $6, $7)",
@@ -97,11 +97,9 @@ fn interpret(answer: &Value, user_id: &str, reference: String, source: ModelSour
             ModelSource::Client => {
                 ApiError::bad_request("invalid_field", "Field `model_id` is not one of the premium voice's models.")
             }
-            ModelSource::Default => ApiError::new(
-                500,
-                "config_invalid",
-                "The server setting `elevenlabs_model_id` has an invalid value.",
-            ),
+            ModelSource::Default => {
+                ApiError::new(500, "config_invalid", "The server setting `elevenlabs_model_id` has an invalid value.")
+            }
         }),
         (Some(false), Some("rate_limited")) => Err(quota::refusal(&answer["quota"])),
         (Some(false), Some("budget_exhausted")) => {
@@ -148,8 +146,11 @@ pub fn refund(platform: &dyn Platform, refund: &Refund) {
     } else {
         ("premium_tts_refund_chars", "select public.premium_tts_refund_chars($1::uuid, $2)")
     };
-    let result =
-        db::query_json(platform, sql, &[SqlParam::Uuid(refund.user_id.clone()), SqlParam::Text(refund.reference.clone())]);
+    let result = db::query_json(
+        platform,
+        sql,
+        &[SqlParam::Uuid(refund.user_id.clone()), SqlParam::Text(refund.reference.clone())],
+    );
     match result {
         Ok(answer) if answer.get("ok").and_then(Value::as_bool) == Some(true) => {}
         Ok(_) => platform.log(&format!("premium tts: refund of {} found nothing to refund", refund.reference)),
@@ -170,7 +171,8 @@ mod tests {
 
     #[test]
     fn tts_premium_outcomes() {
-        let free = serde_json::json!({"ok": true, "charged": false, "plan": "mystic", "chars": 10, "used": 10, "budget": 100});
+        let free =
+            serde_json::json!({"ok": true, "charged": false, "plan": "mystic", "chars": 10, "used": 10, "budget": 100});
         let tokens = |tokens| Refund { user_id: "u".into(), reference: "r".into(), tokens };
         assert_eq!(check(free).unwrap(), Charge::Free { refund: tokens(false) });
         let paid = serde_json::json!({"ok": true, "replayed": false, "charged": true, "cost": 2, "balance": 8});

@@ -44,7 +44,13 @@ impl Default for RetryPolicy {
         // The numbers: 3 attempts; waits of ~0.5 s then ~1 s (each 50–100 % of nominal);
         // a 60 s attempt timeout, since a long structured answer can take that long to
         // start streaming; 90 s for everything, well within what a browser waits.
-        RetryPolicy { max_attempts: 3, base_ms: 500, max_delay_ms: 8_000, attempt_timeout_ms: 60_000, deadline_ms: 90_000 }
+        RetryPolicy {
+            max_attempts: 3,
+            base_ms: 500,
+            max_delay_ms: 8_000,
+            attempt_timeout_ms: 60_000,
+            deadline_ms: 90_000,
+        }
     }
 }
 
@@ -56,8 +62,7 @@ impl RetryPolicy {
             max_attempts: config::parsed(platform, &format!("{prefix}_max_attempts"), d.max_attempts)?.clamp(1, 10),
             base_ms: config::parsed(platform, &format!("{prefix}_retry_base_ms"), d.base_ms)?,
             max_delay_ms: config::parsed(platform, &format!("{prefix}_retry_max_ms"), d.max_delay_ms)?,
-            attempt_timeout_ms: config::parsed(platform, &format!("{prefix}_timeout_ms"), d.attempt_timeout_ms)?
-                .max(1),
+            attempt_timeout_ms: config::parsed(platform, &format!("{prefix}_timeout_ms"), d.attempt_timeout_ms)?.max(1),
             deadline_ms: config::parsed(platform, &format!("{prefix}_deadline_ms"), d.deadline_ms)?.max(1),
         };
         Ok(policy)
@@ -194,9 +199,7 @@ impl<'a> Retrier<'a> {
             if attempt >= self.policy.max_attempts {
                 return Err(give_up(asked_ms));
             }
-            let random = u64::from_le_bytes(
-                self.platform.random_bytes(8).try_into().unwrap_or([0; 8]),
-            );
+            let random = u64::from_le_bytes(self.platform.random_bytes(8).try_into().unwrap_or([0; 8]));
             let Some(delay) = self.policy.delay_ms(attempt, random, asked_ms) else {
                 return Err(give_up(asked_ms));
             };

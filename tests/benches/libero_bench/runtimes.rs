@@ -81,7 +81,12 @@ impl Completions {
     /// `tokens[i]` is `users[i]`'s bearer token; empty when only [`Self::next_sql_args`]
     /// is used.
     pub fn new(users: Vec<Uuid>, tokens: Vec<String>) -> Arc<Completions> {
-        Arc::new(Completions { users, tokens, next: AtomicU64::new(0), epoch_ms: chrono::Utc::now().timestamp_millis() })
+        Arc::new(Completions {
+            users,
+            tokens,
+            next: AtomicU64::new(0),
+            epoch_ms: chrono::Utc::now().timestamp_millis(),
+        })
     }
 
     /// How many completions can be rewarded in all.

@@ -138,7 +138,11 @@ pub async fn run(
     let log = fixed("GET", "/fixture/log", vec![], Value::Null);
     let log_once = fixed("GET", "/fixture/log-once", vec![], Value::Null);
     let select1 = fixed("GET", "/fixture/pg/select1", vec![], Value::Null);
-    let rejected = with_user("/functions/v1/session-complete", tokens.clone(), json!({"ego_state": "guardian", "duration_seconds": 60}));
+    let rejected = with_user(
+        "/functions/v1/session-complete",
+        tokens.clone(),
+        json!({"ego_state": "guardian", "duration_seconds": 60}),
+    );
     let complete = completions.make("/functions/v1/session-complete");
 
     // Real Spin: the fixture for its floors, the app for the endpoints.
@@ -150,13 +154,43 @@ pub async fn run(
             spin_version = Some(runtimes::spin_version(path));
             let f = runtimes::start_spin(&spin_fixture_manifest()?, vars).await?;
             let a = runtimes::start_spin(&libero_tests::repo_root().join("spin.toml"), vars).await?;
-            for (what, make) in [(What::Noop, &noop), (What::LogLine, &log), (What::LogLineOnce, &log_once), (What::Select1, &select1)] {
+            for (what, make) in
+                [(What::Noop, &noop), (What::LogLine, &log), (What::LogLineOnce, &log_once), (What::Select1, &select1)]
+            {
                 let c32 = matches!(what, What::Noop | What::Select1);
-                targets.push(Target { runtime: Runtime::Spin, what, addr: f.addr, make: make.clone(), expect: 200, c32 });
+                targets.push(Target {
+                    runtime: Runtime::Spin,
+                    what,
+                    addr: f.addr,
+                    make: make.clone(),
+                    expect: 200,
+                    c32,
+                });
             }
-            targets.push(Target { runtime: Runtime::Spin, what: What::Rejected400, addr: a.addr, make: rejected.clone(), expect: 400, c32: false });
-            targets.push(Target { runtime: Runtime::Spin, what: What::SessionComplete, addr: a.addr, make: complete.clone(), expect: 200, c32: true });
-            targets.push(Target { runtime: Runtime::Spin, what: What::Webhook, addr: a.addr, make: webhook.clone(), expect: 200, c32: true });
+            targets.push(Target {
+                runtime: Runtime::Spin,
+                what: What::Rejected400,
+                addr: a.addr,
+                make: rejected.clone(),
+                expect: 400,
+                c32: false,
+            });
+            targets.push(Target {
+                runtime: Runtime::Spin,
+                what: What::SessionComplete,
+                addr: a.addr,
+                make: complete.clone(),
+                expect: 200,
+                c32: true,
+            });
+            targets.push(Target {
+                runtime: Runtime::Spin,
+                what: What::Webhook,
+                addr: a.addr,
+                make: webhook.clone(),
+                expect: 200,
+                c32: true,
+            });
             spin_fixture = Some(f);
             spin_app = Some(a);
         }
@@ -167,17 +201,45 @@ pub async fn run(
     let host_fixture = start_app(spin_fixture_manifest()?, vars).await?;
     for what in [What::Noop, What::Select1] {
         let make = if what == What::Noop { &noop } else { &select1 };
-        targets.push(Target { runtime: Runtime::Host, what, addr: host_fixture.addr, make: make.clone(), expect: 200, c32: true });
+        targets.push(Target {
+            runtime: Runtime::Host,
+            what,
+            addr: host_fixture.addr,
+            make: make.clone(),
+            expect: 200,
+            c32: true,
+        });
     }
-    targets.push(Target { runtime: Runtime::Host, what: What::SessionComplete, addr: host_app, make: complete.clone(), expect: 200, c32: true });
-    targets.push(Target { runtime: Runtime::Host, what: What::Webhook, addr: host_app, make: webhook.clone(), expect: 200, c32: true });
+    targets.push(Target {
+        runtime: Runtime::Host,
+        what: What::SessionComplete,
+        addr: host_app,
+        make: complete.clone(),
+        expect: 200,
+        c32: true,
+    });
+    targets.push(Target {
+        runtime: Runtime::Host,
+        what: What::Webhook,
+        addr: host_app,
+        make: webhook.clone(),
+        expect: 200,
+        c32: true,
+    });
 
     // The Deno peer.
     let mut deno_version = None;
     let deno = match DenoPeer::start(db_url, JWT_SECRET).await {
         Ok(peer) => {
             deno_version = Some(peer.version.clone());
-            targets.push(Target { runtime: Runtime::Deno, what: What::SessionComplete, addr: peer.addr, make: complete.clone(), expect: 200, c32: true });
+            targets.push(Target {
+                runtime: Runtime::Deno,
+                what: What::SessionComplete,
+                addr: peer.addr,
+                make: complete.clone(),
+                expect: 200,
+                c32: true,
+            });
             Some(peer)
         }
         Err(e) => {
@@ -189,7 +251,9 @@ pub async fn run(
     if let Some(only) = &s.only {
         // The floors always (as the host's `--only` rows), and the rows that match.
         targets.retain(|t| {
-            t.what.label().starts_with("floor") || t.what.label().contains(only.as_str()) || t.runtime.label().contains(only.as_str())
+            t.what.label().starts_with("floor")
+                || t.what.label().contains(only.as_str())
+                || t.runtime.label().contains(only.as_str())
         });
     }
 
@@ -199,7 +263,11 @@ pub async fn run(
             say(&format!("side by side: {}, {}, pass {pass}", t.runtime.label(), t.what.label()));
             let name = format!("{} {}", t.runtime.label(), t.what.label());
             let c1 = load(t.addr, &t.make, t.expect, 1, s).await.with_context(|| name.clone())?;
-            let c32 = if t.c32 { Some(load(t.addr, &t.make, t.expect, 32, s).await.with_context(|| name.clone())?) } else { None };
+            let c32 = if t.c32 {
+                Some(load(t.addr, &t.make, t.expect, 32, s).await.with_context(|| name.clone())?)
+            } else {
+                None
+            };
             passes.entry((t.runtime, t.what)).or_default().push((c1, c32));
         }
     }
@@ -237,7 +305,14 @@ pub async fn run(
 async fn server_side(addr: SocketAddr, complete: &MakeReq, db_url: &str, s: &Settings) -> Result<ServerSide> {
     let client = libero_tests::db::connect(db_url).await?;
     client.batch_execute("SELECT pg_stat_statements_reset()").await?;
-    let window = Settings { warmup: Duration::ZERO, measure: s.measure, big: s.big, out: None, only: None, pg_from_env: s.pg_from_env };
+    let window = Settings {
+        warmup: Duration::ZERO,
+        measure: s.measure,
+        big: s.big,
+        out: None,
+        only: None,
+        pg_from_env: s.pg_from_env,
+    };
     let st = load(addr, complete, 200, 1, &window).await?;
     let requests = st.n.max(1) as u64;
     let rows = client
@@ -254,9 +329,17 @@ async fn server_side(addr: SocketAddr, complete: &MakeReq, db_url: &str, s: &Set
         let q = query.trim().to_string();
         if q.contains("complete_session") {
             complete_ms += per(total);
-        } else if ["CLOSE ALL", "SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "UNLISTEN *", "pg_advisory_unlock_all", "DISCARD TEMP", "DISCARD SEQUENCES"]
-            .iter()
-            .any(|r| q.contains(r))
+        } else if [
+            "CLOSE ALL",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET ALL",
+            "UNLISTEN *",
+            "pg_advisory_unlock_all",
+            "DISCARD TEMP",
+            "DISCARD SEQUENCES",
+        ]
+        .iter()
+        .any(|r| q.contains(r))
         {
             reset_n += per(calls as f64);
             reset_ms += per(total);
@@ -388,7 +471,8 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
     // Spin's one-query floor with `complete_session` in place of `SELECT 1`: what any
     // session completion under Spin costs before a line of our guest code runs.
     let statement_floor = spin_q.map(|q| q.c1.p50.saturating_sub(st.select1.p50) + st.durable.p50);
-    let c1_reason = |budget: Duration| match statement_floor {
+    let c1_reason = |budget: Duration| {
+        match statement_floor {
         Some(f) if f > budget => format!(
             "unreachable with this statement: Spin's one-query floor with `complete_session` in place of `SELECT 1` is already {} ms \
              (the statement alone {} ms, of which the commit's flush {} ms), over the budget's {} ms",
@@ -396,10 +480,15 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         ),
         Some(f) => format!("the statement floor is {} ms; the rest is ours (see the breakdown)", ms(f)),
         None => String::new(),
+    }
     };
     let c32_reason = |q_rps: f64| {
         let ceiling = st.durable_c32_rps;
-        let verdict = if ceiling < 0.8 * q_rps { "under the budget before any runtime" } else { "the rest is the runtime's share of the 2 cores" };
+        let verdict = if ceiling < 0.8 * q_rps {
+            "under the budget before any runtime"
+        } else {
+            "the rest is the runtime's share of the 2 cores"
+        };
         format!(
             "the database alone, `complete_session` from 32 connections with no runtime and no HTTP, runs {ceiling:.0}/s \
              = {:.2}× the floor's {q_rps:.0} req/s ({verdict}); each statement costs {} ms at c=1 ({:.0}× `SELECT 1` alone), \
@@ -416,13 +505,18 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         writeln!(
             report,
             "| session-complete p50 at c=1 | ≤ 1.5× Spin's one-query floor | {} ms = {r:.2}× {} ms | {} | {} |",
-            ms(sc.c1.p50), ms(q.c1.p50), mark(r <= 1.5), why(r <= 1.5, c1_reason(budget))
+            ms(sc.c1.p50),
+            ms(q.c1.p50),
+            mark(r <= 1.5),
+            why(r <= 1.5, c1_reason(budget))
         )?;
         let (a, b) = (sc.c32.unwrap_or_default().rps, q.c32.unwrap_or_default().rps);
         writeln!(
             report,
             "| session-complete at c=32 | ≥ 0.8× the floor's req/s | {a:.0} = {:.2}× {b:.0} req/s | {} | {} |",
-            a / b, mark(a >= 0.8 * b), why(a >= 0.8 * b, c32_reason(b))
+            a / b,
+            mark(a >= 0.8 * b),
+            why(a >= 0.8 * b, c32_reason(b))
         )?;
     }
     if let (Some(q), Some(wh)) = (spin_q, spin_wh) {
@@ -437,13 +531,18 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         writeln!(
             report,
             "| verified webhook p50 at c=1 | ≤ 1.5× Spin's one-query floor | {} ms = {r:.2}× {} ms | {} | {} |",
-            ms(wh.c1.p50), ms(q.c1.p50), mark(r <= 1.5), why(r <= 1.5, reason)
+            ms(wh.c1.p50),
+            ms(q.c1.p50),
+            mark(r <= 1.5),
+            why(r <= 1.5, reason)
         )?;
         let (a, b) = (wh.c32.unwrap_or_default().rps, q.c32.unwrap_or_default().rps);
         writeln!(
             report,
             "| verified webhook at c=32 | ≥ 0.8× the floor's req/s | {a:.0} = {:.2}× {b:.0} req/s | {} | {} |",
-            a / b, mark(a >= 0.8 * b), why(a >= 0.8 * b, format!("as for session-complete: {}", c32_reason(b)))
+            a / b,
+            mark(a >= 0.8 * b),
+            why(a >= 0.8 * b, format!("as for session-complete: {}", c32_reason(b)))
         )?;
     }
     if let (Some(sc), Some(d)) = (spin_sc, deno) {
@@ -465,7 +564,10 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         writeln!(
             report,
             "| session-complete p50 at c=1 against the Deno peer | ≤ 1.3× | {} ms = {r:.2}× {} ms | {} | {} |",
-            ms(sc.c1.p50), ms(d.c1.p50), mark(r <= 1.3), why(r <= 1.3, reason)
+            ms(sc.c1.p50),
+            ms(d.c1.p50),
+            mark(r <= 1.3),
+            why(r <= 1.3, reason)
         )?;
     }
 
@@ -477,7 +579,14 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
             Some(c) => (format!("{:.0}", c.rps), ms(c.p50), ms(c.p99)),
             None => ("".into(), "".into(), "".into()),
         };
-        writeln!(report, "| {} | {} | {} | {} | {rps} | {p50} | {p99} |", row.runtime.label(), row.what.label(), ms(row.c1.p50), ms(row.c1.p99))?;
+        writeln!(
+            report,
+            "| {} | {} | {} | {} | {rps} | {p50} | {p99} |",
+            row.runtime.label(),
+            row.what.label(),
+            ms(row.c1.p50),
+            ms(row.c1.p99)
+        )?;
     }
     writeln!(
         report,
@@ -485,7 +594,12 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
          | (no runtime) | the same with `synchronous_commit = off` for that session | {} | {} | | | |\n\
          | (no runtime) | `SELECT 1` alone, one connection, c=1 | {} | {} | | | |\n\
          | (no runtime) | `complete_session` alone, 32 connections at once | | | {:.0} | | |",
-        ms(st.durable.p50), ms(st.durable.p99), ms(st.async_commit.p50), ms(st.async_commit.p99), ms(st.select1.p50), ms(st.select1.p99),
+        ms(st.durable.p50),
+        ms(st.durable.p99),
+        ms(st.async_commit.p50),
+        ms(st.async_commit.p99),
+        ms(st.select1.p50),
+        ms(st.select1.p99),
         st.durable_c32_rps
     )?;
 
@@ -517,7 +631,11 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
             ms(q.c1.p50.saturating_sub(floor.c1.p50).saturating_sub(st.select1.p50))
         )?;
         writeln!(report, "| the statement's own cost, without the commit's flush | {} | `complete_session` alone, `synchronous_commit = off` |", ms(st.async_commit.p50))?;
-        writeln!(report, "| the commit's WAL flush (fsync) | {} | the two `complete_session` alone rows |", ms(commit))?;
+        writeln!(
+            report,
+            "| the commit's WAL flush (fsync) | {} | the two `complete_session` alone rows |",
+            ms(commit)
+        )?;
         let accounted = floor.c1.p50
             + spin_400.map(|r| r.c1.p50.saturating_sub(floor.c1.p50)).unwrap_or_default()
             + q.c1.p50.saturating_sub(floor.c1.p50).saturating_sub(st.select1.p50)

@@ -21,7 +21,8 @@ pub fn find_pgbouncer() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PGBOUNCER").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join("pgbouncer")).find(|p| p.is_file())
 }
@@ -38,7 +39,6 @@ pub fn pgbouncer_or_skip() -> Option<PathBuf> {
     }
     found
 }
-
 
 /// PgBouncer's `pool_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,12 @@ impl Pgbouncer {
     /// PgBouncer in `mode` in front of the Postgres at `upstream` (any database on it),
     /// trusting its clients, with these `[pgbouncer]` settings on top of the
     /// defaults below (e.g. `default_pool_size`).
-    pub async fn start(binary: &std::path::Path, upstream: &str, mode: PoolMode, settings: &[(&str, &str)]) -> Pgbouncer {
+    pub async fn start(
+        binary: &std::path::Path,
+        upstream: &str,
+        mode: PoolMode,
+        settings: &[(&str, &str)],
+    ) -> Pgbouncer {
         let config: tokio_postgres::Config = upstream.parse().expect("a Postgres URL");
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -69,7 +74,8 @@ impl Pgbouncer {
         let user = config.get_user().unwrap_or("postgres").to_string();
         // PgBouncer logs in to the upstream with the password its auth file holds for the
         // user (a cluster of scripts/pg.sh requires one over TCP).
-        let password = config.get_password().map(|p| String::from_utf8_lossy(p).replace('"', "\"\"")).unwrap_or_default();
+        let password =
+            config.get_password().map(|p| String::from_utf8_lossy(p).replace('"', "\"\"")).unwrap_or_default();
 
         let dir = tempfile::Builder::new().prefix("libero-pgbouncer").tempdir().expect("a temp dir");
         // PgBouncer refuses to run as root: it switches to `user` (below), which must be
@@ -87,7 +93,14 @@ impl Pgbouncer {
             ("unix_socket_dir", String::new()),
             ("auth_type", "trust".to_string()),
             ("auth_file", dir.path().join("userlist.txt").display().to_string()),
-            ("pool_mode", match mode { PoolMode::Session => "session", PoolMode::Transaction => "transaction" }.to_string()),
+            (
+                "pool_mode",
+                match mode {
+                    PoolMode::Session => "session",
+                    PoolMode::Transaction => "transaction",
+                }
+                .to_string(),
+            ),
             ("default_pool_size", "20".to_string()),
             ("max_client_conn", "1000".to_string()),
             ("ignore_startup_parameters", "extra_float_digits".to_string()),
@@ -110,7 +123,8 @@ impl Pgbouncer {
         }
         let ini_path = dir.path().join("pgbouncer.ini");
         std::fs::write(&ini_path, text).expect("writing pgbouncer.ini");
-        std::fs::write(dir.path().join("userlist.txt"), format!("\"{user}\" \"{password}\"\n")).expect("writing userlist.txt");
+        std::fs::write(dir.path().join("userlist.txt"), format!("\"{user}\" \"{password}\"\n"))
+            .expect("writing userlist.txt");
 
         let (child, logs) = spawn_listening(Command::new(binary).arg(&ini_path), listen, "pgbouncer").await;
         Pgbouncer { port: listen, child, logs, _dir: dir }
@@ -200,7 +214,10 @@ impl Pgcat {
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config.get_user().unwrap_or("postgres");
         // PgCat logs in to the upstream with this user's password (TOML basic string).
-        let password = config.get_password().map(|p| String::from_utf8_lossy(p).replace('\\', "\\\\").replace('"', "\\\"")).unwrap_or_default();
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).replace('\\', "\\\\").replace('"', "\\\""))
+            .unwrap_or_default();
         let dbname = config.get_dbname().expect("a database name");
         let dir = tempfile::Builder::new().prefix("libero-pgcat").tempdir().expect("a temp dir");
         let listen = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();

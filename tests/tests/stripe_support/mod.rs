@@ -118,7 +118,9 @@ impl std::ops::Deref for StripeApp {
 /// The app's Stripe settings: the API at `api_base` (a fake), the test key, the webhook
 /// secret and the catalog's price ids.
 pub fn stripe_vars(variables: &mut HashMap<String, String>, api_base: &str) {
-    for (k, v) in [("stripe_api_base", api_base), ("stripe_secret_key", SECRET_KEY), ("stripe_webhook_secrets", WEBHOOK_SECRET)] {
+    for (k, v) in
+        [("stripe_api_base", api_base), ("stripe_secret_key", SECRET_KEY), ("stripe_webhook_secrets", WEBHOOK_SECRET)]
+    {
         variables.insert(k.to_string(), v.to_string());
     }
     for (name, price) in PRICES {
