@@ -7,12 +7,14 @@
 //! * [`spin`]: real `spin up` as the runtime under those tests (`LIBERO_RUNTIME=spin`).
 //! * [`cluster`]: a Postgres cluster of a test's own (to crash, or with default durability).
 //! * [`contract`]: responses against `openapi.yaml`, and the secret-leak check.
+//! * [`sql`]: what the tests of the database on its own share (a user, a Supabase role).
 
 pub mod cluster;
 pub mod contract;
 pub mod db;
 pub use libero_host as host;
 pub mod spin;
+pub mod sql;
 pub mod testing;
 
 use std::path::PathBuf;

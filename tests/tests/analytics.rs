@@ -3,9 +3,8 @@
 //! (`service_role`). No user sees another user's rows or any operator view; the counters
 //! the operator views need are kept by the paths that do the work; the figures are right.
 
-use libero_tests::db::{self, TestDb};
+use libero_tests::sql::{as_role, assert_denied, fresh, new_user};
 use serde_json::{json, Value};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
@@ -31,50 +30,6 @@ const SERVER_TABLES: &[&str] = &[
     "insights_histograms",
     "insights_histogram_state",
 ];
-
-async fn fresh() -> (TestDb, Client) {
-    let test_db = db::fresh_database().await.expect("fresh database");
-    let client = test_db.client().await;
-    (test_db, client)
-}
-
-async fn new_user(client: &Client) -> Uuid {
-    let id = Uuid::new_v4();
-    client
-        .execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")])
-        .await
-        .unwrap();
-    id
-}
-
-/// Runs `sql` in a transaction as `role` (for `authenticated`, signed in as `user`, the way
-/// PostgREST does it), and commits when it succeeds.
-async fn as_role(
-    client: &mut Client,
-    role: &str,
-    user: Option<Uuid>,
-    sql: &str,
-) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let tx = client.transaction().await.unwrap();
-    if let Some(user) = user {
-        let claims = json!({ "sub": user.to_string(), "role": role }).to_string();
-        tx.execute("select set_config('request.jwt.claims', $1, true)", &[&claims]).await.unwrap();
-    }
-    tx.batch_execute(&format!("set local role {role}")).await.unwrap();
-    let result = tx.query(sql, &[]).await;
-    if result.is_ok() {
-        tx.commit().await.unwrap();
-    }
-    result
-}
-
-#[track_caller]
-fn assert_denied(result: Result<Vec<Row>, tokio_postgres::Error>, what: &str) {
-    match result {
-        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {}
-        other => panic!("{what}: expected permission denied (42501), got {other:?}"),
-    }
-}
 
 /// A rewarded session through complete_session, then moved `hours_ago` back so the next
 /// one does not overlap it.

@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 
 use libero_tests::db::{self, TestDb};
+use libero_tests::sql;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use uuid::Uuid;
 
 const MOVE: &str = "20250106700000_rules_as_domains.sql";
 const TABLES: [&str; 4] = ["user_profiles", "sessions", "token_ledger", "stripe_orders"];
@@ -128,13 +128,11 @@ async fn moving_the_rules_onto_domains_keeps_every_rule_view_grant_and_trigger()
 /// Each write is rolled back, so the deferred balance check never sees it.
 #[tokio::test]
 async fn each_moved_rule_refuses_what_breaks_it_and_accepts_its_edge() {
-    let test_db = db::fresh_database().await.unwrap();
-    let mut client = test_db.client().await;
-    let user = Uuid::new_v4();
+    let (_test_db, mut client) = sql::fresh().await;
+    let user = sql::new_user(&client).await;
     client
         .batch_execute(&format!(
-            "insert into auth.users (id, email) values ('{user}', '{user}@example.test');
-             update auth.users set created_at = now() - interval '1 day' where id = '{user}';
+            "update auth.users set created_at = now() - interval '1 day' where id = '{user}';
              update public.user_profiles set created_at = now() - interval '1 day' where id = '{user}';
              select public.complete_session('{user}', gen_random_uuid(), 'explorer', null, 600, null, 'v1|rules', now() - interval '1 hour');
              insert into public.stripe_orders (checkout_session_id, user_id, product, tokens, status)

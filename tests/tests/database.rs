@@ -7,6 +7,7 @@
 //! checking that every balance equals the sum of its ledger.
 
 use libero_tests::db::{self, TestDb};
+use libero_tests::sql::{as_role, assert_denied, fresh, new_user};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
@@ -16,44 +17,6 @@ use uuid::Uuid;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-async fn fresh() -> (TestDb, Client) {
-    let test_db = db::fresh_database().await.expect("fresh database");
-    let client = test_db.client().await;
-    (test_db, client)
-}
-
-/// A user signing up: the row in auth.users; the sign-up trigger creates the profile.
-async fn new_user(client: &Client) -> Uuid {
-    let id = Uuid::new_v4();
-    client
-        .execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")])
-        .await
-        .unwrap();
-    id
-}
-
-/// Runs `sql` in a transaction as `role`; for `authenticated`, signed in as `user` the
-/// way PostgREST does it (the verified JWT claims in `request.jwt.claims`). Commits when
-/// the statement succeeds.
-async fn as_role(
-    client: &mut Client,
-    role: &str,
-    user: Option<Uuid>,
-    sql: &str,
-) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let tx = client.transaction().await.unwrap();
-    if let Some(user) = user {
-        let claims = json!({ "sub": user.to_string(), "role": role }).to_string();
-        tx.execute("select set_config('request.jwt.claims', $1, true)", &[&claims]).await.unwrap();
-    }
-    tx.batch_execute(&format!("set local role {role}")).await.unwrap();
-    let result = tx.query(sql, &[]).await;
-    if result.is_ok() {
-        tx.commit().await.unwrap();
-    }
-    result
-}
-
 async fn as_user(client: &mut Client, user: Uuid, sql: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
     as_role(client, "authenticated", Some(user), sql).await
 }
@@ -61,14 +24,6 @@ async fn as_user(client: &mut Client, user: Uuid, sql: &str) -> Result<Vec<Row>,
 /// The jsonb a statement returns (first column of its one row).
 async fn json_of(client: &Client, sql: &str) -> Value {
     client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-#[track_caller]
-fn assert_denied(result: Result<Vec<Row>, tokio_postgres::Error>, what: &str) {
-    match result {
-        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {}
-        other => panic!("{what}: expected permission denied (42501), got {other:?}"),
-    }
 }
 
 /// Credits tokens the way a purchase does: balance and ledger row in one statement.

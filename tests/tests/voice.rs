@@ -51,9 +51,13 @@ impl Answer {
     }
 }
 
+/// The request as `user`, its answer still streaming (for the tests that read it as it comes).
+async fn send(app: &TestApp, route: &str, user: Uuid, body: &Value) -> reqwest::Response {
+    app.client.post(app.url(route)).bearer_auth(app.token_for(user)).json(body).send().await.expect("request")
+}
+
 async fn post(app: &TestApp, route: &str, user: Uuid, body: &Value) -> Answer {
-    let response =
-        app.client.post(app.url(route)).bearer_auth(app.token_for(user)).json(body).send().await.expect("request");
+    let response = send(app, route, user, body).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.bytes().await.expect("body").to_vec();
@@ -610,14 +614,7 @@ async fn tts_miss_streams_audio_through_and_fills_the_cache_at_the_end() {
     let app = spawn(Fakes { openai: Some(base), elevenlabs: None }, &[]).await;
     let user = app.create_user().await;
 
-    let mut response = app
-        .client
-        .post(app.url(TTS))
-        .bearer_auth(app.token_for(user))
-        .json(&json!({"text": "Stream me."}))
-        .send()
-        .await
-        .unwrap();
+    let mut response = send(&app, TTS, user, &json!({"text": "Stream me."})).await;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-tts-provider"], "openai");
     // The first chunk arrives while the upstream is still holding back the rest.
@@ -642,14 +639,7 @@ async fn tts_broken_stream_is_cut_short_and_not_cached() {
     let base = chunked_upstream(b"partial", End::Break).await;
     let app = spawn(Fakes { openai: Some(base), elevenlabs: None }, &[]).await;
     let user = app.create_user().await;
-    let response = app
-        .client
-        .post(app.url(TTS))
-        .bearer_auth(app.token_for(user))
-        .json(&json!({"text": "Break me."}))
-        .send()
-        .await
-        .unwrap();
+    let response = send(&app, TTS, user, &json!({"text": "Break me."})).await;
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.bytes().await.is_err(), "a cut-off body must not look complete");
     assert_eq!(cache_rows(&app).await.0, 0);
@@ -661,14 +651,7 @@ async fn premium_stream_broken_off_is_refunded() {
     let app = spawn(Fakes { openai: None, elevenlabs: Some(base) }, &[]).await;
     let user = app.create_user().await;
     app.grant_tokens(user, 5).await;
-    let response = app
-        .client
-        .post(app.url(PREMIUM))
-        .bearer_auth(app.token_for(user))
-        .json(&json!({"text": "Break me."}))
-        .send()
-        .await
-        .unwrap();
+    let response = send(&app, PREMIUM, user, &json!({"text": "Break me."})).await;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-tokens-charged"], "1");
     assert!(response.bytes().await.is_err());

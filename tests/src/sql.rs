@@ -1,0 +1,57 @@
+//! What the tests of the database on its own share: a database of the test's own, a user
+//! signing up, and a statement run as one of Supabase's roles.
+
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use crate::db::{self, TestDb};
+
+/// A database of the test's own, cloned from the migrated template, and a connection to it.
+pub async fn fresh() -> (TestDb, Client) {
+    let test_db = db::fresh_database().await.expect("fresh database");
+    let client = test_db.client().await;
+    (test_db, client)
+}
+
+/// A user signing up: the row in auth.users; the sign-up trigger creates the profile.
+pub async fn new_user(client: &Client) -> Uuid {
+    let id = Uuid::new_v4();
+    client
+        .execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")])
+        .await
+        .unwrap();
+    id
+}
+
+/// Runs `sql` in a transaction as `role`; for `authenticated`, signed in as `user` the
+/// way PostgREST does it (the verified JWT claims in `request.jwt.claims`). Commits when
+/// the statement succeeds.
+pub async fn as_role(
+    client: &mut Client,
+    role: &str,
+    user: Option<Uuid>,
+    sql: &str,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let tx = client.transaction().await.unwrap();
+    if let Some(user) = user {
+        let claims = json!({ "sub": user.to_string(), "role": role }).to_string();
+        tx.execute("select set_config('request.jwt.claims', $1, true)", &[&claims]).await.unwrap();
+    }
+    tx.batch_execute(&format!("set local role {role}")).await.unwrap();
+    let result = tx.query(sql, &[]).await;
+    if result.is_ok() {
+        tx.commit().await.unwrap();
+    }
+    result
+}
+
+/// The statement was refused for want of a privilege (42501).
+#[track_caller]
+pub fn assert_denied(result: Result<Vec<Row>, tokio_postgres::Error>, what: &str) {
+    match result {
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {}
+        other => panic!("{what}: expected permission denied (42501), got {other:?}"),
+    }
+}
