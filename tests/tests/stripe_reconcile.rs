@@ -199,6 +199,86 @@ async fn missed_events_are_applied_and_delivered_ones_are_duplicates() {
     app.assert_ledger_consistent().await;
 }
 
+/// How the credential is sent: `Authorization: Bearer`, `apikey`, or both.
+async fn reconcile_with(app: &StripeApp, bearer: Option<&str>, apikey: Option<&str>) -> (u16, Option<String>) {
+    let mut request = app.client.post(app.url(RECONCILE)).json(&json!({"max_events": 1}));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = apikey {
+        request = request.header("apikey", key);
+    }
+    let response = request.send().await.expect("reconcile request");
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    (status, answer["error"]["code"].as_str().map(str::to_string))
+}
+
+/// Supabase's new server keys: a secret key in `supabase_secret_keys` runs the reconciler
+/// from either header (supabase-js sends a new-format key only as `apikey` when it has no
+/// session), a key rotated out of the list and the publishable key do not, and the legacy
+/// `service_role` JWT keeps working beside them.
+#[tokio::test]
+async fn secret_keys_run_the_reconciler_and_the_publishable_key_does_not() {
+    const CURRENT: &str = "sb_secret_current0123456789abcdefghijklmnop";
+    const NEXT: &str = "sb_secret_next0123456789abcdefghijklmnopqrs";
+    const ROTATED_OUT: &str = "sb_secret_old0123456789abcdefghijklmnopqrst";
+    const PUBLISHABLE: &str = "sb_publishable_0123456789abcdefghijklmnopq";
+    let app = spawn_with(|vars| {
+        vars.insert("supabase_secret_keys".into(), format!("{CURRENT}, {NEXT}"));
+    })
+    .await;
+    let log = with_log(&app).await;
+    let user = app.create_user().await;
+    let user_token = app.token_for(user);
+    let legacy = service_token(&app);
+
+    let ok = (200, None);
+    let refused = |status: u16, code: &str| (status, Some(code.to_string()));
+    for (what, bearer, apikey, expected) in [
+        ("secret key as Bearer", Some(CURRENT), None, ok.clone()),
+        ("secret key as apikey", None, Some(CURRENT), ok.clone()),
+        ("the second key of the list", None, Some(NEXT), ok.clone()),
+        ("publishable apikey beside a secret Bearer", Some(CURRENT), Some(PUBLISHABLE), ok.clone()),
+        ("legacy service_role JWT", Some(legacy.as_str()), None, ok.clone()),
+        ("legacy service_role JWT as apikey", None, Some(legacy.as_str()), ok.clone()),
+        ("a rotated-out secret key", Some(ROTATED_OUT), None, refused(401, "invalid_api_key")),
+        ("a rotated-out secret key as apikey", None, Some(ROTATED_OUT), refused(401, "invalid_api_key")),
+        ("a secret key's prefix", None, Some("sb_secret_current"), refused(401, "invalid_api_key")),
+        ("publishable key as apikey", None, Some(PUBLISHABLE), refused(403, "secret_key_required")),
+        ("publishable key as Bearer", Some(PUBLISHABLE), None, refused(403, "secret_key_required")),
+        ("a user's session", Some(user_token.as_str()), Some(PUBLISHABLE), refused(403, "service_role_required")),
+        ("nothing", None, None, refused(401, "missing_token")),
+    ] {
+        assert_eq!(reconcile_with(&app, bearer, apikey).await, expected, "{what}");
+    }
+    // Six accepted runs listed Stripe's events; the refused ones asked nothing of it.
+    assert_eq!(log.lists.load(Ordering::SeqCst), 6);
+
+    // Without any secret key configured, a secret key is refused like a wrong one.
+    let without = spawn().await;
+    let (status, answer) = {
+        let response = without.client.post(without.url(RECONCILE)).header("apikey", CURRENT).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{answer}");
+
+    // A secret key is not a user: a user endpoint says so, and creates no session.
+    let response = app
+        .client
+        .post(app.url("/functions/v1/session-complete"))
+        .bearer_auth(CURRENT)
+        .header("apikey", CURRENT)
+        .json(&json!({ "session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 300 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "wrong_role", "{answer}");
+    assert_eq!(count(&app.app, "SELECT count(*) FROM public.sessions").await, 0);
+}
+
 #[tokio::test]
 async fn the_cursor_pages_forward_across_has_more_and_survives_restarts() {
     let app = spawn().await;
