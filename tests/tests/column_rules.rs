@@ -151,8 +151,6 @@ async fn each_moved_rule_refuses_what_breaks_it_and_accepts_its_edge() {
         (&profile, "experience", "-1", "0", "non_negative_integer_check"),
         (&profile, "session_streak", "-1", "0", "non_negative_integer_check"),
         (&profile, "sessions_completed", "-1", "0", "non_negative_integer_check"),
-        (&profile, "reward_day_sessions", "-1", "0", "non_negative_integer_check"),
-        (&profile, "reward_day_xp_minutes", "-1", "0", "non_negative_integer_check"),
         (&profile, "level", "0", "1", "level_number_check"),
         (&profile, "display_name", "repeat('n', 101)", "repeat('n', 100)", "text_max_100_check"),
         (&profile, "active_ego_state", "repeat('e', 65)", "repeat('e', 64)", "text_max_64_check"),
