@@ -1556,3 +1556,87 @@ async fn time_zone_hops_open_at_most_one_extra_day() {
     }
     assert_ledger_consistent(&client).await;
 }
+
+/// On a database in use: stored time zones that are not IANA names become "UTC" (which
+/// those users' days already were), and the days of existing rewarded sessions are
+/// recorded, so caps and streaks carry on.
+#[tokio::test]
+async fn the_days_migration_keeps_existing_profiles_and_sessions() {
+    let admin_url = db::admin_url().unwrap();
+    let admin = db::connect(&admin_url).await.unwrap();
+    let name = format!("libero_days_{}", Uuid::new_v4().simple());
+    admin.batch_execute(&format!("create database {}", db::quote_ident(&name))).await.unwrap();
+    let url = db::with_dbname(&admin_url, &name).unwrap();
+
+    let outcome = async {
+        let before = tempfile::tempdir()?;
+        for m in std::fs::read_dir(db::migrations_dir())? {
+            let path = m?.path();
+            if path.file_name().unwrap().to_string_lossy().as_ref() < "20250107000000" {
+                std::fs::copy(&path, before.path().join(path.file_name().unwrap()))?;
+            }
+        }
+        db::migrate_dir(&url, before.path()).await?;
+        let client = db::connect(&url).await?;
+        let zones = [
+            (r#"{"timezone":"Europe/Paris"}"#, r#"{"timezone":"Europe/Paris"}"#),
+            (r#"{"timezone":"UTC24","voice":"calm"}"#, r#"{"timezone":"UTC","voice":"calm"}"#),
+            (r#"{"timezone":"A/B-167"}"#, r#"{"timezone":"UTC"}"#),
+            (r#"{"timezone":"posixrules"}"#, r#"{"timezone":"UTC"}"#),
+            (r#"{"timezone":7}"#, r#"{"timezone":"UTC"}"#),
+            (r#"{"timezone":null}"#, r#"{"timezone":null}"#),
+            ("{}", "{}"),
+        ];
+        let mut users = Vec::new();
+        for (settings, _) in zones {
+            let user = new_user(&client).await;
+            client
+                .execute("update user_profiles set settings = $2::text::jsonb where id = $1", &[&user, &settings])
+                .await?;
+            users.push(user);
+        }
+        // Two rewarded sessions yesterday (Paris) for the first user, one unrewarded.
+        client
+            .batch_execute(&format!(
+                "insert into sessions (user_id, client_session_id, ego_state, duration, experience_gained,
+                                       tokens_awarded, request_fingerprint, result, local_date, ended_at,
+                                       rewarded, unrewarded_reason)
+                 select '{0}', gen_random_uuid(), 'guardian', 600, x, 2, 'fp', '{{}}',
+                        (now() at time zone 'Europe/Paris')::date - 1,
+                        ((now() at time zone 'Europe/Paris')::date - 1 + time '09:00') at time zone 'Europe/Paris'
+                          + make_interval(mins => m), r, case when r then null else 'daily_session_cap' end
+                   from (values (30, 0, true), (30, 20, true), (0, 40, false)) v (x, m, r);",
+                users[0]
+            ))
+            .await?;
+        db::migrate(&url).await?;
+        let mut stored = Vec::new();
+        for user in &users {
+            let settings: Value =
+                client.query_one("select settings from user_profiles where id = $1", &[user]).await?.get(0);
+            stored.push(settings);
+        }
+        let day: Value = client
+            .query_one(
+                "select jsonb_build_object('day', day = (now() at time zone 'Europe/Paris')::date - 1,
+                                           'hours', extract(epoch from ends_at - starts_at) / 3600,
+                                           'sessions', sessions, 'xp_minutes', xp_minutes, 'timezone', timezone)
+                   from reward_days where user_id = $1",
+                &[&users[0]],
+            )
+            .await?
+            .get(0);
+        anyhow::Ok((zones, stored, day))
+    }
+    .await;
+    admin.batch_execute(&format!("drop database {} with (force)", db::quote_ident(&name))).await.unwrap();
+
+    let (zones, stored, day) = outcome.expect("the migration applies");
+    for ((before, after), stored) in zones.iter().zip(&stored) {
+        assert_eq!(stored, &serde_json::from_str::<Value>(after).unwrap(), "{before}");
+    }
+    assert_eq!(day["day"], true, "{day}");
+    assert_eq!((day["sessions"].clone(), day["xp_minutes"].clone()), (json!(2), json!(20)), "{day}");
+    assert_eq!(day["timezone"], "Europe/Paris");
+    assert!(day["hours"].as_f64().unwrap() >= 23.0, "{day}");
+}
