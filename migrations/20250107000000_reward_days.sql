@@ -317,7 +317,6 @@ declare
   v_session_id uuid := gen_random_uuid();
   v_started_at timestamptz;
   v_ended_at timestamptz;
-  v_claim_start timestamptz;
   v_reason text;
   v_day public.reward_days;
   v_minutes integer := 0;
@@ -406,9 +405,6 @@ begin
   if p_started_at is null then
     v_ended_at := now();
     v_started_at := v_ended_at - make_interval(secs => p_duration_seconds);
-    -- Without started_at nothing says when it began: it claims no time before the
-    -- account existed (its XP is still that of its duration, which the caps bound).
-    v_claim_start := greatest(v_started_at, least(v_profile.created_at, v_ended_at));
   else
     v_started_at := p_started_at;
     v_ended_at := p_started_at + make_interval(secs => p_duration_seconds);
@@ -428,7 +424,6 @@ begin
     if v_started_at < v_profile.created_at - overlap_tolerance then
       return jsonb_build_object('outcome', 'invalid_started_at', 'problem', 'before_account');
     end if;
-    v_claim_start := v_started_at;
   end if;
 
   -- 5. The day it counts on (see reward_day_for).
@@ -443,12 +438,12 @@ begin
       from public.sessions s
      where s.user_id = p_user
        and s.rewarded
-       and s.ended_at > least(v_claim_start, v_ended_at - min_session_slot) + overlap_tolerance
+       and s.ended_at > least(v_started_at, v_ended_at - min_session_slot) + overlap_tolerance
        and s.ended_at - greatest(make_interval(secs => s.duration), min_session_slot)
              < v_ended_at - overlap_tolerance
        and least(s.ended_at, v_ended_at)
            - greatest(s.ended_at - greatest(make_interval(secs => s.duration), min_session_slot),
-                      least(v_claim_start, v_ended_at - min_session_slot))
+                      least(v_started_at, v_ended_at - min_session_slot))
            > overlap_tolerance
   ) then
     v_reason := 'overlaps_previous_session';

@@ -974,9 +974,6 @@ async fn achievements_unlock_once_each() {
 async fn overlapping_sessions_are_recorded_but_earn_nothing() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
-    // (time_passes moves sessions back, not the account: a session claims no time before
-    // the account existed.)
-    make_account_a_day_old(&client, alice).await;
 
     let first = complete_now(&client, alice, Uuid::new_v4(), 600).await;
     assert_eq!((first["rewarded"].clone(), first["reason"].clone()), (json!(true), Value::Null));
