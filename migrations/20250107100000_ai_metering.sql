@@ -121,3 +121,72 @@ $$;
 
 revoke all on function public.ai_meter_settle(uuid, text, timestamptz, bigint) from public, anon, authenticated, service_role;
 grant execute on function public.ai_meter_settle(uuid, text, timestamptz, bigint) to service_role;
+
+-- Operator-wide budgets per calendar month (UTC), in the budget's own unit: what the
+-- free path may spend of a provider the operator pays for separately (the ElevenLabs
+-- stand-in for `tts`, in characters). Nobody's own allowance: one row per budget and month.
+create table public.operator_budget_usage (
+  budget text not null check (char_length(budget) between 1 and 64),
+  period_start date not null,
+  used bigint not null default 0 check (used >= 0),
+  primary key (budget, period_start)
+);
+alter table public.operator_budget_usage enable row level security;
+revoke all on table public.operator_budget_usage from anon, authenticated, service_role;
+grant all on table public.operator_budget_usage to service_role;
+
+-- operator_budget_take(budget, amount, limit) returns
+--   {"allowed": true|false, "used", "limit", "period_start", "reset_after"}
+-- counting amount only when it fits; reset_after is the seconds to the next month (UTC).
+create function public.operator_budget_take(p_budget text, p_amount bigint, p_limit bigint) returns jsonb
+  language plpgsql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+declare
+  v_period date := date_trunc('month', now() at time zone 'utc')::date;
+  v_reset_after integer;
+  v_used bigint;
+begin
+  if p_budget is null or char_length(p_budget) not between 1 and 64 or p_amount is null or p_amount < 0
+     or p_limit is null or p_limit < 0 then
+    raise exception 'operator_budget_take: invalid arguments' using errcode = '22023';
+  end if;
+  v_reset_after := greatest(1, ceil(extract(epoch from
+    (((v_period + interval '1 month')::timestamp at time zone 'utc') - now())))::integer);
+  if p_amount <= p_limit then
+    insert into public.operator_budget_usage as u (budget, period_start, used)
+    values (p_budget, v_period, p_amount)
+    on conflict (budget, period_start) do update set used = u.used + p_amount where u.used + p_amount <= p_limit
+    returning u.used into v_used;
+  end if;
+  if v_used is null then
+    select coalesce(max(used), 0) into v_used from public.operator_budget_usage
+     where budget = p_budget and period_start = v_period;
+    return jsonb_build_object('allowed', false, 'used', v_used, 'limit', p_limit,
+                              'period_start', v_period, 'reset_after', v_reset_after);
+  end if;
+  return jsonb_build_object('allowed', true, 'used', v_used, 'limit', p_limit,
+                            'period_start', v_period, 'reset_after', v_reset_after);
+end
+$$;
+
+-- Gives back what a take counted when the call it paid for failed. Returns {"used"}
+-- ({"used": null} when that month's row is gone).
+create function public.operator_budget_give_back(p_budget text, p_period_start date, p_amount bigint) returns jsonb
+  language sql
+  security definer
+  set search_path = public, pg_temp
+  as $$
+  with given as (
+    update public.operator_budget_usage set used = greatest(0, used - greatest(0, p_amount))
+     where budget = p_budget and period_start = p_period_start
+    returning used
+  )
+  select jsonb_build_object('used', (select used from given))
+$$;
+
+revoke all on function public.operator_budget_take(text, bigint, bigint) from public, anon, authenticated, service_role;
+revoke all on function public.operator_budget_give_back(text, date, bigint) from public, anon, authenticated, service_role;
+grant execute on function public.operator_budget_take(text, bigint, bigint) to service_role;
+grant execute on function public.operator_budget_give_back(text, date, bigint) to service_role;

@@ -187,6 +187,35 @@ pub fn settle(platform: &dyn Platform, user: &AuthenticatedUser, grant: &MeterGr
     }
 }
 
+/// The hourly allowance of AI text, in the tokens the upstream reports (`usage`).
+pub const AI_TOKENS: Meter = Meter {
+    name: "ai_tokens",
+    unit: "AI tokens",
+    free_variable: "ai_tokens_free_per_hour",
+    free_default: 60_000,
+    mystic_variable: "ai_tokens_mystic_per_hour",
+    mystic_default: 600_000,
+};
+
+/// Opens an AI text call (`chatgpt-chat`, `generate-script`): one token of the hourly
+/// allowance is held (refused once it is used up, whatever the call would cost), and the
+/// call counted against the hourly call quota. The caller settles the grant to the
+/// `usage` the upstream reports ([`usage_tokens`]).
+pub fn take_ai_text(platform: &dyn Platform, user: &AuthenticatedUser, endpoint: &str) -> Result<MeterGrant, ApiError> {
+    let grant = take_amount(platform, user, &AI_TOKENS, 1)?;
+    if let Err(e) = take(platform, user, endpoint) {
+        settle(platform, user, &grant, 0);
+        return Err(e);
+    }
+    Ok(grant)
+}
+
+/// The tokens a completion's `usage` reports: `total_tokens`, else prompt plus completion.
+pub fn usage_tokens(usage: &Value) -> Option<i64> {
+    let field = |k: &str| usage.get(k).and_then(Value::as_i64);
+    field("total_tokens").or_else(|| Some(field("prompt_tokens")? + field("completion_tokens")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
