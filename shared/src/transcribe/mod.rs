@@ -5,8 +5,10 @@
 //! or a raw body with an audio content type (or `application/octet-stream`, what
 //! supabase-js sends for a `Blob`), with `language` and `prompt` in the query string.
 //! The bytes decide the format ([`sniff`]), never the header alone; at most
-//! [`MAX_AUDIO_BYTES`]; at most `transcribe_max_duration_seconds` when the container
-//! says how long it plays.
+//! [`MAX_AUDIO_BYTES`]; at most `transcribe_max_duration_seconds` as measured from the
+//! audio itself ([`sniff::duration_secs`]), and refused (422) when that length cannot be
+//! established. The measured seconds are metered per user and hour ([`SECONDS`]), then
+//! settled to what OpenAI reports it billed.
 //!
 //! The chain ([`transcribe`]): OpenAI `/v1/audio/transcriptions`
 //! (`openai_transcribe_model`), then ElevenLabs `/v1/speech-to-text`
