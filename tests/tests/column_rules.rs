@@ -97,7 +97,16 @@ async fn moving_the_rules_onto_domains_keeps_every_rule_view_grant_and_trigger()
     let client = test_db.client().await;
     let rules_before = rules(&client).await;
     let shape_before = shape(&client).await;
-    let applied = db::migrate(&test_db.url).await.unwrap();
+    // The move alone: later migrations may change these tables on purpose.
+    let through = tempfile::tempdir().unwrap();
+    for m in db::read_migrations(&db::migrations_dir()).unwrap() {
+        let file = m.path.file_name().unwrap().to_owned();
+        std::fs::copy(&m.path, through.path().join(&file)).unwrap();
+        if file.to_str() == Some(MOVE) {
+            break;
+        }
+    }
+    let applied = db::migrate_dir(&test_db.url, through.path()).await.unwrap();
     assert!(applied.iter().any(|m| m.path.ends_with(MOVE)), "the move was applied: {applied:?}");
     let client = test_db.client().await;
 
