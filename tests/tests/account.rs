@@ -517,3 +517,52 @@ async fn a_guest_exports_and_deletes_without_stripe() {
     assert_eq!(status, 405);
     app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_malformed_or_unauthorised_deletion_deletes_nothing() {
+    let (app, stripe) = app().await;
+    let user = app.create_user().await;
+    seed(&app, &stripe, user).await;
+    let before = rows_naming(&app, user).await;
+    let token = app.token_for(user);
+    let now = chrono::Utc::now().timestamp();
+    let expired = app.token_with_claims(json!({"sub": user.to_string(), "aud": "authenticated",
+        "role": "authenticated", "iat": now - 7200, "exp": now - 3600}));
+    let good = json!({"confirm": CONFIRM}).to_string();
+    let cases: Vec<(&str, Option<&str>, &str, String, u16, &str)> = vec![
+        ("no token", None, "application/json", good.clone(), 401, "missing_token"),
+        ("expired token", Some(&expired), "application/json", good.clone(), 401, "token_expired"),
+        ("not JSON", Some(&token), "application/json", "confirm=delete".into(), 400, "invalid_body"),
+        ("empty", Some(&token), "application/json", String::new(), 400, "empty_body"),
+        ("a form", Some(&token), "application/x-www-form-urlencoded", good.clone(), 415, "unsupported_media_type"),
+        (
+            "an unknown field",
+            Some(&token),
+            "application/json",
+            json!({"confirm": CONFIRM, "user_id": Uuid::new_v4().to_string()}).to_string(),
+            400,
+            "invalid_body",
+        ),
+        (
+            "too large",
+            Some(&token),
+            "application/json",
+            json!({"confirm": CONFIRM, "pad": "x".repeat(4096)}).to_string(),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (name, token, content_type, body, status, code) in cases {
+        let mut request = app.client.delete(app.url(ACCOUNT)).header("content-type", content_type).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect(name);
+        let got = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{name}: {answer}");
+    }
+    assert!(stripe.calls().is_empty(), "nothing reached Stripe");
+    assert_eq!(rows_naming(&app, user).await, before, "nothing was deleted");
+    app.assert_ledger_consistent().await;
+}
