@@ -81,8 +81,9 @@ pub struct StripeCleanup {
 /// same for a user already deleted.
 pub fn delete(platform: &dyn Platform, user_id: &str) -> Result<StripeCleanup, ApiError> {
     let user = SqlParam::Uuid(user_id.to_string());
-    let customers = db::query_json(platform, "select public.account_stripe_customers($1::uuid)", &[user.clone()])
-        .map_err(|e| db::report(platform, "account_stripe_customers", e))?;
+    let customers =
+        db::query_json(platform, "select public.account_stripe_customers($1::uuid)", std::slice::from_ref(&user))
+            .map_err(|e| db::report(platform, "account_stripe_customers", e))?;
     let customers: Vec<String> = customers["customers"]
         .as_array()
         .map(|list| list.iter().filter_map(Value::as_str).map(str::to_string).collect())
