@@ -566,3 +566,31 @@ async fn a_malformed_or_unauthorised_deletion_deletes_nothing() {
     assert_eq!(rows_naming(&app, user).await, before, "nothing was deleted");
     app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_heavy_users_export_comes_in_one_piece() {
+    // 5,000 sessions: a year and more at the daily cap, about 3 MB of JSON.
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    app.db_client()
+        .await
+        .batch_execute(&format!(
+            "insert into public.sessions (user_id, client_session_id, ego_state, duration, experience_gained,
+                                          tokens_awarded, request_fingerprint, result, completed_at, local_date)
+             select '{user}', gen_random_uuid(), 'guardian', 600, 30, 2, md5(g::text),
+                    jsonb_build_object('success', true, 'experience_gained', 30, 'tokens_awarded', 2),
+                    now() - make_interval(mins => g * 30), current_date
+               from generate_series(1, 5000) g"
+        ))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = app.client.get(app.url(EXPORT)).bearer_auth(app.token_for(user)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.unwrap();
+    let elapsed = started.elapsed();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["tables"]["sessions"].as_array().unwrap().len(), 5000);
+    eprintln!("export of 5,000 sessions: {} KiB in {elapsed:?}", bytes.len() / 1024);
+    assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+}
