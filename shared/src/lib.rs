@@ -8,6 +8,7 @@
 //! HTTP, clock), so the same request logic runs inside a Spin component (`spin` module,
 //! wasm only) and natively (unit tests and the native side of the benchmark).
 
+pub mod account;
 pub mod auth;
 pub mod config;
 pub mod db;

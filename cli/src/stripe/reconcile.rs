@@ -106,15 +106,15 @@ pub async fn command(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn describe(error: ApiError) -> anyhow::Error {
+pub(crate) fn describe(error: ApiError) -> anyhow::Error {
     anyhow::anyhow!("{} ({}): {}", error.status, error.code, error.message)
 }
 
 /// The CLI's Stripe platform plus the database, so the shared run works as in a component.
-struct DbPlatform {
-    http: CliPlatform,
-    db: tokio_postgres::Client,
-    handle: tokio::runtime::Handle,
+pub(crate) struct DbPlatform {
+    pub(crate) http: CliPlatform,
+    pub(crate) db: tokio_postgres::Client,
+    pub(crate) handle: tokio::runtime::Handle,
 }
 
 /// Any column, as the bytes Postgres sent (binary format).

@@ -189,6 +189,12 @@ impl<'a> StripeClient<'a> {
         self.send(self.request("GET", path))
     }
 
+    /// `DELETE /v1/<path>`. Deleting is idempotent in itself (a second call finds the
+    /// object gone: `resource_missing`), so no Idempotency-Key.
+    pub fn delete(&self, path: &str) -> Result<Value, StripeError> {
+        self.send(self.request("DELETE", path))
+    }
+
     fn request(&self, method: &'static str, path: &str) -> OutboundRequest {
         OutboundRequest::new(method, format!("{}/v1/{}", self.base, path.trim_start_matches('/')))
             .header("authorization", format!("Bearer {}", self.secret_key))
