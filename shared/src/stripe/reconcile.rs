@@ -107,13 +107,13 @@ impl Limits {
                     )))
                 }
             };
-            let n = field
-                .as_u64()
+            let n = crate::validate::integer(field)
+                .ok()
                 .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| invalid(&format!("Field `{key}` must be an integer from {min} to {max}.")))?;
             match key.as_str() {
                 "max_events" => limits.max_events = n as usize,
-                _ => limits.max_millis = n * 1000,
+                _ => limits.max_millis = n as u64 * 1000,
             }
         }
         Ok(limits)
@@ -444,6 +444,9 @@ mod tests {
         assert_eq!(Limits::from_body(b"").unwrap(), Limits::default());
         let limits = Limits::from_body(br#"{"max_events": 5, "max_seconds": 2}"#).unwrap();
         assert_eq!((limits.max_events, limits.max_millis), (5, 2000));
+        // JSON Schema's integers, as openapi.yaml says them, include 830.0.
+        let limits = Limits::from_body(br#"{"max_events": 830.0, "max_seconds": 39.0}"#).unwrap();
+        assert_eq!((limits.max_events, limits.max_millis), (830, 39_000));
         for bad in [
             &br#"{"max_events": 0}"#[..],
             br#"{"max_events": 1001}"#,
