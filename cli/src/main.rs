@@ -4,6 +4,7 @@
 //! libero migrate [--database-url URL] [--migrations DIR]
 //! libero analytics [--days N] [--csv] [--only VIEW] [--refresh] [--database-url URL]
 //! libero stripe sync [--dry-run] [--live] [--database-url URL] [--api-base URL]
+//! libero push keys
 //! ```
 
 use std::path::PathBuf;
@@ -54,9 +55,11 @@ async fn run(args: Vec<String>) -> Result<()> {
         }
         "stripe" => stripe::command(rest).await,
         "analytics" => libero_cli::analytics::command(rest).await,
+        "push" => libero_cli::push::command(rest),
         "-h" | "--help" | "help" => {
             println!("usage:\n{USAGE}");
             println!("{}", libero_cli::analytics::USAGE);
+            println!("{}", libero_cli::push::USAGE);
             Ok(())
         }
         other => bail!("unknown command {other:?}\nusage:\n{USAGE}"),
