@@ -18,7 +18,7 @@ cargo test --workspace --exclude libero-fixture "$@"
 
 # The end-to-end tests that run under real Spin too. Fault injection and response
 # recording stay on the bundled host (tests/tests/faults.rs, the contract check).
-spin_tests=(session_complete stripe_checkout stripe_catalog stripe_webhook stripe_reconcile ai_text voice transcribe insights account jwks supabase_js pooler hostile load)
+spin_tests=(session_complete reminders stripe_checkout stripe_catalog stripe_webhook stripe_reconcile ai_text voice transcribe insights account jwks supabase_js pooler hostile load)
 spin="$(scripts/find-spin.sh || true)"
 if [ -z "$spin" ]; then
   echo "test.sh: real Spin not found (SPIN, PATH, ../shared/bin/spin): the real-Spin pass is skipped" >&2

@@ -6,4 +6,5 @@ pub mod analytics;
 pub mod args;
 pub mod migrate;
 pub mod pg;
+pub mod push;
 pub mod stripe;

@@ -7,6 +7,7 @@
 //! libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
 //! libero account export <user-id> [--database-url URL]
 //! libero account delete <user-id> [--database-url URL] [--api-base URL]
+//! libero push keys
 //! ```
 
 use std::path::PathBuf;
@@ -58,10 +59,12 @@ async fn run(args: Vec<String>) -> Result<()> {
         "stripe" => stripe::command(rest).await,
         "account" => libero_cli::account::command(rest).await,
         "analytics" => libero_cli::analytics::command(rest).await,
+        "push" => libero_cli::push::command(rest),
         "-h" | "--help" | "help" => {
             println!("usage:\n{USAGE}");
             println!("{}", libero_cli::analytics::USAGE);
             println!("{}", libero_cli::account::USAGE);
+            println!("{}", libero_cli::push::USAGE);
             Ok(())
         }
         other => bail!("unknown command {other:?}\nusage:\n{USAGE}"),

@@ -19,6 +19,7 @@ pub mod http;
 pub mod insights;
 pub mod openai;
 pub mod platform;
+pub mod push;
 pub mod quota;
 pub mod scripts;
 pub mod stripe;
