@@ -330,13 +330,17 @@ async fn a_burst_of_handled_events_never_holds_back_a_later_purchase() {
     let lost = paid_order(lost_to, 30);
     log.push(lost.clone());
     // The smallest budget there is: the purchase is the next thing the run reads.
+    // (Burst events that have settled since the last run are read once more, as
+    // duplicates, free against the budget.)
     let (status, answer) = reconcile(&app, json!({"max_events": 1, "max_seconds": 1})).await;
-    assert_eq!((status, counts(&answer)), (200, (1, 1, 0, 0, false)), "{answer}");
+    let (seen, applied, duplicate, ignored, more) = counts(&answer);
+    assert_eq!((status, seen - duplicate, applied, ignored, more), (200, 1, 1, 0, false), "{answer}");
     assert_eq!(answer["cursor"]["event_id"], lost["id"], "{answer}");
     assert_eq!(app.tokens_of(lost_to).await, CREDIT);
     // And again: nothing left, in two requests (what is new, and what has settled).
     let (status, answer) = reconcile(&app, json!({"max_events": 1, "max_seconds": 1})).await;
-    assert_eq!((status, counts(&answer)), (200, (0, 0, 0, 0, false)), "{answer}");
+    let (seen, applied, duplicate, _, more) = counts(&answer);
+    assert_eq!((status, seen - duplicate, applied, more), (200, 0, 0, false), "{answer}");
     assert!(answer["requests"].as_u64().unwrap() <= 2, "{answer}");
     app.assert_ledger_consistent().await;
 }

@@ -485,23 +485,23 @@ impl EventLog {
                 && (types.is_empty() || types.iter().any(|t| t == e["type"].as_str().unwrap()))
         };
         // A cursor is a place in the whole log, whatever the filters.
-        let place = |id: &str| events.iter().position(|e| e["id"] == id && kept(e));
+        let place = |id: &str| events.iter().position(|e| e["id"].as_str() == Some(id) && kept(e));
         let (data, has_more): (Vec<Value>, bool) = match (after, before) {
             (Some(id), _) => {
                 let Some(at) = place(&id) else { return missing(&id) };
-                // Older than the cursor, newest first.
-                let older: Vec<&Value> = events[..at].iter().rev().filter(listed).collect();
+                // Older than the cursor, newest first (one more than a page says has_more).
+                let older: Vec<&Value> = events[..at].iter().rev().filter(listed).take(limit + 1).collect();
                 (older.iter().take(limit).map(|e| (*e).clone()).collect(), older.len() > limit)
             }
             (None, Some(id)) => {
                 let Some(at) = place(&id) else { return missing(&id) };
                 // The page just newer than the cursor, still newest first.
-                let newer: Vec<&Value> = events[at + 1..].iter().filter(listed).collect();
+                let newer: Vec<&Value> = events[at + 1..].iter().filter(listed).take(limit + 1).collect();
                 let page = &newer[..newer.len().min(limit)];
                 (page.iter().rev().map(|e| (*e).clone()).collect(), newer.len() > limit)
             }
             (None, None) => {
-                let all: Vec<&Value> = events.iter().rev().filter(listed).collect();
+                let all: Vec<&Value> = events.iter().rev().filter(listed).take(limit + 1).collect();
                 (all.iter().take(limit).map(|e| (*e).clone()).collect(), all.len() > limit)
             }
         };
