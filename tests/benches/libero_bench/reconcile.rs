@@ -74,9 +74,9 @@ pub async fn measure(admin: &str) -> Result<String> {
     for i in 0..EVENTS {
         let created = now - span + (i as i64) * span / EVENTS as i64;
         let slot = i / HANDLED_EVERY;
-        let mut event = if i % HANDLED_EVERY != 0 {
+        let mut event = if !i.is_multiple_of(HANDLED_EVERY) {
             stripe_support::event(OTHER_KINDS[i % OTHER_KINDS.len()], json!({"id": format!("obj_{i}")}))
-        } else if slot % purchase_every == 0 && purchases < PURCHASES {
+        } else if slot.is_multiple_of(purchase_every) && purchases < PURCHASES {
             let user = users[purchases];
             purchases += 1;
             let session = stripe_support::checkout_session(user, "tokens-small", "payment", "paid");
@@ -86,7 +86,9 @@ pub async fn measure(admin: &str) -> Result<String> {
         };
         event["created"] = json!(created);
         match event["type"].as_str() {
-            Some("checkout.session.completed") if purchases % LOST_EVERY == 0 => lost.push(users[purchases - 1]),
+            Some("checkout.session.completed") if purchases.is_multiple_of(LOST_EVERY) => {
+                lost.push(users[purchases - 1])
+            }
             Some("checkout.session.completed") => delivered.push(event.clone()),
             Some(kind) if HANDLED_KINDS.contains(&kind) => recorded.push(event.clone()),
             _ => {}

@@ -433,33 +433,18 @@ impl EventLog {
         let (mut from, mut to) = (i64::MIN, i64::MAX); // inclusive
         let (mut limit, mut after, mut before) = (10usize, None, None);
         for (k, v) in request.url.query_pairs() {
-            let number = || v.parse::<i64>().map_err(|_| invalid(format!("Invalid integer: {v}")));
+            let created = k.starts_with("created[");
+            let number = v.parse::<i64>().ok();
+            if created && number.is_none() {
+                return invalid(format!("Invalid integer: {v}"));
+            }
+            let n = number.unwrap_or_default();
             match k.as_ref() {
                 "types[]" => types.push(v.to_string()),
-                "created[gte]" => {
-                    from = from.max(match number() {
-                        Ok(n) => n,
-                        Err(e) => return e,
-                    })
-                }
-                "created[gt]" => {
-                    from = from.max(match number() {
-                        Ok(n) => n + 1,
-                        Err(e) => return e,
-                    })
-                }
-                "created[lte]" => {
-                    to = to.min(match number() {
-                        Ok(n) => n,
-                        Err(e) => return e,
-                    })
-                }
-                "created[lt]" => {
-                    to = to.min(match number() {
-                        Ok(n) => n - 1,
-                        Err(e) => return e,
-                    })
-                }
+                "created[gte]" => from = from.max(n),
+                "created[gt]" => from = from.max(n + 1),
+                "created[lte]" => to = to.min(n),
+                "created[lt]" => to = to.min(n - 1),
                 "limit" => match v.parse() {
                     Ok(n @ 1..=100) => limit = n,
                     _ => return invalid(format!("Invalid limit: {v}: must be between 1 and 100.")),
