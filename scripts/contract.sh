@@ -174,6 +174,9 @@ SQL
       export SPIN_VARIABLE_STRIPE_PRICE_TOKENS_SMALL=price_contract_small
     fi
     export SPIN_VARIABLE_OPENAI_BASE_URL="$upstream"
+    # Reminders on: a VAPID key pair (any 32 bytes below the curve order) and a subject.
+    export SPIN_VARIABLE_VAPID_PRIVATE_KEY="$(python3 -c 'import base64; print(base64.urlsafe_b64encode(bytes([7] * 32)).decode().rstrip("="))')"
+    export SPIN_VARIABLE_VAPID_SUBJECT="mailto:contract@test.local"
     export SPIN_VARIABLE_ELEVENLABS_BASE_URL="$upstream"
     # One attempt: a refused connection is final, no backoff between retries.
     export SPIN_VARIABLE_OPENAI_MAX_ATTEMPTS=1 SPIN_VARIABLE_ELEVENLABS_MAX_ATTEMPTS=1
