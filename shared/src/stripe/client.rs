@@ -203,7 +203,7 @@ impl<'a> StripeClient<'a> {
     /// `DELETE /v1/<path>`. Deleting is idempotent in itself (a second call finds the
     /// object gone: `resource_missing`), so no Idempotency-Key.
     pub fn delete(&self, path: &str) -> Result<Value, StripeError> {
-        self.send(self.request("DELETE", path))
+        self.send(self.request("DELETE", path), MAX_RESPONSE_BYTES)
     }
 
     fn request(&self, method: &'static str, path: &str) -> OutboundRequest {
