@@ -373,6 +373,14 @@ mod tests {
         assert!(!spec.violations(&bad_type).is_empty());
         let other_path = record("GET", "/nowhere", 404, Some("text/plain"), "Not Found");
         assert!(spec.violations(&other_path).is_empty());
+        // A templated path is checked too.
+        let templated = "/functions/v1/stripe-checkout/session/cs_test_1";
+        let bad = record("GET", templated, 200, Some("application/json"), r#"{"status":"weird"}"#);
+        assert!(!spec.violations(&bad).is_empty());
+        let not_found = r#"{"error":{"code":"checkout_session_not_found","message":"m"}}"#;
+        assert!(spec.violations(&record("GET", templated, 404, Some("application/json"), not_found)).is_empty());
+        assert!(!matches_template("/stripe-checkout/session/{id}", "/stripe-checkout/session/"));
+        assert!(!matches_template("/stripe-checkout/session/{id}", "/stripe-checkout/session/a/b"));
     }
 
     #[test]
