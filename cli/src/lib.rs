@@ -1,6 +1,7 @@
 //! The operator's commands behind the `libero` binary. Each command is a module, usable
 //! from tests and scripts as a library too.
 
+pub mod adopt;
 pub mod analytics;
 pub mod args;
 pub mod migrate;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! libero migrate [--database-url URL] [--migrations DIR]
+//! libero adopt [--dry-run] [--database-url URL] [--migrations DIR]
 //! libero analytics [--days N] [--csv] [--only VIEW] [--refresh] [--database-url URL]
 //! libero stripe sync [--dry-run] [--live] [--database-url URL] [--api-base URL]
 //! ```
@@ -53,9 +54,11 @@ async fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         "stripe" => stripe::command(rest).await,
+        "adopt" => libero_cli::adopt::command(rest).await,
         "analytics" => libero_cli::analytics::command(rest).await,
         "-h" | "--help" | "help" => {
             println!("usage:\n{USAGE}");
+            println!("{}", libero_cli::adopt::USAGE);
             println!("{}", libero_cli::analytics::USAGE);
             Ok(())
         }
