@@ -147,6 +147,16 @@ async fn adopting_keeps_every_users_progress_and_a_second_run_changes_nothing() 
     assert_eq!(count(&client, "select sum(tokens)::int8 from public.user_profiles").await, total);
     assert_eq!(count(&client, "select sum(delta)::int8 from public.token_ledger").await, total);
     assert_eq!(count(&client, "select count(*) from public.ledger_mismatches").await, 0, "tokens == sum(ledger)");
+    // Users who had spent part of what they bought: their opening row is negative.
+    assert!(
+        count(&client, "select count(*) from public.token_ledger where reason = 'opening_balance' and delta < 0").await
+            > 0
+    );
+    assert_eq!(
+        count(&client, "select count(*) from public.token_ledger where reason not in ('purchase', 'opening_balance')")
+            .await,
+        0
+    );
     // Ego-state usage and journey, as they were where they were valid.
     assert_eq!(
         count(
