@@ -18,7 +18,7 @@ cargo test --workspace --exclude libero-fixture "$@"
 
 # The same end-to-end tests against an adopted database: the old app's (tests/adopt)
 # brought over by `libero adopt` (docs/adopt.md), users and payments already in it.
-adopted_tests=(session_complete stripe_webhook stripe_checkout stripe_reconcile insights)
+adopted_tests=(session_complete stripe_webhook stripe_checkout insights)
 targets=()
 for t in "${adopted_tests[@]}"; do targets+=(--test "$t"); done
 LIBERO_TEST_ADOPTED=1 cargo test -p libero-tests "${targets[@]}" "$@"

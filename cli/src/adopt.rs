@@ -362,6 +362,12 @@ pub async fn adopt(url: &str, migrations: &Path, dry_run: bool) -> Result<Report
     .await?;
     tx.execute("insert into libero_legacy.adoption (report) values ($1)", &[&text]).await?;
 
+    // The checks deferred to commit (a balance without its ledger row) run now, so a dry
+    // run, which never commits, meets them too.
+    tx.batch_execute("set constraints all immediate")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
+        .context("checking the adopted rows (rolled back, nothing was changed)")?;
     if dry_run {
         tx.rollback().await?;
         writeln!(text, "dry run: rolled back, nothing was changed")?;
