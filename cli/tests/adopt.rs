@@ -210,6 +210,10 @@ async fn adopting_keeps_every_users_progress_and_a_second_run_changes_nothing() 
         Command::new(BIN).args(["migrate", "--database-url", &db.url]).current_dir(workspace()).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&migrate.stdout).trim(), "database is up to date");
 
+    // `public` is exactly what the migrations make on a fresh database.
+    let fresh = ScratchDb::migrated("adopt_fresh").await;
+    assert_eq!(public_schema(&db.url), public_schema(&fresh.url));
+
     // A second run is a no-op.
     let adopted = fingerprint(&client).await;
     let (ok, again) = adopt(&db.url, &[]);
@@ -218,6 +222,19 @@ async fn adopting_keeps_every_users_progress_and_a_second_run_changes_nothing() 
     let (ok, dry_again) = adopt(&db.url, &["--dry-run"]);
     assert!(ok && dry_again.starts_with("already adopted at "), "{dry_again}");
     assert_eq!(fingerprint(&client).await, adopted);
+}
+
+/// `pg_dump --schema-only` of the schema `public` (without the dump's random
+/// `\restrict` key).
+fn public_schema(url: &str) -> String {
+    let out = Command::new("pg_dump").args(["--schema-only", "--schema=public", url]).output().expect("pg_dump");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The old database's rows and schema (before adoption there is no ledger).
