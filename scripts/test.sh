@@ -16,6 +16,13 @@ DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
 export DATABASE_URL
 cargo test --workspace --exclude libero-fixture "$@"
 
+# The same end-to-end tests against an adopted database: the old app's (tests/adopt)
+# brought over by `libero adopt` (docs/adopt.md), users and payments already in it.
+adopted_tests=(session_complete stripe_webhook stripe_checkout insights)
+targets=()
+for t in "${adopted_tests[@]}"; do targets+=(--test "$t"); done
+LIBERO_TEST_ADOPTED=1 cargo test -p libero-tests "${targets[@]}" "$@"
+
 # The end-to-end tests that run under real Spin too. Fault injection and response
 # recording stay on the bundled host (tests/tests/faults.rs, the contract check).
 spin_tests=(session_complete reminders stripe_checkout stripe_catalog stripe_webhook stripe_reconcile ai_text voice transcribe insights account jwks supabase_js pooler hostile load)

@@ -2,6 +2,7 @@
 //! from tests and scripts as a library too.
 
 pub mod account;
+pub mod adopt;
 pub mod analytics;
 pub mod args;
 pub mod migrate;

@@ -210,7 +210,7 @@ async fn checkout_for_each_product_makes_one_customer_and_a_session() {
     assert_eq!(f["metadata[user_id]"], user.to_string());
     assert_eq!(f["email"], format!("{user}@test.local"));
     assert_eq!(header(&customers[0], "idempotency-key").unwrap(), format!("libero-customer-{user}"));
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 1);
     app.assert_ledger_consistent().await;
 }
 
@@ -328,7 +328,7 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
         app.client.post(app.url(&format!("{CHECKOUT}/portal"))).bearer_auth(app.token_for(ghost)).send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(app.stripe.received_requests().await.unwrap().is_empty(), "Stripe was never called");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 0);
     app.assert_ledger_consistent().await;
 }
 
@@ -484,7 +484,7 @@ async fn anonymous_sign_ins_cannot_buy_unless_allowed() {
         assert_eq!(answer["error"]["code"], "anonymous_not_allowed", "{answer}");
     }
     assert!(app.stripe.received_requests().await.unwrap().is_empty(), "nothing was created at Stripe");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 0);
 
     // An operator who allows it: the same guest can buy.
     let open = spawn_with(|vars| {
@@ -574,7 +574,7 @@ async fn racing_first_checkouts_against_an_idempotent_stripe_all_succeed_with_on
         assert_eq!(*status, 200, "{body}");
     }
     assert_eq!(created.load(Ordering::SeqCst), 1, "Stripe created one customer");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 1);
     let sessions = requests_to(&app, "/v1/checkout/sessions").await;
     assert!(sessions.iter().all(|r| form(r)["customer"] == "cus_RIdem0000"));
     app.assert_ledger_consistent().await;
@@ -656,7 +656,14 @@ async fn a_customer_deleted_in_stripe_is_replaced_on_the_next_checkout() {
         "a new key, or Stripe would answer with the deleted customer"
     );
     assert_eq!(form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap())["customer"], "cus_Rtest0001");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers WHERE deleted_at IS NULL").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.stripe_customers WHERE deleted_at IS NULL AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     app.assert_ledger_consistent().await;
 }
 

@@ -74,7 +74,7 @@ async fn signatures_are_verified_before_anything_is_written() {
         assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{case}: {answer}");
     }
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_events").await, 0, "nothing written");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_orders WHERE user_id = '{user}'")).await, 0);
     assert_eq!(app.tokens_of(user).await, 0);
 
     // Inside the tolerance (with a margin for the test's own run time): accepted.
@@ -92,7 +92,7 @@ async fn signatures_are_verified_before_anything_is_written() {
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
 
     assert_eq!(app.tokens_of(user).await, 110);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 1);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.token_ledger WHERE user_id = '{user}'")).await, 1);
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_events").await, 2);
     app.assert_ledger_consistent().await;
 }
@@ -117,7 +117,14 @@ async fn twenty_concurrent_deliveries_of_one_paid_event_credit_once() {
     assert_eq!(outcomes.iter().filter(|o| *o == "duplicate").count(), 19, "{outcomes:?}");
 
     assert_eq!(app.tokens_of(user).await, 300, "250 + 50 bonus, once");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     let (status, tokens, _, _) = order_row(&app, session["id"].as_str().unwrap()).await;
     assert_eq!((status.as_str(), tokens), ("completed", 300));
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_events").await, 1);
@@ -202,7 +209,14 @@ async fn refunds_take_tokens_back_never_below_zero_and_record_the_shortfall() {
     let (_, answer) = deliver(&app, &full).await;
     assert_eq!(answer["outcome"], "duplicate");
     assert_eq!(order_row(&app, &session_id).await, ("refunded".into(), 650, 350, 300));
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'refund'").await, 2);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'refund' AND user_id = '{user}'")
+        )
+        .await,
+        2
+    );
 
     // A refund of a charge that is no token order (a subscription invoice's) does nothing.
     let foreign = event("charge.refunded", refunded_charge(&random_id("ch_3Q"), "pi_3Qunknown", 999, 999));
@@ -265,7 +279,11 @@ async fn out_of_order_subscription_events_end_in_stripes_final_state() {
     assert!(row.get::<_, bool>(3), "the basil period (on the item) is stored");
     assert_eq!(row.get::<_, Uuid>(4), user);
     assert_eq!(plan_of(&app, user).await, "mystic");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1, "customer mapped");
+    assert_eq!(
+        count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await,
+        1,
+        "customer mapped"
+    );
 
     // The period ends: canceled. Its event arrives, then a late "updated" from before.
     *stripe_now.lock().unwrap() = subscription(sub, user, "canceled", true);
@@ -420,7 +438,7 @@ async fn only_a_payment_of_the_catalog_price_is_credited() {
         assert_eq!(review_of(&app, id).await.0, "review", "{reason}");
     }
     assert_eq!(app.tokens_of(user).await, 0, "nothing credited for any of them");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.token_ledger WHERE user_id = '{user}'")).await, 0);
 
     // Paid at the catalog's price: credited.
     let paid = checkout_session(user, "tokens-small", "payment", "paid");
