@@ -115,13 +115,15 @@ begin
       'ai_meter_usage', coalesce((select jsonb_agg(to_jsonb(m)) from public.ai_meter_usage m where m.user_id = p_user), '[]'),
       'reward_days', coalesce((select jsonb_agg(to_jsonb(d) order by d.day)
                                  from public.reward_days d where d.user_id = p_user), '[]'),
+      'stripe_checkout_sessions', coalesce((select jsonb_agg(to_jsonb(c) order by c.created_at, c.session_id)
+                                              from public.stripe_checkout_sessions c where c.user_id = p_user), '[]'),
       'token_debts', coalesce((select jsonb_agg(to_jsonb(t)) from public.token_debts t where t.user_id = p_user), '[]'),
       'stripe_refunds', coalesce((select jsonb_agg(to_jsonb(r) order by r.created_at, r.charge_id)
                                     from public.stripe_refunds r
                                    where r.payment_intent_id in (select o.payment_intent_id from public.stripe_orders o
                                                                   where o.user_id = p_user)), '[]'),
       -- The browsers' push keys are credentials of the user's devices: named, not copied.
-      'push_subscriptions', coalesce((select jsonb_agg(jsonb_build_object('id', s.id, 'endpoint_origin',
+      'push_subscriptions', coalesce((select jsonb_agg(jsonb_build_object('id', s.id, 'user_id', s.user_id, 'endpoint_origin',
                                                 substring(s.endpoint from '^[a-z]+://[^/]+'),
                                                 'created_at', s.created_at, 'last_sent_at', s.last_sent_at)
                                               order by s.created_at)

@@ -248,9 +248,17 @@ async fn seed(app: &StripeApp, stripe: &FakeStripe, user: Uuid) -> Seeded {
              insert into public.premium_tts_usage (user_id, period_start, chars)
                values ('{user}', date_trunc('month', now()), 120);
              insert into public.premium_tts_free_calls (user_id, reference, period_start, chars)
-               values ('{user}', 'tts-ref-1', date_trunc('month', now()), 120);",
+               values ('{user}', 'tts-ref-1', date_trunc('month', now()), 120);
+             insert into public.ai_meter_usage (user_id, meter, window_start, used)
+               values ('{user}', 'tts_chars', date_trunc('hour', now()), 400);
+             insert into public.token_debts (user_id, amount) values ('{user}', 0);
+             insert into public.stripe_checkout_sessions (session_id, user_id, product, mode)
+               values ('{}', '{user}', 'tokens-small', 'payment');
+             insert into public.push_subscriptions (user_id, endpoint, p256dh, auth)
+               values ('{user}', 'https://fcm.googleapis.com/fcm/send/{user}', repeat('B', 87), repeat('a', 22));",
             random_id("cs_test_a1"),
             random_id("dp_1Q"),
+            random_id("cs_test_b2"),
         ))
         .await
         .expect("seeding");
