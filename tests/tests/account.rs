@@ -26,11 +26,14 @@ const CONFIRM: &str = "delete my account";
 
 /// Stripe's subscriptions and customers, as far as a deletion touches them; every call
 /// is recorded as "METHOD /path".
+/// A subscription at the fake Stripe: (customer, status, user).
+type FakeSubscription = (String, String, Uuid);
+
 #[derive(Clone, Default)]
 struct FakeStripe {
     calls: Arc<Mutex<Vec<String>>>,
-    /// id → (customer, status, user)
-    subscriptions: Arc<Mutex<HashMap<String, (String, String, Uuid)>>>,
+    /// id → its subscription
+    subscriptions: Arc<Mutex<HashMap<String, FakeSubscription>>>,
     deleted_customers: Arc<Mutex<HashSet<String>>>,
     /// Every call answers 500.
     down: Arc<AtomicBool>,
@@ -537,7 +540,9 @@ async fn a_malformed_or_unauthorised_deletion_deletes_nothing() {
     let expired = app.token_with_claims(json!({"sub": user.to_string(), "aud": "authenticated",
         "role": "authenticated", "iat": now - 7200, "exp": now - 3600}));
     let good = json!({"confirm": CONFIRM}).to_string();
-    let cases: Vec<(&str, Option<&str>, &str, String, u16, &str)> = vec![
+    // (what, token, content type, body, status, code)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no token", None, "application/json", good.clone(), 401, "missing_token"),
         ("expired token", Some(&expired), "application/json", good.clone(), 401, "token_expired"),
         ("not JSON", Some(&token), "application/json", "confirm=delete".into(), 400, "invalid_body"),

@@ -779,7 +779,14 @@ async fn the_success_page_credits_the_purchase_when_the_webhook_is_late() {
     let (status, answer) = deliver(&app, &event("checkout.session.completed", paid)).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
     assert_eq!(app.tokens_of(user).await, 110);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     app.assert_ledger_consistent().await;
 }
 
@@ -815,8 +822,22 @@ async fn twenty_webhooks_and_twenty_success_pages_at_once_credit_once() {
         assert_eq!(state(body), (Some("paid"), Some(true), Some(tokens), Some(tokens)), "{body}");
     }
     assert_eq!(i64::from(app.tokens_of(user).await), tokens);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase'").await, 1);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders WHERE status = 'completed'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.stripe_orders WHERE status = 'completed' AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     app.assert_ledger_consistent().await;
 }
 
@@ -836,7 +857,14 @@ async fn a_delayed_payment_is_processing_until_the_later_event_credits_it() {
     assert_eq!((status, state(&body)), (200, (Some("processing"), Some(false), Some(0), Some(0))), "{body}");
     let (status, answer) = deliver(&app, &event("checkout.session.completed", processing.clone())).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders WHERE status = 'pending'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.stripe_orders WHERE status = 'pending' AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     let (status, body, _) = session_status(&app, user, id).await;
     assert_eq!((status, state(&body)), (200, (Some("processing"), Some(false), Some(0), Some(0))), "{body}");
 
@@ -880,8 +908,15 @@ async fn an_expired_unpaid_or_failed_session_credits_nothing() {
     assert_eq!(session_reads(&app, id).await, reads);
 
     assert_eq!(app.tokens_of(user).await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders WHERE status <> 'failed'").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.token_ledger WHERE user_id = '{user}'")).await, 0);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.stripe_orders WHERE status <> 'failed' AND user_id = '{user}'")
+        )
+        .await,
+        0
+    );
     app.assert_ledger_consistent().await;
 }
 
@@ -978,5 +1013,8 @@ async fn the_success_page_activates_a_subscription_once() {
     let (status, again, _) = session_status(&app, user, id).await;
     assert_eq!((status, &again), (200, &body));
     assert_eq!(session_reads(&app, id).await, reads, "answered from the stored subscription");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_subscriptions").await, 1);
+    assert_eq!(
+        count(&app, &format!("SELECT count(*) FROM public.stripe_subscriptions WHERE user_id = '{user}'")).await,
+        1
+    );
 }
