@@ -20,7 +20,7 @@
 //!
 //! The crash test needs the Postgres binaries (`initdb`, `pg_ctl`) for a cluster of its
 //! own. Without them it fails, saying how to get them (`scripts/pg.sh` installs Debian's
-//! `postgresql`); `LIBERO_SKIP_PG_CRASH=1` skips it on purpose, except in CI (`CI` set),
+//! `postgresql`); `LIBERO_ALLOW_SKIPS=1` skips it on purpose, except in CI (`CI` set),
 //! where it always runs.
 //!
 //! Already covered elsewhere and not repeated: OpenAI 429 with Retry-After, 500/503
@@ -42,7 +42,7 @@ mod stripe_support;
 use futures_util::future::join_all;
 use libero_tests::cluster::Cluster;
 use libero_tests::db;
-use libero_tests::testing::{upstream_retries, TestApp};
+use libero_tests::testing::{skip, upstream_retries, TestApp};
 use serde_json::{json, Value};
 use stripe_support::{
     checkout_session, event, fake_stripe, now, signature, stripe_vars, subscription, SECRET_KEY, WEBHOOK_SECRET,
@@ -60,20 +60,15 @@ const UPSTREAM_SECRET: &str = "UPSTREAM-FAULT-BODY-sk-live-must-not-leak";
 
 /// A cluster of this test's own, started (durable settings, unlike scripts/pg.sh's: it
 /// is crashed on purpose, and a commit the app was told about must survive it). Without
-/// Postgres binaries the test fails, unless `LIBERO_SKIP_PG_CRASH=1` asks to skip it
-/// (None), which CI (`CI` set) never does.
+/// Postgres binaries the test fails, unless `LIBERO_ALLOW_SKIPS=1` lets it skip (None),
+/// which CI (`CI` set) never does.
 fn own_cluster() -> Option<Cluster> {
     let Some(cluster) = Cluster::init("faults").expect("a cluster of the test's own") else {
-        let skip = std::env::var_os("LIBERO_SKIP_PG_CRASH").is_some_and(|v| v == "1");
-        if skip && std::env::var_os("CI").is_none() {
-            eprintln!("SKIPPED on request (LIBERO_SKIP_PG_CRASH=1): no Postgres binaries here");
-            return None;
-        }
-        panic!(
-            "no Postgres binaries (initdb, pg_ctl) on this machine: this test crashes a cluster of its own. \
-             Run scripts/pg.sh once (it installs Debian's postgresql), or set LIBERO_SKIP_PG_CRASH=1 \
-             to skip it outside CI"
+        skip(
+            "no Postgres binaries (initdb, pg_ctl) on this machine: this test crashes a cluster of its own; \
+             run scripts/pg.sh once (it installs Debian's postgresql)",
         );
+        return None;
     };
     start(&cluster);
     Some(cluster)
