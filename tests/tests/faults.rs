@@ -6,7 +6,7 @@
 //! |------------------------------|-----------------------------------------|---------------------------------------------------|
 //! | Postgres stopped             | all 8 endpoints (+ portal)              | 503 `database_unavailable` + Retry-After (products: 200, no database; tts: 503 browser fallback, its cache skipped) |
 //! | Postgres crashed mid-burst   | session-complete (12 held in the database), stripe-webhook | 503 each; after restart the retries apply exactly once |
-//! | Stripe hang/500/429/bad JSON/truncated/close | stripe-checkout, stripe-webhook | 502 (`stripe_error` for 500/429, else `stripe_unavailable`), nothing written by either; 2 requests (bad JSON: 1); < 25 s for a hang (two 10 s attempts), < 5 s otherwise |
+//! | Stripe hang/500/429/bad JSON/truncated/close | stripe-checkout, stripe-webhook (a subscription re-read, a paid checkout's line items) | 502 (`stripe_error` for 500/429, else `stripe_unavailable`), nothing written or credited; 2 requests (bad JSON: 1); < 25 s for a hang (two 10 s attempts), < 5 s otherwise |
 //! | OpenAI same six              | generate-script, ai-hypnosis            | 200 `source: fallback` (< 5 s: a 2 s deadline, plus slack for a loaded machine) |
 //! | OpenAI same six              | chatgpt-chat                            | 503 `ai_unavailable` + Retry-After                |
 //! | OpenAI same six              | tts (OpenAI only)                       | 503 `tts_unavailable`, `fallback: browser`; a truncated *audio* stream: 200 cut short, not cached |
@@ -793,6 +793,29 @@ async fn stripe_faults_answer_502_and_change_nothing() {
         assert!(allowed.contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {allowed:?}");
         let after = stripe_rows(&app).await;
         assert_eq!(after, rows_before, "{case}: the event was recorded or applied though Stripe could not be read");
+        rows.push(Outcome {
+            case,
+            status,
+            code: answer["error"]["code"].as_str().unwrap_or("").into(),
+            elapsed,
+            hits: seen,
+        });
+
+        // A paid checkout makes the webhook read the session's line items (what was paid
+        // for) before it credits anything: unreadable, nothing is recorded or credited.
+        let before = hits.load(Ordering::SeqCst);
+        let rows_before = stripe_rows(&app).await;
+        let paid = event("checkout.session.completed", checkout_session(user, "tokens-small", "payment", "paid"));
+        let started = Instant::now();
+        let (status, answer) = deliver(&app, &paid).await;
+        let elapsed = started.elapsed();
+        let case = format!("stripe {fault:?} → stripe-webhook (line items)");
+        assert_eq!((status, answer["error"]["code"].as_str()), (502, Some(code)), "{case}: {answer}");
+        assert!(elapsed < stripe_limit(fault), "{case}: {elapsed:?}");
+        let seen = hits.load(Ordering::SeqCst) - before;
+        assert!(allowed.contains(&seen), "{case}: the faulty upstream saw {seen} request(s), expected {allowed:?}");
+        assert_eq!(stripe_rows(&app).await, rows_before, "{case}: something was recorded or credited");
+        assert_eq!(app.tokens_of(user).await, 0, "{case}: tokens credited");
         rows.push(Outcome {
             case,
             status,
