@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: checks the formatting, builds the components, starts a
+# The whole test suite: checks the formatting and clippy, builds the components, starts a
 # throwaway Postgres unless DATABASE_URL names one, and runs every test against the real
 # .wasm: first under the bundled host, then the end-to-end HTTP tests again under real
 # `spin up` (SPIN, PATH, then ../shared/bin/spin). Arguments go to both `cargo test` runs.
@@ -16,6 +16,7 @@ if ! cargo fmt --all -- --check >/dev/null; then
   echo "test.sh: the code is not formatted (rustfmt.toml): run \`cargo fmt --all\`" >&2
   exit 1
 fi
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 scripts/build-wasm.sh
 DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
 export DATABASE_URL
