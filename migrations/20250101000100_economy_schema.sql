@@ -217,7 +217,8 @@ create table public.token_ledger (
   reason text not null check (reason in (
     'session_complete', -- reference: the client session id
     'level_up',         -- reference: 'level:<n>' (each level pays once per user, ever)
-    'streak_bonus',     -- reference: the client session id that extended the streak
+    'streak_bonus',     -- reference: 'streak:<n>', the user's n-th bonus (on older rows: the
+                        -- client session id that paid it)
     'purchase',         -- Stripe token package; reference: the checkout session id
     'refund',           -- Stripe refund of a purchase (a debit); reference: Stripe's id
     'spend',            -- reference: the caller's idempotency key

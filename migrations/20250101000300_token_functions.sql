@@ -34,72 +34,6 @@ begin
 end
 $$;
 
--- Debits a user for a feature, once per reference.
---
--- Returns
---   {"ok":true,  "replayed":false, "cost":c, "balance":b, "reference":r}  debited now
---   {"ok":true,  "replayed":true,  "cost":c, "balance":b, "reference":r}  debited by an
---       earlier call with this reference (b = the balance right after that debit)
---   {"ok":false, "reason":"insufficient_tokens", "cost":c, "balance":b}   nothing written
---   {"ok":false, "reason":"reference_conflict",  "cost":c, "balance":b}   the reference
---       was used for another feature or amount (c = what it was used for)
---   {"ok":false, "reason":"already_refunded",    "cost":c, "balance":b}   the spend with
---       this reference was refunded: a new attempt needs a new reference
--- A refused spend records nothing, so the same reference may be tried again later.
-create function public.spend_tokens_for(
-  p_user uuid,
-  p_feature text,
-  p_units integer,
-  p_reference text
-) returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-declare
-  v_cost integer := public.token_cost(p_feature, p_units);
-  v_balance integer;
-  v_previous public.token_ledger;
-begin
-  if p_user is null or p_reference is null or char_length(p_reference) not between 1 and 200 then
-    raise exception using errcode = '22023',
-      message = 'spend_tokens_for needs a user and a reference of 1 to 200 characters';
-  end if;
-
-  select tokens into v_balance from public.user_profiles where id = p_user for update;
-  if not found then
-    -- No profile yet means no tokens; nothing to lock or write.
-    return jsonb_build_object('ok', false, 'reason', 'insufficient_tokens', 'cost', v_cost, 'balance', 0);
-  end if;
-
-  select * into v_previous
-    from public.token_ledger
-   where user_id = p_user and reason = 'spend' and reference = p_reference;
-  if found then
-    if v_previous.feature <> p_feature or -v_previous.delta <> v_cost then
-      return jsonb_build_object('ok', false, 'reason', 'reference_conflict',
-                                'cost', -v_previous.delta, 'balance', v_balance);
-    end if;
-    if exists (select 1 from public.token_ledger
-                where user_id = p_user and reason = 'spend_refund' and reference = p_reference) then
-      return jsonb_build_object('ok', false, 'reason', 'already_refunded', 'cost', v_cost, 'balance', v_balance);
-    end if;
-    return jsonb_build_object('ok', true, 'replayed', true, 'cost', v_cost,
-                              'balance', v_previous.balance_after, 'reference', p_reference);
-  end if;
-
-  if v_balance < v_cost then
-    return jsonb_build_object('ok', false, 'reason', 'insufficient_tokens', 'cost', v_cost, 'balance', v_balance);
-  end if;
-
-  update public.user_profiles set tokens = tokens - v_cost where id = p_user
-    returning tokens into v_balance;
-  insert into public.token_ledger (user_id, delta, reason, feature, reference, balance_after)
-  values (p_user, -v_cost, 'spend', p_feature, p_reference, v_balance);
-  return jsonb_build_object('ok', true, 'replayed', false, 'cost', v_cost,
-                            'balance', v_balance, 'reference', p_reference);
-end
-$$;
 
 -- The signed-in user's own spend (PostgREST: rpc('spend_tokens', {p_feature, p_units,
 -- p_reference})). Same results as spend_tokens_for. The reference is stored as
@@ -267,7 +201,6 @@ revoke all on table public.ledger_mismatches from anon, authenticated, service_r
 grant select on table public.ledger_mismatches to service_role;
 
 revoke all on function public.token_cost(text, integer) from public, anon, authenticated, service_role;
-revoke all on function public.spend_tokens_for(uuid, text, integer, text) from public, anon, authenticated, service_role;
 revoke all on function public.spend_tokens(text, integer, text) from public, anon, authenticated, service_role;
 revoke all on function public.refund_spend(uuid, text) from public, anon, authenticated, service_role;
 revoke all on function public.create_custom_protocol(text, text, text, text, integer, text, uuid)
@@ -276,5 +209,4 @@ revoke all on function public.create_custom_protocol(text, text, text, text, int
 grant execute on function public.token_cost(text, integer) to authenticated, service_role;
 grant execute on function public.spend_tokens(text, integer, text) to authenticated;
 grant execute on function public.create_custom_protocol(text, text, text, text, integer, text, uuid) to authenticated;
-grant execute on function public.spend_tokens_for(uuid, text, integer, text) to service_role;
 grant execute on function public.refund_spend(uuid, text) to service_role;

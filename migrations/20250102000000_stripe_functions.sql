@@ -59,28 +59,6 @@ begin
 end
 $$;
 
--- Credits a purchase once per (user, checkout session). The caller holds the profile lock.
-create function public.stripe_credit_purchase(p_user uuid, p_tokens integer, p_session_id text) returns integer
-  language plpgsql
-  set search_path = public, pg_temp
-  as $$
-declare
-  v_balance integer;
-begin
-  if p_tokens <= 0 or exists (
-    select 1 from public.token_ledger
-     where user_id = p_user and reason = 'purchase' and reference = p_session_id
-  ) then
-    return 0;
-  end if;
-  update public.user_profiles set tokens = tokens + p_tokens where id = p_user
-    returning tokens into v_balance;
-  insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
-  values (p_user, p_tokens, 'purchase', p_session_id, v_balance);
-  return p_tokens;
-end
-$$;
-
 -- An event with no effects (an unknown type, or one that is not ours), recorded so it is
 -- visible to operators and answered 2xx. Returns {"outcome": p_outcome | "duplicate"}.
 create function public.stripe_record_event(p_event_id text, p_type text, p_created bigint, p_outcome text)
@@ -174,81 +152,6 @@ begin
 end
 $$;
 
--- `charge.refunded` (cumulative: p_amount_refunded is the total refunded so far). Takes
--- back the refunded share of the order's tokens, rounded down, all of them once the
--- charge is fully refunded, never more than the user still has; what could not be taken
--- is added to the order's refund_shortfall. The ledger row's reference
--- ('refund:<charge>:<amount refunded>') keys each refund step, so it is taken once.
--- Returns {"outcome":"applied"|"duplicate"|"no_order"|"not_completed", "taken", "shortfall"}.
-create function public.stripe_apply_charge_refund(
-  p_event_id text,
-  p_type text,
-  p_created bigint,
-  p_charge_id text,
-  p_payment_intent text,
-  p_amount_captured bigint,
-  p_amount_refunded bigint,
-  p_fully_refunded boolean
-) returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-declare
-  v_user uuid;
-  v_order public.stripe_orders;
-  v_target integer;
-  v_owed integer;
-  v_balance integer;
-  v_taken integer := 0;
-  v_reference text := 'refund:' || p_charge_id || ':' || p_amount_refunded;
-begin
-  if not public.stripe_begin_event(p_event_id, p_type, p_created) then
-    return jsonb_build_object('outcome', 'duplicate');
-  end if;
-
-  select user_id into v_user from public.stripe_orders where payment_intent_id = p_payment_intent;
-  if v_user is null then
-    -- Not a token order (a subscription invoice's charge, or a payment made elsewhere).
-    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'no_order'));
-  end if;
-  select tokens into v_balance from public.user_profiles where id = v_user for update;
-  select * into v_order from public.stripe_orders where payment_intent_id = p_payment_intent for update;
-  if v_order.status not in ('completed', 'refunded') then
-    return public.stripe_finish_event(p_event_id, jsonb_build_object('outcome', 'not_completed'));
-  end if;
-
-  v_target := case
-    when p_fully_refunded or coalesce(p_amount_captured, 0) <= 0 then v_order.tokens
-    else least(v_order.tokens, (v_order.tokens::bigint * p_amount_refunded / p_amount_captured)::integer)
-  end;
-  v_owed := greatest(0, v_target - v_order.tokens_reversed - v_order.refund_shortfall);
-
-  if v_owed > 0 and not exists (
-    select 1 from public.token_ledger where user_id = v_user and reason = 'refund' and reference = v_reference
-  ) then
-    v_taken := least(v_owed, v_balance);
-    if v_taken > 0 then
-      update public.user_profiles set tokens = tokens - v_taken where id = v_user returning tokens into v_balance;
-      insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
-      values (v_user, -v_taken, 'refund', v_reference, v_balance);
-    end if;
-  else
-    v_owed := 0;
-  end if;
-
-  update public.stripe_orders
-     set tokens_reversed = tokens_reversed + v_taken,
-         refund_shortfall = refund_shortfall + (v_owed - v_taken),
-         status = case when p_fully_refunded then 'refunded' else status end
-   where id = v_order.id
-  returning * into v_order;
-
-  return public.stripe_finish_event(p_event_id, jsonb_build_object(
-    'outcome', 'applied', 'order_status', v_order.status, 'taken', v_taken, 'shortfall', v_owed - v_taken));
-end
-$$;
-
 -- Maps the user to p_customer unless they already have a customer, and returns the
 -- user's customer either way. Two first checkouts racing both create (the same, thanks to
 -- Stripe's Idempotency-Key) customer and call this; the primary key lets one mapping in,
@@ -291,17 +194,13 @@ $$;
 
 revoke all on function public.stripe_begin_event(text, text, bigint) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_finish_event(text, jsonb) from public, anon, authenticated, service_role;
-revoke all on function public.stripe_credit_purchase(uuid, integer, text) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_record_event(text, text, bigint, text) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_subscription(text, text, bigint, text, text, uuid, text, text, bigint, bigint, boolean, bigint)
-  from public, anon, authenticated, service_role;
-revoke all on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean)
   from public, anon, authenticated, service_role;
 revoke all on function public.stripe_link_customer(uuid, text) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_customer_deleted(text, text, bigint, text) from public, anon, authenticated, service_role;
 
 grant execute on function public.stripe_record_event(text, text, bigint, text) to service_role;
 grant execute on function public.stripe_apply_subscription(text, text, bigint, text, text, uuid, text, text, bigint, bigint, boolean, bigint) to service_role;
-grant execute on function public.stripe_apply_charge_refund(text, text, bigint, text, text, bigint, bigint, boolean) to service_role;
 grant execute on function public.stripe_link_customer(uuid, text) to service_role;
 grant execute on function public.stripe_apply_customer_deleted(text, text, bigint, text) to service_role;

@@ -59,71 +59,6 @@ alter table public.stripe_disputes enable row level security;
 revoke all on table public.stripe_disputes from anon, authenticated, service_role;
 grant all on table public.stripe_disputes to service_role;
 
--- Settles every dispute of an order (see the top of this file). The caller holds the
--- user's profile lock and the order's row lock. Returns {"taken", "given_back", "shortfall"}
--- for this call.
-create function public.stripe_settle_disputes(p_order_id bigint) returns jsonb
-  language plpgsql
-  set search_path = public, pg_temp
-  as $$
-declare
-  v_order public.stripe_orders;
-  v_dispute public.stripe_disputes;
-  v_balance integer;
-  v_owed integer;
-  v_taken integer;
-  v_total_taken integer := 0;
-  v_given integer := 0;
-  v_short integer := 0;
-begin
-  select * into v_order from public.stripe_orders where id = p_order_id;
-  if v_order.payment_intent_id is null or v_order.status not in ('completed', 'refunded') then
-    return jsonb_build_object('taken', 0, 'given_back', 0, 'shortfall', 0);
-  end if;
-  for v_dispute in
-    select * from public.stripe_disputes where payment_intent_id = v_order.payment_intent_id
-     order by dispute_id for update
-  loop
-    select tokens into v_balance from public.user_profiles where id = v_order.user_id;
-    if not (v_dispute.closed and v_dispute.status in ('won', 'warning_closed')) then
-      if not v_dispute.applied then
-        v_owed := greatest(0, v_order.tokens - v_order.tokens_reversed - v_order.refund_shortfall);
-        v_taken := least(v_owed, v_balance);
-        if v_taken > 0 then
-          update public.user_profiles set tokens = tokens - v_taken where id = v_order.user_id
-            returning tokens into v_balance;
-          insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
-          values (v_order.user_id, -v_taken, 'refund', 'dispute:' || v_dispute.dispute_id, v_balance);
-        end if;
-        update public.stripe_orders
-           set tokens_reversed = tokens_reversed + v_taken, refund_shortfall = refund_shortfall + (v_owed - v_taken)
-         where id = v_order.id
-        returning * into v_order;
-        update public.stripe_disputes set applied = true, tokens_taken = v_taken, shortfall = v_owed - v_taken
-         where dispute_id = v_dispute.dispute_id;
-        v_total_taken := v_total_taken + v_taken;
-        v_short := v_short + (v_owed - v_taken);
-      end if;
-    elsif v_dispute.applied and not v_dispute.restored then
-      if v_dispute.tokens_taken > 0 then
-        update public.user_profiles set tokens = tokens + v_dispute.tokens_taken where id = v_order.user_id
-          returning tokens into v_balance;
-        insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
-        values (v_order.user_id, v_dispute.tokens_taken, 'dispute_won', 'dispute:' || v_dispute.dispute_id, v_balance);
-      end if;
-      update public.stripe_orders
-         set tokens_reversed = tokens_reversed - v_dispute.tokens_taken,
-             refund_shortfall = refund_shortfall - v_dispute.shortfall
-       where id = v_order.id
-      returning * into v_order;
-      update public.stripe_disputes set restored = true where dispute_id = v_dispute.dispute_id;
-      v_given := v_given + v_dispute.tokens_taken;
-    end if;
-  end loop;
-  return jsonb_build_object('taken', v_total_taken, 'given_back', v_given, 'shortfall', v_short);
-end
-$$;
-
 -- `charge.dispute.created` / `charge.dispute.closed` (p_closed). Returns
 -- {"outcome":"applied"|"duplicate"|"no_order", "taken", "given_back", "shortfall"}.
 create function public.stripe_apply_dispute(
@@ -271,7 +206,6 @@ begin
 end
 $$;
 
-revoke all on function public.stripe_settle_disputes(bigint) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_dispute(text, text, bigint, text, text, text, bigint, text, boolean)
   from public, anon, authenticated, service_role;
 revoke all on function public.stripe_apply_checkout_payment(text, text, bigint, text, uuid, text, integer, text, text, bigint, text, text, text, text, text, text)

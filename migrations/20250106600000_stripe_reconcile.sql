@@ -25,44 +25,6 @@ revoke all on table public.stripe_reconcile_state from anon, authenticated, serv
 -- re-read), so customers without any subscription are not listed on every run.
 alter table public.stripe_customers add column subscriptions_read_at timestamptz;
 
--- {"anchor_event_id": text|null, "anchor_created": bigint|null}
-create function public.stripe_reconcile_cursor() returns jsonb
-  language sql
-  stable
-  security definer
-  set search_path = public, pg_temp
-  as $$
-  select jsonb_build_object(
-    'anchor_event_id', (select anchor_event_id from public.stripe_reconcile_state),
-    'anchor_created', (select anchor_created from public.stripe_reconcile_state));
-$$;
-
--- Moves the cursor to (p_event_id, p_created) unless a concurrent run already moved it
--- further (a later `created`); p_event_id null keeps the anchor and stores the report.
--- Returns the cursor as stored.
-create function public.stripe_reconcile_advance(p_event_id text, p_created bigint, p_report jsonb) returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-begin
-  insert into public.stripe_reconcile_state as s (id, anchor_event_id, anchor_created, last_run)
-  values (true, p_event_id, p_created, p_report)
-  on conflict (id) do update set
-    anchor_event_id = case
-      when excluded.anchor_event_id is not null
-       and (s.anchor_created is null or s.anchor_created <= excluded.anchor_created)
-      then excluded.anchor_event_id else s.anchor_event_id end,
-    anchor_created = case
-      when excluded.anchor_event_id is not null
-       and (s.anchor_created is null or s.anchor_created <= excluded.anchor_created)
-      then excluded.anchor_created else s.anchor_created end,
-    last_run = coalesce(excluded.last_run, s.last_run),
-    updated_at = now();
-  return public.stripe_reconcile_cursor();
-end
-$$;
-
 -- Which of these event ids (a jsonb array) are recorded already (applied, or recorded with no effect):
 -- a jsonb array. The reconciler skips them without re-reading anything from Stripe.
 create function public.stripe_events_known(p_ids jsonb) returns jsonb
@@ -169,8 +131,6 @@ begin
 end
 $$;
 
-revoke all on function public.stripe_reconcile_cursor() from public, anon, authenticated, service_role;
-revoke all on function public.stripe_reconcile_advance(text, bigint, jsonb) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_events_known(jsonb) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_reconcile_stale_customers(bigint, integer) from public, anon, authenticated, service_role;
 revoke all on function public.stripe_store_customer_subscriptions(text, jsonb, bigint)

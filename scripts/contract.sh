@@ -5,19 +5,25 @@
 # content type, headers, body schema, each server-sent event, invalid input refused, valid
 # input accepted, unsupported methods, auth).
 #
-# Two deployments, each on a fresh migrated database (scripts/pg.sh's cluster, or the one
+# Three deployments, each on a fresh migrated database (scripts/pg.sh's cluster, or the one
 # DATABASE_URL names) with a signed-in user's token:
 #   down          Stripe, OpenAI and ElevenLabs configured, all on a closed loopback port
 #                 (127.0.0.1:9): every upstream call fails at once, nothing leaves the
 #                 machine, and the answers are the documented 502/503s and fallbacks;
 #                 served by real `spin up` (scripts/find-spin.sh).
+#   up            every upstream answers (tests/schemathesis/fake_upstreams.py plays OpenAI,
+#                 ElevenLabs and Stripe: streamed chat, scripts, speech, transcriptions, a
+#                 catalog made by `libero stripe sync`, Checkout and portal sessions), so
+#                 the success answers users get most are held to the document too;
+#                 served by real `spin up`.
 #   unconfigured  no OpenAI or ElevenLabs key (the local fallbacks, the fixed chat reply
 #                 streamed as events, the "no provider" 503s); served by the bundled host.
-# Without Spin both use the bundled host, saying so; with CI set a missing Spin fails.
+# Without Spin all use the bundled host, saying so; with CI set a missing Spin fails.
 # Each gets a run with a fixed seed and one with a
-# random seed (printed; CONTRACT_SEED=<n> replays it), CONTRACT_SECONDS (default 120)
-# shared out between the four; CONTRACT_ST_ARGS adds Schemathesis options (for instance
-# `--include-path /chatgpt-chat` to look at one endpoint). Any failure not accepted in tests/schemathesis/baseline.yaml
+# random seed (printed; CONTRACT_SEED=<n> replays it), CONTRACT_SECONDS (default 180)
+# shared out between the six; CONTRACT_ST_ARGS adds Schemathesis options (for instance
+# `--include-path /chatgpt-chat` to look at one endpoint), CONTRACT_ONLY=up runs just the
+# deployments it names. Any failure not accepted in tests/schemathesis/baseline.yaml
 # (each entry with its reason; applied by tests/schemathesis/hooks.py) fails the script.
 #
 # Builds only the operator CLI (migrations) and, if missing, the bundled host: run
@@ -25,7 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=tests/schemathesis
-seconds="${CONTRACT_SECONDS:-120}"
+seconds="${CONTRACT_SECONDS:-180}"
 fixed_seed=18
 random_seed="${CONTRACT_SEED:-$(python3 -c 'import secrets; print(secrets.randbelow(2**31))')}"
 
@@ -54,8 +60,10 @@ stop_app() {
     app_pid=""
   fi
 }
+fake_pid=""
 cleanup() {
   stop_app
+  if [ -n "$fake_pid" ]; then kill "$fake_pid" 2>/dev/null || true; fi
   for db in "${databases[@]}"; do
     psql -q "$admin_url" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
   done
@@ -63,6 +71,13 @@ cleanup() {
 }
 trap cleanup EXIT
 random_hex() { python3 -c "import secrets; print(secrets.token_hex($1))"; }
+
+# The answering upstreams of the `up` deployment, on a free loopback port.
+"$venv/bin/python" "$here/fake_upstreams.py" "$work/fake.port" &
+fake_pid=$!
+for _ in $(seq 1 100); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
+[ -s "$work/fake.port" ] || { echo "contract.sh: the fake upstreams did not start" >&2; exit 1; }
+fake="http://127.0.0.1:$(cat "$work/fake.port")"
 
 # One migrated database; each deployment gets a copy.
 template="contract_tpl_$$_$(random_hex 4)"
@@ -91,7 +106,7 @@ export CONTRACT_USER_TOKEN CONTRACT_SERVICE_TOKEN
 
 spin="$(scripts/find-spin.sh || true)"
 if [ -z "$spin" ] && [ -n "${CI:-}" ]; then
-  echo "contract.sh: real Spin not found (SPIN, PATH, ../shared/bin/spin), and CI is set: the down deployment must be served by Spin" >&2
+  echo "contract.sh: real Spin not found (SPIN, PATH, ../shared/bin/spin), and CI is set: the down and up deployments must be served by Spin" >&2
   exit 1
 fi
 if [ -z "$spin" ]; then
@@ -127,6 +142,7 @@ EOF
 # the app on a free port ($port).
 start_app() {
   local name="$1" runtime="$2" db="contract_${1}_$$_$(random_hex 4)"
+  stripe_key="sk_test_contract_$(random_hex 8)"
   databases+=("$db")
   psql -q "$admin_url" -c "create database $db template $template" >/dev/null
   local db_url="${admin_url%/*}/$db"
@@ -141,27 +157,41 @@ with p as (update public.user_profiles set tokens = tokens + 1000000 where id = 
 insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
 select '$user_id', 1000000, 'purchase', 'contract-grant', p.tokens from p;
 SQL
+  if [ "$name" = up ]; then
+    # The catalog as an operator makes it: products, prices and the portal at the fake
+    # Stripe, their ids stored where checkout reads them.
+    STRIPE_SECRET_KEY="$stripe_key" cargo run --quiet -p libero-cli --bin libero -- \
+      stripe sync --database-url "$db_url" --api-base "$fake" >"$work/sync.log" 2>&1 ||
+      { cat "$work/sync.log" >&2; echo "contract.sh: libero stripe sync failed" >&2; exit 1; }
+  fi
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   (
     while IFS= read -r var; do unset "$var"; done < <(env | grep -o '^SPIN_VARIABLE_[A-Z0-9_]*' || true)
-    closed=http://127.0.0.1:9
+    upstream=http://127.0.0.1:9  # closed: every call fails at once
+    if [ "$name" = up ]; then upstream="$fake"; fi
     export SPIN_VARIABLE_DATABASE_URL="$db_url"
     export SPIN_VARIABLE_DB_HOST="$(echo "$admin_url" | sed -E 's#^postgres://([^@]*@)?([^/]+)/.*#\2#')"
     export SPIN_VARIABLE_SUPABASE_JWT_SECRET="$jwt_secret"
-    export SPIN_VARIABLE_STRIPE_SECRET_KEY="sk_test_contract_$(random_hex 8)"
+    export SPIN_VARIABLE_STRIPE_SECRET_KEY="$stripe_key"
     export SPIN_VARIABLE_STRIPE_WEBHOOK_SECRETS="whsec_$(random_hex 16)"
-    export SPIN_VARIABLE_STRIPE_API_BASE="$closed"
-    # Two products with a price, two without (what a product not for sale answers).
-    export SPIN_VARIABLE_STRIPE_PRICE_MYSTIC_SUBSCRIPTION=price_contract_mystic
-    export SPIN_VARIABLE_STRIPE_PRICE_TOKENS_SMALL=price_contract_small
-    export SPIN_VARIABLE_OPENAI_BASE_URL="$closed"
-    export SPIN_VARIABLE_ELEVENLABS_BASE_URL="$closed"
+    export SPIN_VARIABLE_STRIPE_API_BASE="$upstream"
+    if [ "$name" != up ]; then
+      # Two products with a price, two without (what a product not for sale answers).
+      # `up` sells what `libero stripe sync` stored instead.
+      export SPIN_VARIABLE_STRIPE_PRICE_MYSTIC_SUBSCRIPTION=price_contract_mystic
+      export SPIN_VARIABLE_STRIPE_PRICE_TOKENS_SMALL=price_contract_small
+    fi
+    export SPIN_VARIABLE_OPENAI_BASE_URL="$upstream"
+    # Reminders on: a VAPID key pair (any 32 bytes below the curve order) and a subject.
+    export SPIN_VARIABLE_VAPID_PRIVATE_KEY="$(python3 -c 'import base64; print(base64.urlsafe_b64encode(bytes([7] * 32)).decode().rstrip("="))')"
+    export SPIN_VARIABLE_VAPID_SUBJECT="mailto:contract@test.local"
+    export SPIN_VARIABLE_ELEVENLABS_BASE_URL="$upstream"
     # One attempt: a refused connection is final, no backoff between retries.
     export SPIN_VARIABLE_OPENAI_MAX_ATTEMPTS=1 SPIN_VARIABLE_ELEVENLABS_MAX_ATTEMPTS=1
     # Enough AI quota for the generated requests to reach the upstream calls (the 429s
     # have their own end-to-end tests).
     export SPIN_VARIABLE_AI_QUOTA_FREE_PER_HOUR=1000000
-    if [ "$name" = down ]; then
+    if [ "$name" != unconfigured ]; then
       export SPIN_VARIABLE_OPENAI_API_KEY="sk-contract-$(random_hex 8)"
       export SPIN_VARIABLE_ELEVENLABS_API_KEY="contract-$(random_hex 8)"
     fi
@@ -201,10 +231,12 @@ st_run() {
 }
 
 failed=()
-quarter=$(( (seconds + 3) / 4 ))
-for deployment in down unconfigured; do
+deployments=(${CONTRACT_ONLY:-down up unconfigured})
+runs=$(( ${#deployments[@]} * 2 ))
+share=$(( (seconds + runs - 1) / runs ))
+for deployment in "${deployments[@]}"; do
   runtime=host
-  if [ -n "$spin" ] && [ "$deployment" = down ]; then runtime=spin; fi
+  if [ -n "$spin" ] && [ "$deployment" != unconfigured ]; then runtime=spin; fi
   if [ "$runtime" = host ]; then
     [ -n "$host_bin" ] || find_host
     label="the bundled host ($host_bin)"
@@ -213,8 +245,8 @@ for deployment in down unconfigured; do
   fi
   start_app "$deployment" "$runtime"
   for seed in "$fixed_seed" "$random_seed"; do
-    echo "contract.sh: $deployment, served by $label; seed $seed; ${quarter}s"
-    st_run "$deployment" "$seed" "$quarter" || failed+=("$deployment, seed $seed")
+    echo "contract.sh: $deployment, served by $label; seed $seed; ${share}s"
+    st_run "$deployment" "$seed" "$share" || failed+=("$deployment, seed $seed")
   done
   stop_app
 done
@@ -224,7 +256,7 @@ if [ "${#failed[@]}" -eq 0 ]; then
   "$venv/bin/python" "$here/summary.py" passed "$work/baseline.log" "$work"/*.ndjson
 else
   "$venv/bin/python" "$here/summary.py" failed "$work/baseline.log" "$work"/*.ndjson
-  for deployment in down unconfigured; do
+  for deployment in "${deployments[@]}"; do
     echo "contract.sh: the app's log ($deployment), last lines:" >&2
     tail -n 10 "$work/$deployment.log" >&2
   done

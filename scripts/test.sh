@@ -40,11 +40,18 @@ LIBERO_SKIP_LOG="$work/host.skips" cargo test --workspace --exclude libero-fixtu
 if [ -n "${PGCAT:-}" ]; then
   LIBERO_SKIP_LOG="$work/host.skips" cargo test -p libero-tests --test pooler -- --ignored 2>&1 | tee -a "$work/host.log"
 fi
-host_summary="$(summary "$work/host.log" "$work/host.skips" "bundled host")"
+# The same end-to-end tests against an adopted database: the old app's (tests/adopt)
+# brought over by `libero adopt` (docs/adopt.md), users and payments already in it.
+adopted_tests=(session_complete stripe_webhook stripe_checkout insights)
+targets=()
+for t in "${adopted_tests[@]}"; do targets+=(--test "$t"); done
+LIBERO_TEST_ADOPTED=1 LIBERO_SKIP_LOG="$work/host.skips" \
+  cargo test -p libero-tests "${targets[@]}" "$@" 2>&1 | tee -a "$work/host.log"
+host_summary="$(summary "$work/host.log" "$work/host.skips" "bundled host (and ${#adopted_tests[@]} binaries again on an adopted database)")"
 
 # The end-to-end tests that run under real Spin too (response recording for the
 # contract check stays on the bundled host; under Spin only the log is leak-checked).
-spin_tests=(session_complete stripe_checkout stripe_catalog stripe_webhook stripe_reconcile ai_text voice transcribe insights jwks pooler hostile load faults)
+spin_tests=(session_complete reminders stripe_checkout stripe_catalog stripe_webhook stripe_reconcile ai_text voice transcribe insights account jwks supabase_js pooler hostile load faults)
 spin="$(scripts/find-spin.sh || true)"
 if [ -z "$spin" ]; then
   echo "$host_summary"

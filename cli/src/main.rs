@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! libero migrate [--database-url URL] [--migrations DIR]
+//! libero adopt [--dry-run] [--database-url URL] [--migrations DIR]
 //! libero analytics [--days N] [--csv] [--only VIEW] [--refresh] [--database-url URL]
 //! libero stripe sync [--dry-run] [--live] [--database-url URL] [--api-base URL]
+//! libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
+//! libero account export <user-id> [--database-url URL]
+//! libero account delete <user-id> [--database-url URL] [--api-base URL]
+//! libero push keys
 //! ```
 
 use std::path::PathBuf;
@@ -53,10 +58,16 @@ async fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         "stripe" => stripe::command(rest).await,
+        "account" => libero_cli::account::command(rest).await,
+        "adopt" => libero_cli::adopt::command(rest).await,
         "analytics" => libero_cli::analytics::command(rest).await,
+        "push" => libero_cli::push::command(rest),
         "-h" | "--help" | "help" => {
             println!("usage:\n{USAGE}");
+            println!("{}", libero_cli::adopt::USAGE);
             println!("{}", libero_cli::analytics::USAGE);
+            println!("{}", libero_cli::account::USAGE);
+            println!("{}", libero_cli::push::USAGE);
             Ok(())
         }
         other => bail!("unknown command {other:?}\nusage:\n{USAGE}"),

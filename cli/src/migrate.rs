@@ -63,17 +63,14 @@ pub async fn migrate_dir(url: &str, dir: &Path) -> Result<Vec<Migration>> {
     result
 }
 
+/// The same shape the Supabase CLI creates (it adds `statements` and `name` with ALTERs).
+const HISTORY_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+     CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text NOT NULL PRIMARY KEY);
+     ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
+     ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;";
+
 async fn apply_pending(client: &mut Client, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
-    // The same shape the Supabase CLI creates (it adds `statements` and `name` with ALTERs).
-    client
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS supabase_migrations;
-             CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text NOT NULL PRIMARY KEY);
-             ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
-             ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;",
-        )
-        .await
-        .context("creating supabase_migrations.schema_migrations")?;
+    client.batch_execute(HISTORY_TABLE).await.context("creating supabase_migrations.schema_migrations")?;
     let applied: Vec<String> = client
         .query("SELECT version FROM supabase_migrations.schema_migrations", &[])
         .await?
@@ -96,6 +93,33 @@ async fn apply_pending(client: &mut Client, migrations: Vec<Migration>) -> Resul
         )
         .await?;
         tx.commit().await?;
+        done.push(m);
+    }
+    Ok(done)
+}
+
+/// Applies, inside the caller's transaction, each of `migrations` not yet recorded, in
+/// order, recording each as [`migrate_dir`] does. For `libero adopt`, whose whole change
+/// (moving the old tables aside, the migrations, the copy) commits or rolls back as one.
+pub async fn apply_in(tx: &tokio_postgres::Transaction<'_>, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
+    tx.batch_execute(HISTORY_TABLE).await.context("creating supabase_migrations.schema_migrations")?;
+    let applied: Vec<String> = tx
+        .query("SELECT version FROM supabase_migrations.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut done = Vec::new();
+    for m in migrations.into_iter().filter(|m| !applied.contains(&m.version)) {
+        tx.batch_execute(&m.sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
+            .with_context(|| format!("applying migration {}", m.path.display()))?;
+        tx.execute(
+            "INSERT INTO supabase_migrations.schema_migrations (version, name, statements) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &vec![m.sql.clone()]],
+        )
+        .await?;
         done.push(m);
     }
     Ok(done)

@@ -91,19 +91,28 @@ pub fn complete_session(
         Some("forbidden_protocol") => {
             Err(ApiError::forbidden("protocol_forbidden", "That custom protocol belongs to another user."))
         }
-        Some("invalid_started_at") => Err(ApiError::bad_request(
-            "invalid_field",
-            match document.get("problem").and_then(Value::as_str) {
-                Some("in_future") => "Field `started_at` plus `duration_seconds` is later than now: \
-                                      report a session once it has ended."
-                    .to_string(),
-                Some("too_old") => format!(
-                    "Field `started_at` is more than {} hours ago; such a session can no longer be reported.",
-                    document.get("max_backdate_seconds").and_then(Value::as_i64).unwrap_or(0) / 3600
+        Some("invalid_started_at") => {
+            let seconds = |field: &str| document.get(field).and_then(Value::as_i64).unwrap_or(0);
+            let (code, message) = match document.get("problem").and_then(Value::as_str) {
+                Some("in_future") => (
+                    "session_in_future",
+                    format!(
+                        "Field `started_at` plus `duration_seconds` is more than {} minutes later than now: \
+                         report a session once it has ended (check the device's clock).",
+                        seconds("clock_tolerance_seconds") / 60
+                    ),
                 ),
-                _ => "Field `started_at` is before the account was created.".to_string(),
-            },
-        )),
+                Some("too_old") => (
+                    "session_too_old",
+                    format!(
+                        "The session ended more than {} hours ago; such a session can no longer be reported.",
+                        seconds("late_window_seconds") / 3600
+                    ),
+                ),
+                _ => ("invalid_field", "Field `started_at` is before the account was created.".to_string()),
+            };
+            Err(ApiError::bad_request(code, message))
+        }
         Some("unknown_user") => {
             Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
         }
@@ -140,18 +149,19 @@ mod tests {
 
     #[test]
     fn started_at_goes_to_the_database_and_its_refusals_are_400s() {
-        for (problem, words) in [
-            ("in_future", "later than now"),
-            ("too_old", "more than 24 hours"),
-            ("before_account", "before the account"),
+        for (problem, code, words) in [
+            ("in_future", "session_in_future", "more than 5 minutes later than now"),
+            ("too_old", "session_too_old", "more than 72 hours ago"),
+            ("before_account", "invalid_field", "before the account"),
         ] {
             let platform = FakePlatform::with_vars(&[]);
-            let answer =
-                format!(r#"{{"outcome":"invalid_started_at","problem":"{problem}","max_backdate_seconds":86400}}"#);
+            let answer = format!(
+                r#"{{"outcome":"invalid_started_at","problem":"{problem}","clock_tolerance_seconds":300,"late_window_seconds":259200}}"#
+            );
             platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(answer.into_bytes())]]));
             let error =
                 complete_session(&platform, "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34", &completion(Some(42))).unwrap_err();
-            assert_eq!((error.status, error.code), (400, "invalid_field"), "{problem}");
+            assert_eq!((error.status, error.code), (400, code), "{problem}");
             assert!(error.message.contains(words), "{problem}: {}", error.message);
             assert_eq!(platform.queries.borrow()[0].1[7], SqlParam::Int64(42));
         }

@@ -8,6 +8,7 @@
 //! HTTP, clock), so the same request logic runs inside a Spin component (`spin` module,
 //! wasm only) and natively (unit tests and the native side of the benchmark).
 
+pub mod account;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod insights;
 pub mod openai;
 pub mod platform;
+pub mod push;
 pub mod quota;
 pub mod scripts;
 pub mod stripe;

@@ -3,6 +3,10 @@
 //! one statement, so the limit holds across any number of instances. This module reads
 //! the limits from variables and turns a refusal into a 429 with `Retry-After`.
 //!
+//! Free use is also metered by what it costs: [`take_amount`] takes a measured amount
+//! (seconds of audio) before the call, and [`settle`] corrects it afterwards to what the
+//! upstream reports.
+//!
 //! Every paid upstream call passes here first, so this is also where anonymous sign-ins
 //! are stopped ([`crate::auth::require_paid_access`]): a quota per throwaway account
 //! would be no bound at all.
@@ -75,6 +79,141 @@ pub fn refusal(answer: &Value) -> ApiError {
         ),
     )
     .with_field("limit", number("limit"))
+}
+
+/// A metered amount taken for one call: what to settle afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterGrant {
+    pub meter: String,
+    pub amount: i64,
+    pub limit: i64,
+    pub remaining: i64,
+    pub window_start: String,
+}
+
+/// The limits of one meter: its name, what it counts, and the variables (with defaults)
+/// that set the free and `mystic` plans' hourly limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Meter {
+    pub name: &'static str,
+    /// What the amount is, for the refusal's message ("seconds of audio").
+    pub unit: &'static str,
+    pub free_variable: &'static str,
+    pub free_default: i64,
+    pub mystic_variable: &'static str,
+    pub mystic_default: i64,
+}
+
+/// Takes `amount` of `meter` for `user` this hour, or refuses: 403 for an anonymous
+/// sign-in, 429 `quota_exceeded` naming the limit, with `Retry-After`, when the amount
+/// does not fit what is left. Rules in `ai_meter_take` (migrations/20250107100000_ai_metering.sql).
+pub fn take_amount(
+    platform: &dyn Platform,
+    user: &AuthenticatedUser,
+    meter: &Meter,
+    amount: i64,
+) -> Result<MeterGrant, ApiError> {
+    auth::require_paid_access(platform, user)?;
+    let free = config::parsed(platform, meter.free_variable, meter.free_default)?.max(0);
+    let mystic = config::parsed(platform, meter.mystic_variable, meter.mystic_default)?.max(0);
+    let answer = db::query_json(
+        platform,
+        "select public.ai_meter_take($1::uuid, $2, $3, $4, $5)",
+        &[
+            SqlParam::Uuid(user.user_id.clone()),
+            SqlParam::Text(meter.name.to_string()),
+            SqlParam::Int64(amount.max(0)),
+            SqlParam::Int64(free),
+            SqlParam::Int64(mystic),
+        ],
+    )
+    .map_err(|e| db::report(platform, "ai_meter_take", e))?;
+    let number = |key: &str| answer.get(key).and_then(Value::as_i64).unwrap_or(0);
+    if answer.get("reason").and_then(Value::as_str) == Some("unknown_user") {
+        return Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."));
+    }
+    match answer.get("allowed").and_then(Value::as_bool) {
+        Some(true) => Ok(MeterGrant {
+            meter: meter.name.to_string(),
+            amount: amount.max(0),
+            limit: number("limit"),
+            remaining: number("remaining"),
+            window_start: answer.get("window_start").and_then(Value::as_str).unwrap_or_default().to_string(),
+        }),
+        Some(false) => {
+            let reset = number("reset_after").max(1) as u64;
+            Err(ApiError::new(
+                429,
+                "quota_exceeded",
+                format!(
+                    "This call needs {amount} {unit}; {remaining} of this hour's {limit} are left. \
+                     The limit resets in {minutes} minutes.",
+                    unit = meter.unit,
+                    remaining = number("remaining"),
+                    limit = number("limit"),
+                    minutes = reset.div_ceil(60),
+                ),
+            )
+            .with_header("retry-after", reset.to_string())
+            .with_field("retry_after", reset)
+            .with_field("limit_name", meter.name)
+            .with_field("limit", number("limit"))
+            .with_field("used", number("used"))
+            .with_field("requested", amount))
+        }
+        None => Err(ApiError::internal("The AI quota could not be checked.")),
+    }
+}
+
+/// Settles a taken amount to `actual` (what the upstream reports it billed, or 0 when
+/// nothing was done). Best effort: the call already happened, so a failure is logged.
+pub fn settle(platform: &dyn Platform, user: &AuthenticatedUser, grant: &MeterGrant, actual: i64) {
+    let delta = actual.max(0) - grant.amount;
+    if delta == 0 {
+        return;
+    }
+    let settled = db::query_json(
+        platform,
+        "select public.ai_meter_settle($1::uuid, $2, $3::text::timestamptz, $4)",
+        &[
+            SqlParam::Uuid(user.user_id.clone()),
+            SqlParam::Text(grant.meter.clone()),
+            SqlParam::Text(grant.window_start.clone()),
+            SqlParam::Int64(delta),
+        ],
+    );
+    if let Err(e) = settled {
+        let _ = db::report(platform, "ai_meter_settle", e);
+    }
+}
+
+/// The hourly allowance of AI text, in the tokens the upstream reports (`usage`).
+pub const AI_TOKENS: Meter = Meter {
+    name: "ai_tokens",
+    unit: "AI tokens",
+    free_variable: "ai_tokens_free_per_hour",
+    free_default: 60_000,
+    mystic_variable: "ai_tokens_mystic_per_hour",
+    mystic_default: 600_000,
+};
+
+/// Opens an AI text call (`chatgpt-chat`, `generate-script`): one token of the hourly
+/// allowance is held (refused once it is used up, whatever the call would cost), and the
+/// call counted against the hourly call quota. The caller settles the grant to the
+/// `usage` the upstream reports ([`usage_tokens`]).
+pub fn take_ai_text(platform: &dyn Platform, user: &AuthenticatedUser, endpoint: &str) -> Result<MeterGrant, ApiError> {
+    let grant = take_amount(platform, user, &AI_TOKENS, 1)?;
+    if let Err(e) = take(platform, user, endpoint) {
+        settle(platform, user, &grant, 0);
+        return Err(e);
+    }
+    Ok(grant)
+}
+
+/// The tokens a completion's `usage` reports: `total_tokens`, else prompt plus completion.
+pub fn usage_tokens(usage: &Value) -> Option<i64> {
+    let field = |k: &str| usage.get(k).and_then(Value::as_i64);
+    field("total_tokens").or_else(|| Some(field("prompt_tokens")? + field("completion_tokens")?))
 }
 
 #[cfg(test)]

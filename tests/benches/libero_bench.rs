@@ -6,13 +6,15 @@
 //! Flags (after `--`): `--quick` (shorter runs), `--skip-big` (no 1,000,000-row load),
 //! `--out <path>` (default `<repo>/BENCHMARKS.md`, `-` for none), `--only <text>` (the floors and the
 //! endpoint rows whose name contains it, printed; for profiling; `--only pool` for the
-//! smaller-pool rows).
+//! smaller-pool rows; `--only reconcile` for the reconciliation-at-volume section alone).
 
 #![recursion_limit = "256"]
 
 #[path = "../tests/stripe_support/mod.rs"]
 mod stripe_support;
 
+#[path = "libero_bench/reconcile.rs"]
+mod reconcile;
 #[path = "libero_bench/runtimes.rs"]
 mod runtimes;
 #[path = "libero_bench/side_by_side.rs"]
@@ -968,6 +970,11 @@ async fn run(s: Settings) -> Result<()> {
         "database: {}",
         if durable_pg.is_some() { "a cluster of the benchmark's own" } else { "DATABASE_URL's cluster" }
     ));
+    // `--only reconcile`: that section alone, printed.
+    if s.only.as_deref() == Some("reconcile") {
+        println!("{}", reconcile::measure(&admin).await.context("reconciliation at volume")?);
+        return Ok(());
+    }
     let db = db::fresh_database_on(&admin).await.context("creating the benchmark database")?;
     let durability = runtimes::durability(&db.url).await?;
     let has_pg_stat_statements =
@@ -1156,6 +1163,14 @@ async fn run(s: Settings) -> Result<()> {
         small.shutdown().await;
         small_pools.push((size, sc, wh));
     }
+
+    // --- reconciliation at volume -------------------------------------------------------
+    let reconcile_section = if s.only.is_none() {
+        say("reconciliation at volume");
+        Some(reconcile::measure(&admin).await.context("reconciliation at volume")?)
+    } else {
+        None
+    };
 
     if s.only.is_some() {
         let mut side_report = String::new();
@@ -1504,6 +1519,11 @@ async fn run(s: Settings) -> Result<()> {
     writeln!(report, "| {} (Spin's) | {:.0} | {:.0} |", host::postgres::SPIN_POOL_SIZE, sc.1.rps, wh.1.rps)?;
     for (size, psc, pwh) in &small_pools {
         writeln!(report, "| {size} | {:.0} | {:.0} |", psc.rps, pwh.rps)?;
+    }
+
+    if let Some(section) = &reconcile_section {
+        writeln!(report, "\n## Stripe reconciliation\n")?;
+        report.push_str(section.trim_start_matches("### Reconciliation at volume\n\n"));
     }
 
     writeln!(report, "\n## Database statements per request\n")?;

@@ -50,7 +50,15 @@ impl Spec {
     /// spec does not list only a 404 conforms.
     pub fn violations(&self, response: &RecordedResponse) -> Vec<String> {
         let path = response.path.strip_prefix(SUPABASE_PREFIX).filter(|p| p.starts_with('/')).unwrap_or(&response.path);
-        let Some(item) = self.paths.get(path) else {
+        let item = self.paths.get(path).or_else(|| {
+            // A templated path (`/stripe-checkout/session/{id}`): each `{name}` segment
+            // stands for one non-empty segment.
+            self.paths
+                .iter()
+                .find(|(template, _)| template.contains('{') && matches_template(template, path))
+                .map(|(_, item)| item)
+        });
+        let Some(item) = item else {
             // A path the document does not list may only be refused as not found (the
             // runtime's own 404, or a component's for a sub-path it does not serve): any
             // other answer there is an endpoint missing from `openapi.yaml`.
@@ -140,6 +148,13 @@ impl Spec {
         }
         problems
     }
+}
+
+/// Whether `path` is an instance of the spec's `template`.
+fn matches_template(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter().zip(&p).all(|(t, p)| if t.starts_with('{') && t.ends_with('}') { !p.is_empty() } else { t == p })
 }
 
 fn preview(body: &[u8]) -> String {
@@ -373,6 +388,14 @@ mod tests {
         assert!(!spec.violations(&undocumented).is_empty(), "a path missing from openapi.yaml must fail");
         let undocumented_error = record("POST", "/nowhere", 500, Some("application/json"), "{}");
         assert!(!spec.violations(&undocumented_error).is_empty());
+        // A templated path is checked too.
+        let templated = "/functions/v1/stripe-checkout/session/cs_test_1";
+        let bad = record("GET", templated, 200, Some("application/json"), r#"{"status":"weird"}"#);
+        assert!(!spec.violations(&bad).is_empty());
+        let not_found = r#"{"error":{"code":"checkout_session_not_found","message":"m"}}"#;
+        assert!(spec.violations(&record("GET", templated, 404, Some("application/json"), not_found)).is_empty());
+        assert!(!matches_template("/stripe-checkout/session/{id}", "/stripe-checkout/session/"));
+        assert!(!matches_template("/stripe-checkout/session/{id}", "/stripe-checkout/session/a/b"));
     }
 
     #[test]

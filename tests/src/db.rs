@@ -18,6 +18,17 @@ use tokio_postgres::{Client, NoTls};
 /// Env var that, when set, keeps test databases after the test (for post-mortems).
 const KEEP_ENV: &str = "LIBERO_KEEP_TEST_DB";
 
+/// Env var that, when `1`, makes every test database an adopted one: the old app's
+/// database (tests/adopt, with [`ADOPTED_USERS`] users) brought over by `libero adopt`
+/// instead of migrated from nothing, so the suite shows the app serving an adopted
+/// database (docs/adopt.md).
+pub const ADOPTED_ENV: &str = "LIBERO_TEST_ADOPTED";
+const ADOPTED_USERS: u32 = 500;
+
+fn adopted() -> bool {
+    std::env::var(ADOPTED_ENV).is_ok_and(|v| v == "1")
+}
+
 /// The admin address of the Postgres cluster the tests use: `DATABASE_URL`, else the
 /// cluster started by `scripts/pg.sh` (its URL is in `.local/pg/url`).
 pub fn admin_url() -> Result<String> {
@@ -197,8 +208,15 @@ async fn ensure_template(admin: &str) -> Result<String> {
         hasher.update(m.sql.as_bytes());
         hasher.update([0]);
     }
+    if adopted() {
+        // The adopted template also depends on the fixture and on `libero adopt` itself.
+        for f in ["tests/adopt/legacy_schema.sql", "tests/adopt/legacy_data.sql", "cli/src/adopt.rs"] {
+            let content = std::fs::read(crate::repo_root().join(f)).with_context(|| format!("reading {f}"))?;
+            hasher.update(&content);
+        }
+    }
     let hash = hex::encode(&hasher.finalize()[..8]);
-    let template = format!("libero_tpl_{hash}");
+    let template = if adopted() { format!("libero_tpl_adopted_{hash}") } else { format!("libero_tpl_{hash}") };
     let building = format!("{template}_building");
 
     let client = connect(admin).await?;
@@ -211,7 +229,12 @@ async fn ensure_template(admin: &str) -> Result<String> {
         }
         client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building))).await?;
         client.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&building))).await?;
-        migrate(&with_dbname(admin, &building)?).await.context("migrating the test template database")?;
+        let url = with_dbname(admin, &building)?;
+        if adopted() {
+            adopt_fixture(&url, &migrations).await.context("adopting the old app's database as the test template")?;
+        } else {
+            migrate(&url).await.context("migrating the test template database")?;
+        }
         // The migration connection may take a moment to go away after it is dropped.
         for _ in 0..50 {
             let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&building), quote_ident(&template));
@@ -228,6 +251,25 @@ async fn ensure_template(admin: &str) -> Result<String> {
     .await;
     let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('libero_test_template'))").await;
     result.map(|()| template)
+}
+
+/// The old app's database (Supabase's roles and `auth` as the compatibility migration
+/// makes them, the as-is schema and its users), then `libero adopt` on it.
+async fn adopt_fixture(url: &str, migrations: &[Migration]) -> Result<()> {
+    let client = connect(url).await?;
+    let compat = migrations.first().context("no migrations")?;
+    client.batch_execute(&compat.sql).await?;
+    client.batch_execute(&format!("set libero.fixture_users = '{ADOPTED_USERS}'")).await?;
+    for f in ["tests/adopt/legacy_schema.sql", "tests/adopt/legacy_data.sql"] {
+        let sql = std::fs::read_to_string(crate::repo_root().join(f)).with_context(|| format!("reading {f}"))?;
+        client.batch_execute(&sql).await.map_err(|e| anyhow::anyhow!("{f}: {}", describe_pg_error(&e)))?;
+    }
+    drop(client);
+    let report = libero_cli::adopt::adopt(url, &migrations_dir(), false).await?;
+    if report.outcome != libero_cli::adopt::Outcome::Adopted {
+        bail!("libero adopt did not adopt the fixture:\n{}", report.text);
+    }
+    Ok(())
 }
 
 /// `url` with its database name replaced by `dbname` (URL or key=value form).

@@ -55,3 +55,21 @@ pub fn assert_denied(result: Result<Vec<Row>, tokio_postgres::Error>, what: &str
         other => panic!("{what}: expected permission denied (42501), got {other:?}"),
     }
 }
+
+/// Gives `user` one rewarded session at noon on each of the local days `days_ago` before
+/// today (1 = yesterday) in `zone`, as the economy records days (`reward_days`: the whole
+/// local date, its sessions). Sessions cannot be reported after the late window (72 h),
+/// so a longer history for the streak is seeded this way.
+pub async fn seed_reward_days(client: &Client, user: Uuid, zone: &str, days_ago: &[i32]) {
+    client
+        .execute(
+            "insert into public.reward_days (user_id, day, starts_at, ends_at, timezone, sessions, xp_minutes,
+                                             first_started_at, last_ended_at)
+             select $1, d, d::timestamp at time zone $2, (d + 1)::timestamp at time zone $2, $2, 1, 1,
+                    (d + time '11:59')::timestamp at time zone $2, (d + time '12:00')::timestamp at time zone $2
+               from (select (now() at time zone $2)::date - n as d from unnest($3::int[]) as n) days",
+            &[&user, &zone, &days_ago],
+        )
+        .await
+        .expect("seeding reward days");
+}

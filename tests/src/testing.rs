@@ -202,6 +202,7 @@ impl TestApp {
             ("stripe_api_base", CLOSED_UPSTREAM),
             ("openai_base_url", CLOSED_UPSTREAM),
             ("elevenlabs_base_url", CLOSED_UPSTREAM),
+            ("supabase_jwks_host", CLOSED_UPSTREAM),
         ] {
             variables.insert(k.to_string(), v.to_string());
         }

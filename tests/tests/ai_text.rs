@@ -775,3 +775,42 @@ async fn streaming_delivers_the_first_delta_before_the_upstream_finishes() {
     assert_eq!(data[1], r#"{"delta":"lo world"}"#, "{data:?}");
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
 }
+
+/// Chat and scripts are metered by the `usage` the upstream reports (33 tokens an answer
+/// here), in one hourly allowance; once it is used up, a call is refused with the
+/// limit's name and `Retry-After`, before reaching the model.
+#[tokio::test]
+async fn ai_tokens_are_metered_by_the_reported_usage() {
+    let server = MockServer::start().await;
+    let app = spawn(Some(&server.uri()), true, &[("ai_tokens_free_per_hour", "70")]).await;
+    let user = app.create_user().await;
+    let used = || async {
+        let db = app.db_client().await;
+        db.query_one(
+            "select coalesce(sum(used), 0)::bigint from public.ai_meter_usage where user_id = $1 and meter = 'ai_tokens'",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    Mock::given(method("POST")).and(path_matcher()).respond_with(completion("Hello.")).mount(&server).await;
+    assert_eq!(post(&app, CHAT, user, &chat_body()).await.status, 200);
+    assert_eq!(used().await, 33);
+    server.reset().await;
+    Mock::given(method("POST")).and(path_matcher()).respond_with(completion(&good_script())).mount(&server).await;
+    assert_ai_answer(SCRIPT, &post(&app, SCRIPT, user, &script_body()).await);
+    assert_eq!(used().await, 66);
+    // 66 of 70: one more call is let in (its cost is known only afterwards)...
+    assert_eq!(post(&app, SCRIPT, user, &script_body()).await.status, 200);
+    assert_eq!(used().await, 99);
+    // ...and then none.
+    for path in [CHAT, SCRIPT] {
+        let body = if path == CHAT { chat_body() } else { script_body() };
+        let refused = post(&app, path, user, &body).await;
+        assert_eq!((refused.status, refused.body["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{path}");
+        assert_eq!(refused.body["limit_name"], "ai_tokens");
+        assert!(refused.headers.get("retry-after").is_some());
+    }
+    assert_eq!(requests_to(&server).await.len(), 2, "the refused calls never reached the model");
+}

@@ -93,11 +93,13 @@ async fn database_before_the_move() -> (TestDb, tempfile::TempDir) {
 
 #[tokio::test]
 async fn moving_the_rules_onto_domains_keeps_every_rule_view_grant_and_trigger() {
-    let (test_db, _files) = database_before_the_move().await;
+    let (test_db, files) = database_before_the_move().await;
     let client = test_db.client().await;
     let rules_before = rules(&client).await;
     let shape_before = shape(&client).await;
-    let applied = db::migrate(&test_db.url).await.unwrap();
+    // The move alone: later migrations change the tables on purpose.
+    std::fs::copy(db::migrations_dir().join(MOVE), files.path().join(MOVE)).unwrap();
+    let applied = db::migrate_dir(&test_db.url, files.path()).await.unwrap();
     assert!(applied.iter().any(|m| m.path.ends_with(MOVE)), "the move was applied: {applied:?}");
     let client = test_db.client().await;
 
@@ -151,8 +153,6 @@ async fn each_moved_rule_refuses_what_breaks_it_and_accepts_its_edge() {
         (&profile, "experience", "-1", "0", "non_negative_integer_check"),
         (&profile, "session_streak", "-1", "0", "non_negative_integer_check"),
         (&profile, "sessions_completed", "-1", "0", "non_negative_integer_check"),
-        (&profile, "reward_day_sessions", "-1", "0", "non_negative_integer_check"),
-        (&profile, "reward_day_xp_minutes", "-1", "0", "non_negative_integer_check"),
         (&profile, "level", "0", "1", "level_number_check"),
         (&profile, "display_name", "repeat('n', 101)", "repeat('n', 100)", "text_max_100_check"),
         (&profile, "active_ego_state", "repeat('e', 65)", "repeat('e', 64)", "text_max_64_check"),

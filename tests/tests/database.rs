@@ -7,7 +7,7 @@
 //! checking that every balance equals the sum of its ledger.
 
 use libero_tests::db::{self, TestDb};
-use libero_tests::sql::{as_role, assert_denied, fresh, new_user};
+use libero_tests::sql::{as_role, assert_denied, fresh, new_user, seed_reward_days};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
@@ -133,10 +133,47 @@ fn count(values: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
 /// The profile was created a day ago, so sessions may be reported as having started
 /// earlier today (`started_at` may not be before the account).
 async fn make_account_a_day_old(client: &Client, user: Uuid) {
+    make_account_days_old(client, user, 1).await;
+}
+
+async fn make_account_days_old(client: &Client, user: Uuid, days: i32) {
     client
-        .execute("update user_profiles set created_at = now() - interval '1 day' where id = $1", &[&user])
+        .execute(
+            "update user_profiles set created_at = now() - make_interval(days => $2) where id = $1",
+            &[&user, &days],
+        )
         .await
         .unwrap();
+}
+
+/// As if a day had passed: the user's days and sessions move 24 hours back on the clock,
+/// each day to the date before (through a far date, so no two rows ever share one).
+async fn a_day_passes(client: &Client, user: Uuid) {
+    client
+        .batch_execute(&format!(
+            "update reward_days set day = day + 100000 where user_id = '{user}';
+             update reward_days set day = day - 100001, starts_at = starts_at - interval '1 day',
+                    ends_at = ends_at - interval '1 day', first_started_at = first_started_at - interval '1 day',
+                    last_ended_at = last_ended_at - interval '1 day'
+              where user_id = '{user}';
+             update sessions set ended_at = ended_at - interval '1 day' where user_id = '{user}';"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn set_zone(client: &Client, user: Uuid, zone: &str) {
+    client
+        .execute(
+            "update user_profiles set settings = jsonb_build_object('timezone', $2::text) where id = $1",
+            &[&user, &zone],
+        )
+        .await
+        .unwrap();
+}
+
+async fn local_today(client: &Client, zone: &str) -> String {
+    client.query_one("select ((now() at time zone $1)::date)::text", &[&zone]).await.unwrap().get(0)
 }
 
 /// A session of `seconds` that started at `now() - started_ago`, completed now, with
@@ -327,10 +364,6 @@ async fn users_update_journey_and_settings_but_not_progress() {
         "last_session_date = current_date",
         "ego_state_usage = '{}'",
         "sessions_completed = 100",
-        // The daily reward counters: resetting them would reopen the day's caps.
-        "reward_day = current_date - 1",
-        "reward_day_sessions = 0",
-        "reward_day_xp_minutes = 0",
         "id = gen_random_uuid()",
     ] {
         let sql = format!("update user_profiles set {column} where id = '{alice}'");
@@ -391,6 +424,11 @@ async fn users_cannot_write_the_economy_or_call_server_functions() {
         format!("select spend_tokens_for('{alice}', 'custom_protocol', 1, 'r')"),
         format!("select refund_spend('{alice}', 'r')"),
         "select local_today('UTC')".to_string(),
+        // The days the caps and the streak count: resetting one would reopen its caps.
+        format!("update reward_days set sessions = 0 where user_id = '{alice}'"),
+        format!("delete from reward_days where user_id = '{alice}'"),
+        format!("insert into reward_days (user_id, day, starts_at, ends_at, timezone) values ('{alice}', current_date + 1, now() + interval '1 day', now() + interval '2 days', 'UTC')"),
+        format!("select reward_day_for('{alice}', now(), 'UTC')"),
         format!("select ensure_user_profile('{alice}')"),
     ] {
         assert_denied(as_user(&mut client, alice, &sql).await, &sql);
@@ -825,76 +863,81 @@ async fn a_session_protocol_must_be_the_users_own() {
     assert_ledger_consistent(&client).await;
 }
 
+/// The streak counts the user's local days (settings.timezone when a day opens): the
+/// first rewarded session of a day extends a streak whose last day was the day before.
 #[tokio::test]
 async fn streaks_follow_the_users_local_days() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
-    let set = |sql: String| {
-        let client = &client;
-        async move { client.batch_execute(&sql).await.unwrap() }
-    };
-    let local_today = |zone: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query_one("select ((now() at time zone $1)::date)::text", &[&zone])
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-        }
-    };
 
     // UTC+14 and UTC-11 are always on different dates: the day is the user's.
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'"))
-        .await;
+    set_zone(&client, alice, "Pacific/Kiritimati").await;
     let first = complete(&client, alice, 60).await;
-    assert_eq!(first["local_date"], local_today("Pacific/Kiritimati").await);
-    assert_ne!(first["local_date"], local_today("Pacific/Pago_Pago").await);
+    assert_eq!(first["local_date"], local_today(&client, "Pacific/Kiritimati").await);
+    assert_ne!(first["local_date"], local_today(&client, "Pacific/Pago_Pago").await);
     assert_eq!((first["streak"].clone(), first["streak_extended"].clone()), (json!(1), json!(true)));
 
     // Another session the same day changes nothing.
     let same_day = complete(&client, alice, 60).await;
     assert_eq!((same_day["streak"].clone(), same_day["streak_extended"].clone()), (json!(1), json!(false)));
 
-    // A session yesterday (local): the streak grows; reaching 7 pays the bonus once.
-    set(format!(
-        "update user_profiles set session_streak = 6, last_session_date = (now() at time zone 'Pacific/Kiritimati')::date - 1 where id = '{alice}'"
-    ))
-    .await;
-    let seventh = complete(&client, alice, 60).await;
+    // Moving west to a date before the day: still the same day, the streak stands.
+    set_zone(&client, alice, "Pacific/Pago_Pago").await;
+    let west = complete(&client, alice, 60).await;
+    assert_eq!(west["local_date"], local_today(&client, "Pacific/Kiritimati").await);
+    assert_eq!((west["streak"].clone(), west["streak_extended"].clone()), (json!(1), json!(false)));
+
+    // Six days before today with a session: today is the seventh, which pays the bonus once.
+    let bob = new_user(&client).await;
+    set_zone(&client, bob, "Pacific/Kiritimati").await;
+    seed_reward_days(&client, bob, "Pacific/Kiritimati", &[1, 2, 3, 4, 5, 6]).await;
+    let seventh = complete(&client, bob, 60).await;
     assert_eq!(seventh["streak"], 7);
     assert_eq!(seventh["streak_extended"], true);
     assert_eq!(
         seventh["rewards"],
         json!([{"reason": "session_complete", "tokens": 2}, {"reason": "streak_bonus", "tokens": 10, "streak": 7}])
     );
-    assert_eq!(seventh["achievements_unlocked"], json!(["streak_7"]));
-    let later = complete(&client, alice, 60).await;
+    assert_eq!(seventh["achievements_unlocked"], json!(["first_session", "streak_7"]));
+    let later = complete(&client, bob, 60).await;
     assert_eq!(later["streak"], 7);
     assert_eq!(later["tokens_awarded"], 2, "no second bonus the same day");
+    assert_eq!(later["achievements_unlocked"], json!([]));
+    let bonuses: Vec<String> = client
+        .query("select reference from token_ledger where user_id = $1 and reason = 'streak_bonus'", &[&bob])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(bonuses, ["streak:1"]);
 
     // A missed day starts over.
-    set(format!(
-        "update user_profiles set last_session_date = (now() at time zone 'Pacific/Kiritimati')::date - 2 where id = '{alice}'"
-    ))
-    .await;
-    let restarted = complete(&client, alice, 60).await;
+    let carol = new_user(&client).await;
+    seed_reward_days(&client, carol, "UTC", &[2, 3, 4, 5]).await;
+    let restarted = complete(&client, carol, 60).await;
     assert_eq!((restarted["streak"].clone(), restarted["streak_extended"].clone()), (json!(1), json!(true)));
+    assert_ledger_consistent(&client).await;
+}
 
-    // Moving west to a date before the last counted day: the streak stands.
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'"))
-        .await;
-    let west = complete(&client, alice, 60).await;
-    assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
-    assert_eq!((west["streak"].clone(), west["streak_extended"].clone()), (json!(1), json!(false)));
-
-    // Not a zone (or an offset, whose sign nobody agrees on): UTC.
-    for zone in ["Not/A_Zone", "UTC+5", "", "../etc"] {
-        set(format!(
-            "update user_profiles set settings = jsonb_build_object('timezone', '{zone}') where id = '{alice}'"
-        ))
-        .await;
-        assert_eq!(complete(&client, alice, 60).await["local_date"], local_today("UTC").await, "{zone:?}");
+/// A streak does not survive more than 48 hours without a session, even over days that
+/// follow each other (a day stretched by a move west is longer than 24 hours).
+#[tokio::test]
+async fn a_streak_breaks_after_48_hours_without_a_session() {
+    let (_db, client) = fresh().await;
+    for (gap_hours, streak) in [(47, 2), (49, 1)] {
+        let user = new_user(&client).await;
+        seed_reward_days(&client, user, "UTC", &[1]).await;
+        client
+            .execute(
+                "update reward_days set last_ended_at = now() - make_interval(hours => $2), first_started_at = null
+                  where user_id = $1",
+                &[&user, &gap_hours],
+            )
+            .await
+            .unwrap();
+        let today = complete(&client, user, 0).await;
+        assert_eq!(today["streak"], streak, "{gap_hours} h after the last session: {today}");
     }
     assert_ledger_consistent(&client).await;
 }
@@ -1014,11 +1057,11 @@ async fn a_reported_start_places_the_session_and_must_be_possible() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
 
-    // Not before the account existed: the mint would otherwise reach back a day.
+    // Not before the account existed: the mint would otherwise reach back three days.
     let early = complete_started(&client, alice, 600, "1 hour").await;
     assert_eq!(early, json!({"outcome": "invalid_started_at", "problem": "before_account"}));
 
-    make_account_a_day_old(&client, alice).await;
+    make_account_days_old(&client, alice, 4).await;
     // Three sessions done back to back two hours ago, reported now.
     for ago in ["2 hours", "1 hour 50 minutes", "1 hour 40 minutes"] {
         let result = complete_started(&client, alice, 600, ago).await;
@@ -1030,55 +1073,57 @@ async fn a_reported_start_places_the_session_and_must_be_possible() {
     // Ending now, after them: fine.
     assert_eq!(complete_started(&client, alice, 600, "10 minutes").await["rewarded"], true);
 
-    // A session cannot end in the future (beyond the tolerance), nor be reported a day late.
+    // A device clock up to 5 minutes ahead: the session ended now (and so overlaps the
+    // one just reported). Further ahead, refused.
+    let ahead = complete_started(&client, alice, 600, "6 minutes").await;
     assert_eq!(
-        complete_started(&client, alice, 600, "9 minutes").await,
-        json!({"outcome": "invalid_started_at", "problem": "in_future"})
+        (ahead["outcome"].clone(), ahead["reason"].clone()),
+        (json!("created"), json!("overlaps_previous_session"))
     );
-    assert_eq!(complete_started(&client, alice, 600, "9 minutes 40 seconds").await["outcome"], "created");
+    let ended_by_now: bool = client
+        .query_one("select $1::text::timestamptz <= now()", &[&ahead["ended_at"].as_str().unwrap()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended_by_now, "{ahead}");
     assert_eq!(
-        complete_started(&client, alice, 60, "25 hours").await,
-        json!({"outcome": "invalid_started_at", "problem": "too_old", "max_backdate_seconds": 86400})
+        complete_started(&client, alice, 600, "4 minutes").await,
+        json!({"outcome": "invalid_started_at", "problem": "in_future", "clock_tolerance_seconds": 300})
     );
     assert_eq!(complete_started(&client, alice, 60, "-1 hour").await["problem"], "in_future");
 
+    // Reported up to 72 hours after it ended.
+    assert_eq!(complete_started(&client, alice, 60, "30 hours").await["rewarded"], true);
+    assert_eq!(complete_started(&client, alice, 60, "71 hours 1 minute").await["rewarded"], true);
+    assert_eq!(
+        complete_started(&client, alice, 60, "73 hours 1 minute").await,
+        json!({"outcome": "invalid_started_at", "problem": "too_old", "late_window_seconds": 259200})
+    );
+
     let sessions: i64 =
         client.query_one("select count(*) from sessions where user_id = $1", &[&alice]).await.unwrap().get(0);
-    assert_eq!(sessions, 6, "refused reports are not recorded");
-    assert_eq!(progress(&client, alice).await.0, 4 * 2 + 5, "four earned, one level");
+    assert_eq!(sessions, 8, "refused reports are not recorded");
+    assert_eq!(progress(&client, alice).await.0, 6 * 2 + 5, "six earned, one level");
     assert_rewarded_sessions_do_not_overlap(&client).await;
     assert_ledger_consistent(&client).await;
 }
 
-/// Per local day, 12 sessions earn rewards and 240 minutes earn XP. The day is the
-/// user's (settings.timezone), it starts over at their midnight, and it never moves back.
+/// Per day, 12 sessions earn rewards and 240 minutes earn XP. A day is the user's local
+/// date (settings.timezone) when it opens, and from then on a fixed stretch of real time:
+/// no change of zone reopens it or opens another inside it.
 #[tokio::test]
 async fn daily_caps_follow_the_users_local_day() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
-    let set = |sql: String| {
-        let client = &client;
-        async move { client.batch_execute(&sql).await.unwrap() }
-    };
-    let local_today = |zone: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query_one("select ((now() at time zone $1)::date)::text", &[&zone])
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-        }
-    };
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'"))
-        .await;
+    set_zone(&client, alice, "Pacific/Kiritimati").await;
+    let kiritimati_today = local_today(&client, "Pacific/Kiritimati").await;
 
     for n in 1..=12 {
         let result = complete(&client, alice, 60).await;
         assert_eq!(result["rewarded"], true, "session {n}: {result}");
         assert_eq!(
             result["daily"],
-            json!({"date": local_today("Pacific/Kiritimati").await, "rewarded_sessions": n,
+            json!({"date": kiritimati_today, "rewarded_sessions": n,
                    "rewarded_sessions_cap": 12, "xp_minutes": n, "xp_minutes_cap": 240})
         );
     }
@@ -1093,33 +1138,27 @@ async fn daily_caps_follow_the_users_local_day() {
     replayed["replayed"] = json!(true);
     assert_eq!(complete_session(&client, alice, id, "guardian", 60, None, "fp").await, replayed);
 
-    // Moving west, to a date before the counted day, does not reopen the day.
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}' where id = '{alice}'"))
-        .await;
-    let west = complete(&client, alice, 60).await;
-    assert_eq!(west["reason"], "daily_session_cap");
-    assert_eq!(west["local_date"], local_today("Pacific/Pago_Pago").await);
-    assert_eq!(west["daily"]["date"], local_today("Pacific/Kiritimati").await);
+    // Hopping zones, east and west, to dates before and after: the day holds.
+    for zone in ["Pacific/Pago_Pago", "Asia/Tokyo", "Etc/GMT-14", "America/New_York", "Etc/GMT+12", "Europe/Paris"] {
+        set_zone(&client, alice, zone).await;
+        let hop = complete(&client, alice, 60).await;
+        assert_eq!(hop["reason"], "daily_session_cap", "{zone}: {hop}");
+        assert_eq!(hop["daily"]["date"], kiritimati_today.as_str(), "{zone}");
+    }
+    assert_eq!(progress(&client, alice).await, before);
 
-    // Past the user's midnight (the counted day is now yesterday there), a new day.
-    set(format!(
-        "update user_profiles set settings = '{{\"timezone\":\"Pacific/Pago_Pago\"}}',
-                reward_day = (now() at time zone 'Pacific/Pago_Pago')::date - 1 where id = '{alice}'"
-    ))
-    .await;
+    // A day later, in a zone whose date is not after the day's, the day goes on.
+    a_day_passes(&client, alice).await;
+    set_zone(&client, alice, "Pacific/Pago_Pago").await;
+    assert_eq!(complete(&client, alice, 60).await["reason"], "daily_session_cap");
+    // Two days later (so that even the stretched day is over), back in Kiritimati: a new day.
+    a_day_passes(&client, alice).await;
+    a_day_passes(&client, alice).await;
+    set_zone(&client, alice, "Pacific/Kiritimati").await;
     let next_day = complete(&client, alice, 60).await;
     assert_eq!(next_day["rewarded"], true, "{next_day}");
-    assert_eq!(next_day["daily"]["date"], local_today("Pacific/Pago_Pago").await);
+    assert_eq!(next_day["daily"]["date"], kiritimati_today.as_str());
     assert_eq!(next_day["daily"]["rewarded_sessions"], 1);
-
-    // It is always a later day in Kiritimati than in Pago Pago: full counters for Pago
-    // Pago's today are no limit for a user whose day is Kiritimati's.
-    set(format!("update user_profiles set reward_day_sessions = 12 where id = '{alice}'")).await;
-    assert_eq!(complete(&client, alice, 60).await["reason"], "daily_session_cap");
-    set(format!("update user_profiles set settings = '{{\"timezone\":\"Pacific/Kiritimati\"}}' where id = '{alice}'"))
-        .await;
-    let east = complete(&client, alice, 60).await;
-    assert_eq!((east["rewarded"].clone(), east["daily"]["rewarded_sessions"].clone()), (json!(true), json!(1)));
 
     // Minutes: 240 a day earn XP. Three hours, then 50 minutes, then only 10 of the next 60.
     let bob = new_user(&client).await;
@@ -1134,8 +1173,8 @@ async fn daily_caps_follow_the_users_local_day() {
     let past = complete(&client, bob, 600).await;
     assert_eq!((past["rewarded"].clone(), past["reason"].clone()), (json!(false), json!("daily_xp_minutes_cap")));
     assert_eq!(past["experience_gained"], 0);
-    // Bob's day is UTC's; after his midnight the minutes count again.
-    set(format!("update user_profiles set reward_day = reward_day - 1 where id = '{bob}'")).await;
+    // Bob's day is UTC's; the next day the minutes count again.
+    a_day_passes(&client, bob).await;
     assert_eq!(complete(&client, bob, 600).await["xp_minutes"], 10);
     assert_rewarded_sessions_do_not_overlap(&client).await;
     assert_ledger_consistent(&client).await;
@@ -1300,4 +1339,301 @@ async fn concurrent_repeats_of_one_session_grant_once() {
     assert!(results.iter().all(|r| r["session_id"] == results[0]["session_id"]));
     assert_eq!(progress(&client, alice).await, (2, 30, 1, 1));
     assert_ledger_consistent(&client).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Late, skewed and out-of-order reports; time zones that cannot mint
+// ---------------------------------------------------------------------------------------
+
+/// settings.timezone holds only IANA names: anything else is refused when written, as
+/// PostgREST writes it (the `authenticated` role), with a clear message, and stays unset.
+#[tokio::test]
+async fn only_iana_time_zone_names_are_stored() {
+    let (_db, mut client) = fresh().await;
+    let alice = new_user(&client).await;
+    for zone in [
+        "'\"UTC24\"'",
+        "'\"A/B-167\"'",
+        "'\"UTC+5\"'",
+        "'\"EST5\"'",
+        "'\"<+0330>-3:30\"'",
+        "'\"posixrules\"'",
+        "'\"Factory\"'",
+        "'\"posix/Europe/Paris\"'",
+        "'\"europe/paris\"'",
+        "'\"Not/A_Zone\"'",
+        "'\"\"'",
+        "'42'",
+    ] {
+        let sql = format!(
+            "update user_profiles set settings = jsonb_build_object('timezone', {zone}::jsonb) where id = '{alice}'"
+        );
+        let error = as_user(&mut client, alice, &sql).await.unwrap_err();
+        assert_eq!(error.code(), Some(&SqlState::CHECK_VIOLATION), "{zone}: {error:?}");
+        let message = error.as_db_error().unwrap().message().to_string();
+        assert!(message.contains("must be an IANA time zone name"), "{zone}: {message}");
+        // Not through the server's role either.
+        assert!(client.execute(&sql, &[]).await.is_err(), "{zone} as the server");
+    }
+    let stored: Value =
+        client.query_one("select settings from user_profiles where id = $1", &[&alice]).await.unwrap().get(0);
+    assert_eq!(stored, json!({}), "nothing was stored");
+
+    for zone in ["Europe/Paris", "UTC", "Etc/GMT+5", "America/St_Johns", "Asia/Kathmandu", "Pacific/Kiritimati"] {
+        let sql = format!("update user_profiles set settings = '{{\"timezone\":\"{zone}\"}}' where id = '{alice}'");
+        assert!(as_user(&mut client, alice, &sql).await.is_ok(), "{zone}");
+    }
+    // No zone, or null: UTC. Other settings are written as before.
+    let sql =
+        format!("update user_profiles set settings = '{{\"timezone\":null,\"voice\":\"calm\"}}' where id = '{alice}'");
+    assert!(as_user(&mut client, alice, &sql).await.is_ok());
+    assert_eq!(complete(&client, alice, 60).await["local_date"], local_today(&client, "UTC").await);
+}
+
+/// A day with a daylight-saving change has 23 or 25 hours: a day is its date's local
+/// midnight to the next.
+#[tokio::test]
+async fn days_with_a_daylight_saving_change_keep_their_length() {
+    let (_db, client) = fresh().await;
+    let alice = new_user(&client).await;
+    for (at, zone, day, hours) in [
+        ("2026-03-29 12:00:00+00", "Europe/Paris", "2026-03-29", 23.0),
+        ("2026-10-25 12:00:00+00", "Europe/Paris", "2026-10-25", 25.0),
+        ("2026-11-01 12:00:00+00", "America/New_York", "2026-11-01", 25.0),
+        // Lord Howe moves by half an hour.
+        ("2026-04-05 12:00:00+00", "Australia/Lord_Howe", "2026-04-05", 24.5),
+    ] {
+        let row = client
+            .query_one(
+                "select d.day::text, extract(epoch from d.ends_at - d.starts_at)::float8 / 3600
+                   from reward_day_for($1, $2::text::timestamptz, $3) d",
+                &[&alice, &at, &zone],
+            )
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, String>(0), row.get::<_, f64>(1)), (day.to_string(), hours), "{zone} {at}");
+    }
+    // The fall-back day is one day of caps and one day of the streak, in 25 hours: a
+    // session at 00:30 and one at 24:30 local (23:30 by the clock) count on it alike.
+    let bob = new_user(&client).await;
+    for at in ["2026-10-24 22:30:00+00", "2026-10-25 22:30:00+00"] {
+        let row = client
+            .query_one("select day::text from reward_day_for($1, $2::text::timestamptz, 'Europe/Paris')", &[&bob, &at])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "2026-10-25", "{at}");
+    }
+}
+
+/// `started_at` for a session of a minute that ended `days_ago` days before today (UTC)
+/// at the same time of day, halfway between today's midnight and now: so each is on its
+/// own UTC date, the latest today, whatever the time the test runs.
+fn ended_days_ago(days_ago: i32) -> String {
+    format!(
+        "date_trunc('day', now() at time zone 'UTC') at time zone 'UTC'
+           + (now() - (date_trunc('day', now() at time zone 'UTC') at time zone 'UTC')) / 2
+           - interval '{days_ago} days' - interval '60 seconds'"
+    )
+}
+
+/// Three days of sessions done offline, synced at once in every order: the same days, the
+/// same streak and the same rewards, and the 7-day bonus (four days before them) paid
+/// exactly once.
+#[tokio::test]
+async fn offline_days_synced_in_any_order_earn_the_same() {
+    let (_db, client) = fresh().await;
+    let orders = [[2, 1, 0], [2, 0, 1], [1, 2, 0], [1, 0, 2], [0, 2, 1], [0, 1, 2]];
+    let mut outcomes = Vec::new();
+    for order in orders {
+        let user = new_user(&client).await;
+        make_account_days_old(&client, user, 8).await;
+        seed_reward_days(&client, user, "UTC", &[3, 4, 5, 6]).await;
+        let mut answers = Vec::new();
+        for days_ago in order {
+            let answer: Value = client
+                .query_one(
+                    &format!(
+                        "select complete_session($1, gen_random_uuid(), 'guardian', null, 60, null, 'fp', {})",
+                        ended_days_ago(days_ago)
+                    ),
+                    &[&user],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(answer["rewarded"], true, "{order:?}: {answer}");
+            answers.push((days_ago, answer["local_date"].clone()));
+        }
+        answers.sort_by_key(|(days_ago, _)| *days_ago);
+        let outcome = client
+            .query_one(
+                "select jsonb_build_object(
+                   'profile', (select jsonb_build_array(tokens, experience, level, session_streak,
+                                                        last_session_date, sessions_completed)
+                                 from user_profiles where id = $1),
+                   'ledger', (select jsonb_agg(jsonb_build_array(reason, delta, reference) order by reason, reference)
+                                from token_ledger where user_id = $1 and reason <> 'session_complete'),
+                   'achievements', (select jsonb_agg(achievement_id order by achievement_id)
+                                      from user_achievements where user_id = $1),
+                   'days', (select jsonb_agg(jsonb_build_array(day, sessions) order by day)
+                              from reward_days where user_id = $1))",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .get::<_, Value>(0);
+        outcomes.push((order, answers, outcome));
+    }
+    let (_, first_answers, first) = &outcomes[0];
+    for (order, answers, outcome) in &outcomes {
+        assert_eq!(outcome, first, "{order:?}");
+        assert_eq!(answers, first_answers, "{order:?}: each session counts on its own day");
+    }
+    let today = local_today(&client, "UTC").await;
+    assert_eq!(first["profile"], json!([16, 36, 1, 7, today, 3]), "{first}");
+    assert_eq!(first["ledger"], json!([["streak_bonus", 10, "streak:1"]]));
+    assert_eq!(first["achievements"], json!(["first_session", "streak_7"]));
+    assert_eq!(first["days"].as_array().unwrap().len(), 7);
+    assert_ledger_consistent(&client).await;
+}
+
+/// A user who hops between time zones over three days, reporting a session in every zone
+/// at every half hour (late reports included, in any order), earns at most one day's
+/// caps more than the calendar days those sessions span: the extra day a traveller gains
+/// crossing the date line. Without fixed days each hop to a zone on another date would
+/// open a fresh day of caps.
+#[tokio::test]
+async fn time_zone_hops_open_at_most_one_extra_day() {
+    let (_db, client) = fresh().await;
+    let zones =
+        ["Pacific/Kiritimati", "Pacific/Pago_Pago", "Asia/Tokyo", "America/Los_Angeles", "Etc/GMT-14", "Etc/GMT+12"];
+    for backwards in [false, true] {
+        let user = new_user(&client).await;
+        make_account_days_old(&client, user, 4).await;
+        let mut slots: Vec<i32> = (0..140).collect();
+        if backwards {
+            slots.reverse();
+        }
+        for slot in slots {
+            for (z, zone) in zones.iter().enumerate() {
+                // (Without the name check's trigger, which reads the zone list: these are
+                // real zones, and this test changes zones 1,680 times.)
+                client
+                    .batch_execute(&format!(
+                        "set session_replication_role = replica;
+                         update user_profiles set settings = '{{\"timezone\":\"{zone}\"}}' where id = '{user}';
+                         set session_replication_role = origin;"
+                    ))
+                    .await
+                    .unwrap();
+                // Slot k: the half hour starting 70 h - 30k min ago; each zone's minute in it.
+                let minutes_ago = 70 * 60 - 30 * slot - 2 * z as i32;
+                client
+                    .query_one(
+                        "select complete_session($1, gen_random_uuid(), 'guardian', null, 60, null, 'fp',
+                                                 now() - make_interval(mins => $2))",
+                        &[&user, &minutes_ago],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let row = client
+            .query_one(
+                "select count(*) filter (where rewarded),
+                        count(distinct (ended_at at time zone 'UTC')::date)
+                   from sessions where user_id = $1",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        let (rewarded, utc_dates) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        assert!(rewarded <= 12 * (utc_dates + 1), "backwards={backwards}: {rewarded} rewarded over {utc_dates} dates");
+        assert!(rewarded >= 12 * (utc_dates - 1), "an honest amount still earns: {rewarded}");
+    }
+    assert_ledger_consistent(&client).await;
+}
+
+/// On a database in use: stored time zones that are not IANA names become "UTC" (which
+/// those users' days already were), and the days of existing rewarded sessions are
+/// recorded, so caps and streaks carry on.
+#[tokio::test]
+async fn the_days_migration_keeps_existing_profiles_and_sessions() {
+    let admin_url = db::admin_url().unwrap();
+    let admin = db::connect(&admin_url).await.unwrap();
+    let name = format!("libero_days_{}", Uuid::new_v4().simple());
+    admin.batch_execute(&format!("create database {}", db::quote_ident(&name))).await.unwrap();
+    let url = db::with_dbname(&admin_url, &name).unwrap();
+
+    let outcome = async {
+        let before = tempfile::tempdir()?;
+        for m in std::fs::read_dir(db::migrations_dir())? {
+            let path = m?.path();
+            if path.file_name().unwrap().to_string_lossy().as_ref() < "20250107000000" {
+                std::fs::copy(&path, before.path().join(path.file_name().unwrap()))?;
+            }
+        }
+        db::migrate_dir(&url, before.path()).await?;
+        let client = db::connect(&url).await?;
+        let zones = [
+            (r#"{"timezone":"Europe/Paris"}"#, r#"{"timezone":"Europe/Paris"}"#),
+            (r#"{"timezone":"UTC24","voice":"calm"}"#, r#"{"timezone":"UTC","voice":"calm"}"#),
+            (r#"{"timezone":"A/B-167"}"#, r#"{"timezone":"UTC"}"#),
+            (r#"{"timezone":"posixrules"}"#, r#"{"timezone":"UTC"}"#),
+            (r#"{"timezone":7}"#, r#"{"timezone":"UTC"}"#),
+            (r#"{"timezone":null}"#, r#"{"timezone":null}"#),
+            ("{}", "{}"),
+        ];
+        let mut users = Vec::new();
+        for (settings, _) in zones {
+            let user = new_user(&client).await;
+            client
+                .execute("update user_profiles set settings = $2::text::jsonb where id = $1", &[&user, &settings])
+                .await?;
+            users.push(user);
+        }
+        // Two rewarded sessions yesterday (Paris) for the first user, one unrewarded.
+        client
+            .batch_execute(&format!(
+                "insert into sessions (user_id, client_session_id, ego_state, duration, experience_gained,
+                                       tokens_awarded, request_fingerprint, result, local_date, ended_at,
+                                       rewarded, unrewarded_reason)
+                 select '{0}', gen_random_uuid(), 'guardian', 600, x, 2, 'fp', '{{}}',
+                        (now() at time zone 'Europe/Paris')::date - 1,
+                        ((now() at time zone 'Europe/Paris')::date - 1 + time '09:00') at time zone 'Europe/Paris'
+                          + make_interval(mins => m), r, case when r then null else 'daily_session_cap' end
+                   from (values (30, 0, true), (30, 20, true), (0, 40, false)) v (x, m, r);",
+                users[0]
+            ))
+            .await?;
+        db::migrate(&url).await?;
+        let mut stored = Vec::new();
+        for user in &users {
+            let settings: Value =
+                client.query_one("select settings from user_profiles where id = $1", &[user]).await?.get(0);
+            stored.push(settings);
+        }
+        let day: Value = client
+            .query_one(
+                "select jsonb_build_object('day', day = (now() at time zone 'Europe/Paris')::date - 1,
+                                           'hours', extract(epoch from ends_at - starts_at) / 3600,
+                                           'sessions', sessions, 'xp_minutes', xp_minutes, 'timezone', timezone)
+                   from reward_days where user_id = $1",
+                &[&users[0]],
+            )
+            .await?
+            .get(0);
+        anyhow::Ok((zones, stored, day))
+    }
+    .await;
+    admin.batch_execute(&format!("drop database {} with (force)", db::quote_ident(&name))).await.unwrap();
+
+    let (zones, stored, day) = outcome.expect("the migration applies");
+    for ((before, after), stored) in zones.iter().zip(&stored) {
+        assert_eq!(stored, &serde_json::from_str::<Value>(after).unwrap(), "{before}");
+    }
+    assert_eq!(day["day"], true, "{day}");
+    assert_eq!((day["sessions"].clone(), day["xp_minutes"].clone()), (json!(2), json!(20)), "{day}");
+    assert_eq!(day["timezone"], "Europe/Paris");
+    assert!(day["hours"].as_f64().unwrap() >= 23.0, "{day}");
 }

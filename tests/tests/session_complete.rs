@@ -2,6 +2,7 @@
 //! per test, and after every test `tokens == sum(ledger)` for every user.
 
 use futures_util::future::join_all;
+use libero_tests::sql::{as_role, seed_reward_days};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -53,6 +54,21 @@ async fn time_passes(app: &TestApp, user: Uuid, seconds: f64) {
 /// `started_at` for a session that started `ago` before now.
 fn started(ago: chrono::Duration) -> String {
     (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// As if a day had passed: the user's days and sessions move 24 hours back on the clock,
+/// each day to the date before (through a far date, so no two rows ever share one).
+async fn a_day_passes(app: &TestApp, user: Uuid) {
+    app.db_client()
+        .await
+        .batch_execute(&format!(
+            "update public.reward_days set day = day + 100000 where user_id = '{user}';
+             update public.reward_days set day = day - 100001, starts_at = starts_at - interval '1 day',
+                    ends_at = ends_at - interval '1 day' where user_id = '{user}';
+             update public.sessions set ended_at = ended_at - interval '1 day' where user_id = '{user}';"
+        ))
+        .await
+        .expect("a day passing");
 }
 
 async fn set_profile(app: &TestApp, user: Uuid, sql_set: &str) {
@@ -171,7 +187,7 @@ async fn same_id_with_different_details_is_a_conflict() {
 async fn a_seventh_day_pays_the_streak_bonus() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
-    set_profile(&app, user, "session_streak = 6, last_session_date = (now() at time zone 'UTC')::date - 1").await;
+    seed_reward_days(&app.db_client().await, user, "UTC", &[1, 2, 3, 4, 5, 6]).await;
 
     let (_, body) = complete(&app, user, session(60)).await;
 
@@ -198,7 +214,7 @@ async fn a_seventh_day_pays_the_streak_bonus() {
 async fn a_missed_day_restarts_the_streak() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
-    set_profile(&app, user, "session_streak = 12, last_session_date = (now() at time zone 'UTC')::date - 2").await;
+    seed_reward_days(&app.db_client().await, user, "UTC", &[2, 3, 4, 5]).await;
 
     let (_, body) = complete(&app, user, session(60)).await;
 
@@ -214,28 +230,14 @@ async fn streak_days_follow_the_users_time_zone() {
     let app = TestApp::spawn().await;
     for zone in ["Pacific/Kiritimati", "Pacific/Pago_Pago"] {
         let extends = app.create_user().await;
-        set_profile(
-            &app,
-            extends,
-            &format!(
-                "settings = '{{\"timezone\":\"{zone}\"}}', session_streak = 3, \
-                 last_session_date = (now() at time zone '{zone}')::date - 1"
-            ),
-        )
-        .await;
+        set_profile(&app, extends, &format!("settings = '{{\"timezone\":\"{zone}\"}}'")).await;
+        seed_reward_days(&app.db_client().await, extends, zone, &[1, 2, 3]).await;
         let (_, body) = complete(&app, extends, session(60)).await;
         assert_eq!(body["streak"], 4, "{zone}: yesterday in the user's zone extends the streak");
 
         let same_day = app.create_user().await;
-        set_profile(
-            &app,
-            same_day,
-            &format!(
-                "settings = '{{\"timezone\":\"{zone}\"}}', session_streak = 3, \
-                 last_session_date = (now() at time zone '{zone}')::date"
-            ),
-        )
-        .await;
+        set_profile(&app, same_day, &format!("settings = '{{\"timezone\":\"{zone}\"}}'")).await;
+        seed_reward_days(&app.db_client().await, same_day, zone, &[0, 1, 2]).await;
         let (_, body) = complete(&app, same_day, session(60)).await;
         assert_eq!(body["streak"], 3, "{zone}: today in the user's zone leaves the streak");
         assert_eq!(body["streak_extended"], false, "{zone}");
@@ -482,8 +484,7 @@ async fn daily_caps_count_the_users_local_day() {
     assert_eq!((replay["replayed"].clone(), replay["reason"].clone()), (json!(true), json!("daily_session_cap")));
 
     // After midnight in Kiritimati, the day counted is yesterday: the caps start over.
-    set_profile(&app, user, "reward_day = reward_day - 1").await;
-    time_passes(&app, user, 3600.0).await;
+    a_day_passes(&app, user).await;
     let (_, next_day) = complete(&app, user, session(60)).await;
     assert_eq!(next_day["rewarded"], true, "{next_day}");
     assert_eq!(next_day["daily"]["rewarded_sessions"], 1);
@@ -502,16 +503,16 @@ async fn started_at_must_be_possible() {
         body
     };
 
-    // Before the account existed; then (the account a day old) ending in the future;
-    // more than a day ago; not a timestamp.
+    // Before the account existed; then (the account older) ending in the future beyond
+    // the clock tolerance; more than 72 hours ago; not a timestamp.
     let (status, error) = complete(&app, user, with_start(started(minutes(60)))).await;
     assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_field")), "{error}");
     assert!(error["error"]["message"].as_str().unwrap().contains("before the account"), "{error}");
-    set_profile(&app, user, "created_at = now() - interval '2 days'").await;
+    set_profile(&app, user, "created_at = now() - interval '4 days'").await;
     for (start, words) in [
-        (started(minutes(5)), "later than now"),
-        (started(minutes(25 * 60)), "more than 24 hours"),
-        ("2000-01-01T00:00:00Z".to_string(), "more than 24 hours"),
+        (started(minutes(2)), "more than 5 minutes later than now"),
+        (started(minutes(73 * 60 + 11)), "more than 72 hours ago"),
+        ("2000-01-01T00:00:00Z".to_string(), "more than 72 hours ago"),
         ("2025-02-30T10:00:00Z".to_string(), "RFC 3339"),
         ("yesterday".to_string(), "RFC 3339"),
     ] {
@@ -579,5 +580,175 @@ async fn both_paths_and_the_preflight_answer() {
         assert_eq!(wrong_method.status(), 405);
         assert_eq!(wrong_method.headers()["allow"], "POST, OPTIONS");
     }
+    app.assert_ledger_consistent().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Late, skewed and out-of-order reports; time zones that cannot mint
+// ---------------------------------------------------------------------------------------
+
+fn with_start(duration_seconds: i64, start: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut body = session(duration_seconds);
+    body["started_at"] = json!(start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    body
+}
+
+fn utc_midnight_today() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc()
+}
+
+/// An app that was offline reports its sessions late: 30 and 71 hours after they ended
+/// they earn as they would have on time, on the day they ended; at 73 hours the report is
+/// refused with a clear error.
+#[tokio::test]
+async fn sessions_reported_up_to_72_hours_late_count_on_their_day() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "created_at = now() - interval '4 days'").await;
+    let hours = chrono::Duration::hours;
+    let minutes = chrono::Duration::minutes;
+
+    for late in [30, 71] {
+        let end = chrono::Utc::now() - hours(late);
+        let (status, body) = complete(&app, user, with_start(1200, end - minutes(20))).await;
+        assert_eq!(status, 200, "{late} h: {body}");
+        assert_eq!((body["rewarded"].clone(), body["experience_gained"].clone()), (json!(true), json!(50)), "{body}");
+        assert_eq!(body["local_date"], end.date_naive().to_string(), "{late} h: the day it ended");
+    }
+    let end = chrono::Utc::now() - hours(73);
+    let (status, error) = complete(&app, user, with_start(1200, end - minutes(20))).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (400, Some("session_too_old")), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("more than 72 hours ago"), "{error}");
+    assert_eq!(sessions_of(&app, user).await, 2);
+    assert_eq!(app.tokens_of(user).await, 2 * 2 + 5, "two sessions and level 2 (100 XP)");
+    app.assert_ledger_consistent().await;
+}
+
+/// A phone whose clock runs 2 minutes ahead reports a session that just ended: it is
+/// taken as ending now, and earns.
+#[tokio::test]
+async fn a_clock_two_minutes_ahead_is_taken_as_ending_now() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "created_at = now() - interval '1 day'").await;
+
+    let body = with_start(600, chrono::Utc::now() - chrono::Duration::minutes(8));
+    let (status, answer) = complete(&app, user, body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["rewarded"].clone(), answer["experience_gained"].clone()), (json!(true), json!(30)));
+    let ended = chrono::DateTime::parse_from_rfc3339(answer["ended_at"].as_str().unwrap()).unwrap();
+    let started = chrono::DateTime::parse_from_rfc3339(answer["started_at"].as_str().unwrap()).unwrap();
+    assert!(ended <= chrono::Utc::now(), "ended by now: {answer}");
+    assert_eq!((ended - started).num_seconds(), 600);
+    let (status, replay) = complete(&app, user, body).await;
+    assert_eq!(
+        (status, replay["replayed"].clone(), replay["ended_at"].clone()),
+        (200, json!(true), answer["ended_at"].clone())
+    );
+    assert_eq!(app.tokens_of(user).await, 2);
+    app.assert_ledger_consistent().await;
+}
+
+/// Sessions of the day before yesterday, yesterday and today, done offline and synced
+/// today in every order: each counts on its own day, and the streak and the rewards are
+/// the same whatever the order; with four days before them the 7-day bonus and
+/// `streak_7` come exactly once.
+#[tokio::test]
+async fn three_offline_days_synced_in_any_order_earn_the_same() {
+    let app = TestApp::spawn().await;
+    let db = app.db_client().await;
+    // Each session ends at the same time of day, halfway between today's midnight (UTC)
+    // and now, so each lies on its own date whenever the test runs.
+    let midnight = utc_midnight_today();
+    let end_of = |days_ago: i64| midnight + (chrono::Utc::now() - midnight) / 2 - chrono::Duration::days(days_ago);
+    let mut outcomes = Vec::new();
+    for order in [[2, 1, 0], [2, 0, 1], [1, 2, 0], [1, 0, 2], [0, 2, 1], [0, 1, 2]] {
+        let user = app.create_user().await;
+        set_profile(&app, user, "created_at = now() - interval '8 days'").await;
+        seed_reward_days(&db, user, "UTC", &[3, 4, 5, 6]).await;
+        let mut days = Vec::new();
+        for days_ago in order {
+            let end = end_of(days_ago);
+            let (status, body) = complete(&app, user, with_start(60, end - chrono::Duration::seconds(60))).await;
+            assert_eq!((status, body["rewarded"].clone()), (200, json!(true)), "{order:?}: {body}");
+            assert_eq!(body["local_date"], end.date_naive().to_string(), "{order:?}");
+            days.push(body["local_date"].clone());
+        }
+        let outcome: Value = db
+            .query_one(
+                "select jsonb_build_object(
+                   'profile', (select jsonb_build_array(tokens, experience, session_streak, last_session_date)
+                                 from public.user_profiles where id = $1),
+                   'bonuses', (select jsonb_agg(reference order by reference)
+                                 from public.token_ledger where user_id = $1 and reason = 'streak_bonus'),
+                   'achievements', (select jsonb_agg(achievement_id order by achievement_id)
+                                      from public.user_achievements where user_id = $1))",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        outcomes.push((order, outcome));
+    }
+    let today = end_of(0).date_naive().to_string();
+    for (order, outcome) in &outcomes {
+        assert_eq!(
+            outcome,
+            &json!({"profile": [16, 36, 7, today], "bonuses": ["streak:1"], "achievements": ["first_session", "streak_7"]}),
+            "{order:?}"
+        );
+    }
+    app.assert_ledger_consistent().await;
+}
+
+/// After the daily cap, the app writing `settings.timezone` (through PostgREST, as the
+/// user) to zones on other dates opens no fresh day; names that are not IANA zones are
+/// refused when written and nothing changes.
+#[tokio::test]
+async fn time_zone_hops_after_the_cap_open_no_day() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    for n in 1..=12 {
+        let (_, body) = complete(&app, user, session(60)).await;
+        assert_eq!(body["rewarded"], true, "session {n}: {body}");
+        time_passes(&app, user, 120.0).await;
+    }
+    let tokens = app.tokens_of(user).await;
+    let mut db = app.db_client().await;
+    for zone in
+        ["Pacific/Kiritimati", "Pacific/Pago_Pago", "Asia/Tokyo", "America/Los_Angeles", "Etc/GMT-14", "Etc/GMT+12"]
+    {
+        let sql =
+            format!("update public.user_profiles set settings = '{{\"timezone\":\"{zone}\"}}' where id = '{user}'");
+        as_role(&mut db, "authenticated", Some(user), &sql).await.expect(zone);
+        let (status, body) = complete(&app, user, session(60)).await;
+        assert_eq!((status, body["reason"].clone()), (200, json!("daily_session_cap")), "{zone}: {body}");
+        time_passes(&app, user, 120.0).await;
+    }
+    for zone in ["UTC24", "A/B-167", "UTC+5", "posixrules"] {
+        let sql =
+            format!("update public.user_profiles set settings = '{{\"timezone\":\"{zone}\"}}' where id = '{user}'");
+        let error = as_role(&mut db, "authenticated", Some(user), &sql).await.unwrap_err();
+        assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{zone}: {error:?}");
+        let (_, body) = complete(&app, user, session(60)).await;
+        assert_eq!(body["reason"], "daily_session_cap", "{zone}: {body}");
+        time_passes(&app, user, 120.0).await;
+    }
+    assert_eq!(app.tokens_of(user).await, tokens);
+    app.assert_ledger_consistent().await;
+}
+
+/// A session from 23:50 to 00:10 counts on the day it ended.
+#[tokio::test]
+async fn a_session_across_midnight_counts_on_the_day_it_ended() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    set_profile(&app, user, "created_at = now() - interval '4 days'").await;
+    let yesterday = utc_midnight_today() - chrono::Duration::days(1);
+
+    let (status, body) = complete(&app, user, with_start(1200, yesterday - chrono::Duration::minutes(10))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["local_date"], yesterday.date_naive().to_string(), "{body}");
+    assert_eq!((body["rewarded"].clone(), body["streak"].clone()), (json!(true), json!(1)));
     app.assert_ledger_consistent().await;
 }

@@ -6,14 +6,14 @@ mod stripe_support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use stripe_support::*;
 use uuid::Uuid;
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, Request, ResponseTemplate};
 
 const CHECKOUT: &str = "/functions/v1/stripe-checkout";
@@ -72,12 +72,15 @@ async fn fake_stripe(app: &StripeApp, customer_delay: Duration) {
         .mount(&app.stripe)
         .await;
     let sessions = Arc::new(AtomicUsize::new(0));
+    // Unique across the tests of this binary: the line items the fake Stripe serves are
+    // kept per session id in one table shared by all of them.
+    let unique = Uuid::new_v4().simple().to_string()[..12].to_string();
     Mock::given(method("POST"))
         .and(path("/v1/checkout/sessions"))
         .respond_with(move |request: &Request| {
             let n = sessions.fetch_add(1, Ordering::SeqCst);
             let sent = form(request);
-            let id = format!("cs_test_a1Libero{n:04}");
+            let id = format!("cs_test_a1Libero{n:04}{unique}");
             ResponseTemplate::new(200).set_body_json(json!({
                 "id": id,
                 "object": "checkout.session",
@@ -207,7 +210,7 @@ async fn checkout_for_each_product_makes_one_customer_and_a_session() {
     assert_eq!(f["metadata[user_id]"], user.to_string());
     assert_eq!(f["email"], format!("{user}@test.local"));
     assert_eq!(header(&customers[0], "idempotency-key").unwrap(), format!("libero-customer-{user}"));
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 1);
     app.assert_ledger_consistent().await;
 }
 
@@ -325,7 +328,7 @@ async fn bad_requests_are_refused_before_stripe_is_called() {
         app.client.post(app.url(&format!("{CHECKOUT}/portal"))).bearer_auth(app.token_for(ghost)).send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(app.stripe.received_requests().await.unwrap().is_empty(), "Stripe was never called");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 0);
     app.assert_ledger_consistent().await;
 }
 
@@ -481,7 +484,7 @@ async fn anonymous_sign_ins_cannot_buy_unless_allowed() {
         assert_eq!(answer["error"]["code"], "anonymous_not_allowed", "{answer}");
     }
     assert!(app.stripe.received_requests().await.unwrap().is_empty(), "nothing was created at Stripe");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 0);
 
     // An operator who allows it: the same guest can buy.
     let open = spawn_with(|vars| {
@@ -571,7 +574,7 @@ async fn racing_first_checkouts_against_an_idempotent_stripe_all_succeed_with_on
         assert_eq!(*status, 200, "{body}");
     }
     assert_eq!(created.load(Ordering::SeqCst), 1, "Stripe created one customer");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await, 1);
     let sessions = requests_to(&app, "/v1/checkout/sessions").await;
     assert!(sessions.iter().all(|r| form(r)["customer"] == "cus_RIdem0000"));
     app.assert_ledger_consistent().await;
@@ -653,6 +656,327 @@ async fn a_customer_deleted_in_stripe_is_replaced_on_the_next_checkout() {
         "a new key, or Stripe would answer with the deleted customer"
     );
     assert_eq!(form(&requests_to(&app, "/v1/checkout/sessions").await.pop().unwrap())["customer"], "cus_Rtest0001");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers WHERE deleted_at IS NULL").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.stripe_customers WHERE deleted_at IS NULL AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     app.assert_ledger_consistent().await;
+}
+
+/// The Checkout Sessions the fake Stripe answers `GET /v1/checkout/sessions/:id` with (404
+/// for any other id); a test moves a session along (open, paid, expired) by setting it.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<String, Value>>>);
+
+impl Sessions {
+    async fn serve(app: &StripeApp) -> Sessions {
+        let sessions = Sessions::default();
+        let store = sessions.0.clone();
+        Mock::given(method("GET"))
+            .and(path_regex("^/v1/checkout/sessions/[A-Za-z0-9_]+$"))
+            .respond_with(move |request: &Request| {
+                let id = request.url.path().rsplit('/').next().unwrap_or("");
+                match store.lock().unwrap().get(id) {
+                    Some(session) => ResponseTemplate::new(200).set_body_json(session),
+                    None => ResponseTemplate::new(404).set_body_json(json!({"error": {"type": "invalid_request_error",
+                        "code": "resource_missing", "message": format!("No such checkout.session: '{id}'")}})),
+                }
+            })
+            .mount(&app.stripe)
+            .await;
+        sessions
+    }
+
+    fn set(&self, session: &Value) {
+        self.0.lock().unwrap().insert(session["id"].as_str().unwrap().to_string(), session.clone());
+    }
+}
+
+/// Starts a checkout of `product` for `user` through the endpoint and returns the session
+/// as Stripe would show it (still `open`), carrying what our checkout sent, with its line
+/// items at the catalog's price.
+async fn start(app: &StripeApp, user: Uuid, product: &str) -> Value {
+    let (status, body) = checkout(app, user, json!({ "product": product })).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["session_id"].as_str().unwrap();
+    let sent = form(&requests_to(app, "/v1/checkout/sessions").await.pop().unwrap());
+    let mut session = checkout_session(user, product, &sent["mode"], "unpaid");
+    session["id"] = json!(id);
+    session["status"] = json!("open");
+    session["customer"] = json!(sent["customer"]);
+    set_line_items(id, line_items(price_of(product), amount_of(product), "usd", 1));
+    session
+}
+
+fn in_state(session: &Value, status: &str, payment_status: &str) -> Value {
+    let mut session = session.clone();
+    session["status"] = json!(status);
+    session["payment_status"] = json!(payment_status);
+    session
+}
+
+/// `GET /stripe-checkout/session/{id}` as `user`: (status, body, Retry-After).
+async fn session_status(app: &StripeApp, user: Uuid, id: &str) -> (u16, Value, Option<String>) {
+    let response = app
+        .client
+        .get(app.url(&format!("{CHECKOUT}/session/{id}")))
+        .bearer_auth(app.token_for(user))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (status, response.json().await.unwrap_or(Value::Null), retry_after)
+}
+
+/// How many times the fake Stripe was asked for the session `id` itself.
+async fn session_reads(app: &StripeApp, id: &str) -> usize {
+    requests_to(app, &format!("/v1/checkout/sessions/{id}")).await.len()
+}
+
+fn state(body: &Value) -> (Option<&str>, Option<bool>, Option<i64>, Option<i64>) {
+    (body["status"].as_str(), body["credited"].as_bool(), body["tokens_added"].as_i64(), body["balance"].as_i64())
+}
+
+#[tokio::test]
+async fn the_success_page_credits_the_purchase_when_the_webhook_is_late() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let user = app.create_user().await;
+    let session = start(&app, user, "tokens-small").await;
+    let id = session["id"].as_str().unwrap();
+
+    // Back before paying (or with the browser's back button): nothing changes.
+    sessions.set(&session);
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state(&body), (Some("open"), Some(false), Some(0), Some(0)));
+
+    // Paid, and the webhook has not come: this call applies it, checking the line items.
+    let paid = in_state(&session, "complete", "paid");
+    sessions.set(&paid);
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"session_id": id, "status": "paid", "credited": true, "held_for_review": false,
+               "product": "tokens-small", "mode": "payment", "tokens_added": 110, "plan": "free", "balance": 110})
+    );
+    assert_eq!(requests_to(&app, &format!("/v1/checkout/sessions/{id}/line_items")).await.len(), 1);
+
+    // From the database now: Stripe is not asked again.
+    let reads = session_reads(&app, id).await;
+    let (status, again, _) = session_status(&app, user, id).await;
+    assert_eq!((status, &again), (200, &body));
+    assert_eq!(session_reads(&app, id).await, reads);
+
+    // The late webhook finds it applied and credits nothing more.
+    let (status, answer) = deliver(&app, &event("checkout.session.completed", paid)).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    assert_eq!(app.tokens_of(user).await, 110);
+    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase'").await, 1);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn twenty_webhooks_and_twenty_success_pages_at_once_credit_once() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let user = app.create_user().await;
+    let paid = in_state(&start(&app, user, "tokens-medium").await, "complete", "paid");
+    sessions.set(&paid);
+    let id = paid["id"].as_str().unwrap();
+
+    // Ten distinct events for the session (completed, as a second endpoint or a replay
+    // would send) and ten redeliveries of one, with twenty success pages, all at once.
+    let redelivered = event("checkout.session.completed", paid.clone());
+    let events: Vec<Value> = (0..20)
+        .map(|i| if i % 2 == 0 { redelivered.clone() } else { event("checkout.session.completed", paid.clone()) })
+        .collect();
+    let webhooks = join_all(events.iter().map(|e| deliver(&app, e)));
+    let pages = join_all((0..20).map(|_| session_status(&app, user, id)));
+    let (webhooks, pages) = tokio::join!(webhooks, pages);
+
+    for (status, answer) in &webhooks {
+        assert_eq!(*status, 200, "{answer}");
+        assert!(matches!(answer["outcome"].as_str(), Some("applied" | "duplicate")), "{answer}");
+    }
+    let tokens = pages[0].1["tokens_added"].as_i64().unwrap();
+    assert!(tokens > 0, "{}", pages[0].1);
+    for (status, body, _) in &pages {
+        assert_eq!(*status, 200, "{body}");
+        // Every page sees the purchase, whichever of the forty applied it.
+        assert_eq!(state(body), (Some("paid"), Some(true), Some(tokens), Some(tokens)), "{body}");
+    }
+    assert_eq!(i64::from(app.tokens_of(user).await), tokens);
+    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase'").await, 1);
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders WHERE status = 'completed'").await, 1);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_delayed_payment_is_processing_until_the_later_event_credits_it() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let user = app.create_user().await;
+    let session = start(&app, user, "tokens-small").await;
+    let id = session["id"].as_str().unwrap();
+
+    // A bank debit: the session is complete, the money is not there yet.
+    let processing = in_state(&session, "complete", "unpaid");
+    sessions.set(&processing);
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!((status, state(&body)), (200, (Some("processing"), Some(false), Some(0), Some(0))), "{body}");
+    let (status, answer) = deliver(&app, &event("checkout.session.completed", processing.clone())).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders WHERE status = 'pending'").await, 1);
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!((status, state(&body)), (200, (Some("processing"), Some(false), Some(0), Some(0))), "{body}");
+
+    // The payment succeeds later; the event credits it, and the page answers from the database.
+    let succeeded = in_state(&session, "complete", "paid");
+    let (status, answer) = deliver(&app, &event("checkout.session.async_payment_succeeded", succeeded)).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    let reads = session_reads(&app, id).await;
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!((status, state(&body)), (200, (Some("paid"), Some(true), Some(110), Some(110))), "{body}");
+    assert_eq!(session_reads(&app, id).await, reads, "settled in the database: Stripe is not asked");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn an_expired_unpaid_or_failed_session_credits_nothing() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let user = app.create_user().await;
+
+    let expired = in_state(&start(&app, user, "tokens-large").await, "expired", "unpaid");
+    sessions.set(&expired);
+    let (status, body, _) = session_status(&app, user, expired["id"].as_str().unwrap()).await;
+    assert_eq!((status, state(&body)), (200, (Some("expired"), Some(false), Some(0), Some(0))), "{body}");
+
+    let open = start(&app, user, "tokens-small").await;
+    sessions.set(&open);
+    let (status, body, _) = session_status(&app, user, open["id"].as_str().unwrap()).await;
+    assert_eq!((status, state(&body)), (200, (Some("open"), Some(false), Some(0), Some(0))), "{body}");
+
+    // A delayed payment that failed: the webhook's order says so, without Stripe.
+    let unpaid = in_state(&start(&app, user, "tokens-medium").await, "complete", "unpaid");
+    sessions.set(&unpaid);
+    let (status, answer) = deliver(&app, &event("checkout.session.async_payment_failed", unpaid.clone())).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = unpaid["id"].as_str().unwrap();
+    let reads = session_reads(&app, id).await;
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!((status, state(&body)), (200, (Some("failed"), Some(false), Some(0), Some(0))), "{body}");
+    assert_eq!(session_reads(&app, id).await, reads);
+
+    assert_eq!(app.tokens_of(user).await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders WHERE status <> 'failed'").await, 0);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn another_users_or_an_unknown_session_is_404_and_stripe_is_not_asked() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let (owner, other) = (app.create_user().await, app.create_user().await);
+    let paid = in_state(&start(&app, owner, "tokens-small").await, "complete", "paid");
+    sessions.set(&paid);
+    let id = paid["id"].as_str().unwrap();
+
+    let (status, foreign, _) = session_status(&app, other, id).await;
+    assert_eq!((status, foreign["error"]["code"].as_str()), (404, Some("checkout_session_not_found")), "{foreign}");
+    assert!(!foreign.to_string().contains(id), "nothing about the session is revealed: {foreign}");
+    for unknown in ["cs_test_a1NoSuchSession", "pi_3QnotASession", "cs_test_a1%2F..%2Fcustomers"] {
+        let (status, body, _) = session_status(&app, other, unknown).await;
+        assert_eq!((status, &body["error"]), (404, &foreign["error"]), "{unknown}: the same answer as another's");
+    }
+    assert_eq!(session_reads(&app, id).await, 0, "Stripe is not asked about ids that are not the caller's");
+    assert_eq!(requests_to(&app, "/v1/checkout/sessions/cs_test_a1NoSuchSession").await.len(), 0);
+    assert_eq!((app.tokens_of(owner).await, app.tokens_of(other).await), (0, 0), "nothing applied");
+
+    let response = app.client.get(app.url(&format!("{CHECKOUT}/session/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    // The owner's own call is answered (and credits).
+    let (status, body, _) = session_status(&app, owner, id).await;
+    assert_eq!((status, state(&body)), (200, (Some("paid"), Some(true), Some(110), Some(110))), "{body}");
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn the_status_is_rate_limited_per_user() {
+    let app = spawn_with(|v| {
+        v.insert("stripe_session_status_per_hour".into(), "3".into());
+    })
+    .await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let (user, other) = (app.create_user().await, app.create_user().await);
+    let session = start(&app, user, "tokens-small").await;
+    sessions.set(&session);
+    let id = session["id"].as_str().unwrap();
+
+    for _ in 0..3 {
+        let (status, body, _) = session_status(&app, user, id).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let reads = session_reads(&app, id).await;
+    // Unknown ids count too, so guessing cannot go on without bound.
+    let (status, body, retry_after) = session_status(&app, user, "cs_test_a1NoSuchSession").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(body["retry_after"].as_u64(), Some(retry_after));
+    let (status, _, _) = session_status(&app, user, id).await;
+    assert_eq!(status, 429);
+    assert_eq!(session_reads(&app, id).await, reads, "a refused call does not reach Stripe");
+
+    // Per user: another user is not limited by this one's calls.
+    let (status, body, _) = session_status(&app, other, "cs_test_a1NoSuchSession").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("checkout_session_not_found")));
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn the_success_page_activates_a_subscription_once() {
+    let app = spawn().await;
+    fake_stripe(&app, Duration::ZERO).await;
+    let sessions = Sessions::serve(&app).await;
+    let user = app.create_user().await;
+    let session = start(&app, user, "mystic-subscription").await;
+    let mut stripe_subscription = subscription("sub_1QtestSubscription", user, "active", false);
+    stripe_subscription["customer"] = session["customer"].clone();
+    Mock::given(method("GET"))
+        .and(path("/v1/subscriptions/sub_1QtestSubscription"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(stripe_subscription))
+        .mount(&app.stripe)
+        .await;
+    let paid = in_state(&session, "complete", "paid");
+    sessions.set(&paid);
+    let id = paid["id"].as_str().unwrap();
+
+    let (status, body, _) = session_status(&app, user, id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"session_id": id, "status": "paid", "credited": true, "held_for_review": false,
+               "product": "mystic-subscription", "mode": "subscription", "tokens_added": 0, "plan": "mystic", "balance": 0})
+    );
+    let reads = session_reads(&app, id).await;
+    let (status, again, _) = session_status(&app, user, id).await;
+    assert_eq!((status, &again), (200, &body));
+    assert_eq!(session_reads(&app, id).await, reads, "answered from the stored subscription");
+    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_subscriptions").await, 1);
 }

@@ -74,7 +74,7 @@ async fn signatures_are_verified_before_anything_is_written() {
         assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{case}: {answer}");
     }
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_events").await, 0, "nothing written");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_orders").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.stripe_orders WHERE user_id = '{user}'")).await, 0);
     assert_eq!(app.tokens_of(user).await, 0);
 
     // Inside the tolerance (with a margin for the test's own run time): accepted.
@@ -92,7 +92,7 @@ async fn signatures_are_verified_before_anything_is_written() {
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
 
     assert_eq!(app.tokens_of(user).await, 110);
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 1);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.token_ledger WHERE user_id = '{user}'")).await, 1);
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_events").await, 2);
     app.assert_ledger_consistent().await;
 }
@@ -117,7 +117,14 @@ async fn twenty_concurrent_deliveries_of_one_paid_event_credit_once() {
     assert_eq!(outcomes.iter().filter(|o| *o == "duplicate").count(), 19, "{outcomes:?}");
 
     assert_eq!(app.tokens_of(user).await, 300, "250 + 50 bonus, once");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'")
+        )
+        .await,
+        1
+    );
     let (status, tokens, _, _) = order_row(&app, session["id"].as_str().unwrap()).await;
     assert_eq!((status.as_str(), tokens), ("completed", 300));
     assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_events").await, 1);
@@ -202,7 +209,14 @@ async fn refunds_take_tokens_back_never_below_zero_and_record_the_shortfall() {
     let (_, answer) = deliver(&app, &full).await;
     assert_eq!(answer["outcome"], "duplicate");
     assert_eq!(order_row(&app, &session_id).await, ("refunded".into(), 650, 350, 300));
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger WHERE reason = 'refund'").await, 2);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'refund' AND user_id = '{user}'")
+        )
+        .await,
+        2
+    );
 
     // A refund of a charge that is no token order (a subscription invoice's) does nothing.
     let foreign = event("charge.refunded", refunded_charge(&random_id("ch_3Q"), "pi_3Qunknown", 999, 999));
@@ -265,7 +279,11 @@ async fn out_of_order_subscription_events_end_in_stripes_final_state() {
     assert!(row.get::<_, bool>(3), "the basil period (on the item) is stored");
     assert_eq!(row.get::<_, Uuid>(4), user);
     assert_eq!(plan_of(&app, user).await, "mystic");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.stripe_customers").await, 1, "customer mapped");
+    assert_eq!(
+        count(&app, &format!("SELECT count(*) FROM public.stripe_customers WHERE user_id = '{user}'")).await,
+        1,
+        "customer mapped"
+    );
 
     // The period ends: canceled. Its event arrives, then a late "updated" from before.
     *stripe_now.lock().unwrap() = subscription(sub, user, "canceled", true);
@@ -420,7 +438,7 @@ async fn only_a_payment_of_the_catalog_price_is_credited() {
         assert_eq!(review_of(&app, id).await.0, "review", "{reason}");
     }
     assert_eq!(app.tokens_of(user).await, 0, "nothing credited for any of them");
-    assert_eq!(count(&app, "SELECT count(*) FROM public.token_ledger").await, 0);
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM public.token_ledger WHERE user_id = '{user}'")).await, 0);
 
     // Paid at the catalog's price: credited.
     let paid = checkout_session(user, "tokens-small", "payment", "paid");
@@ -446,7 +464,7 @@ async fn disputes_take_tokens_back_exactly_once_and_won_disputes_give_them_back(
     let app = spawn().await;
     let user = app.create_user().await;
 
-    // Lost: everything still unspent is taken back, the rest is the shortfall.
+    // Lost: everything still unspent is taken back, the rest is the shortfall (a debt).
     let (session, pi) = bought(&app, user, "tokens-large").await;
     let spent: Value = app
         .db_client()
@@ -470,8 +488,11 @@ async fn disputes_take_tokens_back_exactly_once_and_won_disputes_give_them_back(
     // A refund after the chargeback takes nothing more.
     deliver(&app, &event("charge.refunded", refunded_charge(&charge, &pi, 1999, 1999))).await;
     assert_eq!(app.tokens_of(user).await, 0);
+    // What had been spent is owed; the next purchase would pay it first (another test).
+    assert_eq!(debt_of(&app, user).await, 300);
 
-    // Won: what was taken comes back.
+    // Won: what was taken comes back (another user, with no debt).
+    let user = app.create_user().await;
     let (session, pi) = bought(&app, user, "tokens-small").await;
     let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
     deliver(&app, &event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response"))).await;
@@ -518,5 +539,190 @@ async fn disputes_take_tokens_back_exactly_once_and_won_disputes_give_them_back(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(reasons, [("dispute_won".to_string(), 1), ("refund".to_string(), 4)]);
+    app.assert_ledger_consistent().await;
+}
+
+/// A user's debt (0 without a row).
+async fn debt_of(app: &StripeApp, user: Uuid) -> i32 {
+    app.db_client()
+        .await
+        .query_one("SELECT coalesce((SELECT amount FROM public.token_debts WHERE user_id = $1), 0)", &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn spend(app: &StripeApp, user: Uuid, units: i32, reference: &str) -> Value {
+    app.db_client()
+        .await
+        .query_one("SELECT public.spend_tokens_for($1, 'elevenlabs_tts', $2, $3)", &[&user, &units, &reference])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The case: the purchase's delivery failed, the operator refunded it in the
+/// Dashboard, then Stripe's retry (or reconcile) applied the purchase. The refund is kept
+/// and applied when the purchase arrives: no money back *and* tokens.
+#[tokio::test]
+async fn a_refund_before_its_purchase_is_applied_when_the_purchase_arrives() {
+    let app = spawn().await;
+    let user = app.create_user().await;
+    let session = checkout_session(user, "tokens-small", "payment", "paid");
+    let (session_id, pi) =
+        (session["id"].as_str().unwrap().to_string(), session["payment_intent"].as_str().unwrap().to_string());
+    let refund = event("charge.refunded", refunded_charge(&random_id("ch_3Q"), &pi, 499, 499));
+    let (status, answer) = deliver(&app, &refund).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("no_order")), "{answer}");
+    let (status, answer) = deliver(&app, &event("checkout.session.completed", session)).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
+    assert_eq!(app.tokens_of(user).await, 0, "credited and taken back in one step");
+    assert_eq!(order_row(&app, &session_id).await, ("refunded".into(), 110, 110, 0));
+    // A half refund kept the same way takes half.
+    let half = checkout_session(user, "tokens-small", "payment", "paid");
+    let pi = half["payment_intent"].as_str().unwrap().to_string();
+    deliver(&app, &event("charge.refunded", refunded_charge(&random_id("ch_3Q"), &pi, 499, 250))).await;
+    deliver(&app, &event("checkout.session.completed", half.clone())).await;
+    assert_eq!(app.tokens_of(user).await, 55);
+    assert_eq!(order_row(&app, half["id"].as_str().unwrap()).await, ("completed".into(), 110, 55, 0));
+    assert_eq!(debt_of(&app, user).await, 0);
+    app.assert_ledger_consistent().await;
+}
+
+/// Tokens bought, spent, then the charge lost in a dispute: what was spent is a debt,
+/// paid features answer `account_in_debt` while it lasts, and the next credit pays it
+/// first.
+#[tokio::test]
+async fn a_dispute_lost_after_the_tokens_were_spent_leaves_a_debt_the_next_credit_pays() {
+    // The premium voice configured (its upstream is never reached: the charge comes first).
+    let app = spawn_with(|vars| {
+        vars.insert("elevenlabs_api_key".into(), "xi-test-key".into());
+        vars.insert("elevenlabs_base_url".into(), "http://127.0.0.1:9".into());
+        vars.insert("elevenlabs_default_voice_id".into(), "21m00Tcm4TlvDq8ikWAM".into());
+    })
+    .await;
+    let user = app.create_user().await;
+    let (session, pi) = bought(&app, user, "tokens-small").await;
+    assert_eq!(spend(&app, user, 50_000, "tts-a").await["ok"], true); // 100 tokens
+    assert_eq!(app.tokens_of(user).await, 10);
+    let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
+    deliver(&app, &event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response"))).await;
+    deliver(&app, &event("charge.dispute.closed", dispute(&dp, &charge, &pi, 499, "lost"))).await;
+    assert_eq!((app.tokens_of(user).await, debt_of(&app, user).await), (0, 100));
+    assert_eq!(order_row(&app, &session).await, ("completed".into(), 110, 10, 100));
+
+    // Free tokens earned meanwhile pay the debt at the next spend; a debt left refuses it.
+    app.grant_tokens(user, 30).await;
+    let refused = spend(&app, user, 500, "tts-b").await;
+    assert_eq!((refused["ok"].as_bool(), refused["reason"].as_str()), (Some(false), Some("account_in_debt")));
+    assert_eq!((refused["debt"].as_i64(), refused["balance"].as_i64()), (Some(70), Some(0)));
+    assert_eq!((app.tokens_of(user).await, debt_of(&app, user).await), (0, 70));
+
+    // The next purchase pays the rest first.
+    bought(&app, user, "tokens-small").await;
+    assert_eq!((app.tokens_of(user).await, debt_of(&app, user).await), (40, 0));
+    assert_eq!(spend(&app, user, 500, "tts-c").await["ok"], true);
+    app.assert_ledger_consistent().await;
+
+    // The same through the paid endpoint: a premium voice call answers 402 account_in_debt.
+    let other = app.create_user().await;
+    let (_, pi) = bought(&app, other, "tokens-small").await;
+    assert_eq!(spend(&app, other, 55_000, "tts-d").await["ok"], true);
+    deliver(&app, &event("charge.refunded", refunded_charge(&random_id("ch_3Q"), &pi, 499, 499))).await;
+    assert_eq!((app.tokens_of(other).await, debt_of(&app, other).await), (0, 110));
+    let answer = app
+        .client
+        .post(app.url("/functions/v1/elevenlabs-tts-proxy"))
+        .bearer_auth(app.token_for(other))
+        .json(&json!({"text": "Breathe in.", "voice_id": "21m00Tcm4TlvDq8ikWAM"}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (402, Some("account_in_debt")), "{body}");
+    assert_eq!(body["debt"], 110);
+    app.assert_ledger_consistent().await;
+}
+
+/// The final balance, debt and order are the same for every arrival order of a
+/// purchase's events (all 24 orders of purchase, refund, dispute created and dispute
+/// closed, each delivered through the webhook, the first one delivered twice), for
+/// refunds and dispute outcomes that move the order in different directions.
+#[tokio::test]
+async fn every_arrival_order_of_a_purchases_events_ends_in_the_same_state() {
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for p in permutations(n - 1) {
+            for at in 0..=p.len() {
+                let mut q = p.clone();
+                q.insert(at, n - 1);
+                out.push(q);
+            }
+        }
+        out
+    }
+    let app = spawn().await;
+    // (refunded of 499 cents, dispute outcome, tokens left of the 40 + 110, order status)
+    let scenarios = [
+        (499, "lost", 40, "refunded"),
+        (250, "won", 95, "completed"),
+        (250, "lost", 40, "completed"),
+        (0, "won", 150, "completed"),
+    ];
+    // The scenarios run side by side (each its own users); the orders within one in turn.
+    let runs = join_all(scenarios.map(|(refunded, outcome, expected_tokens, expected_status)| {
+        let app = &app;
+        async move {
+            let mut runs = 0;
+            for order in permutations(4) {
+                let user = app.create_user().await;
+                // Tokens from elsewhere, part of them spent before any of these events.
+                app.grant_tokens(user, 60).await;
+                assert_eq!(spend(app, user, 10_000, "before").await["ok"], true); // 20 tokens
+                let session = checkout_session(user, "tokens-small", "payment", "paid");
+                let (session_id, pi) = (
+                    session["id"].as_str().unwrap().to_string(),
+                    session["payment_intent"].as_str().unwrap().to_string(),
+                );
+                let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
+                let events = [
+                    event("checkout.session.completed", session),
+                    if refunded > 0 {
+                        event("charge.refunded", refunded_charge(&charge, &pi, 499, refunded))
+                    } else {
+                        event("charge.succeeded", refunded_charge(&charge, &pi, 499, 0))
+                    },
+                    event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response")),
+                    event("charge.dispute.closed", dispute(&dp, &charge, &pi, 499, outcome)),
+                ];
+                for &i in order.iter().chain(order.first()) {
+                    let (status, answer) = deliver(app, &events[i]).await;
+                    assert_eq!(status, 200, "{order:?}: {answer}");
+                }
+                let target = if outcome == "lost" { 110 } else { 110 * refunded as i32 / 499 };
+                assert_eq!(
+                    (app.tokens_of(user).await, debt_of(app, user).await),
+                    (expected_tokens, 0),
+                    "{refunded} {outcome} {order:?}"
+                );
+                let (status, tokens, reversed, shortfall) = order_row(app, &session_id).await;
+                assert_eq!(
+                    (status.as_str(), tokens, reversed + shortfall),
+                    (expected_status, 110, target),
+                    "{order:?}"
+                );
+                runs += 1;
+            }
+            runs
+        }
+    }))
+    .await
+    .into_iter()
+    .sum::<i32>();
+    assert_eq!(runs, 96);
     app.assert_ledger_consistent().await;
 }

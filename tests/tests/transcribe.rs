@@ -88,7 +88,9 @@ fn browser_webm(blocks: usize, frame_bytes: usize) -> Vec<u8> {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            frame.push(if i % 97 == 0 {
+            frame.push(if i == 0 {
+                0x08 // the Opus TOC: one 20 ms frame
+            } else if i % 97 == 0 {
                 b'\r'
             } else if i % 97 == 1 {
                 b'\n'
@@ -292,7 +294,7 @@ async fn a_browser_form_comes_back_as_text_from_openai() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(
         answer.body,
-        json!({"text": TRANSCRIPT, "language": "en", "duration_seconds": 2.98, "provider": "openai"})
+        json!({"text": TRANSCRIPT, "language": "en", "duration_seconds": 3.0, "provider": "openai"})
     );
     assert!(answer.headers.get("x-request-id").is_some());
     assert_eq!(answer.headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
@@ -374,7 +376,7 @@ async fn openai_down_then_elevenlabs_answers() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(
         answer.body,
-        json!({"text": TRANSCRIPT, "language": "de", "duration_seconds": 1.98, "provider": "elevenlabs"})
+        json!({"text": TRANSCRIPT, "language": "de", "duration_seconds": 2.0, "provider": "elevenlabs"})
     );
 
     let parts = received_form(&eleven.received_requests().await.expect("recorded")[0]);
@@ -474,8 +476,8 @@ async fn hostile_inputs_are_refused_before_anything_is_spent() {
     .await;
     let user = app.create_user().await;
     let token = || Some(app.token_for(user));
-    let webm = browser_webm(50, 100); // 0.98 s
-    let long = browser_webm(200, 10); // 3.98 s
+    let webm = browser_webm(50, 100); // 1 s
+    let long = browser_webm(200, 10); // 4 s
     let ft = form_type();
     let now = chrono::Utc::now().timestamp();
     let guest = app.token_with_claims(json!({
@@ -631,7 +633,7 @@ async fn a_multi_megabyte_recording_arrives_intact() {
 
     let as_form = post_form(&app, user, &[("file", Some("blob"), Some("audio/webm;codecs=opus"), &webm)]).await;
     assert_eq!(as_form.status, 200, "{}", as_form.text);
-    assert_eq!(as_form.body["duration_seconds"], 79.98);
+    assert_eq!(as_form.body["duration_seconds"], 80.0);
     let raw = send(&app, Some(app.token_for(user)), Some("audio/webm"), "", webm.clone()).await;
     assert_eq!(raw.status, 200, "{}", raw.text);
 
@@ -639,5 +641,165 @@ async fn a_multi_megabyte_recording_arrives_intact() {
         let parts = received_form(&request);
         assert!(parts["file"].body == webm, "the recording arrives byte for byte");
     }
+    openai.verify().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Lengths measured from the audio, and metered in seconds
+// ---------------------------------------------------------------------------------------
+
+/// 16 kHz 16-bit mono PCM (32,000 bytes a second) of `secs` seconds, whose header then
+/// claims `byte_rate` and `data_size`.
+fn wav(secs: usize, byte_rate: u32, data_size: u32) -> Vec<u8> {
+    let data = vec![0u8; secs * 32_000];
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&[1, 0, 1, 0]);
+    out.extend_from_slice(&16_000u32.to_le_bytes());
+    out.extend_from_slice(&byte_rate.to_le_bytes());
+    out.extend_from_slice(&[2, 0, 16, 0]);
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_size.to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// `frames` MPEG-1 layer III frames (128 kbit/s, 44.1 kHz, 26 ms each), the first
+/// carrying a Xing tag that claims `xing_frames`.
+fn mp3(frames: usize, xing_frames: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..frames {
+        out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+        out.extend(std::iter::repeat_n(0x55, 413));
+    }
+    out[36..40].copy_from_slice(b"Xing");
+    out[40..44].copy_from_slice(&1u32.to_be_bytes());
+    out[44..48].copy_from_slice(&xing_frames.to_be_bytes());
+    out
+}
+
+/// Headers that lie about the length: each is refused before the quota and any upstream
+/// call, or measured at its true length (and then refused as too long).
+#[tokio::test]
+async fn lying_headers_are_refused_or_measured_at_their_true_length() {
+    let openai = MockServer::start().await;
+    let app = spawn(
+        Fakes { openai: Some(openai.uri()), elevenlabs: None },
+        &[("transcribe_max_duration_seconds", "60"), ("ai_quota_free_per_hour", "1")],
+    )
+    .await;
+    let user = app.create_user().await;
+    let token = || Some(app.token_for(user));
+
+    let mut webm_junk = browser_webm(50, 100);
+    webm_junk.extend_from_slice(&[0u8; 4096]);
+    let mut webm_vorbis = browser_webm(50, 100);
+    let at = webm_vorbis.windows(6).position(|w| w == b"A_OPUS").unwrap();
+    webm_vorbis[at..at + 6].copy_from_slice(b"A_VORB");
+    // A WebM whose 3,500 blocks of 20 ms (70 s) all carry timestamp 0, with a Duration of 1 s.
+    let mut webm_stamped_zero =
+        ebml(&[0x1A, 0x45, 0xDF, 0xA3], Some(&[[0x42, 0x82, 0x84].as_slice(), b"webm"].concat()));
+    webm_stamped_zero.extend(ebml(&[0x18, 0x53, 0x80, 0x67], None));
+    webm_stamped_zero
+        .extend(ebml(&[0x15, 0x49, 0xA9, 0x66], Some(&ebml(&[0x44, 0x89], Some(&1000.0f64.to_be_bytes())))));
+    webm_stamped_zero
+        .extend(ebml(&[0x16, 0x54, 0xAE, 0x6B], Some(&ebml(&[0xAE], Some(&ebml(&[0x86], Some(b"A_OPUS")))))));
+    webm_stamped_zero.extend(ebml(&[0x1F, 0x43, 0xB6, 0x75], None));
+    for _ in 0..3_500 {
+        webm_stamped_zero.extend(ebml(&[0xA3], Some(&[0x81, 0, 0, 0x80, 0x08, 1, 2, 3])));
+    }
+    let mut mp3_junk = mp3(10, 10);
+    mp3_junk.extend(std::iter::repeat_n(0x33, 2_000_000));
+
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        // 50 minutes of PCM whose byte rate claims 4 GB a second.
+        ("wav byte rate 0xFFFFFFFF", wav(3000 / 100, u32::MAX, 30 * 32_000), 422, "audio_length_unknown"),
+        // 90 s of PCM whose data size claims 1 s: the data counts.
+        ("wav data size too short", wav(90, 32_000, 32_000), 413, "audio_too_long"),
+        // 3,000 frames (78 s) whose Xing tag claims 10 (0.26 s).
+        ("mp3 xing claims 10 frames", mp3(3000, 10), 413, "audio_too_long"),
+        ("mp3 frames then 2 MB of junk", mp3_junk, 422, "audio_length_unknown"),
+        ("webm with junk after the blocks", webm_junk, 422, "audio_length_unknown"),
+        ("webm not opus", webm_vorbis, 422, "audio_length_unknown"),
+        ("webm duration 1 s, blocks stamped 0, 70 s of frames", webm_stamped_zero, 413, "audio_too_long"),
+    ];
+    for (what, body, status, code) in cases {
+        let answer = send(&app, token(), Some("application/octet-stream"), "", body).await;
+        assert_eq!(
+            (answer.status, answer.body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {}",
+            answer.text
+        );
+    }
+    assert!(openai.received_requests().await.expect("recorded").is_empty(), "nothing reached OpenAI");
+    let db = app.db_client().await;
+    let counted: i64 = db.query_one("select count(*) from public.ai_usage", &[]).await.unwrap().get(0);
+    let metered: i64 = db.query_one("select count(*) from public.ai_meter_usage", &[]).await.unwrap().get(0);
+    assert_eq!((counted, metered), (0, 0), "no quota taken for a refusal");
+
+    // The one allowed call still goes through: an honest 2 s WAV.
+    Mock::given(method("POST")).respond_with(transcript("ok")).expect(1).mount(&openai).await;
+    let ok = send(&app, token(), Some("audio/wav"), "", wav(2, 32_000, 2 * 32_000)).await;
+    assert_eq!((ok.status, &ok.body["duration_seconds"]), (200, &json!(2.0)), "{}", ok.text);
+    openai.verify().await;
+}
+
+/// Free transcription is metered in seconds of audio per hour: the measure is taken
+/// first, settled to what OpenAI reports, and a call that does not fit is refused with
+/// the limit's name and Retry-After.
+#[tokio::test]
+async fn seconds_of_audio_are_metered_and_settled_by_the_reported_duration() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"text": "ok", "usage": {"type": "duration", "seconds": 7.2}})),
+        )
+        .expect(2)
+        .mount(&openai)
+        .await;
+    let app =
+        spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("transcribe_free_seconds_per_hour", "20")])
+            .await;
+    let user = app.create_user().await;
+    let webm = browser_webm(150, 50); // 3 s measured; OpenAI reports 7.2 s
+    let db = app.db_client().await;
+    let used = || async {
+        db.query_one(
+            "select coalesce(sum(used), 0)::bigint from public.ai_meter_usage where meter = 'transcribe_seconds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+
+    for expected in [8, 16] {
+        let answer = send(&app, Some(app.token_for(user)), Some("audio/webm"), "", webm.clone()).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(used().await, expected, "billed by the reported 7.2 s, rounded up: {:?}", app.logs());
+    }
+    // 16 of 20 used: 3 more seconds fit, but a 5 s recording does not.
+    let five = browser_webm(250, 50);
+    let refused = send(&app, Some(app.token_for(user)), Some("audio/webm"), "", five).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (429, Some("quota_exceeded")),
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.body["limit_name"], "transcribe_seconds");
+    assert_eq!(
+        (&refused.body["limit"], &refused.body["used"], &refused.body["fallback"]),
+        (&json!(20), &json!(16), &json!("browser"))
+    );
+    let retry: u64 =
+        refused.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert_eq!(used().await, 16, "a refused call takes nothing");
     openai.verify().await;
 }

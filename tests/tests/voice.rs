@@ -1032,3 +1032,91 @@ async fn anonymous_paid_access_can_be_allowed() {
     assert_eq!(response.status().as_u16(), 200);
     openai.verify().await;
 }
+
+/// The free path reaches the premium provider only within the operator's monthly budget:
+/// OpenAI out of money (429 `insufficient_quota`) sends speech to ElevenLabs until the
+/// budget's characters are spent, then every user gets the browser fallback.
+#[tokio::test]
+async fn tts_reaches_elevenlabs_only_within_the_monthly_budget() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .set_body_json(json!({"error": {"code": "insufficient_quota", "message": "You exceeded your quota"}})),
+        )
+        .mount(&openai)
+        .await;
+    let eleven = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/text-to-speech/{DEFAULT_VOICE}/stream")))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .expect(2)
+        .mount(&eleven)
+        .await;
+    let app = spawn(
+        Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) },
+        &[("elevenlabs_free_fallback_chars_per_month", "45")],
+    )
+    .await;
+    let (user, other) = (app.create_user().await, app.create_user().await);
+    // 20 characters each: two fit in 45, the third does not, whoever asks.
+    for (who, text) in [(user, "Breathe in slowly 1."), (other, "Breathe in slowly 2.")] {
+        let answer = post(&app, TTS, who, &json!({"text": text})).await;
+        assert_eq!((answer.status, answer.header("x-tts-provider")), (200, Some("elevenlabs")), "{:?}", answer.json());
+    }
+    let refused = post(&app, TTS, user, &json!({"text": "Breathe in slowly 3."})).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.json());
+    assert_eq!(
+        (&refused.json()["fallback"], &refused.json()["reason"]),
+        (&json!("browser"), &json!("fallback_budget_exhausted"))
+    );
+    let used: i64 = app
+        .db_client()
+        .await
+        .query_one("select used from public.operator_budget_usage where budget = 'tts_elevenlabs_fallback_chars'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 40);
+    eleven.verify().await;
+}
+
+/// A cache miss's characters, weighted by the model, count against the user's hourly
+/// allowance: tts-1-hd counts double; a text that does not fit is refused with the
+/// limit's name and Retry-After, before any upstream call.
+#[tokio::test]
+async fn tts_characters_are_metered_by_model() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .mount(&openai)
+        .await;
+    let app =
+        spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("tts_free_chars_per_hour", "100")]).await;
+    let user = app.create_user().await;
+    let text = "a".repeat(30);
+    let ok = post(&app, TTS, user, &json!({"text": text, "model": "tts-1"})).await;
+    assert_eq!(ok.status, 200);
+    let hd = post(&app, TTS, user, &json!({"text": format!("{text}b"), "model": "tts-1-hd"})).await;
+    assert_eq!(hd.status, 200);
+    let used: i64 = app
+        .db_client()
+        .await
+        .query_one("select used from public.ai_meter_usage where user_id = $1 and meter = 'tts_chars'", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 30 + 2 * 31);
+    // 92 of 100: 9 more characters of tts-1-hd (18) do not fit.
+    let refused = post(&app, TTS, user, &json!({"text": "c".repeat(9), "model": "tts-1-hd"})).await;
+    let body = refused.json();
+    assert_eq!((refused.status, body["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{body}");
+    assert_eq!(
+        (&body["limit_name"], &body["requested"], &body["fallback"]),
+        (&json!("tts_chars"), &json!(18), &json!("browser"))
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(openai.received_requests().await.unwrap().len(), 2);
+}

@@ -51,7 +51,7 @@ impl Platform for CliPlatform {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let timeout = Some(request.timeout);
-        let response = if request.method == "GET" {
+        let response = if request.method == "GET" || request.method == "DELETE" {
             let http = builder.body(()).map_err(|e| OutboundError::Connection(e.to_string()))?;
             http.with_agent(&self.agent).configure().timeout_global(timeout).build().run()
         } else {

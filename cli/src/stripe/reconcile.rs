@@ -3,6 +3,8 @@
 //! (`libero_shared::stripe::reconcile`, through the webhook's exactly-once apply
 //! functions), in this process, straight against Postgres and Stripe, until nothing is
 //! left. So it works while the app is down or misconfigured, which is when it is needed.
+//! Each run stores its position after every page, so the command may be killed at any
+//! moment: the next one carries on, and applies nothing twice.
 
 use anyhow::{bail, Context, Result};
 use libero_shared::db::{DbError, SqlParam, SqlRow, SqlValue};
@@ -19,7 +21,9 @@ pub const USAGE: &str =
     "  libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
       apply the Stripe events the webhook missed (GET /v1/events from the stored cursor,
       each applied exactly once) and re-read stale subscriptions; runs until nothing is
-      left (--once: one bounded run, as the endpoint does). Reads Stripe, never writes it.
+      left (--once: one bounded run, as the endpoint does), printing its progress after
+      each run. Safe to stop at any moment: the next run carries on. Reads Stripe, never
+      writes it.
       key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY
       URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL";
 
@@ -74,7 +78,8 @@ pub async fn command(args: &[String]) -> Result<()> {
         let mut total = Report::default();
         for run in 1.. {
             let report = reconcile::run(&platform, limits.clone()).map_err(describe)?;
-            println!("run {run}: {}", report.to_json());
+            println!("run {run}: {}", progress(&report, platform.now_unix_ms() / 1000, limits.lookback_secs));
+            println!("  {}", report.to_json());
             total.seen += report.seen;
             total.applied += report.applied;
             total.duplicate += report.duplicate;
@@ -82,9 +87,15 @@ pub async fn command(args: &[String]) -> Result<()> {
             total.customers_checked += report.customers_checked;
             total.subscriptions_written += report.subscriptions_written;
             total.cursor = report.cursor.clone();
+            total.requests += report.requests;
             total.more = report.more;
             if once || !report.more {
                 break;
+            }
+            if report.rate_limited {
+                // Stripe asked to slow down (its limit is per second): a pause before the
+                // next run, so the account's other API traffic is not starved.
+                std::thread::sleep(RATE_LIMIT_PAUSE);
             }
         }
         anyhow::Ok(total)
@@ -94,27 +105,67 @@ pub async fn command(args: &[String]) -> Result<()> {
         "stopped; the cursor stays before what was not done, and running `libero stripe reconcile` again continues",
     )?;
     println!(
-        "done: {} event(s) seen, {} applied, {} already applied, {} recorded without effect; {} customer(s) re-read, {} subscription(s) updated{}",
+        "done: {} event(s) seen, {} applied, {} already applied, {} recorded without effect; {} customer(s) re-read, {} subscription(s) updated; {} Stripe request(s){}",
         total.seen,
         total.applied,
         total.duplicate,
         total.ignored,
         total.customers_checked,
         total.subscriptions_written,
+        total.requests,
         if total.more { "; more left (run again)" } else { "" }
     );
     Ok(())
 }
 
-fn describe(error: ApiError) -> anyhow::Error {
+/// How long the command waits after a run that Stripe rate-limited.
+const RATE_LIMIT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One run's line: what it did and where the walk is in Stripe's 30-day window.
+fn progress(report: &Report, now: i64, lookback_secs: i64) -> String {
+    let place = match &report.cursor {
+        Some((_, created)) => {
+            let behind = (now - created).max(0);
+            let through = 100 - (behind * 100 / lookback_secs.max(1)).clamp(0, 100);
+            format!("at an event from {} ago ({through}% through the window)", duration(behind))
+        }
+        None => match &report.settled {
+            Some(settled) => {
+                format!("no event yet; everything before {} ago read", duration((now - settled.created).max(0)))
+            }
+            None => "not started".to_string(),
+        },
+    };
+    format!(
+        "{} seen, {} applied, {} already applied, {} without effect, {} Stripe request(s); {place}{}{}",
+        report.seen,
+        report.applied,
+        report.duplicate,
+        report.ignored,
+        report.requests,
+        if report.more { "; more to do" } else { "; up to date" },
+        if report.rate_limited { " (Stripe rate limit: pausing)" } else { "" },
+    )
+}
+
+fn duration(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+pub(crate) fn describe(error: ApiError) -> anyhow::Error {
     anyhow::anyhow!("{} ({}): {}", error.status, error.code, error.message)
 }
 
 /// The CLI's Stripe platform plus the database, so the shared run works as in a component.
-struct DbPlatform {
-    http: CliPlatform,
-    db: tokio_postgres::Client,
-    handle: tokio::runtime::Handle,
+pub(crate) struct DbPlatform {
+    pub(crate) http: CliPlatform,
+    pub(crate) db: tokio_postgres::Client,
+    pub(crate) handle: tokio::runtime::Handle,
 }
 
 /// Any column, as the bytes Postgres sent (binary format).
@@ -214,6 +265,15 @@ impl Platform for DbPlatform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_says_where_the_walk_is() {
+        let mut report = Report { seen: 5, applied: 2, requests: 3, more: true, ..Report::default() };
+        report.cursor = Some(("evt_1".into(), 1_000_000 - 15 * 86_400));
+        let line = progress(&report, 1_000_000, 30 * 86_400);
+        assert!(line.starts_with("5 seen, 2 applied"), "{line}");
+        assert!(line.contains("15 days ago (50% through the window); more to do"), "{line}");
+    }
 
     #[test]
     fn arguments_parse() {

@@ -98,9 +98,12 @@ fn chat(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, Ap
         }
         return Ok(ApiResponse::json(200, &json!({ "reply": reply, "usage": null, "source": "fallback" })));
     };
-    quota::take(platform, &user, ENDPOINT.name)?;
+    let grant = quota::take_ai_text(platform, &user, ENDPOINT.name)?;
 
     messages.insert(0, ChatMessage::system(guidance::chat_system_prompt(ego_state.as_deref())));
+    // A stream's usage arrives after its answer has begun: it is metered at its bound.
+    let bound =
+        i64::from(MAX_REPLY_TOKENS) + messages.iter().map(|m| m.content.chars().count() as i64).sum::<i64>() / 4 + 1;
     let model = openai::model(platform, "openai_chat_model");
     let chat = ChatRequest {
         model: model.clone(),
@@ -111,11 +114,18 @@ fn chat(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, Ap
     };
     let retrier = client.retrier(platform);
     if body.stream {
-        let stream =
-            client.chat_stream(&retrier, &chat).map_err(|e| openai::unavailable(platform, ENDPOINT.name, &e))?;
+        let stream = client.chat_stream(&retrier, &chat).map_err(|e| {
+            quota::settle(platform, &user, &grant, 0);
+            openai::unavailable(platform, ENDPOINT.name, &e)
+        })?;
+        quota::settle(platform, &user, &grant, bound);
         return Ok(event_stream(SseRelay::new(stream, model)));
     }
-    let completion = client.chat(&retrier, &chat).map_err(|e| openai::unavailable(platform, ENDPOINT.name, &e))?;
+    let completion = client.chat(&retrier, &chat).map_err(|e| {
+        quota::settle(platform, &user, &grant, 0);
+        openai::unavailable(platform, ENDPOINT.name, &e)
+    })?;
+    quota::settle(platform, &user, &grant, quota::usage_tokens(&completion.usage).unwrap_or(bound));
     let model = if completion.model.is_empty() { model } else { completion.model };
     Ok(ApiResponse::json(
         200,

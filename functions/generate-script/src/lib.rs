@@ -54,12 +54,13 @@ fn generate(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     }
 
     let client = OpenAi::from_platform(platform)?;
-    // Only calls that reach the AI count against the quota; the local script is free.
-    if client.is_some() {
-        quota::take(platform, &user, ENDPOINT.name)?;
-    }
+    // Only calls that reach the AI count against the quotas; the local script is free.
+    let grant = client.as_ref().map(|_| quota::take_ai_text(platform, &user, ENDPOINT.name)).transpose()?;
     let model = openai::model(platform, "openai_script_model");
-    let (script, source) = scripts::generate(platform, client.as_ref(), &model, &script_request);
+    let (script, source, used) = scripts::generate(platform, client.as_ref(), &model, &script_request);
+    if let Some(grant) = &grant {
+        quota::settle(platform, &user, grant, used);
+    }
     let answer = match source {
         Source::OpenAi { model } => json!({ "script": script, "source": "openai", "model": model }),
         Source::Fallback { reason } => json!({ "script": script, "source": "fallback", "reason": reason }),

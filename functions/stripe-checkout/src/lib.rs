@@ -1,11 +1,13 @@
 //! `stripe-checkout`: the catalog (`GET /products`), a Checkout Session for a product
-//! (`POST /`), and the Billing Portal (`POST /portal`). The rules live in
+//! (`POST /`), the state of the user's own session for the page Stripe returns them to
+//! (`GET /session/{id}`), and the Billing Portal (`POST /portal`). The rules live in
 //! `libero_shared::stripe`; this crate parses requests and maps results.
 
 use libero_shared::db;
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::stripe::catalog::{self, Prices};
 use libero_shared::stripe::checkout::{self, CheckoutRequest};
+use libero_shared::stripe::status;
 use libero_shared::{auth, validate, Platform};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,6 +17,7 @@ pub const ENDPOINT: Endpoint = Endpoint {
     routes: &[
         Route { method: "POST", path: "/", handler: create_checkout },
         Route { method: "GET", path: "/products", handler: list_products },
+        Route { method: "GET", path: "/session/{id}", handler: session_status },
         Route { method: "POST", path: "/portal", handler: create_portal },
     ],
     body_limit: DEFAULT_BODY_LIMIT,
@@ -78,6 +81,15 @@ fn create_checkout(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiR
     )?;
     let session = checkout::start_checkout(platform, &user, &checkout_request, &request_key(request)?)?;
     Ok(ApiResponse::json(200, &json!({ "session_id": session.session_id, "url": session.url })))
+}
+
+/// The route matched `/session/{id}`, so segment 1 is there; an id that cannot be a
+/// session is the shared code's 404.
+fn session_status(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
+    let user = auth::authenticate(request, platform)?;
+    let session_id = request.path_segment(1).unwrap_or("");
+    let answer = status::session_status(platform, &user, session_id)?;
+    Ok(ApiResponse::json(200, &answer).with_header("cache-control", "no-store"))
 }
 
 fn create_portal(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {

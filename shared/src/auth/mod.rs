@@ -2,27 +2,31 @@
 //!
 //! Every user-facing endpoint calls [`authenticate`]: it reads `Authorization: Bearer
 //! <token>`, verifies the JWS signature (HS256 with the project's legacy JWT secret, or
-//! ES256 with a key from the project's JWKS), then the claims Supabase puts in a user's
-//! access token (`exp`, `nbf`, `aud`, `role`, `sub`). Only then is the payload trusted.
+//! ES256 or RS256 with a key from the project's JWKS), then the claims Supabase puts in a
+//! user's access token (`exp`, `nbf`, `aud`, `role`, `sub`). Only then is the payload
+//! trusted. Service-only endpoints call [`authenticate_service`] instead (`service.rs`).
 //!
 //! The token is attacker-controlled input: nothing here panics on it, nothing about it is
 //! echoed back or logged, and the algorithm is chosen by the server's configuration, not
-//! by the token (an HS256 token is only ever checked against the HS256 secret, so a public
-//! ES256 key can never be abused as an HMAC key).
+//! by the token: an HS256 token is only ever checked against the HS256 secret, so a public
+//! key can never be abused as an HMAC key, and a JWKS key verifies only the one algorithm
+//! its type names (an RS256 token naming an EC key's `kid` is refused, and so on).
 
 mod jwks;
+mod remote;
+mod service;
 
 use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::Signature;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-pub use jwks::Jwks;
+pub use jwks::{Jwks, PublicKey};
+pub use remote::RemoteJwks;
+pub use service::{authenticate_service, PUBLISHABLE_KEY_PREFIX, SECRET_KEY_PREFIX};
 
 use crate::{config, ApiError, ApiRequest, Platform};
 
@@ -49,14 +53,18 @@ pub struct AuthenticatedUser {
     pub is_anonymous: bool,
 }
 
-/// How tokens are verified: from the Spin variables `supabase_jwt_secret`, `supabase_jwks`
-/// and `jwt_audience`.
+/// How tokens are verified: from the Spin variables `supabase_jwt_secret`, `supabase_jwks`,
+/// `supabase_jwks_url` (with `jwks_max_age_seconds`, `jwks_min_refresh_seconds`) and
+/// `jwt_audience`.
 #[derive(Clone)]
 pub struct AuthConfig {
     /// The legacy JWT secret; Supabase uses the string's bytes as the HMAC key.
     pub hs256_secret: Option<Vec<u8>>,
-    /// The project's signing keys, for projects on asymmetric (ES256) keys.
+    /// The project's signing keys, for projects on asymmetric (ES256, RS256) keys: those of
+    /// `supabase_jwks`, and once [`AuthConfig::load_signing_keys`] ran, the fetched ones.
     pub jwks: Option<Jwks>,
+    /// Where the project publishes its JWKS, when keys are fetched rather than pinned.
+    pub remote_jwks: Option<RemoteJwks>,
     pub audience: String,
     pub leeway_secs: i64,
 }
@@ -67,6 +75,7 @@ impl fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "<redacted>"))
             .field("jwks", &self.jwks)
+            .field("remote_jwks", &self.remote_jwks)
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
             .finish()
@@ -88,16 +97,68 @@ impl AuthConfig {
         };
         // `{"keys":[]}` (what a project without asymmetric keys publishes) verifies nothing.
         let jwks = jwks.filter(|jwks| !jwks.is_empty());
-        if hs256_secret.is_none() && jwks.is_none() {
+        let remote_jwks = RemoteJwks::from_platform(platform)?;
+        if hs256_secret.is_none() && jwks.is_none() && remote_jwks.is_none() {
             return Err(ApiError::config_missing("supabase_jwt_secret"));
         }
         Ok(AuthConfig {
             hs256_secret,
             jwks,
+            remote_jwks,
             audience: config::or_default(platform, "jwt_audience", USER_ROLE),
             leeway_secs: DEFAULT_LEEWAY_SECS,
         })
     }
+
+    /// Adds the fetched JWKS (see `remote.rs`) to the keys, when `token` is an asymmetric
+    /// one whose `kid` the pinned `supabase_jwks` does not hold. HS256 and malformed
+    /// tokens cost no statement: verification refuses or accepts them without a JWKS.
+    pub fn load_signing_keys(&mut self, platform: &dyn Platform, token: &str) -> Result<(), ApiError> {
+        let Some(remote) = &self.remote_jwks else {
+            return Ok(());
+        };
+        let Some((alg, kid)) = token_key_hint(token) else {
+            return Ok(());
+        };
+        if !matches!(alg.as_str(), "ES256" | "RS256") {
+            return Ok(());
+        }
+        let pinned = self.jwks.as_ref();
+        if kid.as_deref().is_some_and(|kid| pinned.is_some_and(|jwks| jwks.has_kid(kid))) {
+            return Ok(());
+        }
+        match remote.load(platform, kid.as_deref())? {
+            Some(fetched) => {
+                self.jwks = Some(match self.jwks.take() {
+                    Some(pinned) => pinned.merged(&fetched),
+                    None => fetched,
+                });
+            }
+            // Only before the first fetch ever succeeded (or while another instance makes
+            // it): not the token's fault, so not a 401 that would sign the user out.
+            None if self.jwks.is_none() => {
+                return Err(ApiError::service_unavailable(
+                    "signing_keys_unavailable",
+                    "The server could not load the project's signing keys yet; retry in a few seconds.",
+                )
+                .with_header("retry-after", "5"));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// The `alg` and `kid` of a token's header, when it has a decodable one; nothing is
+/// trusted from it beyond choosing which keys to load.
+fn token_key_hint(token: &str) -> Option<(String, Option<String>)> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let header = decode_json_object(token.split('.').next()?).ok()?;
+    let alg = header.get("alg")?.as_str()?.to_string();
+    let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
+    Some((alg, kid))
 }
 
 /// Why a token was refused. Every variant is a 401 with its own code; the messages say
@@ -175,8 +236,14 @@ impl From<AuthError> for ApiError {
 /// The signed-in user behind a request, or the 401 to answer with (500 when the server's
 /// auth settings are missing or invalid).
 pub fn authenticate(request: &ApiRequest, platform: &dyn Platform) -> Result<AuthenticatedUser, ApiError> {
-    let config = AuthConfig::from_platform(platform)?;
+    let mut config = AuthConfig::from_platform(platform)?;
     let token = bearer_token(request.header("authorization"))?;
+    // Supabase's new API keys are not JWTs and never name a user: a client without a
+    // session that sends one as a Bearer token is told so, not that the JWT is malformed.
+    if token.starts_with(SECRET_KEY_PREFIX) || token.starts_with(PUBLISHABLE_KEY_PREFIX) {
+        return Err(AuthError::WrongRole.into());
+    }
+    config.load_signing_keys(platform, token)?;
     let now_unix = platform.now_unix_ms().div_euclid(1000);
     Ok(verify_access_token(token, &config, now_unix)?)
 }
@@ -200,7 +267,7 @@ pub fn require_paid_access(platform: &dyn Platform, user: &AuthenticatedUser) ->
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
+pub(crate) fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
     let header = header.map(str::trim).unwrap_or("");
     if header.is_empty() {
         return Err(AuthError::MissingToken);
@@ -221,30 +288,17 @@ pub fn verify_access_token(token: &str, config: &AuthConfig, now_unix: i64) -> R
     check_claims(&claims, config, now_unix)
 }
 
-/// The role of Supabase's server-to-server key (the `service_role` key, or a token minted
-/// with that role): operators' jobs such as the Stripe reconciler.
+/// The role of Supabase's legacy server-to-server key (the `service_role` key, or a token
+/// minted with that role): operators' jobs such as the Stripe reconciler.
 pub const SERVICE_ROLE: &str = "service_role";
-
-/// The caller of a service-only endpoint, proven by a `service_role` token signed with the
-/// project's key and not expired. Supabase's service key carries no `aud` and no `sub`, so
-/// neither is asked for. A signed-in user's token is refused with 403 `service_role_required`.
-pub fn authenticate_service(request: &ApiRequest, platform: &dyn Platform) -> Result<(), ApiError> {
-    let config = AuthConfig::from_platform(platform)?;
-    let token = bearer_token(request.header("authorization"))?;
-    let now_unix = platform.now_unix_ms().div_euclid(1000);
-    let claims = verified_claims(token, &config, now_unix).map_err(ApiError::from)?;
-    if claims.get("role").and_then(Value::as_str) != Some(SERVICE_ROLE) {
-        return Err(ApiError::forbidden(
-            "service_role_required",
-            "This endpoint is for the project's server jobs: send the service_role key as `Authorization: Bearer <key>`.",
-        ));
-    }
-    Ok(())
-}
 
 /// The claims of a token whose signature verifies and whose `exp` (required) and `nbf`
 /// have not passed; nothing else is checked here.
-fn verified_claims(token: &str, config: &AuthConfig, now_unix: i64) -> Result<Map<String, Value>, AuthError> {
+pub(crate) fn verified_claims(
+    token: &str,
+    config: &AuthConfig,
+    now_unix: i64,
+) -> Result<Map<String, Value>, AuthError> {
     let claims = signed_claims(token, config)?;
     check_times(&claims, config, now_unix)?;
     Ok(claims)
@@ -281,7 +335,7 @@ fn signed_claims(token: &str, config: &AuthConfig) -> Result<Map<String, Value>,
             // `verify_slice` compares in constant time (and rejects a wrong length).
             mac.verify_slice(&signature).map_err(|_| AuthError::InvalidSignature)?;
         }
-        Some("ES256") => {
+        Some(alg @ ("ES256" | "RS256")) => {
             let jwks = config.jwks.as_ref().ok_or(AuthError::UnsupportedAlgorithm)?;
             let kid = match header.get("kid") {
                 None => None,
@@ -289,11 +343,16 @@ fn signed_claims(token: &str, config: &AuthConfig) -> Result<Map<String, Value>,
                 Some(_) => return Err(AuthError::MalformedToken),
             };
             let key = jwks.find(kid).ok_or(AuthError::UnknownKey)?;
-            // JWS carries ES256 signatures as raw r||s (RFC 7518 §3.4), not DER.
-            let signature = Signature::from_slice(&signature).map_err(|_| AuthError::InvalidSignature)?;
-            key.verify(signing_input.as_bytes(), &signature).map_err(|_| AuthError::InvalidSignature)?;
+            // The key's type decides the algorithm; a token claiming another is refused
+            // before any verification work.
+            if key.algorithm() != alg {
+                return Err(AuthError::UnsupportedAlgorithm);
+            }
+            if !key.verify(signing_input.as_bytes(), &signature) {
+                return Err(AuthError::InvalidSignature);
+            }
         }
-        // `none`, HS384/512, RS*, PS*, EdDSA, a missing or non-string alg: never accepted.
+        // `none`, HS384/512, RS384/512, PS*, EdDSA, a missing or non-string alg: never accepted.
         _ => return Err(AuthError::UnsupportedAlgorithm),
     }
 

@@ -76,13 +76,20 @@ fn jwks(keys: &[Value]) -> Jwks {
 }
 
 fn secret_config() -> AuthConfig {
-    AuthConfig { hs256_secret: Some(SECRET.into()), jwks: None, audience: "authenticated".into(), leeway_secs: 30 }
+    AuthConfig {
+        hs256_secret: Some(SECRET.into()),
+        jwks: None,
+        remote_jwks: None,
+        audience: "authenticated".into(),
+        leeway_secs: 30,
+    }
 }
 
 fn jwks_config() -> AuthConfig {
     AuthConfig {
         hs256_secret: None,
         jwks: Some(jwks(&[jwk(&key(1), "k1"), jwk(&key(2), "k2")])),
+        remote_jwks: None,
         audience: "authenticated".into(),
         leeway_secs: 30,
     }
@@ -207,7 +214,7 @@ fn alg_none_and_other_algorithms_are_refused() {
         json!("hs256"),
         json!("HS512"),
         json!("HS384"),
-        json!("RS256"),
+        json!("RS384"),
         json!("PS256"),
         json!("ES384"),
         json!("EdDSA"),
@@ -451,21 +458,31 @@ fn config_comes_from_spin_variables() {
     let empty_jwks = FakePlatform::with_vars(&[("supabase_jwks", r#"{"keys":[]}"#)]);
     assert_eq!(AuthConfig::from_platform(&empty_jwks).unwrap_err().code, "config_missing");
 
-    for broken in ["not json", "[]", r#"{"keys":{}}"#, r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#] {
+    for broken in [
+        "not json",
+        "[]",
+        r#"{"keys":{}}"#,
+        r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#,
+        // A 16-bit "RSA key": far below the 2048 bits accepted.
+        r#"{"keys":[{"kty":"RSA","kid":"rsa","n":"AQAB","e":"AQAB","alg":"RS256"}]}"#,
+        r#"{"keys":[{"kty":"RSA","kid":"rsa","e":"AQAB"}]}"#,
+    ] {
         let platform = FakePlatform::with_vars(&[("supabase_jwks", broken)]);
         let error = AuthConfig::from_platform(&platform).unwrap_err();
         assert_eq!((error.status, error.code), (500, "config_invalid"), "jwks {broken}");
     }
 
     let document = json!({ "keys": [
-        {"kty": "RSA", "kid": "rsa", "n": "AQAB", "e": "AQAB", "alg": "RS256"},
+        {"kty": "RSA", "kid": "rsa-enc", "n": "AQAB", "e": "AQAB", "use": "enc"},
+        {"kty": "RSA", "kid": "rsa-ps", "n": "AQAB", "e": "AQAB", "alg": "PS256"},
+        {"kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA"},
         {"kty": "oct", "kid": "legacy", "k": "c2VjcmV0"},
         jwk(&key(1), "k1"),
     ]});
     let platform = FakePlatform::with_vars(&[("supabase_jwks", &document.to_string()), ("jwt_audience", "libero")]);
     let config = AuthConfig::from_platform(&platform).unwrap();
     assert!(config.hs256_secret.is_none());
-    assert_eq!(config.jwks.as_ref().map(Jwks::len), Some(1), "only the EC P-256 key is kept");
+    assert_eq!(config.jwks.as_ref().map(Jwks::len), Some(1), "only the ES256 signing key is kept");
     assert_eq!((config.audience.as_str(), config.leeway_secs), ("libero", 30));
 
     let config = AuthConfig::from_platform(&secret_platform()).unwrap();

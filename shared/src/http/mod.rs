@@ -26,7 +26,9 @@ pub struct Endpoint {
     pub body_limit: usize,
 }
 
-/// A path below the endpoint's base (`/` for the base itself) and the method it takes.
+/// A path below the endpoint's base (`/` for the base itself) and the method it takes. A
+/// segment written `{name}` matches any one non-empty segment (the handler reads it with
+/// [`ApiRequest::path_segment`]).
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
@@ -67,7 +69,8 @@ pub fn dispatch(endpoint: &Endpoint, request: &ApiRequest, platform: &dyn Platfo
 
 fn route(endpoint: &Endpoint, request: &ApiRequest) -> Result<Handler, ApiError> {
     let path = request.path.trim_end_matches('/');
-    let on_path: Vec<&Route> = endpoint.routes.iter().filter(|r| r.path.trim_end_matches('/') == path).collect();
+    let on_path: Vec<&Route> =
+        endpoint.routes.iter().filter(|r| path_matches(r.path.trim_end_matches('/'), path)).collect();
     if on_path.is_empty() {
         return Err(ApiError::not_found(
             "route_not_found",
@@ -80,6 +83,20 @@ fn route(endpoint: &Endpoint, request: &ApiRequest) -> Result<Handler, ApiError>
             let mut allowed: Vec<&str> = on_path.iter().map(|r| r.method).collect();
             allowed.push("OPTIONS");
             Err(ApiError::method_not_allowed(&allowed))
+        }
+    }
+}
+
+/// Whether `path` is `pattern`, segment by segment, a `{name}` segment matching any
+/// non-empty one.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut pattern, mut path) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') && !s.is_empty() => {}
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
         }
     }
 }

@@ -29,6 +29,12 @@ impl ApiRequest {
         })
     }
 
+    /// The `index`th segment of the path below the endpoint's base (`/session/cs_1`: 0 is
+    /// `session`, 1 is `cs_1`), as sent (not percent-decoded).
+    pub fn path_segment(&self, index: usize) -> Option<&str> {
+        self.path.trim_matches('/').split('/').nth(index).filter(|s| !s.is_empty())
+    }
+
     /// Decodes a JSON body into `T`, naming the offending field on failure.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if let Some(content_type) = self.header("content-type") {

@@ -18,6 +18,7 @@ const ENDPOINT: Endpoint = Endpoint {
         Route { method: "POST", path: "/", handler: ok_handler },
         Route { method: "GET", path: "/products", handler: ok_handler },
         Route { method: "POST", path: "/fail", handler: failing_handler },
+        Route { method: "GET", path: "/item/{id}", handler: ok_handler },
     ],
     body_limit: 1024,
 };
@@ -36,6 +37,20 @@ fn routes_by_path_and_method() {
     let response = dispatch(&ENDPOINT, &request("GET", "/products/"), &platform);
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-request-id"), Some("req-1"));
+}
+
+#[test]
+fn a_named_segment_matches_one_non_empty_segment() {
+    let platform = FakePlatform::with_vars(&[]);
+    let status = |method: &str, path: &str| dispatch(&ENDPOINT, &request(method, path), &platform).status;
+    assert_eq!(status("GET", "/item/cs_1"), 200);
+    assert_eq!(status("GET", "/item/cs_1/"), 200);
+    assert_eq!(status("POST", "/item/cs_1"), 405);
+    for missing in ["/item", "/item/", "/item//", "/item/a/b", "/items/a"] {
+        assert_eq!(status("GET", missing), 404, "{missing}");
+    }
+    assert_eq!(request("GET", "/item/cs_1/").path_segment(1), Some("cs_1"));
+    assert_eq!(request("GET", "/item").path_segment(1), None);
 }
 
 #[test]

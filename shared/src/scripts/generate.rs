@@ -32,16 +32,20 @@ pub enum Source {
 }
 
 /// A script from the model when it is configured and answers validly, else the fallback.
-/// Never fails: the app always gets a usable script.
+/// Never fails: the app always gets a usable script. With it, the tokens every answer
+/// cost (its `usage`; the request's bound, `max_tokens` and the prompt, when an answer
+/// does not say), to meter the call by.
 pub fn generate(
     platform: &dyn Platform,
     client: Option<&OpenAi>,
     model: &str,
     request: &ScriptRequest,
-) -> (Script, Source) {
-    let fallback =
-        |reason| (fallback_script(&request.ego_state, request.duration_minutes), Source::Fallback { reason });
-    let Some(client) = client else { return fallback("not_configured") };
+) -> (Script, Source, i64) {
+    let mut used: i64 = 0;
+    let fallback = |reason, used| {
+        (fallback_script(&request.ego_state, request.duration_minutes), Source::Fallback { reason }, used)
+    };
+    let Some(client) = client else { return fallback("not_configured", 0) };
     let chat = ChatRequest {
         model: model.to_string(),
         messages: vec![
@@ -57,15 +61,19 @@ pub fn generate(
         temperature: 0.8,
         json_schema: Some(("session_script", json_schema())),
     };
+    let bound = i64::from(chat.max_tokens)
+        + chat.messages.iter().map(|m| m.content.chars().count() as i64).sum::<i64>() / 4
+        + 1;
     // One deadline for both answers.
     let retrier = client.retrier(platform);
     for answer in 1..=MAX_ANSWERS {
         match client.chat(&retrier, &chat) {
             Ok(completion) => {
+                used += crate::quota::usage_tokens(&completion.usage).unwrap_or(bound);
                 match parse_and_validate(&completion.content, &request.ego_state, request.duration_minutes) {
                     Ok(script) => {
                         let model = if completion.model.is_empty() { model.to_string() } else { completion.model };
-                        return (script, Source::OpenAi { model });
+                        return (script, Source::OpenAi { model }, used);
                     }
                     Err(rule) => platform.log(&format!("generate-script: answer {answer} invalid: {rule}")),
                 }
@@ -76,9 +84,9 @@ pub fn generate(
             Err(error @ OpenAiError::Upstream(_)) => {
                 // The retrier has already spent the attempts and the deadline.
                 platform.log(&format!("generate-script: openai {}", error.summary()));
-                return fallback("upstream_unavailable");
+                return fallback("upstream_unavailable", used);
             }
         }
     }
-    fallback("invalid_output")
+    fallback("invalid_output", used)
 }

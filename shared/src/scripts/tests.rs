@@ -93,8 +93,8 @@ mod generation {
     #[test]
     fn no_client_is_the_fallback() {
         let platform = FakePlatform::with_vars(&[]);
-        let (script, source) = generate(&platform, None, "m", &request());
-        assert_eq!(source, Source::Fallback { reason: "not_configured" });
+        let (script, source, used) = generate(&platform, None, "m", &request());
+        assert_eq!((source, used), (Source::Fallback { reason: "not_configured" }, 0));
         assert_eq!(script, fallback_script("sage", 3));
     }
 
@@ -104,7 +104,7 @@ mod generation {
         answer(&platform, "{}");
         answer(&platform, &model_answer(&ALL, 30));
         let client = OpenAi::from_platform(&platform).unwrap();
-        let (script, source) = generate(&platform, client.as_ref(), "m", &request());
+        let (script, source, _) = generate(&platform, client.as_ref(), "m", &request());
         assert_eq!(source, Source::OpenAi { model: "m-1".into() });
         assert_eq!(script.title, "Calm Waters");
 
@@ -113,9 +113,32 @@ mod generation {
         answer(&platform, "still not a script");
         answer(&platform, &model_answer(&ALL, 30));
         let client = OpenAi::from_platform(&platform).unwrap();
-        let (_, source) = generate(&platform, client.as_ref(), "m", &request());
+        let (_, source, _) = generate(&platform, client.as_ref(), "m", &request());
         assert_eq!(source, Source::Fallback { reason: "invalid_output" });
         assert_eq!(platform.sent.borrow().len(), 2);
+    }
+
+    #[test]
+    fn every_answer_counts_by_its_usage_or_else_its_bound() {
+        let platform = platform();
+        let with_usage = |content: &str, total: u64| {
+            let body = json!({ "model": "m-1", "choices": [{ "message": { "content": content } }],
+                               "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": total } });
+            platform.push_upstream(200, &[], body.to_string().as_bytes());
+        };
+        with_usage("{}", 1000);
+        with_usage(&model_answer(&ALL, 30), 2500);
+        let client = OpenAi::from_platform(&platform).unwrap();
+        let (_, source, used) = generate(&platform, client.as_ref(), "m", &request());
+        assert_eq!((source, used), (Source::OpenAi { model: "m-1".into() }, 3500));
+
+        // No usage in the answers: each counts as its request's bound.
+        let platform = self::platform();
+        answer(&platform, "{}");
+        answer(&platform, "{}");
+        let client = OpenAi::from_platform(&platform).unwrap();
+        let (_, _, used) = generate(&platform, client.as_ref(), "m", &request());
+        assert!(used > 2 * i64::from(max_tokens(3)), "{used}");
     }
 
     #[test]
@@ -125,7 +148,7 @@ mod generation {
             platform.push_upstream(502, &[], b"");
         }
         let client = OpenAi::from_platform(&platform).unwrap();
-        let (_, source) = generate(&platform, client.as_ref(), "m", &request());
+        let (_, source, _) = generate(&platform, client.as_ref(), "m", &request());
         assert_eq!(source, Source::Fallback { reason: "upstream_unavailable" });
         assert_eq!(platform.sent.borrow().len(), 3);
     }

@@ -294,6 +294,21 @@ pub fn start_checkout(
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| ApiError::bad_gateway("stripe_unavailable", "Stripe answered without a checkout URL."))?;
+    // Whose session this is, for the status endpoint (`status`), which answers only the
+    // user it was made for. Without the record the customer could not be shown the
+    // purchase on return, so a failure here is the request's failure; a retry with the
+    // same key gets the same session from Stripe and records it then.
+    db::query_json(
+        platform,
+        "select public.stripe_record_checkout_session($1::text, $2::uuid, $3::text, $4::text)",
+        &[
+            SqlParam::Text(session_id.clone()),
+            SqlParam::Uuid(user.user_id.clone()),
+            SqlParam::Text(product.key.to_string()),
+            SqlParam::Text(product.checkout_mode().to_string()),
+        ],
+    )
+    .map_err(|e| db::report(platform, "stripe_record_checkout_session", e))?;
     Ok(CheckoutSession { session_id, url })
 }
 

@@ -81,6 +81,11 @@ impl StripeError {
     pub fn is_missing(&self) -> bool {
         matches!(self, StripeError::Api { status: 404, .. })
     }
+
+    /// Stripe asked us to slow down (429, after the client's one retry).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, StripeError::Api { status: 429, .. })
+    }
 }
 
 impl From<StripeError> for ApiError {
@@ -181,12 +186,24 @@ impl<'a> StripeClient<'a> {
     /// performs the operation at most once however many attempts reach it.
     pub fn post(&self, path: &str, form: &Form, idempotency_key: &str) -> Result<Value, StripeError> {
         let request = self.request("POST", path).header("idempotency-key", idempotency_key).form_body(form.encode());
-        self.send(request)
+        self.send(request, MAX_RESPONSE_BYTES)
     }
 
     /// `GET /v1/<path>`.
     pub fn get(&self, path: &str) -> Result<Value, StripeError> {
-        self.send(self.request("GET", path))
+        self.send(self.request("GET", path), MAX_RESPONSE_BYTES)
+    }
+
+    /// `GET /v1/<path>` for an answer that may be larger than one object's limit (a list
+    /// page of up to `max_bytes`).
+    pub fn get_large(&self, path: &str, max_bytes: usize) -> Result<Value, StripeError> {
+        self.send(self.request("GET", path), max_bytes.max(MAX_RESPONSE_BYTES))
+    }
+
+    /// `DELETE /v1/<path>`. Deleting is idempotent in itself (a second call finds the
+    /// object gone: `resource_missing`), so no Idempotency-Key.
+    pub fn delete(&self, path: &str) -> Result<Value, StripeError> {
+        self.send(self.request("DELETE", path), MAX_RESPONSE_BYTES)
     }
 
     fn request(&self, method: &'static str, path: &str) -> OutboundRequest {
@@ -197,10 +214,10 @@ impl<'a> StripeClient<'a> {
             .timeout(ATTEMPT_TIMEOUT)
     }
 
-    fn send(&self, request: OutboundRequest) -> Result<Value, StripeError> {
+    fn send(&self, request: OutboundRequest, max_bytes: usize) -> Result<Value, StripeError> {
         let mut attempt = 1;
         loop {
-            let result = self.attempt(request.clone());
+            let result = self.attempt(request.clone(), max_bytes);
             match &result {
                 Err((error, retryable)) if *retryable && attempt < ATTEMPTS => {
                     self.log_failure(&request, error);
@@ -218,7 +235,7 @@ impl<'a> StripeClient<'a> {
     }
 
     /// One attempt; an error comes with whether retrying may help.
-    fn attempt(&self, request: OutboundRequest) -> Result<Value, (StripeError, bool)> {
+    fn attempt(&self, request: OutboundRequest, max_bytes: usize) -> Result<Value, (StripeError, bool)> {
         let response = self.platform.send(request).map_err(|e| {
             let retryable = e.is_transient();
             (StripeError::Transport(e), retryable)
@@ -230,7 +247,7 @@ impl<'a> StripeClient<'a> {
             Some(value) => value.eq_ignore_ascii_case("true"),
             None => status == 409 || status == 429 || status >= 500,
         };
-        let body = response.read_all(MAX_RESPONSE_BYTES).map_err(|e| {
+        let body = response.read_all(max_bytes).map_err(|e| {
             let retryable = e.is_transient();
             (StripeError::Transport(e), retryable)
         })?;

@@ -150,7 +150,7 @@ fn id_field(value: &Value) -> Option<String> {
 }
 
 /// The user our checkout attached (metadata first, then client_reference_id).
-fn user_of(object: &Value) -> Option<String> {
+pub(crate) fn user_of(object: &Value) -> Option<String> {
     [&object["metadata"]["user_id"], &object["client_reference_id"]]
         .into_iter()
         .filter_map(Value::as_str)

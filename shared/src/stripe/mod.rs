@@ -7,6 +7,8 @@
 //!   bounded timeouts and errors mapped to 502 without secrets.
 //! * [`checkout`]: customers, Checkout Sessions and Billing Portal sessions.
 //! * [`reconcile`]: heals lost deliveries from Stripe's event log, through [`events`].
+//! * [`status`]: the customer's own Checkout Session for the page Stripe returns them to,
+//!   applied through [`events`] when it is paid and not applied yet.
 //! * [`events`]: webhook events parsed into what they mean, applied exactly once by the
 //!   SQL functions in `migrations/20250102000000_stripe_functions.sql`.
 //! * [`signature`]: `Stripe-Signature` verification (re-exported from
@@ -17,6 +19,7 @@ pub mod checkout;
 pub mod client;
 pub mod events;
 pub mod reconcile;
+pub mod status;
 
 pub use crate::stripe_signature as signature;
 

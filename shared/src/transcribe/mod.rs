@@ -5,8 +5,10 @@
 //! or a raw body with an audio content type (or `application/octet-stream`, what
 //! supabase-js sends for a `Blob`), with `language` and `prompt` in the query string.
 //! The bytes decide the format ([`sniff`]), never the header alone; at most
-//! [`MAX_AUDIO_BYTES`]; at most `transcribe_max_duration_seconds` when the container
-//! says how long it plays.
+//! [`MAX_AUDIO_BYTES`]; at most `transcribe_max_duration_seconds` as measured from the
+//! audio itself ([`sniff::duration_secs`]), and refused (422) when that length cannot be
+//! established. The measured seconds are metered per user and hour ([`SECONDS`]), then
+//! settled to what OpenAI reports it billed.
 //!
 //! The chain ([`transcribe`]): OpenAI `/v1/audio/transcriptions`
 //! (`openai_transcribe_model`), then ElevenLabs `/v1/speech-to-text`
@@ -303,7 +305,8 @@ fn rejected(provider: &str, status: u16) -> ApiError {
 
 /// How one provider's attempt ended.
 enum Outcome {
-    Done(Transcript),
+    /// The transcript, and the seconds the provider reports it transcribed.
+    Done(Transcript, Option<f64>),
     /// Refused (4xx other than 429): answered at once, nobody else is asked.
     Rejected(u16),
     /// Unavailable, or an answer we cannot use: the next provider may try.
@@ -314,40 +317,84 @@ enum Outcome {
 /// OpenAI, ElevenLabs, and the browser fallback.
 pub fn transcribe(platform: &dyn Platform, user: &AuthenticatedUser, upload: &Upload) -> Result<ApiResponse, ApiError> {
     let settings = Settings::from_platform(platform)?;
-    let measured = sniff::duration_secs(upload.format, upload.audio);
-    if let Some(secs) = measured {
-        if secs > f64::from(settings.max_duration_secs) {
-            return Err(ApiError::new(
-                413,
-                "audio_too_long",
-                format!(
-                    "The recording plays for {:.0} seconds; at most {} seconds can be transcribed.",
-                    secs.ceil(),
-                    settings.max_duration_secs
-                ),
-            )
-            .with_field("max_duration_seconds", settings.max_duration_secs));
-        }
+    let secs = sniff::duration_secs(upload.format, upload.audio).ok_or_else(|| {
+        ApiError::new(
+            422,
+            "audio_length_unknown",
+            "The recording's length cannot be established from the file (a header that disagrees with \
+             the audio, bytes that are not audio, or a codec whose frames the server does not count). \
+             Record it again in the app, or send WAV (PCM), MP3, WebM or Ogg with Opus, or MP4 with AAC.",
+        )
+    })?;
+    if secs > f64::from(settings.max_duration_secs) {
+        return Err(ApiError::new(
+            413,
+            "audio_too_long",
+            format!(
+                "The recording plays for {:.0} seconds; at most {} seconds can be transcribed.",
+                secs.ceil(),
+                settings.max_duration_secs
+            ),
+        )
+        .with_field("max_duration_seconds", settings.max_duration_secs));
     }
+    let measured = Some(secs);
     let openai = OpenAi::from_platform(platform)?;
     let elevenlabs = ElevenLabs::from_platform(platform)?;
     if openai.is_none() && elevenlabs.is_none() {
         return Err(browser_fallback("not_configured"));
     }
 
-    // Every transcription costs upstream money: it counts against the user's hourly AI
-    // quota before anything is sent. Over it, an anonymous sign-in, or the quota
-    // unreadable (database down): the client can still use the browser's recognition.
-    crate::quota::take(platform, user, "transcribe").map_err(|e| {
+    // Every transcription costs upstream money by the second: the measured seconds count
+    // against the user's hourly allowance, and the call against the hourly call quota,
+    // before anything is sent. Over either, an anonymous sign-in, or the quota unreadable
+    // (database down): the client can still use the browser's recognition.
+    let with_fallback = |e: ApiError| {
         if matches!(e.status, 403 | 429 | 503) {
             e.with_field("fallback", "browser")
         } else {
             e
         }
-    })?;
+    };
+    let seconds = crate::quota::take_amount(platform, user, &SECONDS, secs.ceil() as i64).map_err(with_fallback)?;
+    if let Err(e) = crate::quota::take(platform, user, "transcribe") {
+        crate::quota::settle(platform, user, &seconds, 0);
+        return Err(with_fallback(e));
+    }
+    let answer = chain(platform, upload, &settings, openai.as_ref(), elevenlabs.as_ref(), measured);
+    // Billed by what the upstream reports it transcribed where it says, else by the
+    // measure; nothing when no transcript came back.
+    let billed = match &answer {
+        Ok((_, reported)) => reported.unwrap_or(secs).ceil() as i64,
+        Err(_) => 0,
+    };
+    crate::quota::settle(platform, user, &seconds, billed);
+    answer.map(|(transcript, _)| ApiResponse::json(200, &transcript.to_json()))
+}
 
+/// The hourly allowance of audio seconds.
+pub const SECONDS: crate::quota::Meter = crate::quota::Meter {
+    name: "transcribe_seconds",
+    unit: "seconds of audio",
+    free_variable: "transcribe_free_seconds_per_hour",
+    free_default: DEFAULT_FREE_SECONDS_PER_HOUR,
+    mystic_variable: "transcribe_mystic_seconds_per_hour",
+    mystic_default: DEFAULT_MYSTIC_SECONDS_PER_HOUR,
+};
+pub const DEFAULT_FREE_SECONDS_PER_HOUR: i64 = 900;
+pub const DEFAULT_MYSTIC_SECONDS_PER_HOUR: i64 = 7200;
+
+/// The providers in turn: the transcript and the seconds the provider reports.
+fn chain(
+    platform: &dyn Platform,
+    upload: &Upload,
+    settings: &Settings,
+    openai: Option<&OpenAi>,
+    elevenlabs: Option<&ElevenLabs>,
+    measured: Option<f64>,
+) -> Result<(Transcript, Option<f64>), ApiError> {
     let language = upload.language.as_deref();
-    if let Some(client) = &openai {
+    if let Some(client) = openai {
         let outcome = form(platform, upload, |form| {
             form.text("model", &settings.openai_model).text("response_format", "json");
             if let Some(language) = language {
@@ -359,7 +406,7 @@ pub fn transcribe(platform: &dyn Platform, user: &AuthenticatedUser, upload: &Up
         })
         .map(|(content_type, body)| client.audio_transcription(&client.retrier(platform), &content_type, body));
         match outcome.map(|sent| read(sent, "openai", upload, measured, openai_answer)) {
-            Some(Outcome::Done(transcript)) => return Ok(ApiResponse::json(200, &transcript.to_json())),
+            Some(Outcome::Done(transcript, reported)) => return Ok((transcript, reported)),
             Some(Outcome::Rejected(status)) => {
                 platform.log(&format!("transcribe: openai rejected status={status}"));
                 return Err(rejected("openai", status));
@@ -369,7 +416,7 @@ pub fn transcribe(platform: &dyn Platform, user: &AuthenticatedUser, upload: &Up
         }
     }
 
-    if let Some(client) = &elevenlabs {
+    if let Some(client) = elevenlabs {
         let outcome = form(platform, upload, |form| {
             // Audio-event tags ("(laughs)") are noise in a chat message.
             form.text("model_id", &settings.elevenlabs_model).text("tag_audio_events", "false");
@@ -379,7 +426,8 @@ pub fn transcribe(platform: &dyn Platform, user: &AuthenticatedUser, upload: &Up
         })
         .map(|(content_type, body)| client.speech_to_text(&client.retrier(platform), &content_type, body));
         match outcome.map(|sent| read(sent, "elevenlabs", upload, measured, elevenlabs_answer)) {
-            Some(Outcome::Done(transcript)) => return Ok(ApiResponse::json(200, &transcript.to_json())),
+            // The last word's end is no billed length: the measure stands.
+            Some(Outcome::Done(transcript, _)) => return Ok((transcript, None)),
             Some(Outcome::Rejected(status)) => {
                 platform.log(&format!("transcribe: elevenlabs rejected status={status}"));
                 return Err(rejected("elevenlabs", status));
@@ -437,8 +485,9 @@ fn read(
     // The language asked for, else the provider's when it is an ISO 639-1 code (OpenAI
     // reports none; ElevenLabs may report ISO 639-3, which is left out).
     let language = upload.language.clone().or_else(|| reported_language.and_then(|l| self::language(&l).ok()));
-    let duration_secs = measured.or(reported_secs.filter(|s| s.is_finite() && *s >= 0.0));
-    Outcome::Done(Transcript { text: text.trim().to_string(), language, duration_secs, provider })
+    let reported_secs = reported_secs.filter(|s| s.is_finite() && *s >= 0.0);
+    let duration_secs = measured.or(reported_secs);
+    Outcome::Done(Transcript { text: text.trim().to_string(), language, duration_secs, provider }, reported_secs)
 }
 
 /// `{"text": …}`; whisper-style answers add `language` and `duration`, newer ones

@@ -10,8 +10,16 @@ fn user() -> AuthenticatedUser {
     AuthenticatedUser { user_id: USER_ID.into(), email: None, role: "authenticated".into(), is_anonymous: false }
 }
 
+const METER_GRANTED: &str = r#"{"allowed":true,"limit":900,"used":3,"remaining":897,"reset_after":600,"window_start":"2026-01-01T10:00:00+00:00"}"#;
+
 fn quota(platform: &FakePlatform, answer: &str) {
     platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(answer.as_bytes().to_vec())]]));
+}
+
+/// The seconds and the call both granted.
+fn granted(platform: &FakePlatform) {
+    quota(platform, METER_GRANTED);
+    quota(platform, QUOTA_GRANTED);
 }
 
 fn request(content_type: Option<&str>, query: &str, body: Vec<u8>) -> ApiRequest {
@@ -160,15 +168,15 @@ fn parts_sent(platform: &FakePlatform, index: usize) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn openai_gets_the_recording_as_a_form() {
     let platform = configured(&[]);
-    quota(&platform, QUOTA_GRANTED);
+    granted(&platform);
     platform.push_upstream(200, &[("content-type", "application/json")], br#"{"text":" Hello there. "}"#);
-    let webm = samples::webm(&[9; 5000]);
+    let webm = samples::webm(&[&[0x42][..], &[9; 4999]].concat());
     let req = form(&[("file", Some("blob"), Some("audio/webm"), &webm), ("prompt", None, None, b"Libero")]);
     let response = transcribe(&platform, &user(), &upload_of(&req)).unwrap();
     let answer: Value = serde_json::from_slice(response.body_bytes().unwrap()).unwrap();
     assert_eq!(
         answer,
-        json!({"text": "Hello there.", "language": null, "duration_seconds": 2.98, "provider": "openai"})
+        json!({"text": "Hello there.", "language": null, "duration_seconds": 3.0, "provider": "openai"})
     );
 
     let sent = platform.sent.borrow()[0].clone();
@@ -180,14 +188,18 @@ fn openai_gets_the_recording_as_a_form() {
     assert_eq!(names, ["model", "response_format", "prompt", "file"]);
     assert_eq!(parts[0].1, DEFAULT_OPENAI_MODEL.as_bytes());
     assert_eq!(parts[3].1, webm);
-    assert!(platform.queries.borrow()[0].0.contains("ai_quota_take"));
+    let queries = platform.queries.borrow();
+    assert!(queries[0].0.contains("ai_meter_take") && queries[1].0.contains("ai_quota_take"));
+    // Three seconds measured, taken before the call; nothing reported, so nothing to settle.
+    assert_eq!(queries[0].1[2], crate::db::SqlParam::Int64(3));
+    assert_eq!(queries.len(), 2);
     assert!(platform.logs.borrow().is_empty(), "{:?}", platform.logs.borrow());
 }
 
 #[test]
 fn elevenlabs_stands_in_only_while_openai_is_unavailable() {
     let platform = configured(&[("elevenlabs_stt_model", "scribe_v2")]);
-    quota(&platform, QUOTA_GRANTED);
+    granted(&platform);
     platform.push_upstream(503, &[], b"sk-x in an error body");
     platform.push_upstream(200, &[], br#"{"text":"Hallo","language_code":"de","words":[{"end":1.5},{"end":2.25}]}"#);
     let mp3 = samples::mp3(4);
@@ -204,24 +216,39 @@ fn elevenlabs_stands_in_only_while_openai_is_unavailable() {
     assert_eq!((parts[0].1.as_slice(), parts[3].1.as_slice()), (&b"scribe_v2"[..], &mp3[..]));
     assert!(platform.logs.borrow().iter().all(|l| !l.contains("sk-x") && !l.contains("Hallo")));
 
-    // Without a measurable container, the provider's timing is the duration.
+    // The last word's end is not what ElevenLabs billed: the measure stands (no settle).
+    assert_eq!(platform.queries.borrow().len(), 2);
+}
+
+#[test]
+fn openai_reported_seconds_settle_the_measure() {
     let platform = configured(&[]);
-    quota(&platform, QUOTA_GRANTED);
-    platform.push_upstream_error(crate::http::outbound::OutboundError::Timeout);
-    platform.push_upstream(200, &[], br#"{"text":"x","language_code":"eng","words":[{"end":1.5},{"end":2.25}]}"#);
+    granted(&platform);
+    quota(&platform, r#"{"ok":true,"used":9}"#);
+    platform.push_upstream(200, &[], br#"{"text":"x","usage":{"type":"duration","seconds":8.2}}"#);
+    let req = request(Some("audio/webm"), "", samples::webm(b"x"));
+    transcribe(&platform, &user(), &upload_of(&req)).unwrap();
+    let queries = platform.queries.borrow();
+    assert!(queries[2].0.contains("ai_meter_settle"));
+    assert_eq!(queries[2].1[2], crate::db::SqlParam::Text("2026-01-01T10:00:00+00:00".into()));
+    assert_eq!(queries[2].1[3], crate::db::SqlParam::Int64(9 - 3), "billed 9 s where 3 were taken");
+}
+
+#[test]
+fn a_recording_whose_length_is_unknown_is_refused_before_anything() {
+    let platform = configured(&[]);
     let mut wav = samples::wav(&[0; 100]);
-    wav[24..32].copy_from_slice(&[0; 8]); // no byte rate: the length is unknown
+    wav[28..32].copy_from_slice(&u32::MAX.to_le_bytes()); // a byte rate the format does not make
     let req = request(Some("audio/wav"), "", wav);
-    let answer: Value =
-        serde_json::from_slice(transcribe(&platform, &user(), &upload_of(&req)).unwrap().body_bytes().unwrap())
-            .unwrap();
-    assert_eq!((answer["duration_seconds"].as_f64(), &answer["language"]), (Some(2.25), &Value::Null));
+    let error = transcribe(&platform, &user(), &upload_of(&req)).err().expect("refused");
+    assert_eq!((error.status, error.code), (422, "audio_length_unknown"));
+    assert!(platform.queries.borrow().is_empty() && platform.sent.borrow().is_empty());
 }
 
 #[test]
 fn a_refused_recording_goes_to_nobody_else() {
     let platform = configured(&[]);
-    quota(&platform, QUOTA_GRANTED);
+    granted(&platform);
     platform.push_upstream(400, &[], br#"{"error":{"message":"Audio file might be corrupted"}}"#);
     let webm = samples::webm(b"x");
     let req = request(Some("audio/webm"), "", webm);
@@ -234,7 +261,7 @@ fn a_refused_recording_goes_to_nobody_else() {
 #[test]
 fn unusable_answers_and_outages_end_in_the_browser_fallback() {
     let platform = configured(&[]);
-    quota(&platform, QUOTA_GRANTED);
+    granted(&platform);
     platform.push_upstream(200, &[("content-type", "text/html")], b"<html>gateway</html>");
     platform.push_upstream(429, &[], b"");
     let req = request(Some("audio/webm"), "", samples::webm(b"x"));
@@ -255,18 +282,34 @@ fn nothing_is_spent_on_what_is_refused_before_the_upstreams() {
     assert_eq!((error.status, &error.extra["reason"]), (503, &json!("not_configured")));
     assert!(platform.queries.borrow().is_empty());
 
-    // Too long (2.98 s > 2 s): before the quota.
+    // Too long (3 s > 2 s): before the quota.
     let platform = configured(&[("transcribe_max_duration_seconds", "2")]);
     let error = transcribe(&platform, &user(), &upload_of(&req)).err().expect("refused");
     assert_eq!((error.status, error.code), (413, "audio_too_long"));
     assert!(platform.queries.borrow().is_empty() && platform.sent.borrow().is_empty());
 
-    // Quota used up: no upstream call.
+    // Call quota used up: no upstream call, and the seconds given back.
     let platform = configured(&[]);
+    quota(&platform, METER_GRANTED);
     quota(&platform, r#"{"allowed":false,"limit":30,"remaining":0,"reset_after":90}"#);
     let error = transcribe(&platform, &user(), &upload_of(&req)).err().expect("refused");
     assert_eq!((error.status, &error.extra["fallback"]), (429, &json!("browser")));
     assert!(platform.sent.borrow().is_empty());
+    assert!(platform.queries.borrow()[2].0.contains("ai_meter_settle"));
+    assert_eq!(platform.queries.borrow()[2].1[3], crate::db::SqlParam::Int64(-3));
+
+    // Seconds used up: a 429 naming the limit, with Retry-After, and no upstream call.
+    let platform = configured(&[]);
+    quota(&platform, r#"{"allowed":false,"limit":900,"used":899,"remaining":1,"reset_after":90}"#);
+    let error = transcribe(&platform, &user(), &upload_of(&req)).err().expect("refused");
+    assert_eq!((error.status, error.code), (429, "quota_exceeded"));
+    assert_eq!(
+        (&error.extra["limit_name"], &error.extra["fallback"]),
+        (&json!("transcribe_seconds"), &json!("browser"))
+    );
+    assert!(error.headers.contains(&("retry-after".into(), "90".into())));
+    assert!(platform.sent.borrow().is_empty());
+    assert_eq!(platform.queries.borrow().len(), 1);
 
     // Anonymous sign-in: refused before the database and the upstreams.
     let platform = configured(&[]);

@@ -216,19 +216,120 @@ pub fn speak(platform: &dyn Platform, user: &AuthenticatedUser, speech: &Speech)
         }
     }
 
-    // A miss costs upstream money: it counts against the user's hourly AI quota (a hit
-    // is free). Over the quota, or with the quota unreadable (database down: 503), the
-    // client speaks locally, as when no provider answers.
+    // A miss costs upstream money: its characters, weighted by the model's price, count
+    // against the user's hourly allowance, and the call against the hourly AI quota (a
+    // hit is free). Over either, or with them unreadable (database down: 503), the client
+    // speaks locally, as when no provider answers.
     // Anonymous sign-ins are refused here too (403), and told to speak locally.
-    crate::quota::take(platform, user, "tts").map_err(|e| {
+    let with_fallback = |e: ApiError| {
         if e.status == 429 || e.status == 503 || e.status == 403 {
             e.with_field("fallback", "browser")
         } else {
             e
         }
-    })?;
+    };
+    let chars = speech.text.chars().count() as i64;
+    let weighted = chars.saturating_mul(model_weight(platform, &model)?);
+    let metered = crate::quota::take_amount(platform, user, &CHARS, weighted).map_err(with_fallback)?;
+    if let Err(e) = crate::quota::take(platform, user, "tts") {
+        crate::quota::settle(platform, user, &metered, 0);
+        return Err(with_fallback(e));
+    }
+    let answer = providers(platform, speech, model, openai.as_ref(), elevenlabs.as_ref(), key, settings, cache_usable);
+    if answer.is_err() {
+        crate::quota::settle(platform, user, &metered, 0);
+    }
+    answer
+}
 
-    if let Some(openai) = &openai {
+/// The hourly allowance of speech, in characters weighted by the model's price.
+pub const CHARS: crate::quota::Meter = crate::quota::Meter {
+    name: "tts_chars",
+    unit: "weighted characters of speech",
+    free_variable: "tts_free_chars_per_hour",
+    free_default: 20_000,
+    mystic_variable: "tts_mystic_chars_per_hour",
+    mystic_default: 200_000,
+};
+
+/// What a character of each model costs the operator, relative to the cheapest (OpenAI's
+/// list prices: tts-1 $15 and tts-1-hd $30 a million characters; gpt-4o-mini-tts about
+/// $12 by its audio tokens). `name:weight`, comma separated (`openai_tts_model_weights`).
+pub const DEFAULT_MODEL_WEIGHTS: &str = "gpt-4o-mini-tts:1,tts-1:1,tts-1-hd:2";
+
+/// The weight of `model`; a model the list does not name counts as the dearest listed.
+pub fn model_weight(platform: &dyn Platform, model: &str) -> Result<i64, ApiError> {
+    let invalid =
+        || ApiError::new(500, "config_invalid", "The server setting `openai_tts_model_weights` has an invalid value.");
+    let mut weights = Vec::new();
+    for entry in allowlist(platform, "openai_tts_model_weights", DEFAULT_MODEL_WEIGHTS) {
+        let (name, weight) = entry.split_once(':').ok_or_else(invalid)?;
+        let weight: i64 = weight.trim().parse().ok().filter(|w| (1..=1000).contains(w)).ok_or_else(invalid)?;
+        weights.push((name.trim().to_string(), weight));
+    }
+    let dearest = weights.iter().map(|(_, w)| *w).max().ok_or_else(invalid)?;
+    Ok(weights.iter().find(|(name, _)| name == model).map_or(dearest, |(_, w)| *w))
+}
+
+/// The ElevenLabs stand-in's monthly budget, in characters, across all users
+/// (`elevenlabs_free_fallback_chars_per_month`).
+pub const DEFAULT_FALLBACK_CHARS_PER_MONTH: i64 = 100_000;
+const FALLBACK_BUDGET: &str = "tts_elevenlabs_fallback_chars";
+
+/// Counts `chars` against the stand-in's budget: the month it counted in, or `None` when
+/// the budget is spent or cannot be read (then the premium voice is not used for free).
+fn fallback_budget_take(platform: &dyn Platform, chars: i64) -> Result<Option<String>, ApiError> {
+    let limit = config::parsed(platform, "elevenlabs_free_fallback_chars_per_month", DEFAULT_FALLBACK_CHARS_PER_MONTH)?;
+    let answer = crate::db::query_json(
+        platform,
+        "select public.operator_budget_take($1, $2, $3)",
+        &[
+            crate::db::SqlParam::Text(FALLBACK_BUDGET.to_string()),
+            crate::db::SqlParam::Int64(chars),
+            crate::db::SqlParam::Int64(limit.max(0)),
+        ],
+    );
+    match answer {
+        Ok(answer) if answer.get("allowed").and_then(serde_json::Value::as_bool) == Some(true) => {
+            Ok(answer.get("period_start").and_then(serde_json::Value::as_str).map(str::to_string))
+        }
+        Ok(_) => Ok(None),
+        Err(error) => {
+            let _ = crate::db::report(platform, "operator_budget_take", error);
+            Ok(None)
+        }
+    }
+}
+
+fn fallback_budget_give_back(platform: &dyn Platform, period: &str, chars: i64) {
+    let given = crate::db::query_json(
+        platform,
+        "select public.operator_budget_give_back($1, $2::text::date, $3)",
+        &[
+            crate::db::SqlParam::Text(FALLBACK_BUDGET.to_string()),
+            crate::db::SqlParam::Text(period.to_string()),
+            crate::db::SqlParam::Int64(chars),
+        ],
+    );
+    if let Err(error) = given {
+        let _ = crate::db::report(platform, "operator_budget_give_back", error);
+    }
+}
+
+/// OpenAI, then ElevenLabs (only while OpenAI is unavailable, and only within the
+/// operator's monthly budget for it), then the browser fallback.
+#[allow(clippy::too_many_arguments)]
+fn providers(
+    platform: &dyn Platform,
+    speech: &Speech,
+    model: String,
+    openai: Option<&OpenAi>,
+    elevenlabs: Option<&ElevenLabs>,
+    key: String,
+    settings: CacheSettings,
+    cache_usable: bool,
+) -> Result<ApiResponse, ApiError> {
+    if let Some(openai) = openai {
         let request = SpeechRequest {
             model,
             voice: speech.voice.clone(),
@@ -251,7 +352,12 @@ pub fn speak(platform: &dyn Platform, user: &AuthenticatedUser, speech: &Speech)
         }
     }
 
-    if let Some(elevenlabs) = &elevenlabs {
+    if let Some(elevenlabs) = elevenlabs {
+        let chars = speech.text.chars().count() as i64;
+        let Some(period) = fallback_budget_take(platform, chars)? else {
+            platform.log("tts: elevenlabs stand-in skipped: the monthly budget is spent");
+            return Err(browser_fallback("fallback_budget_exhausted"));
+        };
         let (voice_id, model_id) = elevenlabs::defaults(platform)?;
         let output_format = speech.format.elevenlabs_output();
         let (_, content_type) = elevenlabs::output_format(output_format)?;
@@ -262,7 +368,10 @@ pub fn speak(platform: &dyn Platform, user: &AuthenticatedUser, speech: &Speech)
                 let response = relay::respond(platform, upstream, "elevenlabs", content_type, None, None)?;
                 return Ok(response.with_header("x-tts-cache", "miss"));
             }
-            Err(error) => platform.log(&format!("tts: elevenlabs {}", error.summary())),
+            Err(error) => {
+                platform.log(&format!("tts: elevenlabs {}", error.summary()));
+                fallback_budget_give_back(platform, &period, chars);
+            }
         }
     }
     Err(browser_fallback("upstream_unavailable"))
@@ -360,8 +469,16 @@ mod tests {
     }
     const QUOTA_GRANTED: &str = r#"{"allowed":true,"limit":30,"remaining":29,"reset_after":600}"#;
 
+    const METER_GRANTED: &str = r#"{"allowed":true,"limit":20000,"used":11,"remaining":19989,"reset_after":600,"window_start":"2026-01-01T10:00:00+00:00"}"#;
+
+    fn answer(platform: &FakePlatform, json: &str) {
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(json.as_bytes().to_vec())]]));
+    }
+
+    /// The characters and the call both granted.
     fn quota_granted(platform: &FakePlatform) {
-        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Json(QUOTA_GRANTED.as_bytes().to_vec())]]));
+        answer(platform, METER_GRANTED);
+        answer(platform, QUOTA_GRANTED);
     }
 
     fn speech() -> Speech {
@@ -403,6 +520,7 @@ mod tests {
         ]);
         platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
         quota_granted(&platform);
+        answer(&platform, r#"{"allowed":true,"used":11,"limit":100000,"period_start":"2026-01-01","reset_after":9}"#);
         platform.push_upstream(500, &[], b"sk-x leaked?");
         platform.push_upstream(200, &[], b"mp3 audio");
         let response = speak(&platform, &user(), &speech()).unwrap();
@@ -410,9 +528,57 @@ mod tests {
         assert_eq!(response.header("content-type"), Some("audio/mpeg"));
         assert_eq!(response.body_bytes(), Some(&b"mp3 audio"[..]));
         assert!(platform.sent.borrow()[1].url.contains("/text-to-speech/voiceA/"));
-        // The cache lookup and the quota, no store: an ElevenLabs stand-in is not cached.
-        assert_eq!(platform.queries.borrow().len(), 2);
+        // The cache lookup, the characters, the quota and the stand-in's budget (11
+        // characters of the default 100,000), no store: an ElevenLabs stand-in is not cached.
+        let queries = platform.queries.borrow();
+        assert_eq!(queries.len(), 4);
+        assert!(queries[3].0.contains("operator_budget_take"));
+        assert_eq!(
+            (&queries[3].1[1], &queries[3].1[2]),
+            (&crate::db::SqlParam::Int64(11), &crate::db::SqlParam::Int64(100_000))
+        );
         assert!(platform.logs.borrow().iter().all(|l| !l.contains("sk-x")));
+    }
+
+    #[test]
+    fn tts_past_the_stand_ins_budget_is_the_browser_fallback() {
+        let platform = FakePlatform::with_vars(&[
+            ("openai_api_key", "sk-x"),
+            ("openai_max_attempts", "1"),
+            ("elevenlabs_api_key", "xi-x"),
+            ("elevenlabs_free_fallback_chars_per_month", "5"),
+        ]);
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
+        quota_granted(&platform);
+        answer(&platform, r#"{"allowed":false,"used":0,"limit":5,"period_start":"2026-01-01","reset_after":9}"#);
+        platform.push_upstream(429, &[], br#"{"error":{"code":"insufficient_quota"}}"#);
+        let error = speak(&platform, &user(), &speech()).err().expect("fallback");
+        assert_eq!((error.status, &error.extra["reason"]), (503, &serde_json::json!("fallback_budget_exhausted")));
+        assert_eq!(platform.sent.borrow().len(), 1, "ElevenLabs is not asked");
+        // The user's characters are given back: nothing was spoken.
+        assert!(platform.queries.borrow()[4].0.contains("ai_meter_settle"));
+    }
+
+    #[test]
+    fn tts_characters_are_weighted_by_model_and_refused_with_the_limit() {
+        let platform = FakePlatform::with_vars(&[("openai_api_key", "sk-x")]);
+        assert_eq!(model_weight(&platform, "tts-1-hd").unwrap(), 2);
+        assert_eq!(model_weight(&platform, "tts-1").unwrap(), 1);
+        assert_eq!(model_weight(&platform, "some-new-model").unwrap(), 2, "unknown: the dearest");
+        platform.db_answers.borrow_mut().push_back(Ok(vec![vec![SqlValue::Null; 3]])); // cache miss
+        answer(&platform, r#"{"allowed":false,"limit":20000,"used":19990,"remaining":10,"reset_after":120}"#);
+        let hd = Speech { model: Some("tts-1-hd".into()), ..speech() };
+        let error = speak(&platform, &user(), &hd).err().expect("refused");
+        assert_eq!((error.status, error.code), (429, "quota_exceeded"));
+        assert_eq!(
+            (&error.extra["limit_name"], &error.extra["fallback"]),
+            (&serde_json::json!("tts_chars"), &serde_json::json!("browser"))
+        );
+        assert!(error.headers.contains(&("retry-after".into(), "120".into())));
+        assert_eq!(platform.queries.borrow()[1].1[2], crate::db::SqlParam::Int64(22), "11 characters x 2");
+        assert!(platform.sent.borrow().is_empty());
+        let bad = FakePlatform::with_vars(&[("openai_tts_model_weights", "tts-1")]);
+        assert_eq!(model_weight(&bad, "tts-1").unwrap_err().code, "config_invalid");
     }
 
     #[test]
@@ -461,9 +627,9 @@ mod tests {
         let response = speak(&platform, &user(), &speech()).unwrap();
         assert_eq!(response.header("content-type"), Some("audio/ogg"));
         let queries = platform.queries.borrow();
-        assert!(queries[1].0.contains("ai_quota_take"));
-        assert!(queries[2].0.contains("tts_cache_store"));
-        assert_eq!(queries[2].1[3], crate::db::SqlParam::Bytes(b"OggS...".to_vec()));
+        assert!(queries[1].0.contains("ai_meter_take") && queries[2].0.contains("ai_quota_take"));
+        assert!(queries[3].0.contains("tts_cache_store"));
+        assert_eq!(queries[3].1[3], crate::db::SqlParam::Bytes(b"OggS...".to_vec()));
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub enum ModelSource {
 
 /// Counts and pays for `chars` characters of premium speech with `model` for `user_id`:
 /// 400 for a model that is not offered, 429 over the hourly quota or the mystic budget,
-/// 402 `insufficient_tokens` (with `balance` and `cost`) when the user cannot pay.
+/// 402 `insufficient_tokens` (with `balance` and `cost`) when the user cannot pay, 402
+/// `account_in_debt` (with `debt`) while a refund or lost dispute leaves tokens owed.
 pub fn charge(
     platform: &dyn Platform,
     user_id: &str,
@@ -131,6 +132,17 @@ fn interpret(answer: &Value, user_id: &str, reference: String, source: ModelSour
         )
         .with_field("balance", number("balance"))
         .with_field("cost", number("cost"))),
+        (Some(false), Some("account_in_debt")) => Err(ApiError::new(
+            402,
+            "account_in_debt",
+            format!(
+                "A refunded or disputed purchase left {} tokens owed; paid features are closed until the next \
+                 tokens you earn or buy have paid it.",
+                number("debt")
+            ),
+        )
+        .with_field("debt", number("debt"))
+        .with_field("balance", number("balance"))),
         (Some(false), Some("unknown_user")) => {
             Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
         }
@@ -180,6 +192,9 @@ mod tests {
         let short = serde_json::json!({"ok": false, "reason": "insufficient_tokens", "cost": 3, "balance": 1});
         let error = check(short).unwrap_err();
         assert_eq!((error.status, error.extra["balance"].as_i64()), (402, Some(1)));
+        let debt = serde_json::json!({"ok": false, "reason": "account_in_debt", "cost": 3, "balance": 0, "debt": 90});
+        let error = check(debt).unwrap_err();
+        assert_eq!((error.status, error.code, error.extra["debt"].as_i64()), (402, "account_in_debt", Some(90)));
         assert_eq!(check(serde_json::json!({})).unwrap_err().status, 500);
     }
 

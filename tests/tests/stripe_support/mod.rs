@@ -4,14 +4,16 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use libero_tests::testing::{Instance, TestApp};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
-use wiremock::matchers::{method, path_regex};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const SECRET_KEY: &str = "sk_test_fake-libero-key-never-logged";
@@ -367,4 +369,159 @@ pub fn dispute(dispute_id: &str, charge_id: &str, payment_intent: &str, amount: 
 /// Everything an app's database says about Stripe, for assertions.
 pub async fn count(app: &TestApp, sql: &str) -> i64 {
     app.db_client().await.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// How long Stripe keeps events: older ones are neither listed nor usable as a cursor.
+pub const RETENTION_SECS: i64 = 30 * 24 * 3600;
+
+/// Stripe's event log (`GET /v1/events`), stateful and as Stripe documents it: newest
+/// first (by `created`, then by when the event entered the log); `created[gt|gte|lt|lte]`,
+/// `types[]` (at most 20), `limit` (1 to 100, default 10); `starting_after` (the page
+/// after an event, older) and `ending_before` (the page just before it, newer, still
+/// newest first); `has_more`; 30 days of retention, and 404 `resource_missing` for a
+/// cursor that is not in the log. An event pushed with an older `created` than events
+/// already listed plays an event Stripe listed late. On demand: a delay per page, 429
+/// answers, 500 answers.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    /// Oldest first.
+    events: Arc<Mutex<Vec<Value>>>,
+    pub failing: Arc<AtomicBool>,
+    /// The next this many list requests answer 429.
+    pub rate_limit_next: Arc<AtomicUsize>,
+    pub delay: Arc<Mutex<Duration>>,
+    /// List requests answered (429s and 500s included).
+    pub lists: Arc<AtomicUsize>,
+    pub rate_limited: Arc<AtomicUsize>,
+}
+
+impl EventLog {
+    /// Adds an event where its `created` puts it (after any with the same `created`).
+    pub fn push(&self, event: Value) {
+        let mut events = self.events.lock().unwrap();
+        let created = event["created"].as_i64().expect("created");
+        let at = events.partition_point(|e| e["created"].as_i64().unwrap() <= created);
+        events.insert(at, event);
+    }
+
+    /// Adds many events (any order) at once.
+    pub fn extend(&self, new: impl IntoIterator<Item = Value>) {
+        let mut events = self.events.lock().unwrap();
+        events.extend(new);
+        events.sort_by_key(|e| e["created"].as_i64().unwrap());
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    /// The newest event.
+    pub fn last(&self) -> Option<Value> {
+        self.events.lock().unwrap().last().cloned()
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    fn answer(&self, request: &Request) -> ResponseTemplate {
+        let invalid = |message: String| {
+            ResponseTemplate::new(400)
+                .set_body_json(json!({"error": {"type": "invalid_request_error", "message": message}}))
+        };
+        let mut types = Vec::new();
+        let (mut from, mut to) = (i64::MIN, i64::MAX); // inclusive
+        let (mut limit, mut after, mut before) = (10usize, None, None);
+        for (k, v) in request.url.query_pairs() {
+            let created = k.starts_with("created[");
+            let number = v.parse::<i64>().ok();
+            if created && number.is_none() {
+                return invalid(format!("Invalid integer: {v}"));
+            }
+            let n = number.unwrap_or_default();
+            match k.as_ref() {
+                "types[]" => types.push(v.to_string()),
+                "created[gte]" => from = from.max(n),
+                "created[gt]" => from = from.max(n + 1),
+                "created[lte]" => to = to.min(n),
+                "created[lt]" => to = to.min(n - 1),
+                "limit" => match v.parse() {
+                    Ok(n @ 1..=100) => limit = n,
+                    _ => return invalid(format!("Invalid limit: {v}: must be between 1 and 100.")),
+                },
+                "starting_after" => after = Some(v.to_string()),
+                "ending_before" => before = Some(v.to_string()),
+                other => return invalid(format!("Received unknown parameter: {other}")),
+            }
+        }
+        if types.len() > 20 {
+            return invalid("types: at most 20 event types".into());
+        }
+        if after.is_some() && before.is_some() {
+            return invalid("You may only specify one of these parameters: ending_before, starting_after.".into());
+        }
+        let oldest_kept = now() - RETENTION_SECS;
+        let events = self.events.lock().unwrap();
+        let kept = |e: &Value| e["created"].as_i64().unwrap() >= oldest_kept;
+        let listed = |e: &&Value| {
+            let created = e["created"].as_i64().unwrap();
+            kept(e)
+                && (from..=to).contains(&created)
+                && (types.is_empty() || types.iter().any(|t| t == e["type"].as_str().unwrap()))
+        };
+        // A cursor is a place in the whole log, whatever the filters.
+        let place = |id: &str| events.iter().position(|e| e["id"].as_str() == Some(id) && kept(e));
+        let (data, has_more): (Vec<Value>, bool) = match (after, before) {
+            (Some(id), _) => {
+                let Some(at) = place(&id) else { return missing(&id) };
+                // Older than the cursor, newest first (one more than a page says has_more).
+                let older: Vec<&Value> = events[..at].iter().rev().filter(listed).take(limit + 1).collect();
+                (older.iter().take(limit).map(|e| (*e).clone()).collect(), older.len() > limit)
+            }
+            (None, Some(id)) => {
+                let Some(at) = place(&id) else { return missing(&id) };
+                // The page just newer than the cursor, still newest first.
+                let newer: Vec<&Value> = events[at + 1..].iter().filter(listed).take(limit + 1).collect();
+                let page = &newer[..newer.len().min(limit)];
+                (page.iter().rev().map(|e| (*e).clone()).collect(), newer.len() > limit)
+            }
+            (None, None) => {
+                let all: Vec<&Value> = events.iter().rev().filter(listed).take(limit + 1).collect();
+                (all.iter().take(limit).map(|e| (*e).clone()).collect(), all.len() > limit)
+            }
+        };
+        ResponseTemplate::new(200).set_body_json(json!({"object": "list", "url": "/v1/events",
+            "has_more": has_more, "data": data}))
+    }
+}
+
+impl Respond for EventLog {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.delay.lock().unwrap();
+        let answer =
+            if self.rate_limit_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                self.rate_limited.fetch_add(1, Ordering::SeqCst);
+                ResponseTemplate::new(429).set_body_json(json!({"error": {"type": "invalid_request_error",
+                "code": "rate_limit", "message": "Too many requests hit the API too quickly."}}))
+            } else if self.failing.load(Ordering::SeqCst) {
+                ResponseTemplate::new(500)
+                    .set_body_json(json!({"error": {"type": "api_error", "message": "An unknown error occurred"}}))
+            } else {
+                self.answer(request)
+            };
+        answer.set_delay(delay)
+    }
+}
+
+fn missing(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(404).set_body_json(json!({"error": {"type": "invalid_request_error",
+        "code": "resource_missing", "message": format!("No such event: '{id}'")}}))
+}
+
+/// Serves a new, empty [`EventLog`] on `stripe`.
+pub async fn serve_event_log(stripe: &MockServer) -> EventLog {
+    let log = EventLog::default();
+    Mock::given(method("GET")).and(path("/v1/events")).respond_with(log.clone()).mount(stripe).await;
+    log
 }
