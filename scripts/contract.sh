@@ -18,7 +18,8 @@
 #                 served by real `spin up`.
 #   unconfigured  no OpenAI or ElevenLabs key (the local fallbacks, the fixed chat reply
 #                 streamed as events, the "no provider" 503s); served by the bundled host.
-# Without Spin all use the bundled host. Each gets a run with a fixed seed and one with a
+# Without Spin all use the bundled host, saying so; with CI set a missing Spin fails.
+# Each gets a run with a fixed seed and one with a
 # random seed (printed; CONTRACT_SEED=<n> replays it), CONTRACT_SECONDS (default 180)
 # shared out between the six; CONTRACT_ST_ARGS adds Schemathesis options (for instance
 # `--include-path /chatgpt-chat` to look at one endpoint), CONTRACT_ONLY=up runs just the
@@ -104,6 +105,13 @@ CONTRACT_SERVICE_TOKEN="$(sign '{"iss": "supabase", "role": "service_role"}')"
 export CONTRACT_USER_TOKEN CONTRACT_SERVICE_TOKEN
 
 spin="$(scripts/find-spin.sh || true)"
+if [ -z "$spin" ] && [ -n "${CI:-}" ]; then
+  echo "contract.sh: real Spin not found (SPIN, PATH, ../shared/bin/spin), and CI is set: the down and up deployments must be served by Spin" >&2
+  exit 1
+fi
+if [ -z "$spin" ]; then
+  echo "contract.sh: real Spin not found: the down deployment is served by the bundled host instead" >&2
+fi
 host_bin=""
 find_host() {
   # The test suite's build of the bundled host when there is one (compiled components

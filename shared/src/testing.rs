@@ -9,6 +9,9 @@ use crate::db::{DbError, SqlParam, SqlRow};
 use crate::http::outbound::{BytesReader, OutboundError, OutboundRequest, OutboundResponse};
 use crate::Platform;
 
+/// One scripted upstream answer: status, headers and body, or a transport error.
+pub type ScriptedUpstream = Result<(u16, Vec<(String, String)>, Vec<u8>), OutboundError>;
+
 #[derive(Default)]
 pub struct FakePlatform {
     pub variables: HashMap<String, String>,
@@ -16,7 +19,7 @@ pub struct FakePlatform {
     pub queries: RefCell<Vec<(String, Vec<SqlParam>)>>,
     pub db_answers: RefCell<VecDeque<Result<Vec<SqlRow>, DbError>>>,
     pub sent: RefCell<Vec<OutboundRequest>>,
-    pub upstream: RefCell<VecDeque<Result<(u16, Vec<(String, String)>, Vec<u8>), OutboundError>>>,
+    pub upstream: RefCell<VecDeque<ScriptedUpstream>>,
     pub slept: RefCell<Vec<Duration>>,
     pub logs: RefCell<Vec<String>>,
     clock_ms: RefCell<u64>,

@@ -46,8 +46,8 @@ impl Spec {
         })
     }
 
-    /// Every way `response` breaks the contract (empty when it conforms). Responses on
-    /// paths the spec does not list (the host's own 404s) are not checked.
+    /// Every way `response` breaks the contract (empty when it conforms). On a path the
+    /// spec does not list only a 404 conforms.
     pub fn violations(&self, response: &RecordedResponse) -> Vec<String> {
         let path = response.path.strip_prefix(SUPABASE_PREFIX).filter(|p| p.starts_with('/')).unwrap_or(&response.path);
         let item = self.paths.get(path).or_else(|| {
@@ -58,7 +58,18 @@ impl Spec {
                 .find(|(template, _)| template.contains('{') && matches_template(template, path))
                 .map(|(_, item)| item)
         });
-        let Some(item) = item else { return Vec::new() };
+        let Some(item) = item else {
+            // A path the document does not list may only be refused as not found (the
+            // runtime's own 404, or a component's for a sub-path it does not serve): any
+            // other answer there is an endpoint missing from `openapi.yaml`.
+            if response.status == 404 {
+                return Vec::new();
+            }
+            return vec![format!(
+                "{} {} → {}: path not in openapi.yaml",
+                response.method, response.path, response.status
+            )];
+        };
         let method = response.method.to_ascii_lowercase();
         let status = response.status.to_string();
         let what = format!("{} {} → {}", response.method, response.path, response.status);
@@ -373,6 +384,10 @@ mod tests {
         assert!(!spec.violations(&bad_type).is_empty());
         let other_path = record("GET", "/nowhere", 404, Some("text/plain"), "Not Found");
         assert!(spec.violations(&other_path).is_empty());
+        let undocumented = record("GET", "/functions/v1/stripe-checkout/secret-admin", 200, None, "");
+        assert!(!spec.violations(&undocumented).is_empty(), "a path missing from openapi.yaml must fail");
+        let undocumented_error = record("POST", "/nowhere", 500, Some("application/json"), "{}");
+        assert!(!spec.violations(&undocumented_error).is_empty());
         // A templated path is checked too.
         let templated = "/functions/v1/stripe-checkout/session/cs_test_1";
         let bad = record("GET", templated, 200, Some("application/json"), r#"{"status":"weird"}"#);

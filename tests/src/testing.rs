@@ -122,14 +122,43 @@ pub fn upstream_retries(vars: &mut HashMap<String, String>, retry_max_ms: u64, t
 }
 
 /// For a test that needs what only the bundled host offers (fault injection, response
-/// recording, a Postgres cluster of its own): true under real Spin, after one line
-/// saying the test is skipped there and why.
+/// recording, a Postgres cluster of its own): true under real Spin, where the test is
+/// skipped through [`skip`] (a failure unless skips are allowed, and always in CI).
 pub fn host_only(why: &str) -> bool {
-    let skip = RuntimeKind::from_env() == RuntimeKind::Spin;
-    if skip {
-        eprintln!("skipped under real Spin (bundled host only: {why})");
+    let skip_it = RuntimeKind::from_env() == RuntimeKind::Spin;
+    if skip_it {
+        skip(&format!("bundled host only, not run under real Spin: {why}"));
     }
-    skip
+    skip_it
+}
+
+/// Set to `1` to let tests skip outside CI (a missing tool, a host-only test under Spin);
+/// without it a skip fails the test, so that it never reads as a pass.
+pub const ALLOW_SKIPS: &str = "LIBERO_ALLOW_SKIPS";
+
+/// Set by `scripts/test.sh` to a file each skip appends a line to, so that the counts it
+/// prints are of tests that ran.
+pub const SKIP_LOG: &str = "LIBERO_SKIP_LOG";
+
+/// A test that cannot run here says why and returns (the caller returns at once after
+/// it). With `CI` set this is a failure, always: a skip must not pass CI. Outside CI it is
+/// a failure too unless `LIBERO_ALLOW_SKIPS=1`; then it prints `SKIPPED: <why>` and
+/// appends the test's name to the file `LIBERO_SKIP_LOG` names.
+pub fn skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("<unnamed test>").to_string();
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: would be skipped ({why}), and CI is set: in CI every test runs");
+    }
+    if std::env::var_os(ALLOW_SKIPS).is_none_or(|v| v != "1") {
+        panic!("{test}: cannot run here ({why}); set {ALLOW_SKIPS}=1 to skip it (outside CI only)");
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+    if let Some(path) = std::env::var_os(SKIP_LOG) {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{test}: {why}");
+        }
+    }
 }
 
 /// A request to a hung instance must fail the test, not stall the run: Spin 4.0.x never
@@ -300,21 +329,48 @@ impl TestApp {
     /// Every recorded response that breaks `openapi.yaml`, and every place a secret
     /// variable's value shows up in a response or the log (see [`crate::contract`]).
     pub fn contract_and_leak_problems(&self) -> Vec<String> {
-        let responses = self.app.recorded();
-        let spec = crate::contract::Spec::repo();
-        let mut problems: Vec<String> = responses.iter().flat_map(|r| spec.violations(r)).collect();
-        if self.app.zero_row_queries() > 0 {
-            problems.push(format!(
-                "{} quer(y/ies) returned zero rows: {}",
-                self.app.zero_row_queries(),
-                crate::host::postgres::ZERO_ROWS_HANG
-            ));
+        contract_and_leak_problems(&self.app, &self.variables)
+    }
+}
+
+/// What [`TestApp::contract_and_leak_problems`] checks, for any running instance.
+pub fn contract_and_leak_problems(app: &Runtime, variables: &HashMap<String, String>) -> Vec<String> {
+    let responses = app.recorded();
+    let spec = crate::contract::Spec::repo();
+    let mut problems: Vec<String> = responses.iter().flat_map(|r| spec.violations(r)).collect();
+    if app.zero_row_queries() > 0 {
+        problems.push(format!(
+            "{} quer(y/ies) returned zero rows: {}",
+            app.zero_row_queries(),
+            crate::host::postgres::ZERO_ROWS_HANG
+        ));
+    }
+    let names = crate::contract::secret_variable_names(&crate::repo_root().join("spin.toml"));
+    let secrets = crate::contract::secret_values(&names, variables);
+    problems.extend(crate::contract::leaks(&secrets, &responses, &app.logs()));
+    problems.dedup();
+    problems
+}
+
+/// The check every app instance gets when it is dropped (see the `Drop` of [`TestApp`]).
+fn check_on_drop(app: &Runtime, variables: &HashMap<String, String>) {
+    if std::thread::panicking() || std::env::var_os("LIBERO_SKIP_CONTRACT").is_some() {
+        return;
+    }
+    let problems = contract_and_leak_problems(app, variables);
+    // `LIBERO_CONTRACT_TALLY=<file>`: append how many responses and log lines were checked.
+    if let Some(path) = std::env::var_os("LIBERO_CONTRACT_TALLY") {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{} {}", app.recorded().len(), app.logs().len());
         }
-        let names = crate::contract::secret_variable_names(&crate::repo_root().join("spin.toml"));
-        let secrets = crate::contract::secret_values(&names, &self.variables);
-        problems.extend(crate::contract::leaks(&secrets, &responses, &self.logs()));
-        problems.dedup();
-        problems
+    }
+    if !problems.is_empty() {
+        panic!(
+            "{} contract or secret-leak problem(s) in this test's responses:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
     }
 }
 
@@ -323,24 +379,34 @@ impl TestApp {
 /// `LIBERO_SKIP_CONTRACT=1` to turn this off while debugging.
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("LIBERO_SKIP_CONTRACT").is_some() {
-            return;
-        }
-        let problems = self.contract_and_leak_problems();
-        // `LIBERO_CONTRACT_TALLY=<file>`: append how many responses and log lines were checked.
-        if let Some(path) = std::env::var_os("LIBERO_CONTRACT_TALLY") {
-            use std::io::Write as _;
-            if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                let _ = writeln!(file, "{} {}", self.app.recorded().len(), self.logs().len());
-            }
-        }
-        if !problems.is_empty() {
-            panic!(
-                "{} contract or secret-leak problem(s) in this test's responses:\n  {}",
-                problems.len(),
-                problems.join("\n  ")
-            );
-        }
+        check_on_drop(&self.app, &self.variables);
+    }
+}
+
+/// Another instance of the app beside a test's [`TestApp`] (a replica, a restart): a
+/// [`Runtime`] (through `Deref`) that gets the same contract and leak check when dropped.
+pub struct Instance {
+    pub app: Runtime,
+    pub variables: HashMap<String, String>,
+}
+
+impl Instance {
+    /// The project's `spin.toml` with these variables, on the runtime `LIBERO_RUNTIME` names.
+    pub async fn start(variables: &HashMap<String, String>) -> Instance {
+        Instance { app: Runtime::start(variables).await, variables: variables.clone() }
+    }
+}
+
+impl std::ops::Deref for Instance {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.app
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        check_on_drop(&self.app, &self.variables);
     }
 }
 

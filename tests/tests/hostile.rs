@@ -75,6 +75,8 @@ struct Case {
     body: Vec<u8>,
     /// How the body goes out (see the module docs).
     send: Sending,
+    /// The status and error code it must be refused with.
+    expect: (u16, &'static str),
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -118,7 +120,12 @@ impl Case {
             headers,
             body: body.into(),
             send: Sending::Whole,
+            expect: (0, "no expectation set"),
         }
+    }
+    fn expecting(mut self, status: u16, code: &'static str) -> Case {
+        self.expect = (status, code);
+        self
     }
     fn json(name: impl Into<String>, path: &str, token: &str, body: &Value) -> Case {
         Case::new(name, path, Some(token), Some("application/json"), serde_json::to_vec(body).unwrap())
@@ -156,8 +163,10 @@ fn token_parts(token: &str) -> (String, String, String) {
     (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
 }
 
-/// Tokens that must all be refused with 401.
-fn bad_tokens(app: &TestApp, user: Uuid) -> Vec<(&'static str, String)> {
+/// Tokens that must all be refused with 401, each with its error code: a token whose
+/// payload was swapped must fail on its signature, never get as far as looking the
+/// (random) user up.
+fn bad_tokens(app: &TestApp, user: Uuid) -> Vec<(&'static str, &'static str, String)> {
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64, aud: &str, role: &str, sub: &str| json!({ "sub": sub, "aud": aud, "role": role, "iat": now - 10, "exp": exp });
     let good = app.token_for(user);
@@ -170,33 +179,56 @@ fn bad_tokens(app: &TestApp, user: Uuid) -> Vec<(&'static str, String)> {
     let mut flipped = sig.clone().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     vec![
-        ("expired", app.token_with_claims(claims(now - 120, "authenticated", "authenticated", &user.to_string()))),
+        (
+            "expired",
+            "token_expired",
+            app.token_with_claims(claims(now - 120, "authenticated", "authenticated", &user.to_string())),
+        ),
         (
             "wrong audience",
+            "wrong_audience",
             app.token_with_claims(claims(now + 3600, "somebody-else", "authenticated", &user.to_string())),
         ),
-        ("anon role", app.token_with_claims(claims(now + 3600, "authenticated", "anon", &user.to_string()))),
-        ("service role", app.token_with_claims(claims(now + 3600, "authenticated", "service_role", &user.to_string()))),
-        ("sub not a uuid", app.token_with_claims(claims(now + 3600, "authenticated", "authenticated", "admin"))),
+        (
+            "anon role",
+            "wrong_role",
+            app.token_with_claims(claims(now + 3600, "authenticated", "anon", &user.to_string())),
+        ),
+        (
+            "service role",
+            "wrong_role",
+            app.token_with_claims(claims(now + 3600, "authenticated", "service_role", &user.to_string())),
+        ),
+        (
+            "sub not a uuid",
+            "invalid_subject",
+            app.token_with_claims(claims(now + 3600, "authenticated", "authenticated", "admin")),
+        ),
         (
             "no exp",
+            "malformed_token",
             app.token_with_claims(json!({ "sub": user.to_string(), "aud": "authenticated", "role": "authenticated" })),
         ),
         (
             "wrong secret",
+            "invalid_signature",
             sign_hs256(
                 "not-the-project-secret",
                 &claims(now + 3600, "authenticated", "authenticated", &user.to_string()),
             ),
         ),
-        ("tampered payload", format!("{header}.{other_payload}.{sig}")),
-        ("tampered signature", format!("{header}.{payload}.{}", String::from_utf8(flipped).unwrap())),
-        ("alg none", format!("{none_header}.{none_payload}.")),
-        ("alg none, signature kept", format!("{none_header}.{none_payload}.{sig}")),
-        ("two parts", format!("{header}.{payload}")),
-        ("garbage", "definitely.not.ajwt".to_string()),
-        ("huge", format!("{header}.{}.{sig}", "A".repeat(16 * 1024))),
-        ("empty", String::new()),
+        ("tampered payload", "invalid_signature", format!("{header}.{other_payload}.{sig}")),
+        (
+            "tampered signature",
+            "invalid_signature",
+            format!("{header}.{payload}.{}", String::from_utf8(flipped).unwrap()),
+        ),
+        ("alg none", "unsupported_algorithm", format!("{none_header}.{none_payload}.")),
+        ("alg none, signature kept", "unsupported_algorithm", format!("{none_header}.{none_payload}.{sig}")),
+        ("two parts", "malformed_token", format!("{header}.{payload}")),
+        ("garbage", "malformed_token", "definitely.not.ajwt".to_string()),
+        ("huge", "malformed_token", format!("{header}.{}.{sig}", "A".repeat(16 * 1024))),
+        ("empty", "missing_token", String::new()),
     ]
 }
 
@@ -220,6 +252,9 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         }
         vars.insert("openai_api_key".into(), "sk-hostile-openai-key-123".into());
         vars.insert("elevenlabs_api_key".into(), "xi-hostile-eleven-key-456".into());
+        // The voice the valid body asks for is on offer, so that each case is refused for
+        // what it breaks, not for the voice.
+        vars.insert("elevenlabs_voice_ids".into(), "Voice01".into());
         for prefix in ["openai", "elevenlabs"] {
             vars.insert(format!("{prefix}_max_attempts"), "1".into());
             vars.insert(format!("{prefix}_timeout_ms"), "500".into());
@@ -261,13 +296,29 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
             ("lone surrogate", b"{\"text\": \"\\ud800\"}"),
             ("duplicate keys", b"{\"text\": \"a\", \"text\": {}}"),
         ] {
-            cases.push(Case::new(format!("{short}: {name}"), path, Some(&token), Some("application/json"), body));
+            // The portal's body is optional (an empty one asks for the default return
+            // URL): it gets as far as the user, who has no Stripe customer.
+            let expect = match name {
+                "empty body" if short == "stripe-checkout/portal" => (404, "no_customer"),
+                "empty body" => (400, "empty_body"),
+                _ => (400, "invalid_body"),
+            };
+            cases.push(
+                Case::new(format!("{short}: {name}"), path, Some(&token), Some("application/json"), body)
+                    .expecting(expect.0, expect.1),
+            );
         }
         // Deep nesting within the size limit, and a body over it.
         let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
-        cases.push(Case::new(format!("{short}: deep nesting"), path, Some(&token), Some("application/json"), deep));
+        cases.push(
+            Case::new(format!("{short}: deep nesting"), path, Some(&token), Some("application/json"), deep)
+                .expecting(400, "invalid_body"),
+        );
         let deep_obj = format!("{}1{}", "{\"a\":".repeat(3_000), "}".repeat(3_000));
-        cases.push(Case::new(format!("{short}: deep objects"), path, Some(&token), Some("application/json"), deep_obj));
+        cases.push(
+            Case::new(format!("{short}: deep objects"), path, Some(&token), Some("application/json"), deep_obj)
+                .expecting(400, "invalid_body"),
+        );
         let huge = serde_json::to_vec(&json!({ "text": "x".repeat(4 * 1024 * 1024) })).unwrap();
         let mut declared = Case::new(
             format!("{short}: 4 MiB body, length declared"),
@@ -275,7 +326,8 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
             Some(&token),
             Some("application/json"),
             huge,
-        );
+        )
+        .expecting(413, "payload_too_large");
         declared.send = Sending::DeclaredOnly;
         cases.push(declared);
         let mut chunked = Case::new(
@@ -284,7 +336,8 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
             Some(&token),
             Some("application/json"),
             Vec::new(),
-        );
+        )
+        .expecting(413, "payload_too_large");
         chunked.send = Sending::ChunkedUpTo(body_limit(path) + 1);
         cases.push(chunked);
         // Each field: the wrong type, null (for required ones), odd strings.
@@ -293,7 +346,10 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
             for wrong in wrong_types(value) {
                 let mut body = valid.clone();
                 body[field] = wrong.clone();
-                cases.push(Case::json(format!("{short}: {field} = {wrong}"), path, &token, &body));
+                cases.push(
+                    Case::json(format!("{short}: {field} = {wrong}"), path, &token, &body)
+                        .expecting(400, "invalid_body"),
+                );
             }
             if value.is_string() {
                 for odd in odd_strings() {
@@ -305,42 +361,59 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
                     let mut body = valid.clone();
                     body[field] = json!(odd);
                     let label: String = odd.chars().take(12).collect();
-                    cases.push(Case::json(format!("{short}: {field} = {label:?}…"), path, &token, &body));
+                    // Over the body limit before any field is looked at; else each field's
+                    // own refusal.
+                    let expect = match field.as_str() {
+                        _ if odd.len() > body_limit(path) => (413, "payload_too_large"),
+                        "product" => (400, "unknown_product"),
+                        "return_url" => (400, "invalid_redirect"),
+                        _ => (400, "invalid_field"),
+                    };
+                    cases.push(
+                        Case::json(format!("{short}: {field} = {label:?}…"), path, &token, &body)
+                            .expecting(expect.0, expect.1),
+                    );
                 }
             }
         }
         let mut unknown = valid.clone();
         unknown["is_admin"] = json!(true);
-        cases.push(Case::json(format!("{short}: unknown field"), path, &token, &unknown));
+        cases
+            .push(Case::json(format!("{short}: unknown field"), path, &token, &unknown).expecting(400, "invalid_body"));
         let mut tokens_field = valid.clone();
         tokens_field["tokens"] = json!(1_000_000);
-        cases.push(Case::json(format!("{short}: client-chosen tokens"), path, &token, &tokens_field));
+        cases.push(
+            Case::json(format!("{short}: client-chosen tokens"), path, &token, &tokens_field)
+                .expecting(400, "invalid_body"),
+        );
         // Content types.
         let valid_bytes = serde_json::to_vec(&valid).unwrap();
         for ct in
             ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"]
         {
-            cases.push(Case::new(
-                format!("{short}: content-type {ct}"),
-                path,
-                Some(&token),
-                Some(ct),
-                valid_bytes.clone(),
-            ));
+            cases.push(
+                Case::new(format!("{short}: content-type {ct}"), path, Some(&token), Some(ct), valid_bytes.clone())
+                    .expecting(415, "unsupported_media_type"),
+            );
         }
         // Methods.
         for method in ["GET", "PUT", "DELETE", "PATCH"] {
-            let mut case = Case::json(format!("{short}: {method}"), path, &token, &valid);
+            let mut case =
+                Case::json(format!("{short}: {method}"), path, &token, &valid).expecting(405, "method_not_allowed");
             case.method = method;
             cases.push(case);
         }
         // Tokens.
-        cases.push(Case::new(format!("{short}: no token"), path, None, Some("application/json"), valid_bytes.clone()));
-        for (name, bad) in bad_tokens(&app, user) {
-            cases.push(Case::json(format!("{short}: token {name}"), path, &bad, &valid));
+        cases.push(
+            Case::new(format!("{short}: no token"), path, None, Some("application/json"), valid_bytes.clone())
+                .expecting(401, "missing_token"),
+        );
+        for (name, code, bad) in bad_tokens(&app, user) {
+            cases.push(Case::json(format!("{short}: token {name}"), path, &bad, &valid).expecting(401, code));
         }
         let mut basic =
-            Case::new(format!("{short}: basic auth"), path, None, Some("application/json"), valid_bytes.clone());
+            Case::new(format!("{short}: basic auth"), path, None, Some("application/json"), valid_bytes.clone())
+                .expecting(401, "malformed_token");
         basic.headers.push(("authorization".into(), "Basic dXNlcjpwYXNz".into()));
         cases.push(basic);
         let mut long_header = Case::new(
@@ -349,68 +422,109 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
             None,
             Some("application/json"),
             valid_bytes.clone(),
-        );
+        )
+        .expecting(401, "malformed_token");
         long_header.headers.push(("authorization".into(), format!("Bearer {}", "y".repeat(32 * 1024))));
         cases.push(long_header);
         // A valid token whose user does not exist. tts reads no per-user state before it
         // needs an upstream (a cache hit or "no provider" answers anyone signed in).
         if short != "tts" {
-            cases.push(Case::json(format!("{short}: user without a profile"), path, &ghost, &valid));
+            cases.push(
+                Case::json(format!("{short}: user without a profile"), path, &ghost, &valid)
+                    .expecting(404, "user_not_found"),
+            );
         }
     }
     // Another user's ids.
     let session = json!({ "session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 60, "protocol_id": foreign_protocol.to_string() });
-    cases.push(Case::json(
-        "session-complete: another user's protocol",
-        "/functions/v1/session-complete",
-        &token,
-        &session,
-    ));
+    cases.push(
+        Case::json("session-complete: another user's protocol", "/functions/v1/session-complete", &token, &session)
+            .expecting(403, "protocol_forbidden"),
+    );
     let script = json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2, "protocol_id": foreign_protocol.to_string() });
-    cases.push(Case::json(
-        "generate-script: another user's protocol",
-        "/functions/v1/generate-script",
-        &token,
-        &script,
-    ));
-    cases.push(Case::json("generate-script: a protocol that does not exist", "/functions/v1/generate-script", &token, &json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2, "protocol_id": Uuid::new_v4().to_string() })));
+    cases.push(
+        Case::json("generate-script: another user's protocol", "/functions/v1/generate-script", &token, &script)
+            .expecting(403, "protocol_forbidden"),
+    );
+    cases.push(Case::json("generate-script: a protocol that does not exist", "/functions/v1/generate-script", &token, &json!({ "ego_state": "guardian", "intent": "sleep", "duration_minutes": 2, "protocol_id": Uuid::new_v4().to_string() })).expecting(404, "protocol_not_found"));
     // The products list takes no body, only GET.
     for method in ["POST", "PUT", "DELETE"] {
         let mut case =
-            Case::json(format!("products: {method}"), "/functions/v1/stripe-checkout/products", &token, &json!({}));
+            Case::json(format!("products: {method}"), "/functions/v1/stripe-checkout/products", &token, &json!({}))
+                .expecting(405, "method_not_allowed");
         case.method = method;
         cases.push(case);
     }
-    cases.push(Case::json("stripe-checkout: unknown route", "/functions/v1/stripe-checkout/admin", &token, &json!({})));
+    cases.push(
+        Case::json("stripe-checkout: unknown route", "/functions/v1/stripe-checkout/admin", &token, &json!({}))
+            .expecting(404, "route_not_found"),
+    );
 
     // The webhook: signatures instead of tokens.
     let hook = "/functions/v1/stripe-webhook";
     let paid = event("checkout.session.completed", checkout_session(user, "tokens-large", "payment", "paid"));
     let paid_bytes = serde_json::to_vec(&paid).unwrap();
     let signed = |body: &[u8], secret: &str, t: i64| signature(body, secret, t);
-    let webhook_cases: Vec<(&str, Vec<u8>, Option<String>)> = vec![
-        ("no signature", paid_bytes.clone(), None),
-        ("empty signature", paid_bytes.clone(), Some(String::new())),
-        ("garbage signature", paid_bytes.clone(), Some("nonsense".into())),
-        ("wrong secret", paid_bytes.clone(), Some(signed(&paid_bytes, "whsec_attacker", now()))),
-        ("stale timestamp", paid_bytes.clone(), Some(signed(&paid_bytes, WEBHOOK_SECRET, now() - 600))),
-        ("future timestamp", paid_bytes.clone(), Some(signed(&paid_bytes, WEBHOOK_SECRET, now() + 600))),
-        ("signature of another body", paid_bytes.clone(), Some(signed(b"{}", WEBHOOK_SECRET, now()))),
-        ("v0 only", paid_bytes.clone(), Some(signed(&paid_bytes, WEBHOOK_SECRET, now()).replace("v1=", "v0="))),
-        ("huge header", paid_bytes.clone(), Some(format!("t={},{}", now(), "v1=00,".repeat(4000)))),
-        ("signed non-json", b"not json at all".to_vec(), Some(signed(b"not json at all", WEBHOOK_SECRET, now()))),
-        ("signed empty", Vec::new(), Some(signed(b"", WEBHOOK_SECRET, now()))),
-        ("signed array", b"[]".to_vec(), Some(signed(b"[]", WEBHOOK_SECRET, now()))),
+    let webhook_cases: Vec<(&str, &str, Vec<u8>, Option<String>)> = vec![
+        ("no signature", "missing_signature", paid_bytes.clone(), None),
+        ("empty signature", "missing_signature", paid_bytes.clone(), Some(String::new())),
+        ("garbage signature", "malformed_signature", paid_bytes.clone(), Some("nonsense".into())),
+        ("wrong secret", "signature_mismatch", paid_bytes.clone(), Some(signed(&paid_bytes, "whsec_attacker", now()))),
+        (
+            "stale timestamp",
+            "signature_expired",
+            paid_bytes.clone(),
+            Some(signed(&paid_bytes, WEBHOOK_SECRET, now() - 600)),
+        ),
+        (
+            "future timestamp",
+            "signature_expired",
+            paid_bytes.clone(),
+            Some(signed(&paid_bytes, WEBHOOK_SECRET, now() + 600)),
+        ),
+        (
+            "signature of another body",
+            "signature_mismatch",
+            paid_bytes.clone(),
+            Some(signed(b"{}", WEBHOOK_SECRET, now())),
+        ),
+        (
+            "v0 only",
+            "malformed_signature",
+            paid_bytes.clone(),
+            Some(signed(&paid_bytes, WEBHOOK_SECRET, now()).replace("v1=", "v0=")),
+        ),
+        (
+            "huge header",
+            "malformed_signature",
+            paid_bytes.clone(),
+            Some(format!("t={},{}", now(), "v1=00,".repeat(4000))),
+        ),
+        (
+            "signed non-json",
+            "invalid_event",
+            b"not json at all".to_vec(),
+            Some(signed(b"not json at all", WEBHOOK_SECRET, now())),
+        ),
+        ("signed empty", "invalid_event", Vec::new(), Some(signed(b"", WEBHOOK_SECRET, now()))),
+        ("signed array", "invalid_event", b"[]".to_vec(), Some(signed(b"[]", WEBHOOK_SECRET, now()))),
         (
             "signed event without id",
+            "invalid_event",
             br#"{"type":"checkout.session.completed","data":{"object":{}}}"#.to_vec(),
             Some(signed(br#"{"type":"checkout.session.completed","data":{"object":{}}}"#, WEBHOOK_SECRET, now())),
         ),
-        ("signed deep nesting", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), None),
+        (
+            "signed deep nesting",
+            "invalid_event",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            None,
+        ),
     ];
-    for (name, body, sig) in webhook_cases {
+    for (name, code, body, sig) in webhook_cases {
         let sig = if name == "signed deep nesting" { Some(signed(&body, WEBHOOK_SECRET, now())) } else { sig };
-        let mut case = Case::new(format!("stripe-webhook: {name}"), hook, None, Some("application/json"), body);
+        let mut case = Case::new(format!("stripe-webhook: {name}"), hook, None, Some("application/json"), body)
+            .expecting(400, code);
         if let Some(s) = sig {
             case.headers.push(("stripe-signature".into(), s));
         }
@@ -422,18 +536,21 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         None,
         Some("application/json"),
         vec![b' '; 4 * 1024 * 1024],
-    );
+    )
+    .expecting(413, "payload_too_large");
     big.headers.push(("stripe-signature".into(), format!("t={},v1=00", now())));
     big.send = Sending::DeclaredOnly;
     cases.push(big);
     let mut chunked =
-        Case::new("stripe-webhook: body over the limit, chunked", hook, None, Some("application/json"), Vec::new());
+        Case::new("stripe-webhook: body over the limit, chunked", hook, None, Some("application/json"), Vec::new())
+            .expecting(413, "payload_too_large");
     chunked.headers.push(("stripe-signature".into(), format!("t={},v1=00", now())));
     chunked.send = Sending::ChunkedUpTo(body_limit(hook) + 1);
     cases.push(chunked);
     for method in ["GET", "PUT", "DELETE"] {
         let mut case =
-            Case::new(format!("stripe-webhook: {method}"), hook, None, Some("application/json"), paid_bytes.clone());
+            Case::new(format!("stripe-webhook: {method}"), hook, None, Some("application/json"), paid_bytes.clone())
+                .expecting(405, "method_not_allowed");
         case.method = method;
         cases.push(case);
     }
@@ -466,23 +583,27 @@ async fn every_endpoint_refuses_hostile_input_with_a_4xx_and_writes_nothing() {
         });
         for (case, (status, ct, json, text)) in chunk.iter().zip(futures_util::future::join_all(sends).await) {
             *by_status.entry(status).or_default() += 1;
-            let refused =
-                (400..500).contains(&status) && ct.starts_with("application/json") && json["error"]["code"].is_string();
-            let ok = refused
-                && (case.send == Sending::Whole
-                    || (status, json["error"]["code"].as_str()) == (413, Some("payload_too_large")));
+            let ok = ct.starts_with("application/json")
+                && (status, json["error"]["code"].as_str()) == (case.expect.0, Some(case.expect.1));
             if !ok {
-                failures.push(format!("{}: {status} {ct} {text}", case.name));
+                failures.push(format!(
+                    "{}: expected {} {}, got {status} {ct} {text}",
+                    case.name, case.expect.0, case.expect.1
+                ));
             }
         }
     }
     println!("hostile corpus: {total} requests; answers by status: {by_status:?}");
     assert!(
         failures.is_empty(),
-        "{} of {total} hostile requests were not refused with a 4xx JSON error:\n  {}",
+        "{} of {total} hostile requests were not refused with their status and error code:\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
+    // The figures the README gives.
+    let expected: BTreeMap<u16, usize> =
+        [(400, 351), (401, 144), (403, 2), (404, 10), (405, 38), (413, 31), (415, 32)].into_iter().collect();
+    assert_eq!((total, &by_status), (608, &expected), "the corpus or its answers changed: update the README too");
 
     // Nothing written, nothing spent, nothing trapped.
     assert_eq!(counts(&app).await, before, "hostile requests changed the database");

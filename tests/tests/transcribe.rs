@@ -105,8 +105,11 @@ fn browser_webm(blocks: usize, frame_bytes: usize) -> Vec<u8> {
     out
 }
 
-/// A multipart/form-data body: `(name, filename, content type, content)` parts.
-fn form(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> Vec<u8> {
+/// One part of a multipart/form-data body: name, filename, content type, content.
+type Part<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A multipart/form-data body of these parts.
+fn form(parts: &[Part]) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, filename, content_type, content) in parts {
         body.extend_from_slice(
@@ -157,7 +160,7 @@ async fn send(app: &TestApp, token: Option<String>, content_type: Option<&str>, 
     Answer { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::Null), text }
 }
 
-async fn post_form(app: &TestApp, user: Uuid, parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> Answer {
+async fn post_form(app: &TestApp, user: Uuid, parts: &[Part<'_>]) -> Answer {
     send(app, Some(app.token_for(user)), Some(&form_type()), "", form(parts)).await
 }
 
@@ -484,7 +487,9 @@ async fn hostile_inputs_are_refused_before_anything_is_spent() {
     let mut too_big = webm.clone();
     too_big.resize(25_000_001, 0);
 
-    let cases: Vec<(&str, Option<String>, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
+    // Name, token, content type, query, body, expected status and code.
+    type Case<'a> = (&'a str, Option<String>, Option<&'a str>, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no token", None, Some(&ft), "", form(&[("file", None, None, &webm)]), 401, ""),
         (
             "anonymous sign-in",

@@ -257,7 +257,9 @@ pub async fn run(
         });
     }
 
-    let mut passes: HashMap<(Runtime, What), Vec<(Stats, Option<Stats>)>> = HashMap::new();
+    // Per target, each pass's statistics and, when measured, its second figure.
+    type Passes = Vec<(Stats, Option<Stats>)>;
+    let mut passes: HashMap<(Runtime, What), Passes> = HashMap::new();
     for pass in 1..=BUDGET_PASSES {
         for t in &targets {
             say(&format!("side by side: {}, {}, pass {pass}", t.runtime.label(), t.what.label()));
@@ -651,11 +653,12 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         writeln!(
             report,
             "\nServer side under Spin (`pg_stat_statements`, {} requests at c=1, execution and planning time per request): \
-             `complete_session` {} ms; Spin's pool reset {:.1} statements ({}) taking {} ms{}.",
+             `complete_session` {} ms; Spin's pool reset {:.1} statements (deadpool `Clean`: `CLOSE ALL`, \
+             `SET SESSION AUTHORIZATION DEFAULT`, `RESET ALL`, `UNLISTEN *`, `pg_advisory_unlock_all()`, \
+             `DISCARD TEMP`, `DISCARD SEQUENCES`) taking {} ms{}.",
             ss.requests,
             msf(ss.complete_session_ms),
             ss.reset_statements,
-            "deadpool `Clean`: `CLOSE ALL`, `SET SESSION AUTHORIZATION DEFAULT`, `RESET ALL`, `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP`, `DISCARD SEQUENCES`",
             msf(ss.reset_ms),
             ss.other
                 .iter()

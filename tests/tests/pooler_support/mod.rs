@@ -2,8 +2,8 @@
 //! free loopback port, its ini and userlist in a temporary directory.
 //!
 //! PgBouncer comes from the OS (`apt-get install pgbouncer`; `.ci/run` installs it). Where
-//! it is missing a test skips with one line saying so, except in CI (`CI` set), where it
-//! fails: a pooler test that silently passes without a pooler proves nothing.
+//! it is missing a test fails, or with `LIBERO_ALLOW_SKIPS=1` (outside CI only) skips with
+//! a line saying so: a pooler test that silently passes without a pooler proves nothing.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libero_tests::cluster::is_root;
+use libero_tests::testing::skip;
 use tokio::process::{Child, Command};
 
 /// The `pgbouncer` binary: `PGBOUNCER`, `PATH`, then Debian's `/usr/sbin/pgbouncer`.
@@ -27,15 +28,12 @@ pub fn find_pgbouncer() -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join("pgbouncer")).find(|p| p.is_file())
 }
 
-/// The binary, or `None` after a line saying the test is skipped. In CI a missing
-/// PgBouncer fails the test instead.
+/// The binary, or `None` once [`skip`] has said why (a failure in CI, and outside CI
+/// unless `LIBERO_ALLOW_SKIPS=1`).
 pub fn pgbouncer_or_skip() -> Option<PathBuf> {
     let found = find_pgbouncer();
     if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("pgbouncer not found, and CI is set: .ci/run installs it (apt-get install pgbouncer)");
-        }
-        eprintln!("skipped: pgbouncer not found (apt-get install pgbouncer, or set PGBOUNCER)");
+        skip("pgbouncer not found (apt-get install pgbouncer, or set PGBOUNCER; .ci/run installs it)");
     }
     found
 }
@@ -190,7 +188,7 @@ async fn spawn_listening(command: &mut Command, port: u16, name: &str) -> (Child
 pub fn pgcat_or_skip() -> Option<PathBuf> {
     let found = std::env::var_os("PGCAT").filter(|p| !p.is_empty()).map(PathBuf::from).filter(|p| p.is_file());
     if found.is_none() {
-        eprintln!("skipped: no pooler with prepared statement support at hand (set PGCAT to a PgCat binary)");
+        skip("no pooler with prepared statement support at hand (set PGCAT to a PgCat binary)");
     }
     found
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use libero_tests::testing::{Runtime, TestApp};
+use libero_tests::testing::{Instance, TestApp};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -147,9 +147,9 @@ pub async fn spawn_with(configure: impl FnOnce(&mut HashMap<String, String>)) ->
 }
 
 /// Another instance of the app with these variables (e.g. the same database, or one
-/// that cannot reach it).
-pub async fn start_instance(variables: &HashMap<String, String>) -> Runtime {
-    Runtime::start(variables).await
+/// that cannot reach it), checked against the contract like the test's own when dropped.
+pub async fn start_instance(variables: &HashMap<String, String>) -> Instance {
+    Instance::start(variables).await
 }
 
 /// A `Stripe-Signature` header as Stripe makes it.
