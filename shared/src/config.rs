@@ -1,5 +1,5 @@
-//! Settings and secrets, read from Spin application variables (design.md, "Settings and
-//! secrets"). A missing required setting is a 500 `config_missing` naming the variable.
+//! Settings and secrets, read from Spin application variables (the README's "Variables").
+//! A missing required setting is a 500 `config_missing` naming the variable.
 
 use std::str::FromStr;
 

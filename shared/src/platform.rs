@@ -12,7 +12,8 @@ pub trait Platform {
     fn variable(&self, name: &str) -> Option<String>;
 
     /// Runs one SQL statement on the configured database and returns its rows.
-    /// One statement per atomic change: see design.md, "One statement per atomic change".
+    /// One statement per atomic change: a request that failed between BEGIN and COMMIT
+    /// would hand its open transaction to the next request on that pooled connection.
     fn query(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<SqlRow>, DbError>;
 
     /// Sends an HTTP request to an upstream API (Stripe, OpenAI, ElevenLabs).

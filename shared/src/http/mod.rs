@@ -1,4 +1,4 @@
-//! HTTP conventions every endpoint follows (design.md, "Conventions"): the error
+//! HTTP conventions every endpoint follows (the README's "Endpoints"): the error
 //! envelope, method checks, body limits, JSON decoding, CORS and request ids.
 
 mod cors;

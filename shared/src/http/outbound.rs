@@ -91,8 +91,7 @@ pub enum OutboundError {
 }
 
 impl OutboundError {
-    /// Whether trying again could help (design.md retry policy: timeouts and
-    /// connection errors are retried).
+    /// Whether trying again could help: timeouts and connection errors are retried.
     pub fn is_transient(&self) -> bool {
         matches!(self, OutboundError::Timeout | OutboundError::Connection(_) | OutboundError::Body(_))
     }

@@ -1,4 +1,4 @@
-//! The products Libero sells: the ONE place they live (design.md, "Token packages").
+//! The products Libero sells: the ONE place they live.
 //!
 //! Each product says what a purchase grants (tokens, bonus, or the plan) and what it
 //! costs (amount, currency, billing interval). `libero stripe sync` (cli/) makes Stripe
