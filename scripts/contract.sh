@@ -218,7 +218,7 @@ SQL
   exit 1
 }
 
-# st_run NAME SEED SECONDS
+# st_run NAME SEED SECONDS [EXTRA SCHEMATHESIS OPTIONS]
 st_run() {
   CONTRACT_BASELINE_LOG="$work/baseline.log" SCHEMATHESIS_HOOKS="$here/hooks.py" \
     "$venv/bin/st" --config-file "$here/schemathesis.toml" run openapi.yaml \
@@ -227,7 +227,7 @@ st_run() {
     --seed "$2" --max-time "$3" \
     --generation-database none \
     --report ndjson --report-ndjson-path "$work/$1-$2.ndjson" \
-    --no-color ${CONTRACT_ST_ARGS:-}
+    --no-color ${CONTRACT_ST_ARGS:-} ${4:-}
 }
 
 failed=()
@@ -246,7 +246,12 @@ for deployment in "${deployments[@]}"; do
   start_app "$deployment" "$runtime"
   for seed in "$fixed_seed" "$random_seed"; do
     echo "contract.sh: $deployment, served by $label; seed $seed; ${share}s"
-    st_run "$deployment" "$seed" "$share" || failed+=("$deployment, seed $seed")
+    # Where Stripe answers, a generated DELETE /account would erase the contract's user
+    # halfway and leave every later request a 404: that path has its own end-to-end tests
+    # (tests/tests/account.rs); the other deployments still test its refusals.
+    skip=""
+    if [ "$deployment" = up ]; then skip="--exclude-path /account"; fi
+    st_run "$deployment" "$seed" "$share" "$skip" || failed+=("$deployment, seed $seed")
   done
   stop_app
 done

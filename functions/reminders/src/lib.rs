@@ -46,6 +46,9 @@ fn subscribe(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiRespons
 fn unsubscribe(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
     let user = auth::authenticate(request, platform)?;
     let body: UnsubscribeBody = request.json()?;
+    if body.endpoint.is_empty() || body.endpoint.len() > 2048 {
+        return Err(ApiError::bad_request("invalid_field", "Field `endpoint` must be 1 to 2048 characters long."));
+    }
     let removed = push::unsubscribe(platform, &user.user_id, &body.endpoint)?;
     Ok(ApiResponse::json(200, &json!({ "removed": removed })))
 }
