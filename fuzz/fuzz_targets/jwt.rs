@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let config = AuthConfig {
         hs256_secret: Some(b"fuzz-secret-0123456789abcdef".to_vec()),
         jwks: None,
+        remote_jwks: None,
         audience: "authenticated".into(),
         leeway_secs: 30,
     };

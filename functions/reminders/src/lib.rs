@@ -4,7 +4,7 @@
 //! (service role) to send the reminders that are due. The rules live in
 //! `libero_shared::push`.
 
-use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route};
+use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::push::{self, Limits, Subscription, SubscriptionBody};
 use libero_shared::{auth, Platform};
 use serde::Deserialize;
@@ -18,7 +18,7 @@ pub const ENDPOINT: Endpoint = Endpoint {
         Route { method: "DELETE", path: "/subscription", handler: unsubscribe },
         Route { method: "POST", path: "/send", handler: send },
     ],
-    body_limit: 8 * 1024,
+    body_limit: DEFAULT_BODY_LIMIT,
 };
 
 #[derive(Deserialize)]
