@@ -49,7 +49,7 @@ def main(outcome, log, reports):
     used = collections.Counter(Path(log).read_text().split()) if Path(log).exists() else collections.Counter()
     print(f"contract: accepted exceptions (tests/schemathesis/baseline.yaml), {sum(used.values())} answers in all:")
     for i, entry in enumerate(entries):
-        codes = "/".join(entry["codes"])
+        codes = "/".join(code or "(no error code)" for code in entry["codes"])
         print(f"  {used.get(str(i), 0):5}  {entry['operation']} {entry['failure']} {entry['status']} {codes}")
     if outcome == "passed":
         print(f"contract: {total} passed, 0 failed")
