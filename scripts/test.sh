@@ -2,7 +2,8 @@
 # The whole test suite: checks the formatting and clippy, builds the components, starts a
 # throwaway Postgres unless DATABASE_URL names one, and runs every test against the real
 # .wasm: first under the bundled host, then the end-to-end HTTP tests again under real
-# `spin up` (SPIN, PATH, then ../shared/bin/spin). Arguments go to both `cargo test` runs.
+# `spin up` (SPIN, PATH, then ../shared/bin/spin). Arguments go to every `cargo test` run:
+# cargo's before a `--`, the test harness's after it.
 #
 # Nothing is left out silently. Without Spin the run fails (outside CI,
 # LIBERO_ALLOW_SKIPS=1 lets it end after the first pass, saying so). A test that cannot
@@ -21,6 +22,29 @@ scripts/build-wasm.sh
 DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh start)}"
 export DATABASE_URL
 
+# The end-to-end suite is one test binary (tests/tests/main.rs); a part of it is chosen by
+# its module paths ("stripe_webhook::"). Split our arguments into cargo's and libtest's so
+# that those filters can follow them.
+cargo_args=()
+harness_args=()
+seen_separator=0
+for arg in "$@"; do
+  if [ "$seen_separator" = 0 ] && [ "$arg" = "--" ]; then
+    seen_separator=1
+  elif [ "$seen_separator" = 0 ]; then
+    cargo_args+=("$arg")
+  else
+    harness_args+=("$arg")
+  fi
+done
+# suite [--ignored] MODULE...: the suite's tests in those modules.
+suite() {
+  local extra=() filters=()
+  if [ "$1" = --ignored ]; then extra+=(--ignored); shift; fi
+  for m in "$@"; do filters+=("$m::"); done
+  cargo test -p libero-tests --test suite "${cargo_args[@]}" -- "${harness_args[@]}" "${extra[@]}" "${filters[@]}"
+}
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # sum LOG FIELD: the total of one figure ("passed", "ignored", ...) over a cargo test log.
@@ -38,16 +62,14 @@ summary() {
 
 LIBERO_SKIP_LOG="$work/host.skips" cargo test --workspace --exclude libero-fixture "$@" 2>&1 | tee "$work/host.log"
 if [ -n "${PGCAT:-}" ]; then
-  LIBERO_SKIP_LOG="$work/host.skips" cargo test -p libero-tests --test pooler -- --ignored 2>&1 | tee -a "$work/host.log"
+  LIBERO_SKIP_LOG="$work/host.skips" suite --ignored pooler 2>&1 | tee -a "$work/host.log"
 fi
 # The same end-to-end tests against an adopted database: the old app's (tests/adopt)
 # brought over by `libero adopt` (docs/adopt.md), users and payments already in it.
 adopted_tests=(session_complete stripe_webhook stripe_checkout insights)
-targets=()
-for t in "${adopted_tests[@]}"; do targets+=(--test "$t"); done
 LIBERO_TEST_ADOPTED=1 LIBERO_SKIP_LOG="$work/host.skips" \
-  cargo test -p libero-tests "${targets[@]}" "$@" 2>&1 | tee -a "$work/host.log"
-host_summary="$(summary "$work/host.log" "$work/host.skips" "bundled host (and ${#adopted_tests[@]} binaries again on an adopted database)")"
+  suite "${adopted_tests[@]}" 2>&1 | tee -a "$work/host.log"
+host_summary="$(summary "$work/host.log" "$work/host.skips" "bundled host (and ${#adopted_tests[@]} modules again on an adopted database)")"
 
 # The end-to-end tests that run under real Spin too (response recording for the
 # contract check stays on the bundled host; under Spin only the log is leak-checked).
@@ -64,13 +86,11 @@ if [ -z "$spin" ]; then
   exit 1
 fi
 version="$("$spin" --version | head -n 1 | cut -d" " -f1,2)"
-targets=()
-for t in "${spin_tests[@]}"; do targets+=(--test "$t"); done
 SPIN="$spin" LIBERO_RUNTIME=spin LIBERO_SKIP_LOG="$work/spin.skips" \
-  cargo test -p libero-tests "${targets[@]}" "$@" 2>&1 | tee "$work/spin.log"
+  suite "${spin_tests[@]}" 2>&1 | tee "$work/spin.log"
 if [ -n "${PGCAT:-}" ]; then
   SPIN="$spin" LIBERO_RUNTIME=spin LIBERO_SKIP_LOG="$work/spin.skips" \
-    cargo test -p libero-tests --test pooler -- --ignored 2>&1 | tee -a "$work/spin.log"
+    suite --ignored pooler 2>&1 | tee -a "$work/spin.log"
 fi
 echo "$host_summary"
-summary "$work/spin.log" "$work/spin.skips" "under real Spin ($version), ${#spin_tests[@]} end-to-end test binaries"
+summary "$work/spin.log" "$work/spin.skips" "under real Spin ($version), ${#spin_tests[@]} modules of the end-to-end suite"

@@ -1,11 +1,9 @@
-#![recursion_limit = "256"]
 //! The `account` endpoint end to end: the export (every table that holds a user's rows,
 //! and only theirs) and the deletion (Stripe billing stopped first against a fake Stripe
 //! that records its calls, personal rows gone, financial records kept detached, retries,
 //! races, and Stripe's late events for the deleted customer). Runs under the bundled host
 //! and under real Spin (`LIBERO_RUNTIME=spin`).
 
-mod stripe_support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +13,7 @@ use futures_util::future::join_all;
 use libero_tests::sql::{as_role, assert_denied};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use stripe_support::*;
+use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::path_regex;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};

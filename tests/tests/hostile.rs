@@ -16,7 +16,6 @@
 //! may instead see the connection reset before it reads the 413: the server stops
 //! reading and closes, and TCP then drops what it had not yet delivered.
 
-#![recursion_limit = "256"]
 
 use std::collections::BTreeMap;
 
@@ -27,9 +26,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-#[path = "stripe_support/mod.rs"]
-mod stripe_support;
-use stripe_support::{checkout_session, event, now, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
+use crate::stripe_support::{checkout_session, event, now, signature, PRICES, SECRET_KEY, WEBHOOK_SECRET};
 
 const TABLES: [&str; 13] = [
     "auth.users",

@@ -13,7 +13,6 @@
 //! Size: `LIBERO_LOAD_USERS` users (default 80) plus one hot user; a few hundred requests,
 //! 24 operations at a time (a pair sent at once counts as one), a few seconds on 2 cores.
 
-#![recursion_limit = "256"]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,14 +21,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-#[path = "stripe_support/mod.rs"]
-mod stripe_support;
 
 use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use stripe_support::{
+use crate::stripe_support::{
     amount_of, checkout_session, event, fake_stripe, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY,
     WEBHOOK_SECRET,
 };

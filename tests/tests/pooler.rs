@@ -21,21 +21,16 @@
 //! `#[ignore]`d (no package registry has PgCat): `scripts/test.sh` runs it when `PGCAT`
 //! names a binary, and the summary counts it as ignored otherwise.
 
-#![recursion_limit = "256"]
 
-#[path = "pooler_support/mod.rs"]
-mod pooler_support;
-#[path = "stripe_support/mod.rs"]
-mod stripe_support;
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use libero_tests::db;
 use libero_tests::testing::TestApp;
-use pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
+use crate::pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
+use crate::stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
 use uuid::Uuid;
 
 const PATH: &str = "/functions/v1/session-complete";
@@ -149,7 +144,7 @@ async fn session_mode_concurrent_completions_apply_exactly_once() {
 #[tokio::test]
 async fn session_mode_twenty_concurrent_deliveries_of_one_paid_event_credit_once() {
     let Some(bouncer) = pgbouncer(PoolMode::Session, &[("default_pool_size", "64")]).await else { return };
-    let app = stripe_support::spawn_with(|variables| bouncer.route(variables)).await;
+    let app = crate::stripe_support::spawn_with(|variables| bouncer.route(variables)).await;
     let user = app.create_user().await;
     let paid = event("checkout.session.completed", checkout_session(user, "tokens-medium", "payment", "paid"));
 
@@ -230,7 +225,7 @@ async fn transaction_mode_lost_statements_are_503_pooler_misconfigured_and_apply
 #[tokio::test]
 async fn transaction_mode_webhook_deliveries_are_503_or_applied_once() {
     let Some(bouncer) = pgbouncer(PoolMode::Transaction, &[("default_pool_size", "4")]).await else { return };
-    let app = stripe_support::spawn_with(|variables| bouncer.route(variables)).await;
+    let app = crate::stripe_support::spawn_with(|variables| bouncer.route(variables)).await;
     let user = app.create_user().await;
     let paid = event("checkout.session.completed", checkout_session(user, "tokens-medium", "payment", "paid"));
 

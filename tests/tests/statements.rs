@@ -7,14 +7,11 @@
 //! `LIBERO_RUNTIME=spin` these tests fail, or with `LIBERO_ALLOW_SKIPS=1` (never in CI)
 //! say so and skip (`host_only`): they are not in `scripts/test.sh`'s real-Spin list.
 
-#![recursion_limit = "256"]
 
-#[path = "stripe_support/mod.rs"]
-mod stripe_support;
 
 use libero_tests::testing::{host_only, Runtime, TestApp};
 use serde_json::{json, Value};
-use stripe_support::{checkout_session, deliver, event};
+use crate::stripe_support::{checkout_session, deliver, event};
 use uuid::Uuid;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -77,7 +74,7 @@ async fn verified_webhook_delivery_is_one_statement_applied_or_duplicate() {
     if host_only("counts statements in the host's spin:postgres binding") {
         return;
     }
-    let app = stripe_support::spawn().await;
+    let app = crate::stripe_support::spawn().await;
     let user = app.create_user().await;
     let paid = event("checkout.session.completed", checkout_session(user, "tokens-small", "payment", "paid"));
     // The webhook reads the session's line items from (fake) Stripe over HTTP first: no

@@ -1,18 +1,16 @@
-#![recursion_limit = "256"]
 //! The catalog in the database (issue 14), end to end: checkout with no `stripe_price_*`
 //! variables sells the stored prices, `/products` shows their amounts, and the webhook's
 //! `price.*` / `product.*` events keep the table current, exactly once, in any order.
 //! The fake Stripe keeps the prices and products as state (wiremock with a custom
 //! `Respond`), so the webhook's re-reads see what Stripe would say now.
 
-mod stripe_support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use stripe_support::*;
+use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};

@@ -1,8 +1,6 @@
-#![recursion_limit = "256"]
 //! stripe-checkout end to end: the real component through the host, a real database, and
 //! a fake Stripe API (wiremock) on loopback that records what the component sent.
 
-mod stripe_support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use stripe_support::*;
+use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, Request, ResponseTemplate};

@@ -1,10 +1,8 @@
-#![recursion_limit = "256"]
 //! stripe-reconcile end to end: a stateful fake of Stripe's event log (`GET /v1/events`
 //! with `created[...]`, `starting_after`, `ending_before`, `types[]` and `has_more`), the
 //! webhook delivering some of its events, and the reconciler healing the rest into a real
 //! database. Runs under the bundled host and under real Spin (`LIBERO_RUNTIME=spin`).
 
-mod stripe_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use stripe_support::*;
+use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, ResponseTemplate};

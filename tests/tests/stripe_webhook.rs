@@ -1,14 +1,12 @@
-#![recursion_limit = "256"]
 //! stripe-webhook end to end: signed deliveries through the host into a real database,
 //! with a fake Stripe API on loopback for the subscription re-reads.
 
-mod stripe_support;
 
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use stripe_support::*;
+use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};

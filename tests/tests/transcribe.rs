@@ -8,11 +8,10 @@
 
 use std::collections::HashMap;
 
-mod speech_support;
 
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
+use crate::speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -28,7 +27,7 @@ const BROWSER_BOUNDARY: &str = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
 /// The app with the providers pointed at `fakes`, generous timeouts (a transcription
 /// takes a while), and `extra` variables.
 async fn spawn(fakes: Fakes, extra: &[(&str, &str)]) -> TestApp {
-    speech_support::spawn(fakes, 10_000, 20_000, extra).await
+    crate::speech_support::spawn(fakes, 10_000, 20_000, extra).await
 }
 
 // ---------------------------------------------------------------------------------------

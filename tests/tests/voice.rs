@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-mod speech_support;
 
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
+use crate::speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -33,7 +32,7 @@ async fn spawn(fakes: Fakes, extra: &[(&str, &str)]) -> TestApp {
     // The premium voices on offer besides the default.
     let voices =
         [("elevenlabs_default_voice_id", DEFAULT_VOICE), ("elevenlabs_voice_ids", "Voice_42,down,refused,json")];
-    speech_support::spawn(fakes, 3_000, 6_000, &[&voices[..], extra].concat()).await
+    crate::speech_support::spawn(fakes, 3_000, 6_000, &[&voices[..], extra].concat()).await
 }
 
 struct Answer {
