@@ -5,7 +5,7 @@
 //! error for anything that is not a JSON object.
 //!
 //! Cases per property: `PROPTEST_CASES` (default 256 here: about a second in CI); for a long
-//! run by hand: `PROPTEST_CASES=100000 cargo test -p libero-tests --test body_fuzz --release`.
+//! run by hand: `PROPTEST_CASES=100000 cargo test -p libero-tests --test suite --release -- body_fuzz::`.
 //! A failure prints the minimal input; add it to `regression_corpus` below so it is
 //! replayed on every run (nothing is persisted automatically).
 

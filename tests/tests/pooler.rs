@@ -301,7 +301,7 @@ async fn transaction_mode_two_processes_collide_and_are_reported_the_same_way() 
 /// names one; no registry has one, so it is ignored unless asked for): the same bursts as
 /// above all answer 200 and apply exactly once, over 4 server connections.
 #[tokio::test]
-#[ignore = "needs PgCat: PGCAT=<binary> cargo test -p libero-tests --test pooler -- --ignored"]
+#[ignore = "needs PgCat: PGCAT=<binary> cargo test -p libero-tests --test suite -- --ignored pooler::"]
 async fn transaction_mode_with_prepared_statements_applies_the_money_paths_once() {
     let Some(binary) = pgcat_or_skip() else { return };
     let db = db::fresh_database().await.expect("a test database");
