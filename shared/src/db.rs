@@ -267,7 +267,7 @@ mod tests {
         error.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// What PgBouncer 1.18 in transaction mode made of Spin's statements (issue 23), and
+    /// What PgBouncer 1.18 in transaction mode made of Spin's statements, and
     /// the other two ways a statement name can land on the wrong server connection.
     #[test]
     fn lost_prepared_statements_are_a_misconfigured_pooler_not_a_500() {

@@ -1,4 +1,4 @@
-//! The ElevenLabs text-to-speech client (issue 6): the premium voice of
+//! The ElevenLabs text-to-speech client: the premium voice of
 //! `elevenlabs-tts-proxy` and the second link of the `tts` chain.
 //!
 //! `POST <elevenlabs_base_url>/v1/text-to-speech/<voice_id>/stream?output_format=<f>` with
@@ -166,7 +166,7 @@ impl ElevenLabs {
         retrier.send(&request).and_then(crate::upstream::audio_only)
     }
 
-    /// Speech to text (`POST <base>/v1/speech-to-text`, issue 15): a multipart body built
+    /// Speech to text (`POST <base>/v1/speech-to-text`): a multipart body built
     /// by [`crate::transcribe`] (`content_type` carries its boundary); a 2xx answer comes
     /// back with its JSON body unread.
     pub fn speech_to_text(

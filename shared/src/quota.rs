@@ -1,4 +1,4 @@
-//! Per-user hourly quotas on AI calls (issue 5). The rule lives in one SQL function,
+//! Per-user hourly quotas on AI calls. The rule lives in one SQL function,
 //! `ai_quota_take` (migrations/20250103000000_ai_quota.sql), which checks and counts in
 //! one statement, so the limit holds across any number of instances. This module reads
 //! the limits from variables and turns a refusal into a 429 with `Retry-After`.

@@ -1,4 +1,4 @@
-//! generate-script, chatgpt-chat and ai-hypnosis end to end (issue 5): the real
+//! generate-script, chatgpt-chat and ai-hypnosis end to end: the real
 //! components through the host, a fresh database per test, and a fake OpenAI on loopback
 //! (`wiremock`; for the streaming hold-back test a tiny hand-written server, since
 //! wiremock sends a body all at once).

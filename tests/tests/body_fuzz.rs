@@ -1,4 +1,4 @@
-//! Property tests (issue 8) over the request-body parsers of every endpoint: each
+//! Property tests over the request-body parsers of every endpoint: each
 //! endpoint's `ENDPOINT` is called natively through `libero_shared::http::dispatch` with
 //! a `FakePlatform` (valid token; no database, no upstream: both answer "unavailable")
 //! and arbitrary bodies. It must never panic, never answer 500, and answer a 4xx JSON

@@ -1,6 +1,6 @@
 //! The single-column rules of the tables every payment and reward writes, which
 //! `20250106700000_rules_as_domains.sql` moved from table CHECK constraints onto domains
-//! (issue 19: the same rules, read once per connection instead of once per statement).
+//! (the same rules, read once per connection instead of once per statement).
 //! These tests hold it to "the same rules": none lost or changed by the move, each still
 //! refusing what breaks it, and the views and triggers it had to make again unchanged.
 

@@ -967,7 +967,7 @@ async fn achievements_unlock_once_each() {
 }
 
 // ---------------------------------------------------------------------------------------
-// complete_session: only sessions that could have happened earn (issue 20)
+// complete_session: only sessions that could have happened earn
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -1180,7 +1180,7 @@ async fn daily_caps_follow_the_users_local_day() {
     assert_ledger_consistent(&client).await;
 }
 
-/// Issue 21, finding 8b: only the app's ego states (the ego_states rows) are counted, so
+/// Only the app's ego states (the ego_states rows) are counted, so
 /// made-up ones neither unlock ego_explorer nor grow ego_state_usage.
 #[tokio::test]
 async fn only_the_apps_ego_states_are_counted() {
@@ -1286,7 +1286,7 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
     assert_ledger_consistent(&client).await;
 }
 
-/// The mint of issue 20, in SQL: twenty 10-minute sessions, all ending now, at once.
+/// Minting by overlap, in SQL: twenty 10-minute sessions, all ending now, sent at once.
 /// Only one of them could have happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_completions_sent_at_once_reward_one() {

@@ -1,4 +1,4 @@
-//! Fault injection (issue 8): Postgres stopped and restarted under the running app, and
+//! Fault injection: Postgres stopped and restarted under the running app, and
 //! every upstream (Stripe, OpenAI, ElevenLabs) hanging, answering 500 or 429, sending
 //! malformed JSON or a truncated body, or closing the connection.
 //!

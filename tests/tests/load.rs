@@ -1,11 +1,11 @@
-//! Load with invariants (issue 8): many users and one hot user, concurrently completing
+//! Load with invariants: many users and one hot user, concurrently completing
 //! sessions (a quarter of them sent twice at the same moment: a client retry racing its
 //! first try), buying token packages through the webhook (every event delivered twice at
 //! the same moment, a third of them once more later), spending on the premium voice
 //! (some upstream calls fail and are refunded) and getting charges refunded in part.
 //! Afterwards: every user's `tokens == sum(ledger)`, no balance below zero, every session,
 //! reward and purchase applied exactly once (counted against what was sent; a session
-//! earns only if it overlaps none of the user's rewarded ones, issue 20), each duplicate
+//! earns only if it overlaps none of the user's rewarded ones), each duplicate
 //! answered as a replay of its twin, each partial refund taking back exactly its share of
 //! the purchase, each 402 given only when the balance the user had then was short, and
 //! the counts printed.

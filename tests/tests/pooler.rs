@@ -1,5 +1,5 @@
-//! Behind a real connection pooler, and at connection limits (issue 23; `docs/deploy.md`
-//! is the guide these tests back).
+//! Behind a real connection pooler, and at connection limits (`docs/deploy.md` is the
+//! guide these tests back).
 //!
 //! | setup                                          | what must hold                                              |
 //! |------------------------------------------------|-------------------------------------------------------------|
@@ -209,12 +209,12 @@ async fn transaction_mode_lost_statements_are_503_pooler_misconfigured_and_apply
     let answers = join_all(bodies.iter().map(|(user, body)| complete(&app, *user, body))).await;
 
     let refused = pooler_refusals(answers.iter().map(|(s, r, b)| (*s, r.as_deref(), b)));
-    // PgBouncer 1.18 in transaction mode, 30 at once over 4 server connections: issue
-    // 23 saw 29 of 50 fail, this burst fails most of its requests. None would mean the
-    // pooler kept the statements, and this test no longer shows the failure.
+    // PgBouncer 1.18 in transaction mode, 30 at once over 4 server connections: most of
+    // the burst fails. None failing would mean the pooler kept the statements, and this
+    // test would no longer show the failure.
     assert!(refused > 0, "no request failed behind a transaction-mode pooler without prepared statements");
     assert_log_names_the_fix(&app.logs());
-    assert!(app.logs().iter().any(|l| l.contains(r#"sqlstate=26000 prepared statement "s"#)), "issue 23's error");
+    assert!(app.logs().iter().any(|l| l.contains(r#"sqlstate=26000 prepared statement "s"#)), "the lost prepared statement's error");
     // A refused completion was not applied (the statement never ran): the retries, one at
     // a time, apply each exactly once.
     let failed = bodies.iter().zip(&answers).filter(|(_, (s, _, _))| *s != 200).map(|(b, _)| b.clone()).collect();

@@ -345,7 +345,7 @@ async fn without_a_valid_token_nothing_happens() {
     assert_eq!(sessions_of(&app, user).await, 0);
 }
 
-/// Issue 20's mint: 50 completions of 10-minute sessions, each with a fresh id, sent at
+/// Minting by overlap: 50 completions of 10-minute sessions, each with a fresh id, sent at
 /// once by a user who just signed up. They all ended now, so only one of them could have
 /// happened: one is rewarded, the other 49 are recorded and earn nothing.
 #[tokio::test]

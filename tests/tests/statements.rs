@@ -1,5 +1,5 @@
-//! One statement per request on the paths that change money or progress (design.md, "One
-//! statement per atomic change"): a session completion, a verified webhook delivery and
+//! One statement per request on the paths that change money or progress (the rule is in
+//! docs/architecture.md, "Layout"): a session completion, a verified webhook delivery and
 //! a premium spend each send exactly one SQL statement (a function call), so a failure or
 //! trap can never leave half a change on a pooled connection, and each is one round trip.
 //! The bundled host counts every `spin:postgres` `query`/`execute` its components make

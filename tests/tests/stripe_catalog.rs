@@ -1,4 +1,4 @@
-//! The catalog in the database (issue 14), end to end: checkout with no `stripe_price_*`
+//! The catalog in the database, end to end: checkout with no `stripe_price_*`
 //! variables sells the stored prices, `/products` shows their amounts, and the webhook's
 //! `price.*` / `product.*` events keep the table current, exactly once, in any order.
 //! The fake Stripe keeps the prices and products as state (wiremock with a custom

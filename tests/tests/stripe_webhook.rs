@@ -559,7 +559,7 @@ async fn spend(app: &StripeApp, user: Uuid, units: i32, reference: &str) -> Valu
         .get(0)
 }
 
-/// The case: the purchase's delivery failed, the operator refunded it in the
+/// A refund that arrives first: the purchase's delivery failed, the operator refunded it in the
 /// Dashboard, then Stripe's retry (or reconcile) applied the purchase. The refund is kept
 /// and applied when the purchase arrives: no money back *and* tokens.
 #[tokio::test]

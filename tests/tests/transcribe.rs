@@ -1,4 +1,4 @@
-//! transcribe end to end (issue 15): the real component through the runtime under test
+//! transcribe end to end: the real component through the runtime under test
 //! (the bundled host, or real Spin with `LIBERO_RUNTIME=spin`), a fresh database per
 //! test, fake OpenAI and ElevenLabs on loopback (`wiremock`). The fakes' received
 //! requests are read back and split by an independent multipart reader below, so each
@@ -264,7 +264,7 @@ fn assert_nothing_leaked(app: &TestApp, answers: &[&Answer]) {
 // The chain
 // ---------------------------------------------------------------------------------------
 
-/// The issue's "done when": a browser-recorded webm blob sent as supabase-js sends
+/// What the app does most: a browser-recorded webm blob sent as supabase-js sends
 /// `FormData` comes back as text from the fake upstream.
 #[tokio::test]
 async fn a_browser_form_comes_back_as_text_from_openai() {

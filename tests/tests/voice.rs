@@ -1,4 +1,4 @@
-//! tts and elevenlabs-tts-proxy end to end (issue 6): the real components through the
+//! tts and elevenlabs-tts-proxy end to end: the real components through the
 //! host, a fresh database per test, fake OpenAI and ElevenLabs on loopback (`wiremock`).
 //!
 //! Retry settings are shrunk through the `openai_*` / `elevenlabs_*` variables (2
@@ -702,7 +702,7 @@ async fn tts_misses_count_against_the_ai_quota_and_hits_do_not() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Cost controls (issue 21): what a user can make the operator spend
+// Cost controls: what a user can make the operator spend
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Supabase access tokens and server keys (the README's "Security").
+//! Supabase access tokens and server keys (docs/deploy.md, "Supabase keys").
 //!
 //! Every user-facing endpoint calls [`authenticate`]: it reads `Authorization: Bearer
 //! <token>`, verifies the JWS signature (HS256 with the project's legacy JWT secret, or

@@ -89,15 +89,6 @@ impl ApiError {
         Self::new(503, code, message)
     }
 
-    /// The placeholder answer of an endpoint whose issue has not landed yet.
-    pub fn not_implemented(endpoint: &str) -> Self {
-        Self::new(
-            501,
-            "not_implemented",
-            format!("The {endpoint} endpoint is a placeholder and is not implemented yet."),
-        )
-    }
-
     pub fn body(&self) -> Value {
         let mut body = self.extra.clone();
         body.insert("error".to_string(), json!({ "code": self.code, "message": self.message }));

@@ -1,5 +1,6 @@
-//! HTTP conventions every endpoint follows (the README's "Endpoints"): the error
-//! envelope, method checks, body limits, JSON decoding, CORS and request ids.
+//! HTTP conventions every endpoint follows (docs/architecture.md, "Conventions of every
+//! endpoint"): the error envelope, method checks, body limits, JSON decoding, CORS and
+//! request ids.
 
 mod cors;
 mod error;

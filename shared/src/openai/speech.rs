@@ -1,4 +1,4 @@
-//! OpenAI text to speech (`POST /v1/audio/speech`, issue 6). The answer is audio bytes,
+//! OpenAI text to speech (`POST /v1/audio/speech`). The answer is audio bytes,
 //! returned with the body unread so the caller can stream it on.
 //!
 //! Same client, key, base URL and retry policy as chat ([`super::OpenAi`]): retries only

@@ -1,4 +1,4 @@
-//! OpenAI speech to text (`POST /v1/audio/transcriptions`, issue 15): the audio as
+//! OpenAI speech to text (`POST /v1/audio/transcriptions`): the audio as
 //! `multipart/form-data`, built by the caller ([`crate::transcribe`]), the answer JSON.
 //!
 //! Same client, key, base URL and retry policy as chat ([`super::OpenAi`]); the error

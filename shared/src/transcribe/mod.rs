@@ -1,4 +1,4 @@
-//! Voice messages to text (issue 15): the `transcribe` endpoint.
+//! Voice messages to text: the `transcribe` endpoint.
 //!
 //! Input ([`Upload::from_request`]): `multipart/form-data` with a `file` (what
 //! `FormData` with a `MediaRecorder` blob sends) and optional `language` and `prompt`,

@@ -1,4 +1,4 @@
-//! Speech (issue 6): the `tts` chain and the premium ElevenLabs voice.
+//! Speech: the `tts` chain and the premium ElevenLabs voice.
 //!
 //! `tts`: the shared cache ([`cache`]), then OpenAI (`/v1/audio/speech`, the requested
 //! voice), then ElevenLabs when its key is set (the operator's default voice), then a 503

@@ -1,4 +1,4 @@
-//! Paying for the premium ElevenLabs voice (issues 6 and 21). The rules live in SQL
+//! Paying for the premium ElevenLabs voice. The rules live in SQL
 //! (`premium_tts_charge`, migrations/20250106100000_premium_voice_limits.sql): the model
 //! must be a row of `premium_tts_models`, whose `token_prices` feature sets the price per
 //! started block of characters; every call counts against the hourly AI quota; plan

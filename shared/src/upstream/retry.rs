@@ -1,4 +1,4 @@
-//! The retry policy for upstream calls, in one place (issue 5; reused by tts).
+//! The retry policy for upstream calls (OpenAI and ElevenLabs, text and speech), in one place.
 //!
 //! - Retried: HTTP 429, 500, 502, 503, 504, timeouts and connection errors. Other 4xx
 //!   mean our request is wrong (or the key is): repeating it cannot help.

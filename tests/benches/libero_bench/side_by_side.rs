@@ -1,5 +1,5 @@
 //! Real Spin, the bundled host and a Deno peer, measured in turn in one run with the same
-//! load generator, on the same database (issue 19), plus the differential rows that say
+//! load generator, on the same database, plus the differential rows that say
 //! where a request's time goes under Spin.
 
 use std::collections::HashMap;
