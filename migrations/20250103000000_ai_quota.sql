@@ -1,4 +1,4 @@
--- Hourly AI quotas (issue 5): one function that checks and counts a call atomically.
+-- Hourly AI quotas: one function that checks and counts a call atomically.
 --
 -- Windows are fixed clock hours (date_trunc('hour', now())): simple to explain ("30 an
 -- hour, resets on the hour"), one row per user, endpoint and hour in public.ai_usage, and

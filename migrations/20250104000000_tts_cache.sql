@@ -1,4 +1,4 @@
--- Voice (issue 6): the shared speech cache and the premium ElevenLabs charge.
+-- Voice: the shared speech cache and the premium ElevenLabs charge.
 --
 -- The cache (public.tts_cache) is shared by every instance and every user: entries hold
 -- synthesised audio keyed by a hash of the normalised request, never a user id.

@@ -1,5 +1,6 @@
--- Completing a session: rewards only for sessions that could have happened (issue 20),
--- and ego states bounded to the app's set (issue 21, finding 8b).
+-- Completing a session: rewards only for sessions that could have happened, and ego
+-- states bounded to the app's set (made-up names neither unlock ego_explorer nor grow
+-- the profile).
 --
 -- The server cannot know that a person meditated. It refuses what is physically
 -- impossible and bounds what is merely unlikely:

@@ -1,4 +1,4 @@
--- Premium voice limits (issue 21, findings 2 and 3): what a premium ElevenLabs call may
+-- Premium voice limits: what a premium ElevenLabs call may
 -- cost the operator is bounded before the call, in one statement.
 --
 -- * Models are rows of premium_tts_models, each priced by a token_prices feature: a model

@@ -1,10 +1,10 @@
--- The shared tts cache, made hard to flush and cheap to bound (issue 21, finding 4).
+-- The shared tts cache, made hard to flush and cheap to bound.
 --
--- Before: one put at a time across all instances (a global advisory lock), and each put
--- summed the whole table to find what to evict; least recently used went first, so one
--- user's stream of one-off texts (up to 16 MiB each) pushed out everyone's entries.
+-- Why: with one global lock for puts, a whole-table sum to find what to evict, and
+-- least recently used evicted first, every put across all instances would wait on every
+-- other, and one user's stream of one-off texts would push out everyone's entries.
 --
--- Now:
+-- So:
 -- * Buckets. The server puts each key in one of p_buckets buckets (from the key's hash)
 --   and gives each bucket an equal share of the bound. A bucket's bytes are kept in
 --   tts_cache_buckets; a put locks only its bucket's row, so puts in different buckets

@@ -1,5 +1,5 @@
--- Stripe: a credit is tied to what was paid, and chargebacks take it back (issue 21,
--- findings 5 and 6). Same exactly-once pattern as 20250102000000_stripe_functions.sql:
+-- Stripe: a credit is tied to what was paid, and chargebacks take it back. Same
+-- exactly-once pattern as 20250102000000_stripe_functions.sql:
 -- each apply function is one statement whose first write is the event's row.
 --
 -- Paid amounts. Before crediting, the webhook re-reads the session's line items from

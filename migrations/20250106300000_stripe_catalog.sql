@@ -1,4 +1,4 @@
--- The Stripe catalog in Postgres (issue 14): which Stripe price each product of
+-- The Stripe catalog in Postgres: which Stripe price each product of
 -- `shared/src/stripe/catalog.rs` is sold at, so checkout needs no price variables.
 --
 -- Who writes it:

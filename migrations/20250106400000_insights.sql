@@ -1,4 +1,4 @@
--- Insights (issue 17): a user's progress, and how it compares with other users'.
+-- Insights: a user's progress, and how it compares with other users'.
 --
 -- The figures are defined once, as views over the user's own rows:
 --   insights_totals        sessions, minutes, XP, level progress, current/longest streak, balance
@@ -11,7 +11,7 @@
 -- user_profiles, token_ledger and user_achievements applies). user_insights() reads the
 -- same views for one user and answers the insights endpoint in one statement.
 --
--- What counts: rewarded sessions (the ones that earned: issue 20), like the achievements.
+-- What counts: rewarded sessions (the ones that earned), like the achievements.
 -- Sessions recorded without a reward are only counted, as unrewarded_sessions. Minutes
 -- are the sessions' durations, not the XP minutes.
 --

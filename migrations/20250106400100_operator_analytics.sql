@@ -1,4 +1,4 @@
--- Operator analytics (issue 17): the service's figures per day, as views only the server
+-- Operator analytics: the service's figures per day, as views only the server
 -- (service_role) may read, never `authenticated` or `anon`. `libero analytics` prints
 -- them. Days are UTC days.
 --

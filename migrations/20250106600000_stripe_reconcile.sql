@@ -1,4 +1,4 @@
--- Reconciliation (issue 16): heal webhook deliveries that never arrived or never applied,
+-- Reconciliation: heal webhook deliveries that never arrived or never applied,
 -- from Stripe's own event log (GET /v1/events, 30 days), and re-read subscriptions whose
 -- stored read is old. The events themselves still go through the webhook's apply
 -- functions (stripe_apply_*, stripe_record_event): one statement each, keyed on the event

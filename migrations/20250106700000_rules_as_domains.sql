@@ -3,7 +3,7 @@
 -- the columns' types. The rules are the same; the ones that read two columns stay table
 -- CHECKs.
 --
--- Why (issue 19): Postgres 15 reads every CHECK constraint of a table back from its
+-- Why: Postgres 15 reads every CHECK constraint of a table back from its
 -- stored text and plans it for each statement that writes a row of the table, whichever
 -- columns the statement changes: a rewarded session paid for 14 rules on user_profiles,
 -- 8 on sessions and 6 per ledger row, about a tenth of complete_session's time. A
