@@ -99,7 +99,7 @@ fn each_sql_function_is_defined_in_exactly_one_migration() {
         .collect();
     assert!(
         twice.is_empty(),
-        "functions defined in more than one migration (move the whole definition into the newest, see docs/architecture.md, "Migrations: one home per SQL function"): {twice:?}"
+        "functions defined in more than one migration (move the whole definition into the newest, see docs/architecture.md, Migrations: one home per SQL function): {twice:?}"
     );
 }
 

@@ -21,16 +21,14 @@
 //! `#[ignore]`d (no package registry has PgCat): `scripts/test.sh` runs it when `PGCAT`
 //! names a binary, and the summary counts it as ignored otherwise.
 
-
-
 use std::time::Duration;
 
+use crate::pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
+use crate::stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
 use futures_util::future::join_all;
 use libero_tests::db;
 use libero_tests::testing::TestApp;
-use crate::pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
 use serde_json::{json, Value};
-use crate::stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
 use uuid::Uuid;
 
 const PATH: &str = "/functions/v1/session-complete";
@@ -214,7 +212,10 @@ async fn transaction_mode_lost_statements_are_503_pooler_misconfigured_and_apply
     // test would no longer show the failure.
     assert!(refused > 0, "no request failed behind a transaction-mode pooler without prepared statements");
     assert_log_names_the_fix(&app.logs());
-    assert!(app.logs().iter().any(|l| l.contains(r#"sqlstate=26000 prepared statement "s"#)), "the lost prepared statement's error");
+    assert!(
+        app.logs().iter().any(|l| l.contains(r#"sqlstate=26000 prepared statement "s"#)),
+        "the lost prepared statement's error"
+    );
     // A refused completion was not applied (the statement never ran): the retries, one at
     // a time, apply each exactly once.
     let failed = bodies.iter().zip(&answers).filter(|(_, (s, _, _))| *s != 200).map(|(b, _)| b.clone()).collect();
