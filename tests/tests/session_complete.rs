@@ -71,6 +71,15 @@ async fn a_day_passes(app: &TestApp, user: Uuid) {
         .expect("a day passing");
 }
 
+async fn account_start(app: &TestApp, user: Uuid) -> chrono::DateTime<chrono::Utc> {
+    app.db_client()
+        .await
+        .query_one("select created_at from public.user_profiles where id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The account (the auth user and its profile) was created `ago` before now.
 async fn account_created(app: &TestApp, user: Uuid, ago: &str) {
     app.db_client()
@@ -775,19 +784,6 @@ async fn a_session_across_midnight_counts_on_the_day_it_ended() {
 async fn no_time_before_the_account_is_credited() {
     let app = TestApp::spawn().await;
     let minutes = chrono::Duration::minutes;
-    let account_start = |app: &TestApp, user: Uuid| {
-        let app = app;
-        async move {
-            let at: chrono::DateTime<chrono::Utc> = app
-                .db_client()
-                .await
-                .query_one("select created_at from public.user_profiles where id = $1", &[&user])
-                .await
-                .unwrap()
-                .get(0);
-            at
-        }
-    };
     let at = |body: &Value, field: &str| {
         chrono::DateTime::parse_from_rfc3339(body[field].as_str().unwrap()).unwrap().with_timezone(&chrono::Utc)
     };
