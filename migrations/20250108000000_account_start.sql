@@ -259,7 +259,7 @@ begin
     select least(v_account_start, coalesce(u.created_at, v_account_start)) into v_account_start
       from auth.users u where u.id = p_user;
     v_account_start := coalesce(v_account_start, v_profile.created_at);
-    if v_ended_at <= v_account_start then
+    if v_ended_at < v_account_start then
       return jsonb_build_object('outcome', 'invalid_started_at', 'problem', 'before_account');
     end if;
     v_started_at := greatest(v_started_at, v_account_start);
