@@ -294,7 +294,8 @@ async fn the_streak_is_the_one_the_rewards_count() {
         .map(|k| now - Duration::minutes(10 * k))
         .find(|end| {
             (10..13).contains(&end.hour())
-                && end.with_timezone(&plus_14).date_naive() + Duration::days(1) == now.with_timezone(&minus_12).date_naive()
+                && end.with_timezone(&plus_14).date_naive() + Duration::days(1)
+                    == now.with_timezone(&minus_12).date_naive()
         })
         .expect("such a moment in any 22 hours");
     let set_zone = |zone: &'static str| {
