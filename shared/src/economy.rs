@@ -109,7 +109,10 @@ pub fn complete_session(
                         seconds("late_window_seconds") / 3600
                     ),
                 ),
-                _ => ("invalid_field", "Field `started_at` is before the account was created.".to_string()),
+                _ => (
+                    "invalid_field",
+                    "Field `started_at`: the session ended before the account was created.".to_string(),
+                ),
             };
             Err(ApiError::bad_request(code, message))
         }

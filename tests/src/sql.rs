@@ -15,11 +15,19 @@ pub async fn fresh() -> (TestDb, Client) {
     (test_db, client)
 }
 
-/// A user signing up: the row in auth.users; the sign-up trigger creates the profile.
+/// How long before now the users of the tests signed up: no session is credited for time
+/// before its account existed, and a test's sessions start before it does.
+pub const ACCOUNT_AGE: &str = "30 days";
+
+/// A user who signed up [`ACCOUNT_AGE`] ago: the row in auth.users; the sign-up trigger
+/// creates the profile (made now: the account counts from the earlier of the two).
 pub async fn new_user(client: &Client) -> Uuid {
     let id = Uuid::new_v4();
     client
-        .execute("insert into auth.users (id, email) values ($1, $2)", &[&id, &format!("{id}@example.test")])
+        .execute(
+            "insert into auth.users (id, email, created_at) values ($1, $2, now() - $3::text::interval)",
+            &[&id, &format!("{id}@example.test"), &ACCOUNT_AGE],
+        )
         .await
         .unwrap();
     id

@@ -249,18 +249,22 @@ impl TestApp {
         sign_hs256(&self.jwt_secret, &claims)
     }
 
-    /// A new user (auth.users row; the sign-up trigger creates the profile).
+    /// A user who signed up [`crate::sql::ACCOUNT_AGE`] ago (auth.users row; the sign-up
+    /// trigger creates the profile).
     pub async fn create_user(&self) -> Uuid {
         let id = Uuid::new_v4();
         self.create_user_with_id(id, &format!("{id}@test.local")).await;
         id
     }
 
-    /// A new user with this id and email.
+    /// A user with this id and email, signed up [`crate::sql::ACCOUNT_AGE`] ago.
     pub async fn create_user_with_id(&self, id: Uuid, email: &str) {
         let client = self.db_client().await;
         client
-            .execute("INSERT INTO auth.users (id, email) VALUES ($1, $2)", &[&id, &email])
+            .execute(
+                "INSERT INTO auth.users (id, email, created_at) VALUES ($1, $2, now() - $3::text::interval)",
+                &[&id, &email, &crate::sql::ACCOUNT_AGE],
+            )
             .await
             .expect("inserting auth.users");
         // The trigger should have made the profile; this keeps the helper working if not.

@@ -130,8 +130,21 @@ fn count(values: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
     values.iter().filter(|v| pred(v)).count()
 }
 
+/// The account was created just now (auth.users and the profile): no time before now is
+/// credited.
+async fn make_account_new(client: &Client, user: Uuid) {
+    client
+        .execute(
+            "with u as (update auth.users set created_at = now() where id = $1)
+             update user_profiles set created_at = now() where id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+}
+
 /// The profile was created a day ago, so sessions may be reported as having started
-/// earlier today (`started_at` may not be before the account).
+/// earlier today (no time before the account is credited).
 async fn make_account_a_day_old(client: &Client, user: Uuid) {
     make_account_days_old(client, user, 1).await;
 }
@@ -211,13 +224,15 @@ async fn time_passes(client: &Client, user: Uuid, seconds: i32) {
 }
 
 /// No user has two rewarded sessions whose wall-clock intervals overlap by more than the
-/// tolerance (30 s; a session shorter than a minute takes a minute).
+/// tolerance (30 s; a session shorter than a minute takes a minute). A session's interval
+/// is the part of it the economy credited (`credited_seconds`, none before the account).
 async fn assert_rewarded_sessions_do_not_overlap(client: &Client) {
     let overlapping: i64 = client
         .query_one(
             "with r as (
                select user_id, id, ended_at,
-                      ended_at - greatest(make_interval(secs => duration), interval '60 seconds') as began
+                      ended_at - greatest(make_interval(secs => coalesce(credited_seconds, duration)),
+                                          interval '60 seconds') as began
                  from sessions where rewarded
              )
              select count(*) from r a join r b on a.user_id = b.user_id and a.id < b.id
@@ -1056,6 +1071,7 @@ async fn overlapping_sessions_are_recorded_but_earn_nothing() {
 async fn a_reported_start_places_the_session_and_must_be_possible() {
     let (_db, client) = fresh().await;
     let alice = new_user(&client).await;
+    make_account_new(&client, alice).await;
 
     // Not before the account existed: the mint would otherwise reach back three days.
     let early = complete_started(&client, alice, 600, "1 hour").await;
@@ -1236,12 +1252,13 @@ async fn only_the_apps_ego_states_are_counted() {
 #[tokio::test]
 async fn users_without_a_profile_get_one_on_their_first_session() {
     let (_db, client) = fresh().await;
-    // A user from before the sign-up trigger existed.
+    // A user from before the sign-up trigger existed: the profile made now, the account
+    // older, so the minute of the session counts (the account's start is the earlier).
     let old = Uuid::new_v4();
     client
         .batch_execute(&format!(
             "alter table auth.users disable trigger on_auth_user_created_create_profile;
-             insert into auth.users (id, email) values ('{old}', 'old@example.test');
+             insert into auth.users (id, email, created_at) values ('{old}', 'old@example.test', now() - interval '1 day');
              alter table auth.users enable trigger on_auth_user_created_create_profile;"
         ))
         .await

@@ -55,12 +55,8 @@ async fn a_user_with_a_history_sees_their_numbers_and_percentile() {
     complete(&app, me, "rebel", 20 * 60).await;
     complete(&app, light, "guardian", 5 * 60).await;
     complete(&app, keen, "sage", 50 * 60).await;
-    // keen has kept a 5-day streak going (earlier days' rows are not needed for it).
-    app.db_client()
-        .await
-        .execute("update public.user_profiles set session_streak = 5 where id = $1", &[&keen])
-        .await
-        .unwrap();
+    // keen has kept a 5-day streak going: a session on each of the 4 days before today.
+    libero_tests::sql::seed_reward_days(&app.db_client().await, keen, "UTC", &[1, 2, 3, 4]).await;
     // A purchase and a spend, to see both directions of the token flow.
     app.grant_tokens(me, 50).await;
     let spend: Value = app
@@ -276,4 +272,94 @@ async fn refusals_are_the_usual_errors() {
         .await
         .unwrap();
     assert_eq!(preflight.status(), 204);
+}
+
+/// The streak insights shows is the one the rewards count, day by day as sessions arrive
+/// late: a session just after midnight in UTC+14 (reported late), then the zone set to
+/// UTC-12 (through PostgREST, as the app does). Now is the day after that session's day
+/// in the new zone, but more than 48 hours after it: the streak is over (0), and a
+/// session now starts a new one (1), not a second day of it; the two days are not one
+/// run for the longest streak either.
+#[tokio::test]
+async fn the_streak_is_the_one_the_rewards_count() {
+    use chrono::{Duration, Timelike, Utc};
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let now = Utc::now();
+    let plus_14 = chrono::FixedOffset::east_opt(14 * 3600).unwrap();
+    let minus_12 = chrono::FixedOffset::west_opt(12 * 3600).unwrap();
+    // A minute's session ending between 00:00 and 03:00 in UTC+14, 49 to 71 hours ago,
+    // on the date before today's in UTC-12.
+    let end = (49 * 6..71 * 6)
+        .map(|k| now - Duration::minutes(10 * k))
+        .find(|end| {
+            (10..13).contains(&end.hour())
+                && end.with_timezone(&plus_14).date_naive() + Duration::days(1)
+                    == now.with_timezone(&minus_12).date_naive()
+        })
+        .expect("such a moment in any 22 hours");
+    let set_zone = |zone: &'static str| {
+        let app = &app;
+        async move {
+            let mut db = app.db_client().await;
+            let sql =
+                format!("update public.user_profiles set settings = '{{\"timezone\":\"{zone}\"}}' where id = '{user}'");
+            libero_tests::sql::as_role(&mut db, "authenticated", Some(user), &sql).await.expect(zone);
+        }
+    };
+    let report = |body: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(app.url("/functions/v1/session-complete"))
+                .bearer_auth(app.token_for(user))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            let answer: Value = response.json().await.expect("json body");
+            assert_eq!(answer["rewarded"], true, "{answer}");
+            answer
+        }
+    };
+
+    set_zone("Etc/GMT-14").await;
+    let started = (end - Duration::seconds(60)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let first = report(json!({"session_id": Uuid::new_v4().to_string(), "ego_state": "guardian",
+                              "duration_seconds": 60, "started_at": started}))
+    .await;
+    assert_eq!(first["streak"], 1, "{first}");
+    set_zone("Etc/GMT+12").await;
+
+    let before = insights(&app, user).await;
+    assert_eq!(
+        (before["totals"]["current_streak"].clone(), before["totals"]["longest_streak"].clone()),
+        (json!(0), json!(1)),
+        "more than 48 hours without a session: {}",
+        before["totals"]
+    );
+
+    let second =
+        report(json!({"session_id": Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 60}))
+            .await;
+    assert_eq!(
+        (second["streak"].clone(), second["streak_extended"].clone()),
+        (json!(1), json!(true)),
+        "a new run: {second}"
+    );
+    assert_ne!(second["local_date"], first["local_date"]);
+    let after = insights(&app, user).await;
+    assert_eq!(
+        (after["totals"]["current_streak"].clone(), after["totals"]["longest_streak"].clone()),
+        (second["streak"].clone(), json!(1)),
+        "{}",
+        after["totals"]
+    );
+    let days: Vec<&Value> =
+        after["activity"]["days"].as_array().unwrap().iter().filter(|d| d["sessions"] != 0).collect();
+    assert_eq!(days.len(), 2, "each session on the day it counted on: {days:?}");
+    assert_eq!(days[0]["date"], first["local_date"]);
+    assert_eq!(days[1]["date"], second["local_date"]);
+    app.assert_ledger_consistent().await;
 }

@@ -282,7 +282,8 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
         .query_one(
             "WITH r AS (
                SELECT user_id, id, ended_at,
-                      ended_at - greatest(make_interval(secs => duration), interval '60 seconds') AS began
+                      ended_at - greatest(make_interval(secs => coalesce(credited_seconds, duration)),
+                                          interval '60 seconds') AS began
                  FROM public.sessions WHERE rewarded
              )
              SELECT count(*) FROM r a JOIN r b ON a.user_id = b.user_id AND a.id < b.id

@@ -71,6 +71,28 @@ async fn a_day_passes(app: &TestApp, user: Uuid) {
         .expect("a day passing");
 }
 
+async fn account_start(app: &TestApp, user: Uuid) -> chrono::DateTime<chrono::Utc> {
+    app.db_client()
+        .await
+        .query_one("select created_at from public.user_profiles where id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The account (the auth user and its profile) was created `ago` before now.
+async fn account_created(app: &TestApp, user: Uuid, ago: &str) {
+    app.db_client()
+        .await
+        .execute(
+            "with u as (update auth.users set created_at = now() - $2::text::interval where id = $1)
+             update public.user_profiles set created_at = now() - $2::text::interval where id = $1",
+            &[&user, &ago],
+        )
+        .await
+        .expect("dating the account");
+}
+
 async fn set_profile(app: &TestApp, user: Uuid, sql_set: &str) {
     app.db_client()
         .await
@@ -496,6 +518,7 @@ async fn daily_caps_count_the_users_local_day() {
 async fn started_at_must_be_possible() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
+    account_created(&app, user, "0 seconds").await;
     let minutes = chrono::Duration::minutes;
     let with_start = |start: String| {
         let mut body = session(600);
@@ -503,12 +526,12 @@ async fn started_at_must_be_possible() {
         body
     };
 
-    // Before the account existed; then (the account older) ending in the future beyond
+    // Ending before the account existed; then (the account older) ending in the future beyond
     // the clock tolerance; more than 72 hours ago; not a timestamp.
     let (status, error) = complete(&app, user, with_start(started(minutes(60)))).await;
     assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_field")), "{error}");
     assert!(error["error"]["message"].as_str().unwrap().contains("before the account"), "{error}");
-    set_profile(&app, user, "created_at = now() - interval '4 days'").await;
+    account_created(&app, user, "4 days").await;
     for (start, words) in [
         (started(minutes(2)), "more than 5 minutes later than now"),
         (started(minutes(73 * 60 + 11)), "more than 72 hours ago"),
@@ -750,5 +773,56 @@ async fn a_session_across_midnight_counts_on_the_day_it_ended() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["local_date"], yesterday.date_naive().to_string(), "{body}");
     assert_eq!((body["rewarded"].clone(), body["streak"].clone()), (json!(true), json!(1)));
+    app.assert_ledger_consistent().await;
+}
+
+/// No completion is credited for time before the account existed, with or without
+/// `started_at`: the session counts from the account's creation (its XP minutes, the
+/// interval it occupies), one that ended before it is refused, and an honest one that ran
+/// after it earns in full. A replay answers the same.
+#[tokio::test]
+async fn no_time_before_the_account_is_credited() {
+    let app = TestApp::spawn().await;
+    let minutes = chrono::Duration::minutes;
+    let at = |body: &Value, field: &str| {
+        chrono::DateTime::parse_from_rfc3339(body[field].as_str().unwrap()).unwrap().with_timezone(&chrono::Utc)
+    };
+
+    // Signed up five minutes ago; an hour's session without started_at, ending now.
+    let newcomer = app.create_user().await;
+    account_created(&app, newcomer, "5 minutes").await;
+    let body = session(3600);
+    let (status, first) = complete(&app, newcomer, body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!((first["rewarded"].clone(), first["xp_minutes"].clone()), (json!(true), json!(5)), "{first}");
+    assert_eq!((first["experience_gained"].clone(), first["tokens_awarded"].clone()), (json!(20), json!(2)));
+    let start = account_start(&app, newcomer).await;
+    assert!((at(&first, "started_at") - start).num_milliseconds().abs() <= 1, "from the account's start: {first}");
+    let (_, replay) = complete(&app, newcomer, body).await;
+    let mut expected = first.clone();
+    expected["replayed"] = json!(true);
+    assert_eq!(replay, expected);
+    // An honest session of four minutes, all after the account's start (the first one
+    // moved out of its way): they all count.
+    time_passes(&app, newcomer, 300.0).await;
+    let (_, next) = complete(&app, newcomer, session(240)).await;
+    assert_eq!((next["rewarded"].clone(), next["xp_minutes"].clone()), (json!(true), json!(4)), "{next}");
+
+    // Signed up half an hour ago; sessions reported with started_at.
+    let offline = app.create_user().await;
+    account_created(&app, offline, "30 minutes").await;
+    let (status, error) = complete(&app, offline, with_start(1200, chrono::Utc::now() - minutes(60))).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_field")), "ended before: {error}");
+    assert_eq!(sessions_of(&app, offline).await, 0);
+    let (status, straddling) = complete(&app, offline, with_start(1200, chrono::Utc::now() - minutes(40))).await;
+    assert_eq!(status, 200, "{straddling}");
+    assert_eq!((straddling["rewarded"].clone(), straddling["xp_minutes"].clone()), (json!(true), json!(10)));
+    let start = account_start(&app, offline).await;
+    assert!((at(&straddling, "started_at") - start).num_milliseconds().abs() <= 1, "{straddling}");
+    // One right after it earns in full.
+    let (_, after) = complete(&app, offline, with_start(600, at(&straddling, "ended_at"))).await;
+    assert_eq!((after["rewarded"].clone(), after["xp_minutes"].clone()), (json!(true), json!(10)), "{after}");
+
+    assert_eq!(app.tokens_of(newcomer).await + app.tokens_of(offline).await, 4 * 2);
     app.assert_ledger_consistent().await;
 }
