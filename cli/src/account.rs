@@ -10,59 +10,56 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use libero_shared::{account, validate};
 
-use crate::args::env;
+use crate::args::{env, Database, StripeApi};
 use crate::pg;
 use crate::stripe::http::CliPlatform;
 use crate::stripe::reconcile::{describe, DbPlatform};
 
-pub const USAGE: &str = "  libero account export <user-id> [--database-url URL]
-      print everything the server holds about the user: the JSON document
-      GET /account/export answers
-  libero account delete <user-id> [--database-url URL] [--api-base URL]
-      what DELETE /account does: cancel the user's live Stripe subscriptions, delete their
-      Stripe customers, then delete the account (financial records kept, detached).
-      Running it again finishes an interrupted deletion and changes nothing after a
-      complete one.
-      key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY (needed only when the
-      user has a Stripe customer)
-      URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL";
-
-#[derive(Debug, Default, PartialEq)]
-struct Args {
-    user: Option<String>,
-    database_url: Option<String>,
-    api_base: Option<String>,
+/// `libero account`'s commands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Print everything the server holds about the user: the JSON document GET /account/export answers
+    Export {
+        /// The user's id (a UUID)
+        #[arg(value_name = "USER_ID", value_parser = user_id)]
+        user: String,
+        #[command(flatten)]
+        database: Database,
+    },
+    /// What DELETE /account does: cancel the user's live Stripe subscriptions, delete their Stripe customers, then delete the account
+    ///
+    /// Financial records are kept, detached from the user. Running it again finishes an
+    /// interrupted deletion and changes nothing after a complete one.
+    ///
+    /// The Stripe key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY (needed only
+    /// when the user has a Stripe customer).
+    Delete {
+        /// The user's id (a UUID)
+        #[arg(value_name = "USER_ID", value_parser = user_id)]
+        user: String,
+        #[command(flatten)]
+        database: Database,
+        #[command(flatten)]
+        stripe: StripeApi,
+    },
 }
 
-fn parse(args: &[String]) -> Result<Args> {
-    let mut out = Args::default();
-    crate::args::each(args, |mut flag| {
-        match flag.name {
-            "--database-url" => out.database_url = Some(flag.value()?),
-            "--api-base" => out.api_base = Some(flag.value()?),
-            name if !name.starts_with('-') && out.user.is_none() => {
-                if !validate::is_uuid(name) {
-                    bail!("the user id is a UUID, not {name:?}");
-                }
-                out.user = Some(name.to_ascii_lowercase());
-            }
-            _ => return Err(flag.unknown(USAGE)),
-        }
-        Ok(())
-    })?;
-    Ok(out)
+/// A user id as the database stores it: a UUID, in lower case.
+fn user_id(given: &str) -> Result<String, String> {
+    if validate::is_uuid(given) {
+        Ok(given.to_ascii_lowercase())
+    } else {
+        Err(format!("the user id is a UUID, not {given:?}"))
+    }
 }
 
-/// `libero account <args>`.
-pub async fn command(args: &[String]) -> Result<()> {
-    let (delete, rest) = match args.split_first() {
-        Some((sub, rest)) if sub == "export" => (false, rest),
-        Some((sub, rest)) if sub == "delete" => (true, rest),
-        _ => bail!("usage:\n{USAGE}"),
+/// `libero account <command>`.
+pub async fn command(command: Command) -> Result<()> {
+    let (delete, user, database, stripe) = match command {
+        Command::Export { user, database } => (false, user, database, StripeApi::default()),
+        Command::Delete { user, database, stripe } => (true, user, database, stripe),
     };
-    let args = parse(rest)?;
-    let user = args.user.with_context(|| format!("which user? usage:\n{USAGE}"))?;
-    let url = crate::args::database_url(args.database_url)?;
+    let url = database.url()?;
     let client = pg::connect(&url).await?;
     let ready: bool =
         client.query_one("select to_regprocedure('public.account_delete(uuid)') is not null", &[]).await?.get(0);
@@ -75,7 +72,7 @@ pub async fn command(args: &[String]) -> Result<()> {
     if let Some(key) = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"]) {
         variables.insert("stripe_secret_key".to_string(), key);
     }
-    if let Some(base) = args.api_base.or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"])) {
+    if let Some(base) = stripe.base() {
         variables.insert("stripe_api_base".to_string(), base);
     }
     let handle = tokio::runtime::Handle::current();
@@ -107,17 +104,34 @@ pub async fn command(args: &[String]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        match crate::cli::Cli::try_parse_from(["libero", "account"].iter().chain(args))?.command {
+            crate::cli::Command::Account(command) => Ok(command),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn arguments_parse() {
         let id = "3F2A9C4E-1B7D-4C2E-9A6F-0E8D5B1C2A34";
-        let parsed = parse(&[id.to_string(), "--database-url=postgres://x".into()]).unwrap();
-        assert_eq!(parsed.user.as_deref(), Some("3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34"));
-        assert_eq!(parsed.database_url.as_deref(), Some("postgres://x"));
-        for bad in [vec!["not-a-uuid"], vec![id, id], vec!["--live"]] {
-            let bad: Vec<String> = bad.into_iter().map(String::from).collect();
-            assert!(parse(&bad).is_err(), "{bad:?}");
+        let parsed = parse(&["export", id, "--database-url=postgres://x"]).unwrap();
+        assert_eq!(
+            parsed,
+            Command::Export {
+                user: "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34".into(),
+                database: Database { database_url: Some("postgres://x".into()) }
+            }
+        );
+        let Command::Delete { stripe, .. } = parse(&["delete", "--api-base", "http://s", id]).unwrap() else {
+            panic!("a deletion")
+        };
+        assert_eq!(stripe.api_base.as_deref(), Some("http://s"));
+        for bad in [&["export", "not-a-uuid"][..], &["export", id, id], &["delete", id, "--live"], &["export"], &[id]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -22,22 +22,14 @@
 //! will do, counted by the same statements.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use libero_shared::stripe::catalog::{ProductKind, PRODUCTS};
 use tokio_postgres::Transaction;
 
 use crate::migrate::{describe_pg_error, read_migrations};
-use crate::{args, pg};
-
-pub const USAGE: &str = "  libero adopt [--dry-run] [--database-url URL] [--migrations DIR]
-      bring a live database of the old app (user_profiles, sessions, custom_protocols and
-      the Stripe template's tables) to the migrations' schema in one transaction, keeping
-      every user's tokens, progress, history, protocols and Stripe rows (docs/adopt.md).
-      --dry-run: report exactly what it would move, fix and refuse, and change nothing.
-      An unrecognised object stops it before anything changes. A second run is a no-op.
-      URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL";
+use crate::pg;
 
 /// Where the old objects go, unchanged.
 pub const LEGACY_SCHEMA: &str = "libero_legacy";
@@ -199,19 +191,21 @@ pub struct Report {
     pub text: String,
 }
 
-pub async fn command(args: &[String]) -> Result<()> {
-    let (mut url, mut dir, mut dry_run) = (None, PathBuf::from("migrations"), false);
-    args::each(args, |mut flag| {
-        match flag.name {
-            "--dry-run" => dry_run = flag.switch()?,
-            "--database-url" => url = Some(flag.value()?),
-            "--migrations" => dir = PathBuf::from(flag.value()?),
-            _ => return Err(flag.unknown(USAGE)),
-        }
-        Ok(())
-    })?;
-    let url = args::database_url(url)?;
-    let report = adopt(&url, &dir, dry_run).await?;
+/// `libero adopt`'s flags.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct AdoptArgs {
+    /// Report exactly what it would move, fix and refuse, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    // The database and the migrations, as `libero migrate` takes them.
+    #[command(flatten)]
+    pub migrate: crate::migrate::MigrateArgs,
+}
+
+/// `libero adopt`: prints the report; a refusal is a failure.
+pub async fn command(args: AdoptArgs) -> Result<()> {
+    let url = args.migrate.database.url()?;
+    let report = adopt(&url, &args.migrate.migrations, args.dry_run).await?;
     print!("{}", report.text);
     if report.outcome == Outcome::Refused {
         bail!("refused: nothing was changed");
@@ -228,7 +222,7 @@ pub async fn adopt(url: &str, migrations: &Path, dry_run: bool) -> Result<Report
         );
     }
     let mut client = pg::connect(url).await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     // The same lock `libero migrate` takes: no migration runs while the schema moves.
     tx.batch_execute("select pg_advisory_xact_lock(hashtext('libero_migrate'))").await?;
 
@@ -315,30 +309,13 @@ pub async fn adopt(url: &str, migrations: &Path, dry_run: bool) -> Result<Report
             )?;
         }
     }
-    let applied = crate::migrate::apply_in(&tx, migrations).await?;
+    let applied = crate::migrate::apply_pending(&mut tx, migrations).await?;
     writeln!(text, "migrations applied: {}", applied.len())?;
 
     writeln!(text, "rows (moved = copied into this project's tables; the originals stay in {LEGACY_SCHEMA}):")?;
     tx.batch_execute(&packages_sql()).await?;
-    for step in COPY {
-        match step {
-            Step::Count(label, sql) => {
-                let n: i64 = tx.query_one(*sql, &[]).await.with_context(|| format!("counting {label}"))?.get(0);
-                if n > 0 {
-                    writeln!(text, "  {label}: {n}")?;
-                }
-            }
-            Step::Write(label, sql) => {
-                let n = tx
-                    .execute(*sql, &[])
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
-                    .with_context(|| format!("adopting: {label}"))?;
-                if !label.is_empty() {
-                    writeln!(text, "  {label}: {n}")?;
-                }
-            }
-        }
+    for copy in COPY {
+        copy_table(&tx, copy, &mut text).await?;
     }
 
     let check = tx
@@ -606,62 +583,92 @@ fn packages_sql() -> String {
     )
 }
 
-enum Step {
-    /// A count for the report (shown when not zero).
-    Count(&'static str, &'static str),
-    /// A statement; its row count is reported under the label (none when empty).
-    Write(&'static str, &'static str),
+/// One old table's rows into this project's table, as the report shows them: figures,
+/// then each rule's count (rows refused, fixed or flagged), then the statements that copy.
+struct TableCopy {
+    /// The old table, in `libero_legacy`; the rules read it as `t`.
+    table: &'static str,
+    /// What the rules count: rows, or (orders) checkout sessions.
+    per: &'static str,
+    /// Figures for the report, each `(label, statement)`, shown when not zero.
+    figures: &'static [(&'static str, &'static str)],
+    /// Each `(what, condition on t)`, shown as `<table> <what>: n` when not zero: the rows
+    /// the statements below leave behind or change, so the report says what they do.
+    rules: &'static [(&'static str, &'static str)],
+    /// The statements, in order; each one's row count is shown under its label (none when
+    /// the label is empty).
+    writes: &'static [(&'static str, &'static str)],
 }
 
-/// The copy, in order, with the fix-up rules. Users are the old profiles whose auth user
-/// exists; every other row belongs to one of them or is refused (left in libero_legacy).
-const COPY: &[Step] = &[
-    // Profiles.
-    Step::Count(
-        "tokens in the old balances (null and negative ones count as they are)",
-        "select coalesce(sum(tokens), 0)::int8 from libero_legacy.user_profiles",
-    ),
-    Step::Count(
-        "user_profiles refused: no auth.users row",
-        "select count(*) from libero_legacy.user_profiles p where not exists (select 1 from auth.users u where u.id = p.id)",
-    ),
-    Step::Count("user_profiles fixed: tokens null, set to 0", "select count(*) from libero_legacy.user_profiles where tokens is null"),
-    Step::Count("user_profiles fixed: tokens negative, set to 0", "select count(*) from libero_legacy.user_profiles where tokens < 0"),
-    Step::Count(
-        "user_profiles flagged, kept: tokens above 100000",
-        "select count(*) from libero_legacy.user_profiles where tokens > 100000",
-    ),
-    Step::Count(
-        "user_profiles fixed: experience null or negative, set to 0",
-        "select count(*) from libero_legacy.user_profiles where coalesce(experience, -1) < 0",
-    ),
-    Step::Count(
-        "user_profiles fixed: level null or below 1, set to 1",
-        "select count(*) from libero_legacy.user_profiles where coalesce(level, 0) < 1",
-    ),
-    Step::Count(
-        "user_profiles fixed: session_streak null or negative, set to 0",
-        "select count(*) from libero_legacy.user_profiles where coalesce(session_streak, -1) < 0",
-    ),
-    Step::Count(
-        "user_profiles fixed: ego_state_usage null, not an object or over 8 KiB, set to {}",
-        "select count(*) from libero_legacy.user_profiles
-          where ego_state_usage is null or jsonb_typeof(ego_state_usage) <> 'object' or pg_column_size(ego_state_usage) > 8192",
-    ),
-    Step::Count(
-        "user_profiles fixed: journey_goals, journey_preferences or settings null or of the wrong kind, set to the default",
-        "select count(*) from libero_legacy.user_profiles
-          where journey_goals is null or jsonb_typeof(journey_goals) <> 'array' or pg_column_size(journey_goals) > 16384
-             or journey_preferences is null or jsonb_typeof(journey_preferences) <> 'object' or pg_column_size(journey_preferences) > 16384
-             or settings is null or jsonb_typeof(settings) <> 'object' or pg_column_size(settings) > 16384",
-    ),
-    Step::Count(
-        "user_profiles fixed: display_name over 100 or active_ego_state over 64 characters, cut",
-        "select count(*) from libero_legacy.user_profiles where char_length(display_name) > 100 or char_length(active_ego_state) > 64",
-    ),
-    Step::Write(
-        "user_profiles moved",
-        "insert into public.user_profiles (id, email, display_name, level, experience, tokens, session_streak,
+const ROWS: &str = "count(*)";
+
+/// A row whose user did not become a user of this project stays behind.
+const USER_NOT_ADOPTED: (&str, &str) =
+    ("refused: user not adopted", "not exists (select 1 from public.user_profiles p where p.id = t.user_id)");
+
+/// Copies one table as `copy` says, adding its lines to the report `text`.
+async fn copy_table(tx: &Transaction<'_>, copy: &TableCopy, text: &mut String) -> Result<()> {
+    let rules = copy.rules.iter().map(|(what, condition)| {
+        let sql = format!("select {} from {LEGACY_SCHEMA}.{} t where {condition}", copy.per, copy.table);
+        (format!("{} {what}", copy.table), sql)
+    });
+    for (label, sql) in copy.figures.iter().map(|(label, sql)| (label.to_string(), sql.to_string())).chain(rules) {
+        let n: i64 = tx.query_one(&sql, &[]).await.with_context(|| format!("counting {label}"))?.get(0);
+        if n > 0 {
+            writeln!(text, "  {label}: {n}")?;
+        }
+    }
+    for (label, sql) in copy.writes {
+        let n = tx
+            .execute(*sql, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
+            .with_context(|| format!("adopting: {label}"))?;
+        if !label.is_empty() {
+            writeln!(text, "  {label}: {n}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The copy, table by table, with the fix-up rules. Users are the old profiles whose auth
+/// user exists; every other row belongs to one of them or is refused (left in
+/// libero_legacy).
+const COPY: &[TableCopy] = &[
+    TableCopy {
+        table: "user_profiles",
+        per: ROWS,
+        figures: &[(
+            "tokens in the old balances (null and negative ones count as they are)",
+            "select coalesce(sum(tokens), 0)::int8 from libero_legacy.user_profiles",
+        )],
+        rules: &[
+            ("refused: no auth.users row", "not exists (select 1 from auth.users u where u.id = t.id)"),
+            ("fixed: tokens null, set to 0", "tokens is null"),
+            ("fixed: tokens negative, set to 0", "tokens < 0"),
+            ("flagged, kept: tokens above 100000", "tokens > 100000"),
+            ("fixed: experience null or negative, set to 0", "coalesce(experience, -1) < 0"),
+            ("fixed: level null or below 1, set to 1", "coalesce(level, 0) < 1"),
+            ("fixed: session_streak null or negative, set to 0", "coalesce(session_streak, -1) < 0"),
+            (
+                "fixed: ego_state_usage null, not an object or over 8 KiB, set to {}",
+                "ego_state_usage is null or jsonb_typeof(ego_state_usage) <> 'object' or pg_column_size(ego_state_usage) > 8192",
+            ),
+            (
+                "fixed: journey_goals, journey_preferences or settings null or of the wrong kind, set to the default",
+                "journey_goals is null or jsonb_typeof(journey_goals) <> 'array' or pg_column_size(journey_goals) > 16384
+                 or journey_preferences is null or jsonb_typeof(journey_preferences) <> 'object' or pg_column_size(journey_preferences) > 16384
+                 or settings is null or jsonb_typeof(settings) <> 'object' or pg_column_size(settings) > 16384",
+            ),
+            (
+                "fixed: display_name over 100 or active_ego_state over 64 characters, cut",
+                "char_length(display_name) > 100 or char_length(active_ego_state) > 64",
+            ),
+        ],
+    writes: &[
+        (
+            "user_profiles moved",
+            "insert into public.user_profiles (id, email, display_name, level, experience, tokens, session_streak,
                                            last_session_date, ego_state_usage, active_ego_state, onboarding_completed,
                                            journey_goals, journey_preferences, settings, sessions_completed,
                                            created_at, updated_at)
@@ -680,69 +687,61 @@ const COPY: &[Step] = &[
                 (select count(*) from libero_legacy.sessions s where s.user_id = p.id),
                 coalesce(p.created_at, u.created_at, now()), coalesce(p.updated_at, p.created_at, now())
            from libero_legacy.user_profiles p join auth.users u on u.id = p.id",
-    ),
-    // Protocols.
-    Step::Count(
-        "custom_protocols refused: user not adopted",
-        "select count(*) from libero_legacy.custom_protocols c
-          where not exists (select 1 from public.user_profiles p where p.id = c.user_id)",
-    ),
-    Step::Count(
-        "custom_protocols fixed: name empty, set to 'Untitled protocol'",
-        "select count(*) from libero_legacy.custom_protocols where coalesce(btrim(name), '') = ''",
-    ),
-    Step::Count(
-        "custom_protocols fixed: duration not 1 to 240 minutes, set to null",
-        "select count(*) from libero_legacy.custom_protocols where duration is not null and duration not between 1 and 240",
-    ),
-    Step::Count(
-        "custom_protocols fixed: a text over its bound (name 120, description 2000, induction and deepener 20000), cut",
-        "select count(*) from libero_legacy.custom_protocols
-          where char_length(name) > 120 or char_length(description) > 2000 or char_length(induction) > 20000
-             or char_length(deepener) > 20000 or char_length(ego_state) > 64",
-    ),
-    Step::Write(
-        "custom_protocols moved",
-        "insert into public.custom_protocols (id, user_id, name, description, induction, deepener, duration, ego_state,
+        ),
+    ],
+    },
+    TableCopy {
+        table: "custom_protocols",
+        per: ROWS,
+        figures: &[],
+        rules: &[
+            USER_NOT_ADOPTED,
+            ("fixed: name empty, set to 'Untitled protocol'", "coalesce(btrim(name), '') = ''"),
+            (
+                "fixed: duration not 1 to 240 minutes, set to null",
+                "duration is not null and duration not between 1 and 240",
+            ),
+            (
+                "fixed: a text over its bound (name 120, description 2000, induction and deepener 20000), cut",
+                "char_length(name) > 120 or char_length(description) > 2000 or char_length(induction) > 20000
+                 or char_length(deepener) > 20000 or char_length(ego_state) > 64",
+            ),
+        ],
+    writes: &[
+        (
+            "custom_protocols moved",
+            "insert into public.custom_protocols (id, user_id, name, description, induction, deepener, duration, ego_state,
                                               created_at, updated_at)
          select c.id, c.user_id, coalesce(nullif(left(btrim(c.name), 120), ''), 'Untitled protocol'),
                 left(c.description, 2000), left(c.induction, 20000), left(c.deepener, 20000),
                 case when c.duration between 1 and 240 then c.duration end, left(c.ego_state, 64),
                 coalesce(c.created_at, now()), coalesce(c.updated_at, c.created_at, now())
            from libero_legacy.custom_protocols c join public.user_profiles p on p.id = c.user_id",
-    ),
+        ),
+    ],
+    },
     // Sessions: history, never rewarded again (no tokens; the XP they gave is already in
     // the profile).
-    Step::Count(
-        "sessions refused: user not adopted",
-        "select count(*) from libero_legacy.sessions s
-          where not exists (select 1 from public.user_profiles p where p.id = s.user_id)",
-    ),
-    Step::Count(
-        "sessions fixed: duration null or negative, set to 0",
-        "select count(*) from libero_legacy.sessions where coalesce(duration, -1) < 0",
-    ),
-    Step::Count(
-        "sessions fixed: duration over a day, set to 86400 seconds",
-        "select count(*) from libero_legacy.sessions where duration > 86400",
-    ),
-    Step::Count(
-        "sessions fixed: ego_state empty, set to 'unknown'",
-        "select count(*) from libero_legacy.sessions where coalesce(btrim(ego_state), '') = ''",
-    ),
-    Step::Count(
-        "sessions fixed: experience_gained null or negative, set to 0",
-        "select count(*) from libero_legacy.sessions where coalesce(experience_gained, -1) < 0",
-    ),
-    Step::Count(
-        "sessions fixed: protocol_id names no adopted protocol of the user, set to null",
-        "select count(*) from libero_legacy.sessions s
-          where s.protocol_id is not null
-            and not exists (select 1 from public.custom_protocols c where c.id = s.protocol_id and c.user_id = s.user_id)",
-    ),
-    Step::Write(
-        "sessions moved (as history: rewarded before, no tokens now)",
-        "insert into public.sessions (id, user_id, client_session_id, ego_state, action, duration, protocol_id,
+    TableCopy {
+        table: "sessions",
+        per: ROWS,
+        figures: &[],
+        rules: &[
+            USER_NOT_ADOPTED,
+            ("fixed: duration null or negative, set to 0", "coalesce(duration, -1) < 0"),
+            ("fixed: duration over a day, set to 86400 seconds", "duration > 86400"),
+            ("fixed: ego_state empty, set to 'unknown'", "coalesce(btrim(ego_state), '') = ''"),
+            ("fixed: experience_gained null or negative, set to 0", "coalesce(experience_gained, -1) < 0"),
+            (
+                "fixed: protocol_id names no adopted protocol of the user, set to null",
+                "t.protocol_id is not null
+                 and not exists (select 1 from public.custom_protocols c where c.id = t.protocol_id and c.user_id = t.user_id)",
+            ),
+        ],
+    writes: &[
+        (
+            "sessions moved (as history: rewarded before, no tokens now)",
+            "insert into public.sessions (id, user_id, client_session_id, ego_state, action, duration, protocol_id,
                                       experience_gained, tokens_awarded, request_fingerprint, result, completed_at,
                                       local_date, ended_at, rewarded)
          select s.id, s.user_id, s.id, coalesce(nullif(left(btrim(s.ego_state), 64), ''), 'unknown'), left(s.action, 64),
@@ -754,12 +753,12 @@ const COPY: &[Step] = &[
                 (coalesce(s.completed_at, s.created_at, now()) at time zone 'UTC')::date,
                 coalesce(s.completed_at, s.created_at, now()), true
            from libero_legacy.sessions s join public.user_profiles p on p.id = s.user_id",
-    ),
-    // Achievements the adopted progress already meets (sessions, streak, level), so that
-    // the thresholds a user passed in the old app are shown and not skipped.
-    Step::Write(
-        "user_achievements unlocked by the adopted progress",
-        "insert into public.user_achievements (user_id, achievement_id, unlocked_at, metadata)
+        ),
+        // Achievements the adopted progress already meets (sessions, streak, level), so that
+        // the thresholds a user passed in the old app are shown and not skipped.
+        (
+            "user_achievements unlocked by the adopted progress",
+            "insert into public.user_achievements (user_id, achievement_id, unlocked_at, metadata)
          select p.id, r.rules[i][1], now(), jsonb_build_object('adopted', true)
            from (select public.achievement_rules() as rules) r
            cross join generate_subscripts(r.rules, 1) i
@@ -767,41 +766,49 @@ const COPY: &[Step] = &[
              on case r.rules[i][2] when 'sessions' then p.sessions_completed
                                    when 'streak' then p.session_streak
                                    when 'level' then p.level end >= r.rules[i][3]::int",
-    ),
+        ),
+    ],
+    },
     // Stripe customers: one to one.
-    Step::Count(
-        "stripe_customers refused: user not adopted",
-        "select count(*) from libero_legacy.stripe_customers c
-          where not exists (select 1 from public.user_profiles p where p.id = c.user_id)",
-    ),
-    Step::Write(
-        "stripe_customers moved",
-        "insert into public.stripe_customers (user_id, customer_id, created_at, updated_at, deleted_at)
+    TableCopy {
+        table: "stripe_customers",
+        per: ROWS,
+        figures: &[],
+        rules: &[USER_NOT_ADOPTED],
+    writes: &[
+        (
+            "stripe_customers moved",
+            "insert into public.stripe_customers (user_id, customer_id, created_at, updated_at, deleted_at)
          select distinct on (c.user_id) c.user_id, c.customer_id, coalesce(c.created_at, now()),
                 coalesce(c.updated_at, c.created_at, now()), c.deleted_at
            from libero_legacy.stripe_customers c join public.user_profiles p on p.id = c.user_id
           order by c.user_id, (c.deleted_at is null) desc, c.created_at desc nulls last, c.id desc",
-    ),
-    // Subscriptions.
-    Step::Count(
-        "stripe_subscriptions not moved: the template's placeholder (no subscription id, or not_started)",
-        "select count(*) from libero_legacy.stripe_subscriptions
-          where subscription_id is null or status::text = 'not_started'",
-    ),
-    Step::Count(
-        "stripe_subscriptions not moved: marked deleted",
-        "select count(*) from libero_legacy.stripe_subscriptions
-          where subscription_id is not null and status::text <> 'not_started' and deleted_at is not null",
-    ),
-    Step::Count(
-        "stripe_subscriptions refused: customer not adopted",
-        "select count(*) from libero_legacy.stripe_subscriptions s
-          where s.subscription_id is not null and s.status::text <> 'not_started' and s.deleted_at is null
-            and not exists (select 1 from public.stripe_customers c where c.customer_id = s.customer_id)",
-    ),
-    Step::Write(
-        "stripe_subscriptions moved",
-        "insert into public.stripe_subscriptions (subscription_id, customer_id, user_id, status, price_id,
+        ),
+    ],
+    },
+    TableCopy {
+        table: "stripe_subscriptions",
+        per: ROWS,
+        figures: &[],
+        rules: &[
+            (
+                "not moved: the template's placeholder (no subscription id, or not_started)",
+                "subscription_id is null or status::text = 'not_started'",
+            ),
+            (
+                "not moved: marked deleted",
+                "subscription_id is not null and status::text <> 'not_started' and deleted_at is not null",
+            ),
+            (
+                "refused: customer not adopted",
+                "t.subscription_id is not null and t.status::text <> 'not_started' and t.deleted_at is null
+                 and not exists (select 1 from public.stripe_customers c where c.customer_id = t.customer_id)",
+            ),
+        ],
+    writes: &[
+        (
+            "stripe_subscriptions moved",
+            "insert into public.stripe_subscriptions (subscription_id, customer_id, user_id, status, price_id,
                                                   current_period_start, current_period_end, cancel_at_period_end,
                                                   stripe_updated_at, created_at, updated_at)
          select distinct on (s.subscription_id) s.subscription_id, s.customer_id, c.user_id, s.status::text,
@@ -811,42 +818,47 @@ const COPY: &[Step] = &[
            from libero_legacy.stripe_subscriptions s join public.stripe_customers c on c.customer_id = s.customer_id
           where s.subscription_id is not null and s.status::text <> 'not_started' and s.deleted_at is null
           order by s.subscription_id, s.updated_at desc nulls last, s.id desc",
-    ),
-    // The subscription trigger counts an inserted live subscription as started now; like
-    // the migration that added it, count each as started when its row was made.
-    Step::Write(
-        "",
-        "update public.analytics_subscription_changes a set at = s.created_at
+        ),
+        // The subscription trigger counts an inserted live subscription as started now; like
+        // the migration that added it, count each as started when its row was made.
+        (
+            "",
+            "update public.analytics_subscription_changes a set at = s.created_at
            from public.stripe_subscriptions s where s.subscription_id = a.subscription_id",
-    ),
-    // The plan, by the rule stripe_apply_subscription keeps: 'mystic' while any of the
-    // user's subscriptions is active or trialing.
-    Step::Write(
-        "user_profiles on plan mystic (an active or trialing subscription)",
-        "update public.user_profiles p set plan = 'mystic'
+        ),
+        // The plan, by the rule stripe_apply_subscription keeps: 'mystic' while any of the
+        // user's subscriptions is active or trialing.
+        (
+            "user_profiles on plan mystic (an active or trialing subscription)",
+            "update public.user_profiles p set plan = 'mystic'
           where exists (select 1 from public.stripe_subscriptions s
                          where s.user_id = p.id and s.status in ('active', 'trialing'))",
-    ),
-    // Orders.
-    Step::Count(
-        "stripe_orders merged: the same checkout session stored more than once",
-        "select count(*) - count(distinct checkout_session_id) from libero_legacy.stripe_orders",
-    ),
-    Step::Count(
-        "stripe_orders refused: customer not adopted",
-        "select count(distinct o.checkout_session_id) from libero_legacy.stripe_orders o
-          where not exists (select 1 from public.stripe_customers c where c.customer_id = o.customer_id)",
-    ),
-    Step::Count(
-        "stripe_orders completed, amount of no token package: moved as 'review', credits nothing",
-        "select count(distinct o.checkout_session_id) from libero_legacy.stripe_orders o
-          where o.status::text = 'completed'
-            and exists (select 1 from public.stripe_customers c where c.customer_id = o.customer_id)
-            and not exists (select 1 from adopt_packages k where k.amount = o.amount_total and k.currency = lower(o.currency))",
-    ),
-    Step::Write(
-        "stripe_orders moved",
-        "insert into public.stripe_orders (checkout_session_id, payment_intent_id, customer_id, user_id, product, tokens,
+        ),
+    ],
+    },
+    TableCopy {
+        table: "stripe_orders",
+        per: "count(distinct t.checkout_session_id)",
+        figures: &[(
+            "stripe_orders merged: the same checkout session stored more than once",
+            "select count(*) - count(distinct checkout_session_id) from libero_legacy.stripe_orders",
+        )],
+        rules: &[
+            (
+                "refused: customer not adopted",
+                "not exists (select 1 from public.stripe_customers c where c.customer_id = t.customer_id)",
+            ),
+            (
+                "completed, amount of no token package: moved as 'review', credits nothing",
+                "t.status::text = 'completed'
+                 and exists (select 1 from public.stripe_customers c where c.customer_id = t.customer_id)
+                 and not exists (select 1 from adopt_packages k where k.amount = t.amount_total and k.currency = lower(t.currency))",
+            ),
+        ],
+    writes: &[
+        (
+            "stripe_orders moved",
+            "insert into public.stripe_orders (checkout_session_id, payment_intent_id, customer_id, user_id, product, tokens,
                                            amount_total, currency, payment_status, status, review_reason,
                                            created_at, updated_at)
          select o.checkout_session_id, o.payment_intent_id, o.customer_id, c.user_id,
@@ -864,30 +876,40 @@ const COPY: &[Step] = &[
            join public.stripe_customers c on c.customer_id = o.customer_id
            left join adopt_packages k on k.amount = o.amount_total and k.currency = lower(o.currency)
           order by o.created_at, o.id",
-    ),
-    // The ledger: per user, a 'purchase' row for each completed order (what a late webhook
-    // or reconcile looks for before crediting, so a past purchase is never credited
-    // again), then one 'opening_balance' row with the rest of the balance (negative when
-    // the user had already spent some of what they bought).
-    Step::Write(
-        "token_ledger rows for past purchases (recorded as already credited)",
-        "insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
+        ),
+    ],
+    },
+    TableCopy {
+        table: "token_ledger",
+        per: ROWS,
+        figures: &[],
+        rules: &[],
+    writes: &[
+        // The ledger: per user, a 'purchase' row for each completed order (what a late webhook
+        // or reconcile looks for before crediting, so a past purchase is never credited
+        // again), then one 'opening_balance' row with the rest of the balance (negative when
+        // the user had already spent some of what they bought).
+        (
+            "token_ledger rows for past purchases (recorded as already credited)",
+            "insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
          select o.user_id, o.tokens, 'purchase', o.checkout_session_id,
                 sum(o.tokens) over (partition by o.user_id order by o.created_at, o.id)
            from public.stripe_orders o
           where o.status = 'completed' and o.tokens > 0
           order by o.user_id, o.created_at, o.id",
-    ),
-    Step::Write(
-        "token_ledger opening balances",
-        "insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
+        ),
+        (
+            "token_ledger opening balances",
+            "insert into public.token_ledger (user_id, delta, reason, reference, balance_after)
          select p.id, p.tokens - coalesce(b.bought, 0), 'opening_balance', 'adopt', p.tokens
            from public.user_profiles p
            left join (select user_id, sum(delta)::int as bought from public.token_ledger group by user_id) b
              on b.user_id = p.id
           where p.tokens <> coalesce(b.bought, 0)
           order by p.id",
-    ),
+        ),
+    ],
+    },
 ];
 
 #[cfg(test)]

@@ -2,14 +2,8 @@
 //! (migrations/20250106400100_operator_analytics.sql), which only `service_role` (and the
 //! database owner) may read. Printed as tables, or as CSV.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-pub const USAGE: &str = "  libero analytics [--days N] [--csv] [--only VIEW] [--refresh] [--database-url URL]
-      the service's figures per UTC day (the last N days, default 7, today included):
-      active users, sessions, revenue and refunds, token flows, AI and tts usage, plans
-      and churn; --csv prints CSV (with --only VIEW, one plain CSV table); --refresh
-      first rebuilds the insights comparison histogram (run it from cron)";
 
 /// A view, what it is called in the output, and the order of its rows.
 pub struct View {
@@ -51,44 +45,28 @@ pub const VIEWS: &[View] = &[
     View { name: "analytics_subscriptions_daily", title: "Subscriptions and churn", daily: true, order_by: "day" },
 ];
 
-#[derive(Debug, Clone, PartialEq)]
+/// `libero analytics`'s flags.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct Options {
+    /// The last N days, today included
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3660))]
     pub days: u32,
+    /// Print CSV (with --only, one plain CSV table; else a "# view" line before each)
+    #[arg(long)]
     pub csv: bool,
+    /// Print this view only
+    #[arg(long, value_name = "VIEW", value_parser = clap::builder::PossibleValuesParser::new(VIEWS.iter().map(|v| v.name)))]
     pub only: Option<String>,
+    /// First rebuild the insights comparison histogram (run it from cron)
+    #[arg(long)]
     pub refresh: bool,
-    pub database_url: Option<String>,
-}
-
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Options> {
-        let mut options = Options { days: 7, csv: false, only: None, refresh: false, database_url: None };
-        crate::args::each(args, |mut flag| {
-            match flag.name {
-                "--csv" => options.csv = flag.switch()?,
-                "--refresh" => options.refresh = flag.switch()?,
-                "--days" => options.days = flag.number(1, 3660)? as u32,
-                "--only" => {
-                    let view = flag.value()?;
-                    if !VIEWS.iter().any(|v| v.name == view) {
-                        let names: Vec<&str> = VIEWS.iter().map(|v| v.name).collect();
-                        bail!("no view {view:?}; the views are {}", names.join(", "));
-                    }
-                    options.only = Some(view);
-                }
-                "--database-url" => options.database_url = Some(flag.value()?),
-                _ => return Err(flag.unknown(USAGE)),
-            }
-            Ok(())
-        })?;
-        Ok(options)
-    }
+    #[command(flatten)]
+    pub database: crate::args::Database,
 }
 
 /// `libero analytics ...`.
-pub async fn command(args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
-    let url = crate::args::database_url(options.database_url.clone())?;
+pub async fn command(options: Options) -> Result<()> {
+    let url = options.database.clone().url()?;
     let client = crate::pg::connect(&url).await?;
     print!("{}", report(&client, &options).await?);
     Ok(())
@@ -208,16 +186,20 @@ pub fn csv(table: &Table) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        match crate::cli::Cli::try_parse_from(["libero", "analytics"].iter().chain(args))?.command {
+            crate::cli::Command::Analytics(options) => Ok(options),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn options_parse_and_refuse_what_they_do_not_know() {
-        let options =
-            Options::parse(&args(&["--days", "30", "--csv", "--only=analytics_tts_daily", "--refresh"])).unwrap();
+        let options = parse(&["--days", "30", "--csv", "--only=analytics_tts_daily", "--refresh"]).unwrap();
         assert_eq!(
             options,
             Options {
@@ -225,12 +207,12 @@ mod tests {
                 csv: true,
                 only: Some("analytics_tts_daily".into()),
                 refresh: true,
-                database_url: None
+                database: Default::default(),
             }
         );
-        assert_eq!(Options::parse(&[]).unwrap().days, 7);
+        assert_eq!(parse(&[]).unwrap().days, 7);
         for bad in [&["--days", "0"][..], &["--days", "x"], &["--days"], &["--only", "user_profiles"], &["--verbose"]] {
-            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 

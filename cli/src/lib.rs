@@ -5,6 +5,7 @@ pub mod account;
 pub mod adopt;
 pub mod analytics;
 pub mod args;
+pub mod cli;
 pub mod migrate;
 pub mod pg;
 pub mod push;

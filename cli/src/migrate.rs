@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tokio_postgres::Client;
+use tokio_postgres::GenericClient;
 
 use crate::pg::connect;
 
@@ -49,6 +49,29 @@ pub fn read_migrations(dir: &Path) -> Result<Vec<Migration>> {
         .collect()
 }
 
+/// `libero migrate`'s flags.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: crate::args::Database,
+    /// The migrations' directory
+    #[arg(long, value_name = "DIR", default_value = "migrations")]
+    pub migrations: PathBuf,
+}
+
+/// `libero migrate`: applies what is pending and says what it applied.
+pub async fn command(args: MigrateArgs) -> Result<()> {
+    let url = args.database.url()?;
+    let applied = migrate_dir(&url, &args.migrations).await?;
+    if applied.is_empty() {
+        println!("database is up to date");
+    }
+    for m in applied {
+        println!("applied {}_{}", m.version, m.name);
+    }
+    Ok(())
+}
+
 /// Applies `<dir>/*.sql` to the database at `url`: each file not yet recorded, in filename
 /// order, each in its own transaction together with its record in
 /// `supabase_migrations.schema_migrations`.
@@ -69,7 +92,11 @@ const HISTORY_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS supabase_migrations;
      ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
      ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;";
 
-async fn apply_pending(client: &mut Client, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
+/// Applies each of `migrations` not yet recorded, in order, each with its record in a
+/// transaction of its own: on a connection ([`migrate_dir`]) a transaction; inside a
+/// transaction a savepoint, so all of them commit or roll back with it (`libero adopt`,
+/// whose whole change, moving the old tables aside, the migrations and the copy, is one).
+pub async fn apply_pending(client: &mut impl GenericClient, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
     client.batch_execute(HISTORY_TABLE).await.context("creating supabase_migrations.schema_migrations")?;
     let applied: Vec<String> = client
         .query("SELECT version FROM supabase_migrations.schema_migrations", &[])
@@ -93,33 +120,6 @@ async fn apply_pending(client: &mut Client, migrations: Vec<Migration>) -> Resul
         )
         .await?;
         tx.commit().await?;
-        done.push(m);
-    }
-    Ok(done)
-}
-
-/// Applies, inside the caller's transaction, each of `migrations` not yet recorded, in
-/// order, recording each as [`migrate_dir`] does. For `libero adopt`, whose whole change
-/// (moving the old tables aside, the migrations, the copy) commits or rolls back as one.
-pub async fn apply_in(tx: &tokio_postgres::Transaction<'_>, migrations: Vec<Migration>) -> Result<Vec<Migration>> {
-    tx.batch_execute(HISTORY_TABLE).await.context("creating supabase_migrations.schema_migrations")?;
-    let applied: Vec<String> = tx
-        .query("SELECT version FROM supabase_migrations.schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut done = Vec::new();
-    for m in migrations.into_iter().filter(|m| !applied.contains(&m.version)) {
-        tx.batch_execute(&m.sql)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
-            .with_context(|| format!("applying migration {}", m.path.display()))?;
-        tx.execute(
-            "INSERT INTO supabase_migrations.schema_migrations (version, name, statements) VALUES ($1, $2, $3)",
-            &[&m.version, &m.name, &vec![m.sql.clone()]],
-        )
-        .await?;
         done.push(m);
     }
     Ok(done)

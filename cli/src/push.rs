@@ -5,19 +5,22 @@ use std::io::Read;
 use anyhow::{bail, Context, Result};
 use libero_shared::push::vapid::VapidKey;
 
-pub const USAGE: &str = "  libero push keys
-      print a new VAPID key pair: the private key for the vapid_private_key variable
-      (a secret), the public key for the app's pushManager.subscribe()";
+/// `libero push`'s commands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Print a new VAPID key pair: the private key for the vapid_private_key variable (a secret), the public key for the app's pushManager.subscribe()
+    Keys,
+}
 
-pub fn command(args: &[String]) -> Result<()> {
-    match args {
-        [keys] if keys == "keys" => {
+/// `libero push <command>`.
+pub fn command(command: Command) -> Result<()> {
+    match command {
+        Command::Keys => {
             let (private, public) = new_pair()?;
             println!("vapid_private_key (secret; e.g. SPIN_VARIABLE_VAPID_PRIVATE_KEY): {private}");
             println!("public key (the app's applicationServerKey): {public}");
             Ok(())
         }
-        _ => bail!("usage:\n{USAGE}"),
     }
 }
 

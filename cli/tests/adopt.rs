@@ -3,13 +3,13 @@
 //! else the cluster `scripts/pg.sh` started).
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 mod common;
+use common::stripe_events::{reconcile_command, EventLog};
 use common::{workspace, ScratchDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_libero");
@@ -347,46 +347,6 @@ async fn the_old_clients_token_and_experience_writes_are_refused_after_adoption(
         .unwrap();
 }
 
-/// A Stripe event log (`GET /v1/events`), newest first, paged as Stripe pages it.
-#[derive(Clone, Default)]
-struct Log {
-    events: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Respond for Log {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let q: Vec<(String, String)> = request.url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
-        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let limit: usize = get("limit").unwrap().parse().unwrap();
-        let (gte, lte, lt) = (
-            get("created[gte]").map_or(i64::MIN, |v| v.parse().unwrap()),
-            get("created[lte]").map_or(i64::MAX, |v| v.parse().unwrap()),
-            get("created[lt]").map_or(i64::MAX, |v| v.parse().unwrap()),
-        );
-        let listed: Vec<Value> = self
-            .events
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .filter(|e| (gte..=lte).contains(&e["created"].as_i64().unwrap()) && e["created"].as_i64().unwrap() < lt)
-            .cloned()
-            .collect();
-        let at = |id: String| listed.iter().position(|e| e["id"] == id.as_str()).unwrap();
-        let (data, more) = if let Some(id) = get("starting_after") {
-            let rest = &listed[at(id) + 1..];
-            (rest.iter().take(limit).cloned().collect::<Vec<_>>(), rest.len() > limit)
-        } else if let Some(id) = get("ending_before") {
-            let newer = &listed[..at(id)];
-            let from = newer.len().saturating_sub(limit);
-            (newer[from..].to_vec(), from > 0)
-        } else {
-            (listed.iter().take(limit).cloned().collect(), listed.len() > limit)
-        };
-        ResponseTemplate::new(200).set_body_json(json!({"object": "list", "has_more": more, "data": data}))
-    }
-}
-
 /// Line items as Stripe answers them: one line, at the price the session's amount paid.
 struct LineItems(std::collections::HashMap<String, i64>);
 
@@ -418,7 +378,7 @@ async fn reconcile_over_thirty_days_of_past_purchases_credits_none_of_them_again
         .unwrap();
     assert!(orders.len() > 50, "{}", orders.len());
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let log = Log::default();
+    let log = EventLog::default();
     for (n, o) in orders.iter().enumerate() {
         let (session, amount): (String, i64) = (o.get(0), o.get(5));
         let product: String = o.get(4);
@@ -431,11 +391,11 @@ async fn reconcile_over_thirty_days_of_past_purchases_credits_none_of_them_again
                     "client_reference_id": o.get::<_, String>(3),
                     "metadata": {"user_id": o.get::<_, String>(3), "product": product}}}})
         };
-        log.events.lock().unwrap().push(event(format!("evt_adopt{n}")));
-        log.events.lock().unwrap().push(event(format!("evt_adopt{n}_again")));
+        log.push(event(format!("evt_adopt{n}")));
+        log.push(event(format!("evt_adopt{n}_again")));
     }
     let stripe = MockServer::start().await;
-    Mock::given(method("GET")).and(path("/v1/events")).respond_with(log.clone()).mount(&stripe).await;
+    log.mount(&stripe).await;
     Mock::given(method("GET"))
         .and(path_regex("^/v1/checkout/sessions/[A-Za-z0-9_]+/line_items$"))
         .respond_with(LineItems(orders.iter().map(|o| (o.get(0), o.get(5))).collect()))
@@ -467,16 +427,12 @@ async fn reconcile_over_thirty_days_of_past_purchases_credits_none_of_them_again
         (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2))
     };
     let before = ledger().await;
-    let mut command = Command::new(BIN);
+    let mut command = reconcile_command(&stripe, "sk_test_fake-adopt-reconcile");
     command
-        .args(["stripe", "reconcile", "--database-url", &db.url])
-        .env("STRIPE_SECRET_KEY", "sk_test_fake-adopt-reconcile")
-        .env("STRIPE_API_BASE", stripe.uri())
+        .args(["--database-url", &db.url])
         .env("SPIN_VARIABLE_STRIPE_PRICE_TOKENS_SMALL", "price_499")
         .env("SPIN_VARIABLE_STRIPE_PRICE_TOKENS_MEDIUM", "price_999")
-        .env("SPIN_VARIABLE_STRIPE_PRICE_TOKENS_LARGE", "price_1999")
-        .env_remove("SPIN_VARIABLE_STRIPE_SECRET_KEY")
-        .env_remove("SPIN_VARIABLE_DATABASE_URL");
+        .env("SPIN_VARIABLE_STRIPE_PRICE_TOKENS_LARGE", "price_1999");
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
     let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{all}");

@@ -3,75 +3,19 @@
 //! `scripts/pg.sh` started): the command applies what the webhook missed, once, a Stripe
 //! failure stops it with the cursor where it was, and killing it mid-run loses nothing.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
-use common::admin_url;
-use wiremock::matchers::{method, path, path_regex};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use common::stripe_events::{reconcile_command, EventLog};
+use common::ScratchDb;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const BIN: &str = env!("CARGO_BIN_EXE_libero");
 const KEY: &str = "sk_test_fake-reconcile-key-never-printed";
 const PRICE: &str = "price_1TokensSmall";
-
-#[derive(Clone, Default)]
-struct Log {
-    events: Arc<Mutex<Vec<Value>>>,
-    failing: Arc<AtomicBool>,
-    /// How long each page takes.
-    delay: Arc<Mutex<Duration>>,
-}
-
-impl Respond for Log {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let delay = *self.delay.lock().unwrap();
-        self.answer(request).set_delay(delay)
-    }
-}
-
-impl Log {
-    fn answer(&self, request: &Request) -> ResponseTemplate {
-        if self.failing.load(Ordering::SeqCst) {
-            return ResponseTemplate::new(500)
-                .set_body_json(json!({"error": {"type": "api_error", "message": "down"}}));
-        }
-        let q: Vec<(String, String)> = request.url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
-        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let limit: usize = get("limit").unwrap().parse().unwrap();
-        let (gte, lte, lt) = (
-            get("created[gte]").map_or(i64::MIN, |v| v.parse().unwrap()),
-            get("created[lte]").map_or(i64::MAX, |v| v.parse().unwrap()),
-            get("created[lt]").map_or(i64::MAX, |v| v.parse().unwrap()),
-        );
-        let listed: Vec<Value> = self
-            .events
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .filter(|e| (gte..=lte).contains(&e["created"].as_i64().unwrap()) && e["created"].as_i64().unwrap() < lt)
-            .cloned()
-            .collect();
-        let at = |id: String| listed.iter().position(|e| e["id"] == id.as_str()).unwrap();
-        let (data, more) = if let Some(id) = get("starting_after") {
-            let rest = &listed[at(id) + 1..];
-            (rest.iter().take(limit).cloned().collect::<Vec<_>>(), rest.len() > limit)
-        } else if let Some(id) = get("ending_before") {
-            let newer = &listed[..at(id)];
-            let from = newer.len().saturating_sub(limit);
-            (newer[from..].to_vec(), from > 0)
-        } else {
-            (listed.iter().take(limit).cloned().collect(), listed.len() > limit)
-        };
-        ResponseTemplate::new(200).set_body_json(json!({"object": "list", "has_more": more, "data": data}))
-    }
-}
 
 /// A paid order of `user`, `age` seconds old.
 fn paid_order(n: u32, user: &str, age: i64) -> Value {
@@ -83,30 +27,33 @@ fn paid_order(n: u32, user: &str, age: i64) -> Value {
             "metadata": {"user_id": user, "product": "tokens-small"}}}})
 }
 
-async fn scratch_database() -> (String, String) {
-    let admin = admin_url();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let name = format!("reconcile_test_{}_{nanos}", std::process::id());
-    let client = libero_cli::pg::connect(&admin).await.unwrap();
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let url = common::url_of(&admin, &name);
-    let migrations = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    libero_cli::migrate::migrate_dir(&url, &migrations).await.unwrap();
-    (url, name)
+fn command(stripe: &MockServer, url: &str, args: &[&str]) -> std::process::Command {
+    let mut command = reconcile_command(stripe, KEY);
+    command.args(args).env("DATABASE_URL", url).env("SPIN_VARIABLE_STRIPE_PRICE_TOKENS_SMALL", PRICE);
+    command
 }
 
-fn command(stripe: &MockServer, url: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(["stripe", "reconcile"])
-        .args(args)
-        .env("STRIPE_SECRET_KEY", KEY)
-        .env("STRIPE_API_BASE", stripe.uri())
-        .env("DATABASE_URL", url)
-        .env("SPIN_VARIABLE_STRIPE_PRICE_TOKENS_SMALL", PRICE)
-        .env_remove("SPIN_VARIABLE_STRIPE_SECRET_KEY")
-        .env_remove("SPIN_VARIABLE_DATABASE_URL");
-    command
+/// A migrated scratch database with one user, and a fake Stripe: an event log, empty,
+/// and every checkout session's line item the small token package.
+async fn setup(user: &str, email: &str) -> (ScratchDb, tokio_postgres::Client, MockServer, EventLog) {
+    let scratch = ScratchDb::migrated("reconcile_test").await;
+    let db = libero_cli::pg::connect(&scratch.url).await.unwrap();
+    db.batch_execute(&format!(
+        "INSERT INTO auth.users (id, email) VALUES ('{user}', '{email}');
+         INSERT INTO public.user_profiles (id, email) VALUES ('{user}', '{email}') ON CONFLICT (id) DO NOTHING;"
+    ))
+    .await
+    .unwrap();
+    let stripe = MockServer::start().await;
+    let log = EventLog::default();
+    log.mount(&stripe).await;
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1/checkout/sessions/[A-Za-z0-9_]+/line_items$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list", "has_more": false,
+            "data": [{"id": "li_1", "quantity": 1, "price": {"id": PRICE, "unit_amount": 499, "currency": "usd"}}]})))
+        .mount(&stripe)
+        .await;
+    (scratch, db, stripe, log)
 }
 
 async fn reconcile(stripe: &MockServer, url: &str) -> (bool, String) {
@@ -123,26 +70,11 @@ async fn reconcile_with(stripe: &MockServer, url: &str, args: &[&str]) -> (bool,
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reconcile_applies_missed_events_once_and_a_failure_keeps_the_cursor() {
-    let (url, name) = scratch_database().await;
-    let db = libero_cli::pg::connect(&url).await.unwrap();
     let user = "5b0e8c1a-7d2f-4e3b-9c4a-1f2e3d4c5b6a";
-    db.batch_execute(&format!(
-        "INSERT INTO auth.users (id, email) VALUES ('{user}', 'cli@test.local');
-         INSERT INTO public.user_profiles (id, email) VALUES ('{user}', 'cli@test.local') ON CONFLICT (id) DO NOTHING;"
-    ))
-    .await
-    .unwrap();
-    let stripe = MockServer::start().await;
-    let log = Log::default();
-    Mock::given(method("GET")).and(path("/v1/events")).respond_with(log.clone()).mount(&stripe).await;
-    Mock::given(method("GET"))
-        .and(path_regex("^/v1/checkout/sessions/[A-Za-z0-9_]+/line_items$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list", "has_more": false,
-            "data": [{"id": "li_1", "quantity": 1, "price": {"id": PRICE, "unit_amount": 499, "currency": "usd"}}]})))
-        .mount(&stripe)
-        .await;
+    let (scratch, db, stripe, log) = setup(user, "cli@test.local").await;
+    let url = scratch.url.clone();
     for n in 0..3 {
-        log.events.lock().unwrap().push(paid_order(n, user, 900 - n as i64));
+        log.push(paid_order(n, user, 900 - n as i64));
     }
     let tokens = || async {
         let row = db
@@ -168,7 +100,7 @@ async fn reconcile_applies_missed_events_once_and_a_failure_keeps_the_cursor() {
             .get::<_, String>(0)
     };
     let before = cursor().await;
-    log.events.lock().unwrap().push(paid_order(3, user, 60));
+    log.push(paid_order(3, user, 60));
     log.failing.store(true, Ordering::SeqCst);
     let (ok, out) = reconcile(&stripe, &url).await;
     assert!(!ok && out.contains("502"), "{out}");
@@ -177,36 +109,17 @@ async fn reconcile_applies_missed_events_once_and_a_failure_keeps_the_cursor() {
     let (ok, out) = reconcile(&stripe, &url).await;
     assert!(ok && out.contains("1 applied"), "{out}");
     assert_eq!(tokens().await, (440, 440));
-
-    drop(db);
-    let admin = libero_cli::pg::connect(&admin_url()).await.unwrap();
-    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reconcile_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
-    let (url, name) = scratch_database().await;
-    let db = libero_cli::pg::connect(&url).await.unwrap();
     let user = "6c1f9d2b-8e3a-4f4c-8d5b-2a3f4e5d6c7b";
-    db.batch_execute(&format!(
-        "INSERT INTO auth.users (id, email) VALUES ('{user}', 'kill@test.local');
-         INSERT INTO public.user_profiles (id, email) VALUES ('{user}', 'kill@test.local') ON CONFLICT (id) DO NOTHING;"
-    ))
-    .await
-    .unwrap();
-    let stripe = MockServer::start().await;
-    let log = Log::default();
-    Mock::given(method("GET")).and(path("/v1/events")).respond_with(log.clone()).mount(&stripe).await;
-    Mock::given(method("GET"))
-        .and(path_regex("^/v1/checkout/sessions/[A-Za-z0-9_]+/line_items$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list", "has_more": false,
-            "data": [{"id": "li_1", "quantity": 1, "price": {"id": PRICE, "unit_amount": 499, "currency": "usd"}}]})))
-        .mount(&stripe)
-        .await;
+    let (scratch, db, stripe, log) = setup(user, "kill@test.local").await;
+    let url = scratch.url.clone();
     // 60 lost orders over the last two days, a slow Stripe and small runs: the command
     // needs many runs, and is killed in the middle of them.
     for n in 0..60 {
-        log.events.lock().unwrap().push(paid_order(100 + n, user, 172_000 - 2_800 * n as i64));
+        log.push(paid_order(100 + n, user, 172_000 - 2_800 * n as i64));
     }
     *log.delay.lock().unwrap() = Duration::from_millis(150);
     let mut child = command(&stripe, &url, &["--max-events", "4"])
@@ -249,8 +162,4 @@ async fn reconcile_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
         "{out}"
     );
     assert_eq!(applied_by_then().await, 60);
-
-    drop(db);
-    let admin = libero_cli::pg::connect(&admin_url()).await.unwrap();
-    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
 }

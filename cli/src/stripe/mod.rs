@@ -13,18 +13,32 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use libero_shared::stripe::client::DEFAULT_API_BASE;
 
-use crate::args::env;
+use crate::args::{env, Database, StripeApi};
 use serde_json::Value;
 
 use crate::pg;
 
-pub const USAGE: &str = "  libero stripe sync [--dry-run] [--live] [--database-url URL] [--api-base URL]
-      make the Stripe account match the catalog (shared/src/stripe/catalog.rs): products,
-      prices (by lookup key) and the Billing Portal configuration; then store the price ids
-      in the database for checkout. Running it again changes nothing.
-      key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY (a live key needs --live)
-      URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL
-      --dry-run: say what would change, write nothing (no database needed)";
+/// `libero stripe`'s commands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Make the Stripe account match the catalog, then store the price ids in the database for checkout
+    ///
+    /// The catalog is shared/src/stripe/catalog.rs: products, prices (by lookup key) and the
+    /// Billing Portal configuration. Running it again changes nothing.
+    ///
+    /// The Stripe key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY (a live key
+    /// needs --live).
+    Sync(SyncArgs),
+    /// Apply the Stripe events the webhook missed, and re-read stale subscriptions
+    ///
+    /// GET /v1/events from the stored cursor, each event applied exactly once; runs until
+    /// nothing is left (--once: one bounded run, as the endpoint does), printing its progress
+    /// after each run. Safe to stop at any moment: the next run carries on. Reads Stripe,
+    /// never writes it.
+    ///
+    /// The Stripe key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY.
+    Reconcile(reconcile::ReconcileArgs),
+}
 
 /// Which Stripe mode a secret key works in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,27 +59,19 @@ pub fn key_mode(key: &str) -> Result<KeyMode> {
     }
 }
 
-#[derive(Debug, Default)]
-struct SyncArgs {
-    dry_run: bool,
-    live: bool,
-    database_url: Option<String>,
-    api_base: Option<String>,
-}
-
-fn parse(args: &[String]) -> Result<SyncArgs> {
-    let mut out = SyncArgs::default();
-    crate::args::each(args, |mut flag| {
-        match flag.name {
-            "--dry-run" => out.dry_run = flag.switch()?,
-            "--live" => out.live = flag.switch()?,
-            "--database-url" => out.database_url = Some(flag.value()?),
-            "--api-base" => out.api_base = Some(flag.value()?),
-            _ => return Err(flag.unknown(USAGE)),
-        }
-        Ok(())
-    })?;
-    Ok(out)
+/// `libero stripe sync`'s flags.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct SyncArgs {
+    /// Say what would change, write nothing (no database needed)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow a live key to change the live account
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub database: Database,
+    #[command(flatten)]
+    pub stripe: StripeApi,
 }
 
 /// The account the commands work on: its secret key (`STRIPE_SECRET_KEY`, else
@@ -78,13 +84,11 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    pub(crate) fn from_env(api_base: Option<String>) -> Result<Account> {
+    pub(crate) fn from_env(api: StripeApi) -> Result<Account> {
         let key = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"])
             .context("set STRIPE_SECRET_KEY (or SPIN_VARIABLE_STRIPE_SECRET_KEY) to the account's secret key")?;
         let mode = key_mode(&key)?;
-        let base = api_base
-            .or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"]))
-            .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+        let base = api.base().unwrap_or_else(|| DEFAULT_API_BASE.to_string());
         Ok(Account { key, mode, base })
     }
 
@@ -94,17 +98,16 @@ impl Account {
     }
 }
 
-/// `libero stripe <args>`.
-pub async fn command(args: &[String]) -> Result<()> {
-    match args.split_first() {
-        Some((sub, rest)) if sub == "sync" => sync_command(parse(rest)?).await,
-        Some((sub, rest)) if sub == "reconcile" => reconcile::command(rest).await,
-        _ => bail!("usage:\n{USAGE}\n{}", reconcile::USAGE),
+/// `libero stripe <command>`.
+pub async fn command(command: Command) -> Result<()> {
+    match command {
+        Command::Sync(args) => sync_command(args).await,
+        Command::Reconcile(args) => reconcile::command(args).await,
     }
 }
 
 async fn sync_command(args: SyncArgs) -> Result<()> {
-    let account = Account::from_env(args.api_base.clone())?;
+    let account = Account::from_env(args.stripe.clone())?;
     if account.mode == KeyMode::Live && !args.live && !args.dry_run {
         bail!("that is a live key: this would change the live account. Add --live if that is what you mean (or --dry-run to look first)");
     }
@@ -114,7 +117,7 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
         None
     } else {
         // (The price ids are stored there for checkout.)
-        let url = crate::args::database_url(args.database_url.clone())?;
+        let url = args.database.clone().url()?;
         let client = pg::connect(&url).await?;
         let ready: bool = client
             .query_one("select to_regprocedure('public.stripe_catalog_store(jsonb, jsonb)') is not null", &[])
@@ -202,6 +205,8 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -217,13 +222,18 @@ mod tests {
 
     #[test]
     fn arguments_parse() {
-        let args: Vec<String> =
-            ["--dry-run", "--database-url=postgres://x", "--api-base", "http://s"].map(String::from).to_vec();
-        let parsed = parse(&args).unwrap();
+        let parse = |args: &[&str]| match crate::cli::Cli::try_parse_from(["libero", "stripe"].iter().chain(args)) {
+            Ok(crate::cli::Cli { command: crate::cli::Command::Stripe(command) }) => Ok(command),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        let parsed = parse(&["sync", "--dry-run", "--database-url=postgres://x", "--api-base", "http://s"]).unwrap();
+        let Command::Sync(parsed) = parsed else { panic!("{parsed:?}") };
         assert!(parsed.dry_run && !parsed.live);
-        assert_eq!(parsed.database_url.as_deref(), Some("postgres://x"));
-        assert_eq!(parsed.api_base.as_deref(), Some("http://s"));
-        assert!(parse(&["--live=yes".to_string()]).is_err());
-        assert!(parse(&["--nope".to_string()]).is_err());
+        assert_eq!(parsed.database.database_url.as_deref(), Some("postgres://x"));
+        assert_eq!(parsed.stripe.api_base.as_deref(), Some("http://s"));
+        for bad in [&["sync", "--live=yes"][..], &["sync", "--nope"], &["sync", "extra"], &[], &["resync"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

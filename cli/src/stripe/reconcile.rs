@@ -17,45 +17,42 @@ use super::http::CliPlatform;
 use super::Account;
 use crate::pg;
 
-pub const USAGE: &str =
-    "  libero stripe reconcile [--once] [--max-events N] [--max-seconds S] [--database-url URL] [--api-base URL]
-      apply the Stripe events the webhook missed (GET /v1/events from the stored cursor,
-      each applied exactly once) and re-read stale subscriptions; runs until nothing is
-      left (--once: one bounded run, as the endpoint does), printing its progress after
-      each run. Safe to stop at any moment: the next run carries on. Reads Stripe, never
-      writes it.
-      key: STRIPE_SECRET_KEY, else SPIN_VARIABLE_STRIPE_SECRET_KEY
-      URL: --database-url, else DATABASE_URL, else SPIN_VARIABLE_DATABASE_URL";
-
-#[derive(Debug, Default, PartialEq)]
-struct Args {
-    once: bool,
-    limits: Limits,
-    database_url: Option<String>,
-    api_base: Option<String>,
+/// `libero stripe reconcile`'s flags.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct ReconcileArgs {
+    /// One bounded run, as the endpoint does, instead of runs until nothing is left
+    #[arg(long)]
+    pub once: bool,
+    /// New events one run handles [default: the endpoint's]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_events: Option<usize>,
+    /// Seconds one run may take [default: the endpoint's]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub max_seconds: Option<u64>,
+    #[command(flatten)]
+    pub database: crate::args::Database,
+    #[command(flatten)]
+    pub stripe: crate::args::StripeApi,
 }
 
-fn parse(args: &[String]) -> Result<Args> {
-    let mut out = Args::default();
-    crate::args::each(args, |mut flag| {
-        match flag.name {
-            "--once" => out.once = flag.switch()?,
-            "--max-events" => out.limits.max_events = flag.number(1, 100_000)? as usize,
-            "--max-seconds" => out.limits.max_millis = flag.number(1, 3600)? * 1000,
-            "--database-url" => out.database_url = Some(flag.value()?),
-            "--api-base" => out.api_base = Some(flag.value()?),
-            _ => return Err(flag.unknown(USAGE)),
+impl ReconcileArgs {
+    /// One run's bounds: the endpoint's, with the ones given.
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(n) = self.max_events {
+            limits.max_events = n;
         }
-        Ok(())
-    })?;
-    Ok(out)
+        if let Some(s) = self.max_seconds {
+            limits.max_millis = s * 1000;
+        }
+        limits
+    }
 }
 
-/// `libero stripe reconcile <args>`.
-pub async fn command(args: &[String]) -> Result<()> {
-    let args = parse(args)?;
-    let account = Account::from_env(args.api_base.clone())?;
-    let url = crate::args::database_url(args.database_url.clone())?;
+/// `libero stripe reconcile ...`.
+pub async fn command(args: ReconcileArgs) -> Result<()> {
+    let account = Account::from_env(args.stripe.clone())?;
+    let url = args.database.clone().url()?;
     let client = pg::connect(&url).await?;
     let ready: bool =
         client.query_one("select to_regprocedure('public.stripe_reconcile_cursor()') is not null", &[]).await?.get(0);
@@ -70,7 +67,7 @@ pub async fn command(args: &[String]) -> Result<()> {
         }
     }
     let handle = tokio::runtime::Handle::current();
-    let (once, limits) = (args.once, args.limits);
+    let (once, limits) = (args.once, args.limits());
     // The shared logic is blocking (as in a component): off the async thread, with the
     // database reached through this runtime.
     let total = tokio::task::spawn_blocking(move || {
@@ -264,6 +261,8 @@ impl Platform for DbPlatform {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -275,14 +274,24 @@ mod tests {
         assert!(line.contains("15 days ago (50% through the window); more to do"), "{line}");
     }
 
+    fn parse(args: &[&str]) -> Result<ReconcileArgs, clap::Error> {
+        match crate::cli::Cli::try_parse_from(["libero", "stripe", "reconcile"].iter().chain(args))?.command {
+            crate::cli::Command::Stripe(super::super::Command::Reconcile(args)) => Ok(args),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn arguments_parse() {
-        let args: Vec<String> = ["--once", "--max-events=5", "--max-seconds", "9"].map(String::from).to_vec();
-        let parsed = parse(&args).unwrap();
+        let parsed = parse(&["--once", "--max-events=5", "--max-seconds", "9"]).unwrap();
         assert!(parsed.once);
-        assert_eq!((parsed.limits.max_events, parsed.limits.max_millis), (5, 9000));
-        for bad in ["--max-events=0", "--max-seconds=x", "--live", "--once=yes"] {
-            assert!(parse(&[bad.to_string()]).is_err(), "{bad}");
+        let limits = parsed.limits();
+        assert_eq!((limits.max_events, limits.max_millis), (5, 9000));
+        assert_eq!(parse(&[]).unwrap().limits(), Limits::default(), "the endpoint's bounds unless given");
+        for bad in
+            ["--max-events=0", "--max-events=100001", "--max-seconds=x", "--max-seconds=3601", "--live", "--once=yes"]
+        {
+            assert!(parse(&[bad]).is_err(), "{bad}");
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Shared by the CLI's test binaries: the workspace, the test cluster, and a scratch
-//! database of a test's own on it.
+//! Shared by the CLI's test binaries: the workspace, the test cluster, a scratch
+//! database of a test's own on it, and a fake Stripe event log.
 #![allow(dead_code)] // each test binary uses its own subset
+
+pub mod stripe_events;
 
 use std::path::PathBuf;
 
