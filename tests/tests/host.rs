@@ -275,7 +275,7 @@ async fn a_query_with_zero_rows_traps_where_spin_4_0_hangs() {
         None => {
             // What the host's trap stands for: Spin 4.0 never answers such a request.
             let answer = f.client.get(f.url(&zero_rows)).timeout(Duration::from_secs(5)).send().await;
-            let error = answer.err().expect("Spin 4.0 answered a query that returned zero rows");
+            let error = answer.expect_err("Spin 4.0 answered a query that returned zero rows");
             assert!(error.is_timeout(), "{error}");
         }
     }
