@@ -77,7 +77,8 @@ LIBERO_TEST_ADOPTED=1 LIBERO_SKIP_LOG="$work/host.skips" \
 host_summary="$(summary "$work/host.log" "$work/host.skips" "bundled host (and ${#adopted_tests[@]} modules again on an adopted database)")"
 
 # The end-to-end tests that run under real Spin too (response recording for the
-# contract check stays on the bundled host; under Spin only the log is leak-checked).
+# contract check stays on the bundled host; under Spin only the log is leak-checked), and
+# `host`, whose claims that the bundled host behaves like Spin are then checked on Spin.
 spin_tests=(host session_complete reminders stripe_checkout stripe_catalog stripe_webhook stripe_reconcile ai_text voice transcribe insights account jwks supabase_js pooler hostile load faults)
 spin="$(scripts/find-spin.sh || true)"
 if [ -z "$spin" ]; then
