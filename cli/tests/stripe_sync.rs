@@ -32,6 +32,8 @@ struct State {
     writes: usize,
     /// Writes after this many fail with a 500 (a Stripe outage halfway through a run).
     fail_after_writes: Option<usize>,
+    /// Keys accepted besides [`TEST_KEY`] (a live key, for the runs that may use one).
+    other_keys: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -262,7 +264,9 @@ impl State {
 
 impl Respond for FakeStripe {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        if request.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TEST_KEY}")) {
+        let key = request.headers.get("authorization").and_then(|v| v.to_str().ok()?.strip_prefix("Bearer "));
+        let known = key.is_some_and(|k| k == TEST_KEY || self.0.lock().unwrap().other_keys.iter().any(|o| o == k));
+        if !known {
             return error(401, "authentication_error", "Invalid API Key provided");
         }
         let full = request.url.path().to_string();
@@ -640,4 +644,81 @@ async fn a_live_key_needs_live_and_nothing_is_sent_without_it() {
 
     let not_secret = sync(&fake, &db, "pk_test_publishable", &[]).await;
     assert!(!not_secret.ok && not_secret.stderr.contains("not a secret key"), "{}", not_secret.stderr);
+}
+
+/// A dry run reads the account as it is now and says what the real run would change,
+/// without writing anything to Stripe or the database; the real run then makes exactly
+/// those changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_against_a_drifted_account_says_what_would_change_and_writes_nothing() {
+    let (fake, db) = (Fake::start().await, Db::new().await);
+    assert!(sync(&fake, &db, TEST_KEY, &[]).await.ok);
+    let old_small = fake.holder("libero_tokens_small");
+    // Drift, as hands in the Dashboard make it: a price's amount, a product's name and a
+    // portal feature.
+    let medium = {
+        let mut s = fake.state.lock().unwrap();
+        let small = s.prices.iter_mut().find(|p| p["id"] == old_small.as_str()).unwrap();
+        small["unit_amount"] = json!(399);
+        let medium = s.products.iter_mut().find(|p| p["metadata"]["libero_product"] == "tokens-medium").unwrap();
+        medium["name"] = json!("Renamed by hand");
+        let medium = medium["id"].as_str().unwrap().to_string();
+        s.portals[0]["features"]["invoice_history"]["enabled"] = json!(false);
+        medium
+    };
+    let portal = fake.state.lock().unwrap().portals[0]["id"].as_str().unwrap().to_string();
+    let (drifted, rows, sold, posts) = (fake.summary(), db.rows().await, db.sold().await, fake.posts().await);
+
+    let dry = sync(&fake, &db, TEST_KEY, &["--dry-run"]).await;
+    assert!(dry.ok, "{}{}", dry.stdout, dry.stderr);
+    for line in [
+        "(dry run: nothing is written)".to_string(),
+        format!("product tokens-medium: would update {medium} (name, description, active)"),
+        format!(
+            "price tokens-small: would create $4.99 with lookup key libero_tokens_small (replacing {old_small}, $3.99)"
+        ),
+        format!("price tokens-small: would archive {old_small} ($3.99)"),
+        "price tokens-large: unchanged (".to_string(),
+        format!("portal: would update {portal} ("),
+        "dry run: 4 change(s) to make in Stripe; nothing was written".to_string(),
+    ] {
+        assert!(dry.stdout.contains(&line), "{line:?} in:\n{}", dry.stdout);
+    }
+    assert_eq!(fake.posts().await, posts, "a dry run writes nothing to Stripe");
+    assert_eq!(fake.summary(), drifted);
+    assert_eq!((db.rows().await, db.sold().await), (rows, sold), "nor to the database");
+
+    // The real run makes the changes the dry run listed, and no others.
+    let run = sync(&fake, &db, TEST_KEY, &[]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("done: 4 change(s) in Stripe"), "{}", run.stdout);
+    assert_eq!(fake.posts().await - posts, 4, "{}", run.stdout);
+    assert_eq!(fake.summary(), catalog_summary());
+    let again = sync(&fake, &db, TEST_KEY, &["--dry-run"]).await;
+    assert!(again.stdout.contains("dry run: 0 change(s) to make in Stripe"), "{}", again.stdout);
+}
+
+/// A live key may look without `--live`: a dry run only reads, says it is the live
+/// account, and writes nothing; the same run without `--dry-run` is refused before
+/// Stripe is called.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_with_a_live_key_reads_the_live_account_and_writes_nothing() {
+    let (fake, db) = (Fake::start().await, Db::new().await);
+    let live = "sk_live_fake-sync-dry-key-never-printed";
+    fake.state.lock().unwrap().other_keys.push(live.to_string());
+
+    let dry = sync(&fake, &db, live, &["--dry-run"]).await;
+    assert!(dry.ok, "{}{}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains("stripe sync: LIVE mode") && dry.stdout.contains("(dry run: nothing is written)"));
+    assert!(dry.stdout.contains("product tokens-small: would create \"100 tokens\""), "{}", dry.stdout);
+    assert!(dry.stdout.contains("dry run: 9 change(s) to make in Stripe; nothing was written"), "{}", dry.stdout);
+    let requests = fake.server.received_requests().await.unwrap();
+    assert!(!requests.is_empty(), "the live account was read");
+    assert!(requests.iter().all(|r| r.method.as_str() == "GET"), "and only read");
+    assert!(db.rows().await.is_empty());
+
+    let refused = sync(&fake, &db, live, &[]).await;
+    assert!(!refused.ok && refused.stderr.contains("that is a live key"), "{}", refused.stderr);
+    assert_eq!(fake.server.received_requests().await.unwrap().len(), requests.len(), "Stripe was not called");
+    assert!(db.rows().await.is_empty());
 }

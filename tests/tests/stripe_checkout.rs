@@ -739,6 +739,35 @@ fn state(body: &Value) -> (Option<&str>, Option<bool>, Option<i64>, Option<i64>)
     (body["status"].as_str(), body["credited"].as_bool(), body["tokens_added"].as_i64(), body["balance"].as_i64())
 }
 
+/// The success page for `id`, as `user`: a 200 in this state (`status`, `credited`,
+/// `tokens_added`, `balance`). Returns its body.
+async fn assert_page(
+    app: &StripeApp,
+    user: Uuid,
+    id: &str,
+    status: &str,
+    credited: bool,
+    added: i64,
+    balance: i64,
+) -> Value {
+    let (code, body, _) = session_status(app, user, id).await;
+    assert_eq!((code, state(&body)), (200, (Some(status), Some(credited), Some(added), Some(balance))), "{body}");
+    body
+}
+
+/// `user` holds `tokens`, credited by exactly `purchases` purchase rows of the ledger, and
+/// every balance equals its ledger.
+async fn assert_purchased(app: &StripeApp, user: Uuid, tokens: i32, purchases: i64) {
+    assert_eq!(app.tokens_of(user).await, tokens);
+    let rows = count(
+        app,
+        &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'"),
+    )
+    .await;
+    assert_eq!(rows, purchases, "purchase rows in the ledger");
+    app.assert_ledger_consistent().await;
+}
+
 #[tokio::test]
 async fn the_success_page_credits_the_purchase_when_the_webhook_is_late() {
     let app = spawn().await;
@@ -750,9 +779,7 @@ async fn the_success_page_credits_the_purchase_when_the_webhook_is_late() {
 
     // Back before paying (or with the browser's back button): nothing changes.
     sessions.set(&session);
-    let (status, body, _) = session_status(&app, user, id).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(state(&body), (Some("open"), Some(false), Some(0), Some(0)));
+    assert_page(&app, user, id, "open", false, 0, 0).await;
 
     // Paid, and the webhook has not come: this call applies it, checking the line items.
     let paid = in_state(&session, "complete", "paid");
@@ -775,16 +802,7 @@ async fn the_success_page_credits_the_purchase_when_the_webhook_is_late() {
     // The late webhook finds it applied and credits nothing more.
     let (status, answer) = deliver(&app, &event("checkout.session.completed", paid)).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
-    assert_eq!(app.tokens_of(user).await, 110);
-    assert_eq!(
-        count(
-            &app,
-            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'")
-        )
-        .await,
-        1
-    );
-    app.assert_ledger_consistent().await;
+    assert_purchased(&app, user, 110, 1).await;
 }
 
 #[tokio::test]
@@ -818,15 +836,7 @@ async fn twenty_webhooks_and_twenty_success_pages_at_once_credit_once() {
         // Every page sees the purchase, whichever of the forty applied it.
         assert_eq!(state(body), (Some("paid"), Some(true), Some(tokens), Some(tokens)), "{body}");
     }
-    assert_eq!(i64::from(app.tokens_of(user).await), tokens);
-    assert_eq!(
-        count(
-            &app,
-            &format!("SELECT count(*) FROM public.token_ledger WHERE reason = 'purchase' AND user_id = '{user}'")
-        )
-        .await,
-        1
-    );
+    assert_purchased(&app, user, i32::try_from(tokens).unwrap(), 1).await;
     assert_eq!(
         count(
             &app,
@@ -850,8 +860,7 @@ async fn a_delayed_payment_is_processing_until_the_later_event_credits_it() {
     // A bank debit: the session is complete, the money is not there yet.
     let processing = in_state(&session, "complete", "unpaid");
     sessions.set(&processing);
-    let (status, body, _) = session_status(&app, user, id).await;
-    assert_eq!((status, state(&body)), (200, (Some("processing"), Some(false), Some(0), Some(0))), "{body}");
+    assert_page(&app, user, id, "processing", false, 0, 0).await;
     let (status, answer) = deliver(&app, &event("checkout.session.completed", processing.clone())).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
     assert_eq!(
@@ -862,18 +871,16 @@ async fn a_delayed_payment_is_processing_until_the_later_event_credits_it() {
         .await,
         1
     );
-    let (status, body, _) = session_status(&app, user, id).await;
-    assert_eq!((status, state(&body)), (200, (Some("processing"), Some(false), Some(0), Some(0))), "{body}");
+    assert_page(&app, user, id, "processing", false, 0, 0).await;
 
     // The payment succeeds later; the event credits it, and the page answers from the database.
     let succeeded = in_state(&session, "complete", "paid");
     let (status, answer) = deliver(&app, &event("checkout.session.async_payment_succeeded", succeeded)).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("applied")), "{answer}");
     let reads = session_reads(&app, id).await;
-    let (status, body, _) = session_status(&app, user, id).await;
-    assert_eq!((status, state(&body)), (200, (Some("paid"), Some(true), Some(110), Some(110))), "{body}");
+    assert_page(&app, user, id, "paid", true, 110, 110).await;
     assert_eq!(session_reads(&app, id).await, reads, "settled in the database: Stripe is not asked");
-    app.assert_ledger_consistent().await;
+    assert_purchased(&app, user, 110, 1).await;
 }
 
 #[tokio::test]
@@ -885,13 +892,11 @@ async fn an_expired_unpaid_or_failed_session_credits_nothing() {
 
     let expired = in_state(&start(&app, user, "tokens-large").await, "expired", "unpaid");
     sessions.set(&expired);
-    let (status, body, _) = session_status(&app, user, expired["id"].as_str().unwrap()).await;
-    assert_eq!((status, state(&body)), (200, (Some("expired"), Some(false), Some(0), Some(0))), "{body}");
+    assert_page(&app, user, expired["id"].as_str().unwrap(), "expired", false, 0, 0).await;
 
     let open = start(&app, user, "tokens-small").await;
     sessions.set(&open);
-    let (status, body, _) = session_status(&app, user, open["id"].as_str().unwrap()).await;
-    assert_eq!((status, state(&body)), (200, (Some("open"), Some(false), Some(0), Some(0))), "{body}");
+    assert_page(&app, user, open["id"].as_str().unwrap(), "open", false, 0, 0).await;
 
     // A delayed payment that failed: the webhook's order says so, without Stripe.
     let unpaid = in_state(&start(&app, user, "tokens-medium").await, "complete", "unpaid");
@@ -900,8 +905,7 @@ async fn an_expired_unpaid_or_failed_session_credits_nothing() {
     assert_eq!(status, 200, "{answer}");
     let id = unpaid["id"].as_str().unwrap();
     let reads = session_reads(&app, id).await;
-    let (status, body, _) = session_status(&app, user, id).await;
-    assert_eq!((status, state(&body)), (200, (Some("failed"), Some(false), Some(0), Some(0))), "{body}");
+    assert_page(&app, user, id, "failed", false, 0, 0).await;
     assert_eq!(session_reads(&app, id).await, reads);
 
     assert_eq!(app.tokens_of(user).await, 0);
@@ -942,9 +946,8 @@ async fn another_users_or_an_unknown_session_is_404_and_stripe_is_not_asked() {
     assert_eq!(response.status(), 401);
 
     // The owner's own call is answered (and credits).
-    let (status, body, _) = session_status(&app, owner, id).await;
-    assert_eq!((status, state(&body)), (200, (Some("paid"), Some(true), Some(110), Some(110))), "{body}");
-    app.assert_ledger_consistent().await;
+    assert_page(&app, owner, id, "paid", true, 110, 110).await;
+    assert_purchased(&app, owner, 110, 1).await;
 }
 
 #[tokio::test]

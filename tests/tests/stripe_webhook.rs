@@ -539,6 +539,75 @@ async fn disputes_take_tokens_back_exactly_once_and_won_disputes_give_them_back(
     app.assert_ledger_consistent().await;
 }
 
+/// A refund, a dispute's creation and its close about one purchase, each delivered four
+/// times, all twelve at once: each event is applied by exactly one delivery (the others
+/// answer `duplicate`), and the purchase ends where the same events one at a time leave it.
+#[tokio::test]
+async fn concurrent_refund_and_dispute_deliveries_apply_exactly_once() {
+    let app = spawn().await;
+    // (refunded of 499 cents, dispute outcome, tokens left of the 110 bought, order status)
+    let scenarios = [(499, "lost", 0, "refunded"), (250, "won", 55, "completed"), (250, "lost", 0, "completed")];
+    join_all(scenarios.map(|(refunded, outcome, expected_tokens, expected_status)| {
+        let app = &app;
+        async move {
+            let user = app.create_user().await;
+            let (session, pi) = bought(app, user, "tokens-small").await;
+            let (charge, dp) = (random_id("ch_3Q"), random_id("dp_1Q"));
+            let events = [
+                event("charge.refunded", refunded_charge(&charge, &pi, 499, refunded)),
+                event("charge.dispute.created", dispute(&dp, &charge, &pi, 499, "needs_response")),
+                event("charge.dispute.closed", dispute(&dp, &charge, &pi, 499, outcome)),
+            ];
+            let deliveries: Vec<&Value> = (0..4).flat_map(|_| events.iter()).collect();
+            let answers = join_all(deliveries.iter().map(|e| deliver(app, e))).await;
+            for sent in &events {
+                let id = sent["id"].as_str().unwrap();
+                let mut outcomes: Vec<&str> = deliveries
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(e, _)| e["id"] == id)
+                    .map(|(_, (status, answer))| {
+                        assert_eq!(*status, 200, "{refunded} {outcome}: {answer}");
+                        answer["outcome"].as_str().unwrap_or("?")
+                    })
+                    .collect();
+                outcomes.sort();
+                assert_eq!(
+                    outcomes,
+                    ["applied", "duplicate", "duplicate", "duplicate"],
+                    "{refunded} {outcome}: {}",
+                    sent["type"]
+                );
+            }
+            let target = if outcome == "lost" { 110 } else { 110 * refunded as i32 / 499 };
+            assert_eq!(
+                (app.tokens_of(user).await, debt_of(app, user).await),
+                (expected_tokens, 0),
+                "{refunded} {outcome}"
+            );
+            let (status, tokens, reversed, shortfall) = order_row(app, &session).await;
+            assert_eq!(
+                (status.as_str(), tokens, reversed + shortfall),
+                (expected_status, 110, target),
+                "{refunded} {outcome}"
+            );
+            let recorded = count(
+                app,
+                &format!(
+                    "SELECT count(*) FROM public.stripe_events WHERE event_id IN ('{}', '{}', '{}')",
+                    events[0]["id"].as_str().unwrap(),
+                    events[1]["id"].as_str().unwrap(),
+                    events[2]["id"].as_str().unwrap()
+                ),
+            )
+            .await;
+            assert_eq!(recorded, 3, "each event recorded once");
+        }
+    }))
+    .await;
+    app.assert_ledger_consistent().await;
+}
+
 /// A user's debt (0 without a row).
 async fn debt_of(app: &StripeApp, user: Uuid) -> i32 {
     app.db_client()

@@ -642,6 +642,52 @@ async fn a_multi_megabyte_recording_arrives_intact() {
     openai.verify().await;
 }
 
+/// `recording` padded with an EBML Void element (which readers skip) to exactly `size` bytes.
+fn padded_to(mut recording: Vec<u8>, size: usize) -> Vec<u8> {
+    let filler = size.checked_sub(recording.len() + 9).expect("room for a Void element's id and size");
+    recording.extend(ebml(&[0xEC], Some(&vec![0u8; filler][..])));
+    assert_eq!(recording.len(), size);
+    recording
+}
+
+/// The 25 MB limit holds for a browser's form as for a raw body: a recording of exactly
+/// 25,000,000 bytes in a form is transcribed, and reaches OpenAI intact; one byte more is
+/// a 413 `payload_too_large` before the quota or any provider is touched.
+#[tokio::test]
+async fn a_25_mb_recording_in_a_form_is_accepted_and_one_byte_more_is_413() {
+    let openai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(transcript(TRANSCRIPT))
+        .expect(1)
+        .mount(&openai)
+        .await;
+    // One call an hour: a refused upload that used it would leave the accepted one a 429.
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: None }, &[("ai_quota_free_per_hour", "1")]).await;
+    let user = app.create_user().await;
+    let base = browser_webm(4_950, 5_000); // 99 s
+    let too_big = padded_to(base.clone(), 25_000_001);
+    let limit = padded_to(base, 25_000_000);
+
+    let refused = post_form(&app, user, &[("file", Some("blob"), Some("audio/webm;codecs=opus"), &too_big)]).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        refused.text
+    );
+    assert!(openai.received_requests().await.expect("recorded").is_empty(), "nothing reached OpenAI");
+
+    let accepted = post_form(&app, user, &[("file", Some("blob"), Some("audio/webm;codecs=opus"), &limit)]).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    assert_eq!(accepted.body["text"], TRANSCRIPT);
+    assert_eq!(accepted.body["duration_seconds"], 99.0);
+    let requests = openai.received_requests().await.expect("recorded");
+    assert!(received_form(&requests[0])["file"].body == limit, "the recording arrives byte for byte");
+    assert_nothing_leaked(&app, &[&refused, &accepted]);
+    openai.verify().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Lengths measured from the audio, and metered in seconds
 // ---------------------------------------------------------------------------------------

@@ -666,6 +666,40 @@ async fn premium_stream_broken_off_is_refunded() {
     app.assert_ledger_consistent().await;
 }
 
+/// A client that hangs up in the middle of the premium voice's audio has had what it
+/// paid for start: the charge stands, once, and nothing is refunded (only ElevenLabs
+/// failing refunds). The rest of the audio is long enough that the app's writes to the
+/// closed connection fail rather than fit in a buffer.
+#[tokio::test]
+async fn premium_stream_dropped_by_the_client_is_charged_once_and_not_refunded() {
+    let (release, released) = oneshot::channel();
+    let rest: &'static [u8] = Box::leak(vec![0x55u8; 4 * 1024 * 1024].into_boxed_slice());
+    let base = chunked_upstream(b"first-half|", End::After(released, rest)).await;
+    let app = spawn(Fakes { openai: None, elevenlabs: Some(base) }, &[]).await;
+    let user = app.create_user().await;
+    app.grant_tokens(user, 5).await;
+
+    let mut response = send(&app, PREMIUM, user, &json!({"text": "Hang up on me."})).await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["x-tokens-charged"], "1");
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), response.chunk()).await.expect("first chunk in time").unwrap();
+    assert_eq!(first.as_deref(), Some(&b"first-half|"[..]));
+    // The client goes away; then ElevenLabs sends the rest and ends cleanly.
+    drop(response);
+    release.send(()).unwrap();
+
+    // A refund would be written as soon as the app gave up on the stream: watch for one.
+    let settle = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < settle {
+        assert_eq!(app.tokens_of(user).await, 4, "the charge was given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reasons: Vec<String> = ledger_reasons(&app, user).await.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, ["purchase", "spend"], "charged once, not refunded");
+    app.assert_ledger_consistent().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // tts: the hourly AI quota
 // ---------------------------------------------------------------------------------------
@@ -745,6 +779,64 @@ async fn tts_passes_on_only_an_outage_never_a_refused_request() {
     assert_nothing_leaked(&app, &[&refused]);
     openai.verify().await;
     eleven.verify().await;
+}
+
+/// OpenAI's 429 is an outage once the retries are spent (its rate limit, or its billing
+/// cap): ElevenLabs stands in. Its 401 (the operator's key) and 422 (a request it cannot
+/// take) are refusals: asked once, the browser fallback, and ElevenLabs never reached.
+#[tokio::test]
+async fn tts_goes_to_elevenlabs_after_openai_429s_and_never_after_a_401_or_422() {
+    let openai = MockServer::start().await;
+    for (text, status) in [("Too many.", 429), ("Bad key.", 401), ("Cannot say.", 422)] {
+        Mock::given(method("POST"))
+            .and(path("/v1/audio/speech"))
+            .and(body_partial_json(json!({ "input": text })))
+            .respond_with(upstream_error(status))
+            .named(format!("openai {status}"))
+            .mount(&openai)
+            .await;
+    }
+    let eleven = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/text-to-speech/{DEFAULT_VOICE}/stream")))
+        .respond_with(audio(MP3, "audio/mpeg"))
+        .mount(&eleven)
+        .await;
+    let app = spawn(Fakes { openai: Some(openai.uri()), elevenlabs: Some(eleven.uri()) }, &[]).await;
+    let user = app.create_user().await;
+    let openai_asked = |text: &'static str| {
+        let openai = &openai;
+        async move {
+            let requests = openai.received_requests().await.expect("recorded");
+            requests.iter().filter(|r| String::from_utf8_lossy(&r.body).contains(text)).count()
+        }
+    };
+    let eleven_asked = || async { eleven.received_requests().await.expect("recorded").len() };
+
+    let limited = post(&app, TTS, user, &json!({"text": "Too many."})).await;
+    assert_eq!(limited.status, 200, "{:?}", limited.json());
+    assert_eq!(limited.header("x-tts-provider"), Some("elevenlabs"));
+    assert_eq!(limited.bytes, MP3);
+    assert_eq!(openai_asked("Too many.").await, 2, "both attempts of the retry policy, then the stand-in");
+    assert_eq!(eleven_asked().await, 1);
+
+    let mut answers = vec![limited];
+    for (text, status) in [("Bad key.", 401), ("Cannot say.", 422)] {
+        let refused = post(&app, TTS, user, &json!({ "text": text })).await;
+        let body = refused.json();
+        assert_eq!(
+            (refused.status, body["error"]["code"].as_str(), body["fallback"].as_str(), body["reason"].as_str()),
+            (502, Some("tts_rejected"), Some("browser"), Some("upstream_rejected")),
+            "openai {status}: {body}"
+        );
+        assert_eq!(openai_asked(text).await, 1, "openai {status}: a refusal is not retried");
+        assert_eq!(eleven_asked().await, 1, "openai {status}: ElevenLabs is not asked");
+        answers.push(refused);
+    }
+    // Only OpenAI's own voice is ever cached, and none answered here.
+    assert_eq!(cache_rows(&app).await.0, 0);
+    assert_nothing_leaked(&app, &answers.iter().collect::<Vec<_>>());
+    app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
