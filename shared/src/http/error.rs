@@ -89,13 +89,10 @@ impl ApiError {
         Self::new(503, code, message)
     }
 
-    /// The placeholder answer of an endpoint whose issue has not landed yet.
-    pub fn not_implemented(endpoint: &str) -> Self {
-        Self::new(
-            501,
-            "not_implemented",
-            format!("The {endpoint} endpoint is a placeholder and is not implemented yet."),
-        )
+    /// A valid token whose user has no account in this project (never had, or it was
+    /// deleted).
+    pub fn user_not_found() -> Self {
+        Self::not_found("user_not_found", "The signed-in user has no account in this project.")
     }
 
     pub fn body(&self) -> Value {
