@@ -2,7 +2,7 @@
 //! database and upstreams are unavailable): never a panic, never a 500.
 #![no_main]
 use libero_shared::http::{dispatch, ApiRequest};
-use libero_shared::testing::FakePlatform;
+use libero_shared::fakes::FakePlatform;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

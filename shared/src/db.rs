@@ -2,7 +2,8 @@
 //! change is one statement (usually a SQL function call returning jsonb), so a failed or
 //! trapped request can never leave a half-done transaction on a pooled connection.
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::{ApiError, Platform};
 
@@ -229,6 +230,17 @@ pub fn query_json(platform: &dyn Platform, sql: &str, params: &[SqlParam]) -> Re
     }
 }
 
+/// The answer of a SQL function that reads one user's document (`account_export`,
+/// `user_insights`), by its `outcome`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum UserDocument {
+    /// The document, without its `outcome`.
+    Ok(Map<String, Value>),
+    /// The user has no profile.
+    UnknownUser,
+}
+
 /// Logs the failure (without parameters, which may hold user data) and turns it into the
 /// client-facing error. A failure caused by the deployment (a pooler that loses prepared
 /// statements, a connection limit) says so, with the fix, on the same line.
@@ -257,7 +269,7 @@ pub fn report(platform: &dyn Platform, context: &str, error: DbError) -> ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     fn query(sqlstate: &str, message: &str) -> DbError {
         DbError::Query { sqlstate: sqlstate.into(), message: message.into() }

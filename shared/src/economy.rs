@@ -2,16 +2,18 @@
 //! streaks) live in one place each: the SQL functions in `migrations/`, which apply them
 //! atomically in one statement. This module names those calls and their outcomes.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::db::{self, SqlParam};
+use crate::validate::{EgoState, SessionId};
 use crate::{ApiError, Platform};
 
 /// A finished session as the client reports it, already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionCompletion {
-    pub client_session_id: String,
-    pub ego_state: String,
+    pub client_session_id: SessionId,
+    pub ego_state: EgoState,
     pub action: Option<String>,
     pub duration_seconds: i32,
     pub protocol_id: Option<String>,
@@ -40,13 +42,26 @@ impl SessionCompletion {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum CompletionOutcome {
-    /// Recorded now; the document says whether it earned rewards (`rewarded`, and if not
-    /// the `reason`), what they were, and the new totals.
-    Created(Map<String, Value>),
-    /// This id was completed before with the same content: the first answer, nothing new.
-    Replayed(Map<String, Value>),
+/// `complete_session`'s answer, by its `outcome`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum CompletionAnswer {
+    /// Recorded now (`created`), or before with the same content (`replayed`, the first
+    /// answer with `"replayed": true`). The document says whether it earned rewards
+    /// (`rewarded`, and if not the `reason`), what they were, and the new totals.
+    #[serde(rename = "created", alias = "replayed")]
+    Recorded(Map<String, Value>),
+    Conflict,
+    UnknownProtocol,
+    ForbiddenProtocol,
+    InvalidStartedAt {
+        problem: Option<String>,
+        #[serde(default)]
+        clock_tolerance_seconds: i64,
+        #[serde(default)]
+        late_window_seconds: i64,
+    },
+    UnknownUser,
 }
 
 /// Records the session and grants its rewards, exactly once per client session id. Whether
@@ -56,15 +71,15 @@ pub fn complete_session(
     platform: &dyn Platform,
     user_id: &str,
     completion: &SessionCompletion,
-) -> Result<CompletionOutcome, ApiError> {
+) -> Result<Map<String, Value>, ApiError> {
     let optional_uuid = |v: &Option<String>| v.clone().map(SqlParam::Uuid).unwrap_or(SqlParam::Null);
     let result = db::query_json(
         platform,
         "select public.complete_session($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::int8 / 1000.0))",
         &[
             SqlParam::Uuid(user_id.to_string()),
-            SqlParam::Uuid(completion.client_session_id.clone()),
-            SqlParam::Text(completion.ego_state.clone()),
+            SqlParam::Uuid(completion.client_session_id.as_str().to_string()),
+            SqlParam::Text(completion.ego_state.to_string()),
             completion.action.clone().map(SqlParam::Text).unwrap_or(SqlParam::Null),
             SqlParam::Int32(completion.duration_seconds),
             optional_uuid(&completion.protocol_id),
@@ -74,39 +89,35 @@ pub fn complete_session(
     )
     .map_err(|e| db::report(platform, "complete_session", e))?;
 
-    let Value::Object(mut document) = result else {
-        return Err(ApiError::internal("The session could not be recorded."));
-    };
-    let outcome = document.remove("outcome").and_then(|o| o.as_str().map(str::to_string));
-    match outcome.as_deref() {
-        Some("created") => Ok(CompletionOutcome::Created(document)),
-        Some("replayed") => Ok(CompletionOutcome::Replayed(document)),
-        Some("conflict") => Err(ApiError::conflict(
+    let answer =
+        serde_json::from_value(result).map_err(|_| ApiError::internal("The session could not be recorded."))?;
+    match answer {
+        CompletionAnswer::Recorded(document) => Ok(document),
+        CompletionAnswer::Conflict => Err(ApiError::conflict(
             "session_conflict",
             "This session id was already completed with different details; use a new session id.",
         )),
-        Some("unknown_protocol") => {
+        CompletionAnswer::UnknownProtocol => {
             Err(ApiError::not_found("protocol_not_found", "No custom protocol has that protocol_id."))
         }
-        Some("forbidden_protocol") => {
+        CompletionAnswer::ForbiddenProtocol => {
             Err(ApiError::forbidden("protocol_forbidden", "That custom protocol belongs to another user."))
         }
-        Some("invalid_started_at") => {
-            let seconds = |field: &str| document.get(field).and_then(Value::as_i64).unwrap_or(0);
-            let (code, message) = match document.get("problem").and_then(Value::as_str) {
+        CompletionAnswer::InvalidStartedAt { problem, clock_tolerance_seconds, late_window_seconds } => {
+            let (code, message) = match problem.as_deref() {
                 Some("in_future") => (
                     "session_in_future",
                     format!(
                         "Field `started_at` plus `duration_seconds` is more than {} minutes later than now: \
                          report a session once it has ended (check the device's clock).",
-                        seconds("clock_tolerance_seconds") / 60
+                        clock_tolerance_seconds / 60
                     ),
                 ),
                 Some("too_old") => (
                     "session_too_old",
                     format!(
                         "The session ended more than {} hours ago; such a session can no longer be reported.",
-                        seconds("late_window_seconds") / 3600
+                        late_window_seconds / 3600
                     ),
                 ),
                 _ => (
@@ -116,10 +127,7 @@ pub fn complete_session(
             };
             Err(ApiError::bad_request(code, message))
         }
-        Some("unknown_user") => {
-            Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
-        }
-        _ => Err(ApiError::internal("The session could not be recorded.")),
+        CompletionAnswer::UnknownUser => Err(ApiError::user_not_found()),
     }
 }
 
@@ -127,12 +135,12 @@ pub fn complete_session(
 mod tests {
     use super::*;
     use crate::db::SqlValue;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     fn completion(started_at_ms: Option<i64>) -> SessionCompletion {
         SessionCompletion {
-            client_session_id: "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34".into(),
-            ego_state: "guardian".into(),
+            client_session_id: SessionId::parse("3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34").unwrap(),
+            ego_state: EgoState::parse("guardian").unwrap(),
             action: Some("calm".into()),
             duration_seconds: 600,
             protocol_id: None,

@@ -214,7 +214,7 @@ pub fn check_voice(platform: &dyn Platform, voice_id: &str) -> Result<(), ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     #[test]
     fn voice_ids_cannot_escape_the_path() {

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::openai::{ChatMessage, ChatRequest, OpenAi};
-use crate::scripts::Phase;
+use crate::session_script::Phase;
+use crate::validate::EgoState;
 use crate::Platform;
 
 /// How an ego state colours a script, a chat and in-session guidance.
@@ -217,7 +218,7 @@ pub fn static_next_phase(phase: Phase, turn: usize) -> Phase {
 /// A validated ai-hypnosis request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HypnosisRequest {
-    pub ego_state: String,
+    pub ego_state: EgoState,
     pub phase: Phase,
     pub user_input: Option<String>,
     /// The session's recent lines, oldest first.
@@ -353,9 +354,9 @@ mod tests {
 
     #[test]
     fn guide_falls_back_with_the_reason() {
-        use crate::testing::FakePlatform;
+        use crate::fakes::FakePlatform;
         let request = HypnosisRequest {
-            ego_state: "sage".into(),
+            ego_state: EgoState::parse("sage").unwrap(),
             phase: Phase::Induction,
             user_input: Some("secret words".into()),
             history: vec![],

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::db::{self, SqlParam};
+use crate::db::{self, SqlParam, UserDocument};
 use crate::{config, ApiError, Platform};
 
 /// Fewer active users than this and the comparison is withheld: with a handful of users a
@@ -32,15 +32,9 @@ pub fn for_user(platform: &dyn Platform, user_id: &str) -> Result<Map<String, Va
     )
     .map_err(|e| db::report(platform, "user_insights", e))?;
 
-    let Value::Object(mut document) = result else {
-        return Err(ApiError::internal("The insights could not be read."));
-    };
-    match document.remove("outcome").as_ref().and_then(Value::as_str) {
-        Some("ok") => Ok(document),
-        Some("unknown_user") => {
-            Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
-        }
-        _ => Err(ApiError::internal("The insights could not be read.")),
+    match serde_json::from_value(result).map_err(|_| ApiError::internal("The insights could not be read."))? {
+        UserDocument::Ok(document) => Ok(document),
+        UserDocument::UnknownUser => Err(ApiError::user_not_found()),
     }
 }
 
@@ -48,7 +42,7 @@ pub fn for_user(platform: &dyn Platform, user_id: &str) -> Result<Map<String, Va
 mod tests {
     use super::*;
     use crate::db::SqlValue;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     const USER: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
 

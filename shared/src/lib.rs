@@ -21,7 +21,7 @@ pub mod openai;
 pub mod platform;
 pub mod push;
 pub mod quota;
-pub mod scripts;
+pub mod session_script;
 pub mod stripe;
 pub mod stripe_signature;
 pub mod transcribe;
@@ -32,8 +32,8 @@ pub mod validate;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
 
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 
 pub use http::DEFAULT_BODY_LIMIT;
 pub use http::{ApiError, ApiRequest, ApiResponse, Endpoint};

@@ -22,16 +22,9 @@ pub const DEFAULT_FREE_PER_HOUR: i32 = 30;
 /// The same for plan `mystic` (`ai_quota_mystic_per_hour`).
 pub const DEFAULT_MYSTIC_PER_HOUR: i32 = 300;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaGrant {
-    pub limit: i64,
-    pub remaining: i64,
-    pub reset_after_secs: i64,
-}
-
 /// Counts one AI call of `endpoint` for `user`, or refuses it: 403 for an anonymous
 /// sign-in (unless allowed), 429 when the user's quota for this hour is used up.
-pub fn take(platform: &dyn Platform, user: &AuthenticatedUser, endpoint: &str) -> Result<QuotaGrant, ApiError> {
+pub fn take(platform: &dyn Platform, user: &AuthenticatedUser, endpoint: &str) -> Result<(), ApiError> {
     auth::require_paid_access(platform, user)?;
     let user_id = user.user_id.as_str();
     let free = config::parsed(platform, "ai_quota_free_per_hour", DEFAULT_FREE_PER_HOUR)?.max(0);
@@ -50,17 +43,12 @@ pub fn take(platform: &dyn Platform, user: &AuthenticatedUser, endpoint: &str) -
     interpret(&answer)
 }
 
-fn interpret(answer: &Value) -> Result<QuotaGrant, ApiError> {
-    let number = |key: &str| answer.get(key).and_then(Value::as_i64).unwrap_or(0);
+fn interpret(answer: &Value) -> Result<(), ApiError> {
     if answer.get("reason").and_then(Value::as_str) == Some("unknown_user") {
-        return Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."));
+        return Err(ApiError::user_not_found());
     }
     match answer.get("allowed").and_then(Value::as_bool) {
-        Some(true) => Ok(QuotaGrant {
-            limit: number("limit"),
-            remaining: number("remaining"),
-            reset_after_secs: number("reset_after"),
-        }),
+        Some(true) => Ok(()),
         Some(false) => Err(refusal(answer)),
         None => Err(ApiError::internal("The AI quota could not be checked.")),
     }
@@ -130,7 +118,7 @@ pub fn take_amount(
     .map_err(|e| db::report(platform, "ai_meter_take", e))?;
     let number = |key: &str| answer.get(key).and_then(Value::as_i64).unwrap_or(0);
     if answer.get("reason").and_then(Value::as_str) == Some("unknown_user") {
-        return Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."));
+        return Err(ApiError::user_not_found());
     }
     match answer.get("allowed").and_then(Value::as_bool) {
         Some(true) => Ok(MeterGrant {
@@ -220,7 +208,7 @@ pub fn usage_tokens(usage: &Value) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::db::SqlValue;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     fn user(id: &str) -> AuthenticatedUser {
         AuthenticatedUser { user_id: id.into(), email: None, role: "authenticated".into(), is_anonymous: false }
@@ -234,8 +222,7 @@ mod tests {
     fn passes_limits_from_variables() {
         let platform = FakePlatform::with_vars(&[("ai_quota_free_per_hour", "3"), ("ai_quota_mystic_per_hour", "9")]);
         answer(&platform, r#"{"allowed":true,"limit":3,"used":1,"remaining":2,"reset_after":100}"#);
-        let grant = take(&platform, &user("3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34"), "chatgpt-chat").unwrap();
-        assert_eq!(grant, QuotaGrant { limit: 3, remaining: 2, reset_after_secs: 100 });
+        take(&platform, &user("3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34"), "chatgpt-chat").unwrap();
         let queries = platform.queries.borrow();
         assert_eq!(queries[0].1[2], SqlParam::Int32(3));
         assert_eq!(queries[0].1[3], SqlParam::Int32(9));

@@ -39,6 +39,54 @@ pub fn slug(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     }
 }
 
+/// An ego state (`guardian`, `sage`, ...) as a request names it: a slug of at most
+/// [`EgoState::MAX_LEN`] characters (the `sessions.ego_state` check in SQL says the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgoState(String);
+
+impl EgoState {
+    pub const MAX_LEN: usize = 64;
+
+    /// The `ego_state` field of a request, or the 400 naming it.
+    pub fn parse(value: &str) -> Result<EgoState, ApiError> {
+        slug("ego_state", value, Self::MAX_LEN).map(EgoState)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for EgoState {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EgoState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id the app gives a session it reports: a UUID, kept in its lowercase form so a
+/// retry with the id in capitals is the same session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// The `session_id` field of a request, or the 400 naming it.
+    pub fn parse(value: &str) -> Result<SessionId, ApiError> {
+        uuid("session_id", value).map(SessionId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Free text: no control characters other than tab, newline and carriage return; at
 /// most `max` characters as sent and at least `min` once trimmed; answered trimmed.
 /// openapi.yaml states exactly this (a `pattern` and `maxLength`), so the limits apply to
@@ -189,6 +237,21 @@ mod tests {
         assert_eq!(text("intent", "\r\n\tcalm\n", 1, 10).unwrap(), "calm");
         assert!(in_range("duration", 5, 1, 60).is_ok());
         assert!(in_range("duration", 61, 1, 60).is_err());
+    }
+
+    #[test]
+    fn ego_states_and_session_ids_carry_their_rule() {
+        assert_eq!(EgoState::parse("inner-child_2").unwrap().as_str(), "inner-child_2");
+        for bad in ["", "a b", "../x", &"a".repeat(EgoState::MAX_LEN + 1)] {
+            assert_eq!(
+                EgoState::parse(bad).unwrap_err().message,
+                "Field `ego_state` must be 1 to 64 letters, digits, '_' or '-'."
+            );
+        }
+        assert!(EgoState::parse(&"a".repeat(EgoState::MAX_LEN)).is_ok());
+        let id = SessionId::parse("3F2A9C4E-1B7D-4C2E-9A6F-0E8D5B1C2A34").unwrap();
+        assert_eq!(id.as_str(), "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34");
+        assert!(SessionId::parse("not-a-uuid").unwrap_err().message.contains("`session_id`"));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! A failure prints the minimal input; add it to `regression_corpus` below so it is
 //! replayed on every run (nothing is persisted automatically).
 
+use libero_shared::fakes::FakePlatform;
 use libero_shared::http::{dispatch, ApiRequest, Endpoint};
-use libero_shared::testing::FakePlatform;
 use libero_tests::testing::sign_hs256;
 use proptest::prelude::*;
 use serde_json::{json, Value};

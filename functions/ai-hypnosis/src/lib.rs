@@ -5,8 +5,9 @@
 use libero_shared::guidance::{self, HypnosisRequest};
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::openai::{self, OpenAi};
-use libero_shared::scripts::Phase;
-use libero_shared::{auth, quota, validate, Platform};
+use libero_shared::session_script::Phase;
+use libero_shared::validate::{self, EgoState};
+use libero_shared::{auth, quota, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -57,7 +58,7 @@ impl TryFrom<HypnosisBody> for HypnosisRequest {
             .map(|(i, line)| validate::text(&format!("history[{i}]"), line, 1, MAX_HISTORY_LINE_CHARS))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(HypnosisRequest {
-            ego_state: validate::slug("ego_state", &body.ego_state, 64)?,
+            ego_state: EgoState::parse(&body.ego_state)?,
             phase,
             user_input: body
                 .user_input

@@ -5,7 +5,8 @@
 use libero_shared::guidance;
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::openai::{self, ChatMessage, ChatRequest, OpenAi, SseRelay};
-use libero_shared::{auth, quota, validate, Platform};
+use libero_shared::validate::{self, EgoState};
+use libero_shared::{auth, quota, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -87,7 +88,7 @@ fn conversation(messages: Vec<MessageBody>) -> Result<Vec<ChatMessage>, ApiError
 fn chat(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
     let user = auth::authenticate(request, platform)?;
     let body: ChatBody = request.json()?;
-    let ego_state = body.ego_state.map(|e| validate::slug("ego_state", &e, 64)).transpose()?;
+    let ego_state = body.ego_state.as_deref().map(EgoState::parse).transpose()?;
     let mut messages = conversation(body.messages)?;
 
     let Some(client) = OpenAi::from_platform(platform)? else {

@@ -1,10 +1,11 @@
 //! `POST /generate-script`: an AI session script in a fixed, validated shape, or a local
-//! one when the AI is not configured or fails (rules: `libero_shared::scripts`).
+//! one when the AI is not configured or fails (rules: `libero_shared::session_script`).
 
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::openai::{self, OpenAi};
-use libero_shared::scripts::{self, ScriptRequest, Source, MAX_DURATION_MINUTES, MIN_DURATION_MINUTES};
-use libero_shared::{auth, quota, validate, Platform};
+use libero_shared::session_script::{self, ScriptRequest, Source, MAX_DURATION_MINUTES, MIN_DURATION_MINUTES};
+use libero_shared::validate::{self, EgoState};
+use libero_shared::{auth, quota, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -43,21 +44,21 @@ fn generate(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     )? as u32;
     let protocol_id = body.protocol_id.map(|p| validate::uuid("protocol_id", &p)).transpose()?;
     let mut script_request = ScriptRequest {
-        ego_state: validate::slug("ego_state", &body.ego_state, 64)?,
+        ego_state: EgoState::parse(&body.ego_state)?,
         intent: validate::text("intent", &body.intent, 1, MAX_INTENT_CHARS)?,
         duration_minutes: duration,
         style: body.style.map(|s| validate::text("style", &s, 1, MAX_STYLE_CHARS)).transpose()?,
         protocol: None,
     };
     if let Some(protocol_id) = protocol_id {
-        script_request.protocol = Some(scripts::protocol_prompt(platform, &user.user_id, &protocol_id)?);
+        script_request.protocol = Some(session_script::protocol_prompt(platform, &user.user_id, &protocol_id)?);
     }
 
     let client = OpenAi::from_platform(platform)?;
     // Only calls that reach the AI count against the quotas; the local script is free.
     let grant = client.as_ref().map(|_| quota::take_ai_text(platform, &user, ENDPOINT.name)).transpose()?;
     let model = openai::model(platform, "openai_script_model");
-    let (script, source, used) = scripts::generate(platform, client.as_ref(), &model, &script_request);
+    let (script, source, used) = session_script::generate(platform, client.as_ref(), &model, &script_request);
     if let Some(grant) = &grant {
         quota::settle(platform, &user, grant, used);
     }

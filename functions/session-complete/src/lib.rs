@@ -2,9 +2,10 @@
 //! once per client session id, if it could have happened (rules: `complete_session` in
 //! migrations/).
 
-use libero_shared::economy::{self, CompletionOutcome, SessionCompletion};
+use libero_shared::economy::{self, SessionCompletion};
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
-use libero_shared::{auth, validate, Platform};
+use libero_shared::validate::{self, EgoState, SessionId};
+use libero_shared::{auth, Platform};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -40,8 +41,8 @@ impl TryFrom<CompletionBody> for SessionCompletion {
 
     fn try_from(body: CompletionBody) -> Result<Self, ApiError> {
         Ok(SessionCompletion {
-            client_session_id: validate::uuid("session_id", &body.session_id)?,
-            ego_state: validate::slug("ego_state", &body.ego_state, 64)?,
+            client_session_id: SessionId::parse(&body.session_id)?,
+            ego_state: EgoState::parse(&body.ego_state)?,
             action: body.action.map(|a| validate::text("action", &a, 1, 64)).transpose()?,
             duration_seconds: validate::in_range("duration_seconds", body.duration_seconds, 0, MAX_DURATION_SECONDS)?
                 as i32,
@@ -58,9 +59,7 @@ fn complete(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     // that retries after a lost response sees the grant it already received. A session
     // that earned nothing is a 200 too (`"rewarded": false` and the `reason`): it was
     // recorded, and the app can show it honestly.
-    let document = match economy::complete_session(platform, &user.user_id, &completion)? {
-        CompletionOutcome::Created(document) | CompletionOutcome::Replayed(document) => document,
-    };
+    let document = economy::complete_session(platform, &user.user_id, &completion)?;
     Ok(ApiResponse::json(200, &Value::Object(document)))
 }
 

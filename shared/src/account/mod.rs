@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::db::{self, SqlParam};
+use crate::db::{self, SqlParam, UserDocument};
 use crate::stripe::client::{StripeClient, StripeError};
 use crate::stripe::is_object_id;
 use crate::{ApiError, Platform};
@@ -50,18 +50,10 @@ pub fn export(platform: &dyn Platform, user_id: &str) -> Result<Map<String, Valu
     let result =
         db::query_json(platform, "select public.account_export($1::uuid)", &[SqlParam::Uuid(user_id.to_string())])
             .map_err(|e| db::report(platform, "account_export", e))?;
-    let Value::Object(mut document) = result else {
-        return Err(ApiError::internal("The account could not be read."));
-    };
-    match document.remove("outcome").as_ref().and_then(Value::as_str) {
-        Some("ok") => Ok(document),
-        Some("unknown_user") => Err(unknown_user()),
-        _ => Err(ApiError::internal("The account could not be read.")),
+    match serde_json::from_value(result).map_err(|_| ApiError::internal("The account could not be read."))? {
+        UserDocument::Ok(document) => Ok(document),
+        UserDocument::UnknownUser => Err(ApiError::user_not_found()),
     }
-}
-
-fn unknown_user() -> ApiError {
-    ApiError::not_found("user_not_found", "The signed-in user has no account in this project.")
 }
 
 /// What a deletion did in Stripe (for the operator's log; the client's answer is the same
@@ -176,7 +168,7 @@ fn has_ended(stripe: &StripeClient, id: &str) -> Result<bool, ApiError> {
 mod tests {
     use super::*;
     use crate::db::SqlValue;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     const USER: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::*;
-use crate::testing::FakePlatform;
+use crate::fakes::FakePlatform;
 
 const NOW: i64 = 1_700_000_000; // FakePlatform's clock, in seconds
 const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -127,14 +127,14 @@ fn anonymous_sign_ins_are_marked_and_kept_from_paid_calls() {
     assert!(!verify(&hs256(&without(claims(), "is_anonymous")), &secret_config()).unwrap().is_anonymous);
     assert!(!verify(&hs256(&with(claims(), "is_anonymous", json!("true"))), &secret_config()).unwrap().is_anonymous);
 
-    let closed = crate::testing::FakePlatform::with_vars(&[]);
+    let closed = crate::fakes::FakePlatform::with_vars(&[]);
     let error = require_paid_access(&closed, &anonymous).unwrap_err();
     assert_eq!((error.status, error.code), (403, "anonymous_not_allowed"));
     let regular = AuthenticatedUser { is_anonymous: false, ..anonymous.clone() };
     assert!(require_paid_access(&closed, &regular).is_ok());
-    let open = crate::testing::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "true")]);
+    let open = crate::fakes::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "true")]);
     assert!(require_paid_access(&open, &anonymous).is_ok());
-    let typo = crate::testing::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "yes")]);
+    let typo = crate::fakes::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "yes")]);
     assert_eq!(require_paid_access(&typo, &anonymous).unwrap_err().code, "config_invalid");
 }
 

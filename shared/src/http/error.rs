@@ -89,6 +89,12 @@ impl ApiError {
         Self::new(503, code, message)
     }
 
+    /// A valid token whose user has no account in this project (never had, or it was
+    /// deleted).
+    pub fn user_not_found() -> Self {
+        Self::not_found("user_not_found", "The signed-in user has no account in this project.")
+    }
+
     pub fn body(&self) -> Value {
         let mut body = self.extra.clone();
         body.insert("error".to_string(), json!({ "code": self.code, "message": self.message }));

@@ -2,7 +2,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::*;
-use crate::testing::FakePlatform;
+use crate::fakes::FakePlatform;
 
 fn ok_handler(_: &ApiRequest, _: &dyn Platform) -> Result<ApiResponse, ApiError> {
     Ok(ApiResponse::json(200, &serde_json::json!({"ok": true})))

@@ -60,7 +60,7 @@ impl OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     #[test]
     fn posts_the_speech_request_with_the_key() {

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::testing::FakePlatform;
+use crate::fakes::FakePlatform;
 
 fn platform() -> FakePlatform {
     FakePlatform::with_vars(&[

@@ -151,10 +151,6 @@ pub fn check_endpoint(platform: &dyn Platform, endpoint: &str) -> Result<String,
     Ok(origin)
 }
 
-fn user_not_found() -> ApiError {
-    ApiError::not_found("user_not_found", "No profile exists for this user.")
-}
-
 /// Stores the subscription for the user (a browser already stored for someone else moves
 /// to this user). Answers the outcome and how many devices the user has.
 pub fn subscribe(platform: &dyn Platform, user_id: &str, subscription: &Subscription) -> Result<Value, ApiError> {
@@ -170,7 +166,7 @@ pub fn subscribe(platform: &dyn Platform, user_id: &str, subscription: &Subscrip
     )
     .map_err(|e| db::report(platform, "push_subscribe", e))?;
     if answer["outcome"] == "user_not_found" {
-        return Err(user_not_found());
+        return Err(ApiError::user_not_found());
     }
     Ok(answer)
 }

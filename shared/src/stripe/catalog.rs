@@ -338,7 +338,7 @@ pub fn deleted_price_row(price_id: &str, read_at_ms: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     #[test]
     fn stripe_catalog_matches_the_design() {

@@ -187,7 +187,7 @@ fn billing_state(platform: &dyn Platform, user_id: &str) -> Result<BillingState,
     // A valid token for a user this project does not have (deleted, or another
     // project's): refused before anything is created at Stripe for them.
     if state["user_exists"] != Value::Bool(true) {
-        return Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."));
+        return Err(ApiError::user_not_found());
     }
     Ok(BillingState {
         customer_id: state["customer_id"].as_str().map(str::to_string),
@@ -346,7 +346,7 @@ pub fn open_portal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     fn platform() -> FakePlatform {
         FakePlatform::with_vars(&[

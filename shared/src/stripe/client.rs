@@ -288,7 +288,7 @@ impl<'a> StripeClient<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     fn platform() -> FakePlatform {
         FakePlatform::with_vars(&[("stripe_secret_key", "sk_test_123"), ("stripe_api_base", "http://stripe.test/")])

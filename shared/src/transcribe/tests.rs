@@ -1,7 +1,7 @@
 use super::sniff::samples;
 use super::*;
 use crate::db::SqlValue;
-use crate::testing::FakePlatform;
+use crate::fakes::FakePlatform;
 
 const USER_ID: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
 const QUOTA_GRANTED: &str = r#"{"allowed":true,"limit":30,"remaining":29,"reset_after":600}"#;

@@ -199,20 +199,20 @@ mod tests {
 
     #[test]
     fn tts_cache_settings() {
-        let platform = crate::testing::FakePlatform::with_vars(&[("tts_cache_max_bytes", "1000")]);
+        let platform = crate::fakes::FakePlatform::with_vars(&[("tts_cache_max_bytes", "1000")]);
         let settings = CacheSettings::from_platform(&platform).unwrap();
         assert_eq!(
             (settings.max_bytes, settings.ttl_seconds, settings.entry_limit()),
             (1000, DEFAULT_TTL_SECONDS, 1000)
         );
         assert_eq!((settings.buckets(), settings.bucket_of(&key(&parts("a")))), (1, 0));
-        let off = crate::testing::FakePlatform::with_vars(&[("tts_cache_ttl_seconds", "0")]);
+        let off = crate::fakes::FakePlatform::with_vars(&[("tts_cache_ttl_seconds", "0")]);
         assert!(!CacheSettings::from_platform(&off).unwrap().enabled());
     }
 
     #[test]
     fn tts_cache_default_bound_is_split_and_entries_are_small() {
-        let settings = CacheSettings::from_platform(&crate::testing::FakePlatform::with_vars(&[])).unwrap();
+        let settings = CacheSettings::from_platform(&crate::fakes::FakePlatform::with_vars(&[])).unwrap();
         assert_eq!(settings.buckets(), 12);
         assert_eq!(settings.entry_limit(), 1024 * 1024);
         assert!(settings.bucket_bytes() * settings.buckets() <= DEFAULT_MAX_BYTES);

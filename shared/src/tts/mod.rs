@@ -460,7 +460,7 @@ fn premium_upstream_error(error: &UpstreamError) -> ApiError {
 mod tests {
     use super::*;
     use crate::db::SqlValue;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     const USER_ID: &str = "3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34";
 

@@ -143,9 +143,7 @@ fn interpret(answer: &Value, user_id: &str, reference: String, source: ModelSour
         )
         .with_field("debt", number("debt"))
         .with_field("balance", number("balance"))),
-        (Some(false), Some("unknown_user")) => {
-            Err(ApiError::not_found("user_not_found", "The signed-in user has no account in this project."))
-        }
+        (Some(false), Some("unknown_user")) => Err(ApiError::user_not_found()),
         _ => Err(ApiError::internal("The premium voice could not be paid for.")),
     }
 }

@@ -226,7 +226,7 @@ fn kind(error: &OutboundError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakePlatform;
+    use crate::fakes::FakePlatform;
 
     fn policy() -> RetryPolicy {
         RetryPolicy { max_attempts: 3, base_ms: 100, max_delay_ms: 1_000, attempt_timeout_ms: 500, deadline_ms: 5_000 }

@@ -2,6 +2,7 @@
 
 use super::{fallback_script, json_schema, max_tokens, parse_and_validate, system_prompt, user_prompt, Script};
 use crate::openai::{ChatMessage, ChatRequest, OpenAi, OpenAiError};
+use crate::validate::EgoState;
 use crate::Platform;
 
 /// One model answer that fails the checks earns one more try; a second failure suggests
@@ -11,7 +12,7 @@ const MAX_ANSWERS: usize = 2;
 /// A validated script request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptRequest {
-    pub ego_state: String,
+    pub ego_state: EgoState,
     pub intent: String,
     pub duration_minutes: u32,
     pub style: Option<String>,

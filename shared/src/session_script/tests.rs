@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::validate::EgoState;
 
 fn words(n: usize) -> String {
     vec!["calm"; n].join(" ")
@@ -68,8 +69,8 @@ fn schema_and_prompts() {
 
 mod generation {
     use super::*;
+    use crate::fakes::FakePlatform;
     use crate::openai::OpenAi;
-    use crate::testing::FakePlatform;
 
     fn platform() -> FakePlatform {
         FakePlatform::with_vars(&[("openai_api_key", "sk-x"), ("openai_base_url", "http://openai.test")])
@@ -77,7 +78,7 @@ mod generation {
 
     fn request() -> ScriptRequest {
         ScriptRequest {
-            ego_state: "sage".into(),
+            ego_state: EgoState::parse("sage").unwrap(),
             intent: "focus".into(),
             duration_minutes: 3,
             style: None,
