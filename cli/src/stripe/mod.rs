@@ -11,7 +11,7 @@ pub mod sync;
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use libero_shared::stripe::client::DEFAULT_API_BASE;
+use libero_shared::settings::STRIPE_API_BASE;
 
 use crate::args::env;
 use serde_json::Value;
@@ -84,7 +84,7 @@ impl Account {
         let mode = key_mode(&key)?;
         let base = api_base
             .or_else(|| env(&["STRIPE_API_BASE", "SPIN_VARIABLE_STRIPE_API_BASE"]))
-            .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+            .unwrap_or_else(|| STRIPE_API_BASE.default.unwrap_or_default().to_string());
         Ok(Account { key, mode, base })
     }
 

@@ -33,7 +33,7 @@ use super::client::StripeClient;
 use super::is_object_id;
 use crate::db::{self, SqlParam};
 use crate::stripe_signature::{self, DEFAULT_TOLERANCE_SECS};
-use crate::{config, validate, ApiError, Platform};
+use crate::{validate, ApiError, Platform};
 
 /// A verified event, as much of it as we use.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +48,7 @@ pub struct Event {
 
 /// Checks `Stripe-Signature` over the raw body, before anything parses it.
 pub fn verify(platform: &dyn Platform, signature_header: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
-    let secrets = config::list(platform, "stripe_webhook_secrets");
+    let secrets = crate::settings::STRIPE_WEBHOOK_SECRETS.list(platform);
     let now = platform.now_unix_ms().div_euclid(1000);
     stripe_signature::verify(body, signature_header.unwrap_or(""), &secrets, now, DEFAULT_TOLERANCE_SECS)?;
     Ok(())
@@ -387,7 +387,7 @@ pub fn apply(platform: &dyn Platform, event: &Event) -> Result<Value, ApiError> 
         ),
         Effect::CheckoutPayment(mut p) => {
             verify_payment(platform, event, &mut p)?;
-            let price_override = catalog::find(p.product).and_then(|product| platform.variable(product.price_variable));
+            let price_override = catalog::find(p.product).and_then(|product| product.price_override.value(platform));
             (
                 "stripe_apply_checkout_payment",
                 "select public.stripe_apply_checkout_payment($1::text, $2::text, $3::int8, $4::text, $5::uuid, \
