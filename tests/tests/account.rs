@@ -4,16 +4,15 @@
 //! races, and Stripe's late events for the deleted customer). Runs under the bundled host
 //! and under real Spin (`LIBERO_RUNTIME=spin`).
 
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::stripe_support::*;
 use futures_util::future::join_all;
 use libero_tests::sql::{as_role, assert_denied};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::path_regex;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};

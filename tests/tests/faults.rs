@@ -29,21 +29,19 @@
 //! (voice.rs); the webhook with an unreachable database and Stripe answering 503
 //! (stripe_webhook.rs).
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
+use crate::stripe_support::{
+    checkout_session, event, fake_stripe, now, signature, stripe_vars, subscription, SECRET_KEY, WEBHOOK_SECRET,
+};
 use futures_util::future::join_all;
 use libero_tests::cluster::Cluster;
 use libero_tests::db;
 use libero_tests::testing::{skip, upstream_retries, TestApp};
 use serde_json::{json, Value};
-use crate::stripe_support::{
-    checkout_session, event, fake_stripe, now, signature, stripe_vars, subscription, SECRET_KEY, WEBHOOK_SECRET,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;

@@ -16,7 +16,6 @@
 //! may instead see the connection reset before it reads the 413: the server stops
 //! reading and closes, and TCP then drops what it had not yet delivered.
 
-
 use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -13,7 +13,6 @@
 //! Size: `LIBERO_LOAD_USERS` users (default 80) plus one hot user; a few hundred requests,
 //! 24 operations at a time (a pair sent at once counts as one), a few seconds on 2 cores.
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,15 +20,14 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-
-use futures_util::future::join_all;
-use futures_util::stream::{self, StreamExt};
-use libero_tests::testing::TestApp;
-use serde_json::{json, Value};
 use crate::stripe_support::{
     amount_of, checkout_session, event, fake_stripe, now, random_id, refunded_charge, signature, PRICES, SECRET_KEY,
     WEBHOOK_SECRET,
 };
+use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
+use libero_tests::testing::TestApp;
+use serde_json::{json, Value};
 use uuid::Uuid;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};

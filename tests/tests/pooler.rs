@@ -21,16 +21,14 @@
 //! `#[ignore]`d (no package registry has PgCat): `scripts/test.sh` runs it when `PGCAT`
 //! names a binary, and the summary counts it as ignored otherwise.
 
-
-
 use std::time::Duration;
 
+use crate::pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
+use crate::stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
 use futures_util::future::join_all;
 use libero_tests::db;
 use libero_tests::testing::TestApp;
-use crate::pooler_support::{pgbouncer_or_skip, pgcat_or_skip, Pgbouncer, Pgcat, PoolMode};
 use serde_json::{json, Value};
-use crate::stripe_support::{checkout_session, count, event, fake_stripe, now, signature, stripe_vars, WEBHOOK_SECRET};
 use uuid::Uuid;
 
 const PATH: &str = "/functions/v1/session-complete";

@@ -7,11 +7,9 @@
 //! `LIBERO_RUNTIME=spin` these tests fail, or with `LIBERO_ALLOW_SKIPS=1` (never in CI)
 //! say so and skip (`host_only`): they are not in `scripts/test.sh`'s real-Spin list.
 
-
-
+use crate::stripe_support::{checkout_session, deliver, event};
 use libero_tests::testing::{host_only, Runtime, TestApp};
 use serde_json::{json, Value};
-use crate::stripe_support::{checkout_session, deliver, event};
 use uuid::Uuid;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};

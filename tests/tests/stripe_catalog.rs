@@ -4,13 +4,12 @@
 //! The fake Stripe keeps the prices and products as state (wiremock with a custom
 //! `Respond`), so the webhook's re-reads see what Stripe would say now.
 
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::stripe_support::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};

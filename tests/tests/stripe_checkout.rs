@@ -1,15 +1,14 @@
 //! stripe-checkout end to end: the real component through the host, a real database, and
 //! a fake Stripe API (wiremock) on loopback that records what the component sent.
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::stripe_support::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, Request, ResponseTemplate};

@@ -3,14 +3,13 @@
 //! webhook delivering some of its events, and the reconciler healing the rest into a real
 //! database. Runs under the bundled host and under real Spin (`LIBERO_RUNTIME=spin`).
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stripe_support::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, ResponseTemplate};

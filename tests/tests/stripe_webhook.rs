@@ -1,12 +1,11 @@
 //! stripe-webhook end to end: signed deliveries through the host into a real database,
 //! with a fake Stripe API on loopback for the subscription re-reads.
 
-
 use std::sync::{Arc, Mutex};
 
+use crate::stripe_support::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use crate::stripe_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};

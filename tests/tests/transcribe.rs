@@ -8,10 +8,9 @@
 
 use std::collections::HashMap;
 
-
+use crate::speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use libero_tests::testing::TestApp;
 use serde_json::{json, Value};
-use crate::speech_support::{Fakes, ELEVEN_KEY, OPENAI_KEY, UPSTREAM_SECRET};
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
