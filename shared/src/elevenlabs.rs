@@ -12,15 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::http::outbound::{OutboundRequest, OutboundResponse};
 use crate::upstream::{Retrier, RetryPolicy, UpstreamError};
-use crate::{config, validate, ApiError, Platform};
-
-/// Variable prefix of the retry settings (`elevenlabs_retry_base_ms`, ...).
-pub const VARIABLE_PREFIX: &str = "elevenlabs";
-
-const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
-/// ElevenLabs' "Rachel", the voice its docs use; `elevenlabs_default_voice_id` overrides.
-pub const DEFAULT_VOICE_ID: &str = "21m00Tcm4TlvDq8ikWAM";
-pub const DEFAULT_MODEL_ID: &str = "eleven_multilingual_v2";
+use crate::{settings, validate, ApiError, Platform};
 
 /// Voice ids are 20 characters today; the bound only has to keep the URL sane.
 const MAX_VOICE_ID_LEN: usize = 64;
@@ -137,9 +129,9 @@ pub fn model_id(value: &str) -> Result<String, ApiError> {
 impl ElevenLabs {
     /// The client, or `None` when `elevenlabs_api_key` is empty.
     pub fn from_platform(platform: &dyn Platform) -> Result<Option<ElevenLabs>, ApiError> {
-        let Some(api_key) = config::optional(platform, "elevenlabs_api_key") else { return Ok(None) };
-        let base_url = config::or_default(platform, "elevenlabs_base_url", DEFAULT_BASE_URL);
-        let policy = RetryPolicy::from_platform(platform, VARIABLE_PREFIX)?;
+        let Some(api_key) = settings::ELEVENLABS_API_KEY.value(platform) else { return Ok(None) };
+        let base_url = settings::ELEVENLABS_BASE_URL.value(platform).unwrap_or_default();
+        let policy = RetryPolicy::from_platform(platform, &settings::ELEVENLABS_RETRY)?;
         Ok(Some(ElevenLabs { api_key, base_url, policy }))
     }
 
@@ -190,12 +182,9 @@ impl ElevenLabs {
 /// The voice and model the `tts` fallback uses (`elevenlabs_default_voice_id`,
 /// `elevenlabs_model_id`); an operator's value that is not a safe id is a config error.
 pub fn defaults(platform: &dyn Platform) -> Result<(String, String), ApiError> {
-    let invalid =
-        |name: &str| ApiError::new(500, "config_invalid", format!("The server setting `{name}` has an invalid value."));
-    let voice = config::or_default(platform, "elevenlabs_default_voice_id", DEFAULT_VOICE_ID);
-    let model = config::or_default(platform, "elevenlabs_model_id", DEFAULT_MODEL_ID);
-    let voice = voice_id("elevenlabs_default_voice_id", &voice).map_err(|_| invalid("elevenlabs_default_voice_id"))?;
-    let model = model_id(&model).map_err(|_| invalid("elevenlabs_model_id"))?;
+    let (voice, model) = (settings::ELEVENLABS_DEFAULT_VOICE_ID, settings::ELEVENLABS_MODEL_ID);
+    let voice = voice_id(voice.name, &voice.value(platform).unwrap_or_default()).map_err(|_| voice.invalid())?;
+    let model = model_id(&model.value(platform).unwrap_or_default()).map_err(|_| model.invalid())?;
     Ok((voice, model))
 }
 
@@ -204,7 +193,7 @@ pub fn defaults(platform: &dyn Platform) -> Result<(String, String), ApiError> {
 /// clones included) is refused with a 400 before anything is charged or sent.
 pub fn check_voice(platform: &dyn Platform, voice_id: &str) -> Result<(), ApiError> {
     let (default_voice, _) = defaults(platform)?;
-    if voice_id == default_voice || config::list(platform, "elevenlabs_voice_ids").iter().any(|v| v == voice_id) {
+    if voice_id == default_voice || settings::ELEVENLABS_VOICE_IDS.list(platform).iter().any(|v| v == voice_id) {
         Ok(())
     } else {
         Err(ApiError::bad_request("invalid_field", "Field `voice_id` is not one of this app's premium voices."))
@@ -227,7 +216,7 @@ mod tests {
     #[test]
     fn only_offered_voices_pass() {
         let platform = FakePlatform::with_vars(&[("elevenlabs_voice_ids", "VoiceA, VoiceB")]);
-        for ok in [DEFAULT_VOICE_ID, "VoiceA", "VoiceB"] {
+        for ok in [settings::ELEVENLABS_DEFAULT_VOICE_ID.default.unwrap(), "VoiceA", "VoiceB"] {
             assert!(check_voice(&platform, ok).is_ok(), "{ok}");
         }
         for bad in ["voicea", "VoiceC", "MyPrivateClone01"] {
@@ -266,7 +255,7 @@ mod tests {
         let synthesis = Synthesis {
             voice_id: "abc".into(),
             text: "hello".into(),
-            model_id: DEFAULT_MODEL_ID.into(),
+            model_id: settings::ELEVENLABS_MODEL_ID.default.unwrap().into(),
             voice_settings: None,
             output_format: DEFAULT_OUTPUT_FORMAT,
         };

@@ -8,22 +8,13 @@
 use serde_json::{Map, Value};
 
 use crate::db::{self, SqlParam, UserDocument};
-use crate::{config, ApiError, Platform};
-
-/// Fewer active users than this and the comparison is withheld: with a handful of users a
-/// percentile says too much about the others.
-pub const MIN_POPULATION_VARIABLE: &str = "insights_min_population";
-pub const DEFAULT_MIN_POPULATION: i32 = 20;
+use crate::{settings, ApiError, Platform};
 
 /// The insights document for `user_id` (the endpoint's 200 body).
 pub fn for_user(platform: &dyn Platform, user_id: &str) -> Result<Map<String, Value>, ApiError> {
-    let min_population = config::parsed(platform, MIN_POPULATION_VARIABLE, DEFAULT_MIN_POPULATION)?;
+    let min_population = settings::INSIGHTS_MIN_POPULATION.parse::<i32>(platform)?;
     if min_population < 0 {
-        return Err(ApiError::new(
-            500,
-            "config_invalid",
-            format!("The server setting `{MIN_POPULATION_VARIABLE}` has an invalid value."),
-        ));
+        return Err(settings::INSIGHTS_MIN_POPULATION.invalid());
     }
     let result = db::query_json(
         platform,
@@ -66,7 +57,7 @@ mod tests {
     fn the_threshold_defaults_and_a_bad_one_is_a_config_error_before_any_query() {
         let platform = answering(&[], r#"{"outcome":"ok"}"#);
         for_user(&platform, USER).unwrap();
-        assert_eq!(platform.queries.borrow()[0].1[1], SqlParam::Int32(DEFAULT_MIN_POPULATION));
+        assert_eq!(platform.queries.borrow()[0].1[1], SqlParam::Int32(20));
 
         for bad in ["-1", "twenty"] {
             let platform = answering(&[("insights_min_population", bad)], r#"{"outcome":"ok"}"#);

@@ -10,7 +10,6 @@
 
 pub mod account;
 pub mod auth;
-pub mod config;
 pub mod db;
 pub mod economy;
 pub mod elevenlabs;
@@ -22,6 +21,7 @@ pub mod platform;
 pub mod push;
 pub mod quota;
 pub mod session_script;
+pub mod settings;
 pub mod stripe;
 pub mod stripe_signature;
 pub mod transcribe;

@@ -15,28 +15,23 @@ use serde_json::Value;
 
 use crate::auth::{self, AuthenticatedUser};
 use crate::db::{self, SqlParam};
-use crate::{config, ApiError, Platform};
-
-/// Calls per user, per endpoint, per clock hour (`ai_quota_free_per_hour`).
-pub const DEFAULT_FREE_PER_HOUR: i32 = 30;
-/// The same for plan `mystic` (`ai_quota_mystic_per_hour`).
-pub const DEFAULT_MYSTIC_PER_HOUR: i32 = 300;
+use crate::settings::{self, CallQuota, Setting};
+use crate::{ApiError, Platform};
 
 /// Counts one AI call of `endpoint` for `user`, or refuses it: 403 for an anonymous
 /// sign-in (unless allowed), 429 when the user's quota for this hour is used up.
 pub fn take(platform: &dyn Platform, user: &AuthenticatedUser, endpoint: &str) -> Result<(), ApiError> {
     auth::require_paid_access(platform, user)?;
     let user_id = user.user_id.as_str();
-    let free = config::parsed(platform, "ai_quota_free_per_hour", DEFAULT_FREE_PER_HOUR)?.max(0);
-    let mystic = config::parsed(platform, "ai_quota_mystic_per_hour", DEFAULT_MYSTIC_PER_HOUR)?.max(0);
+    let limits = CallQuota::from_platform(platform)?;
     let answer = db::query_json(
         platform,
         "select public.ai_quota_take($1::uuid, $2, $3, $4)",
         &[
             SqlParam::Uuid(user_id.to_string()),
             SqlParam::Text(endpoint.to_string()),
-            SqlParam::Int32(free),
-            SqlParam::Int32(mystic),
+            SqlParam::Int32(limits.free_per_hour),
+            SqlParam::Int32(limits.mystic_per_hour),
         ],
     )
     .map_err(|e| db::report(platform, "ai_quota_take", e))?;
@@ -79,17 +74,15 @@ pub struct MeterGrant {
     pub window_start: String,
 }
 
-/// The limits of one meter: its name, what it counts, and the variables (with defaults)
-/// that set the free and `mystic` plans' hourly limits.
+/// The limits of one meter: its name, what it counts, and the settings of the free and
+/// `mystic` plans' hourly limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Meter {
     pub name: &'static str,
     /// What the amount is, for the refusal's message ("seconds of audio").
     pub unit: &'static str,
-    pub free_variable: &'static str,
-    pub free_default: i64,
-    pub mystic_variable: &'static str,
-    pub mystic_default: i64,
+    pub free: Setting,
+    pub mystic: Setting,
 }
 
 /// Takes `amount` of `meter` for `user` this hour, or refuses: 403 for an anonymous
@@ -102,8 +95,8 @@ pub fn take_amount(
     amount: i64,
 ) -> Result<MeterGrant, ApiError> {
     auth::require_paid_access(platform, user)?;
-    let free = config::parsed(platform, meter.free_variable, meter.free_default)?.max(0);
-    let mystic = config::parsed(platform, meter.mystic_variable, meter.mystic_default)?.max(0);
+    let free = meter.free.parse::<i64>(platform)?.max(0);
+    let mystic = meter.mystic.parse::<i64>(platform)?.max(0);
     let answer = db::query_json(
         platform,
         "select public.ai_meter_take($1::uuid, $2, $3, $4, $5)",
@@ -179,10 +172,8 @@ pub fn settle(platform: &dyn Platform, user: &AuthenticatedUser, grant: &MeterGr
 pub const AI_TOKENS: Meter = Meter {
     name: "ai_tokens",
     unit: "AI tokens",
-    free_variable: "ai_tokens_free_per_hour",
-    free_default: 60_000,
-    mystic_variable: "ai_tokens_mystic_per_hour",
-    mystic_default: 600_000,
+    free: settings::AI_TOKENS_FREE_PER_HOUR,
+    mystic: settings::AI_TOKENS_MYSTIC_PER_HOUR,
 };
 
 /// Opens an AI text call (`chatgpt-chat`, `generate-script`): one token of the hourly
@@ -235,7 +226,7 @@ mod tests {
         let error = take(&platform, &user("3f2a9c4e-1b7d-4c2e-9a6f-0e8d5b1c2a34"), "ai-hypnosis").unwrap_err();
         assert_eq!(error.status, 429);
         assert!(error.headers.contains(&("retry-after".into(), "125".into())));
-        assert_eq!(platform.queries.borrow()[0].1[2], SqlParam::Int32(DEFAULT_FREE_PER_HOUR));
+        assert_eq!(platform.queries.borrow()[0].1[2], SqlParam::Int32(30));
     }
 
     #[test]

@@ -23,9 +23,6 @@ pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 /// cap bounds the work an unauthenticated caller can ask for.
 pub const MAX_HEADER_LEN: usize = 8 * 1024;
 
-/// The Spin variable with the endpoint's signing secrets (comma separated).
-const SECRETS_VARIABLE: &str = "stripe_webhook_secrets";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
     /// No `Stripe-Signature` header, or an empty one.
@@ -61,7 +58,7 @@ impl From<SignatureError> for ApiError {
     fn from(error: SignatureError) -> Self {
         use SignatureError::*;
         let (code, message) = match error {
-            NoSecrets => return ApiError::config_missing(SECRETS_VARIABLE),
+            NoSecrets => return ApiError::config_missing(crate::settings::STRIPE_WEBHOOK_SECRETS.name),
             MissingHeader => ("missing_signature", "The Stripe-Signature header is missing."),
             HeaderTooLong => ("malformed_signature", "The Stripe-Signature header is too long."),
             MissingTimestamp => {

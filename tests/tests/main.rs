@@ -22,6 +22,7 @@ mod pooler;
 mod reminders;
 mod scripts;
 mod session_complete;
+mod settings;
 mod statements;
 mod stripe_catalog;
 mod stripe_checkout;

@@ -11,7 +11,7 @@ pub mod sync;
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use libero_shared::stripe::client::DEFAULT_API_BASE;
+use libero_shared::settings::STRIPE_API_BASE;
 
 use crate::args::{env, Database, StripeApi};
 use serde_json::Value;
@@ -88,7 +88,7 @@ impl Account {
         let key = env(&["STRIPE_SECRET_KEY", "SPIN_VARIABLE_STRIPE_SECRET_KEY"])
             .context("set STRIPE_SECRET_KEY (or SPIN_VARIABLE_STRIPE_SECRET_KEY) to the account's secret key")?;
         let mode = key_mode(&key)?;
-        let base = api.base().unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+        let base = api.base().unwrap_or_else(|| STRIPE_API_BASE.default.unwrap_or_default().to_string());
         Ok(Account { key, mode, base })
     }
 

@@ -7,7 +7,7 @@ use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DE
 use libero_shared::openai::{self, OpenAi};
 use libero_shared::session_script::Phase;
 use libero_shared::validate::{self, EgoState};
-use libero_shared::{auth, quota, Platform};
+use libero_shared::{auth, quota, settings, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -78,7 +78,7 @@ fn hypnosis(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     if client.is_some() {
         quota::take(platform, &user, ENDPOINT.name)?;
     }
-    let model = openai::model(platform, "openai_chat_model");
+    let model = openai::model(platform, &settings::OPENAI_CHAT_MODEL);
     let step = guidance::guide(platform, client.as_ref(), &model, &input);
     let mut answer = json!({
         "guidance": step.text,

@@ -6,7 +6,7 @@ use libero_shared::guidance;
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::openai::{self, ChatMessage, ChatRequest, OpenAi, SseRelay};
 use libero_shared::validate::{self, EgoState};
-use libero_shared::{auth, quota, Platform};
+use libero_shared::{auth, quota, settings, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -105,7 +105,7 @@ fn chat(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, Ap
     // A stream's usage arrives after its answer has begun: it is metered at its bound.
     let bound =
         i64::from(MAX_REPLY_TOKENS) + messages.iter().map(|m| m.content.chars().count() as i64).sum::<i64>() / 4 + 1;
-    let model = openai::model(platform, "openai_chat_model");
+    let model = openai::model(platform, &settings::OPENAI_CHAT_MODEL);
     let chat = ChatRequest {
         model: model.clone(),
         messages,

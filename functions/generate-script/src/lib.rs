@@ -5,7 +5,7 @@ use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DE
 use libero_shared::openai::{self, OpenAi};
 use libero_shared::session_script::{self, ScriptRequest, Source, MAX_DURATION_MINUTES, MIN_DURATION_MINUTES};
 use libero_shared::validate::{self, EgoState};
-use libero_shared::{auth, quota, Platform};
+use libero_shared::{auth, quota, settings, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -57,7 +57,7 @@ fn generate(request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse
     let client = OpenAi::from_platform(platform)?;
     // Only calls that reach the AI count against the quotas; the local script is free.
     let grant = client.as_ref().map(|_| quota::take_ai_text(platform, &user, ENDPOINT.name)).transpose()?;
-    let model = openai::model(platform, "openai_script_model");
+    let model = openai::model(platform, &settings::OPENAI_SCRIPT_MODEL);
     let (script, source, used) = session_script::generate(platform, client.as_ref(), &model, &script_request);
     if let Some(grant) = &grant {
         quota::settle(platform, &user, grant, used);

@@ -6,7 +6,7 @@
 
 use libero_shared::http::{ApiError, ApiRequest, ApiResponse, Endpoint, Route, DEFAULT_BODY_LIMIT};
 use libero_shared::push::{self, Limits, Subscription, SubscriptionBody};
-use libero_shared::{auth, Platform};
+use libero_shared::{auth, settings, Platform};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -28,9 +28,10 @@ struct UnsubscribeBody {
 }
 
 fn public_key(_request: &ApiRequest, platform: &dyn Platform) -> Result<ApiResponse, ApiError> {
-    let key = platform.variable("vapid_private_key").and_then(|k| push::vapid::VapidKey::from_private(&k)).ok_or_else(
-        || ApiError::service_unavailable("reminders_not_configured", "Reminders are not set up on this server."),
-    )?;
+    let key =
+        settings::VAPID_PRIVATE_KEY.value(platform).and_then(|k| push::vapid::VapidKey::from_private(&k)).ok_or_else(
+            || ApiError::service_unavailable("reminders_not_configured", "Reminders are not set up on this server."),
+        )?;
     Ok(ApiResponse::json(200, &json!({ "public_key": key.public_key })))
 }
 

@@ -28,7 +28,7 @@ pub use jwks::{Jwks, PublicKey};
 pub use remote::RemoteJwks;
 pub use service::{authenticate_service, PUBLISHABLE_KEY_PREFIX, SECRET_KEY_PREFIX};
 
-use crate::{config, ApiError, ApiRequest, Platform};
+use crate::{settings, ApiError, ApiRequest, Platform};
 
 /// Supabase access tokens are ~1 KiB; anything far larger is not one, and is refused
 /// before any decoding work is spent on it.
@@ -84,8 +84,8 @@ impl fmt::Debug for AuthConfig {
 
 impl AuthConfig {
     pub fn from_platform(platform: &dyn Platform) -> Result<AuthConfig, ApiError> {
-        let hs256_secret = config::optional(platform, "supabase_jwt_secret").map(String::into_bytes);
-        let jwks = match config::optional(platform, "supabase_jwks") {
+        let hs256_secret = settings::SUPABASE_JWT_SECRET.value(platform).map(String::into_bytes);
+        let jwks = match settings::SUPABASE_JWKS.value(platform) {
             None => None,
             Some(document) => Some(Jwks::parse(&document).map_err(|reason| {
                 ApiError::new(
@@ -99,13 +99,13 @@ impl AuthConfig {
         let jwks = jwks.filter(|jwks| !jwks.is_empty());
         let remote_jwks = RemoteJwks::from_platform(platform)?;
         if hs256_secret.is_none() && jwks.is_none() && remote_jwks.is_none() {
-            return Err(ApiError::config_missing("supabase_jwt_secret"));
+            return Err(ApiError::config_missing(settings::SUPABASE_JWT_SECRET.name));
         }
         Ok(AuthConfig {
             hs256_secret,
             jwks,
             remote_jwks,
-            audience: config::or_default(platform, "jwt_audience", USER_ROLE),
+            audience: settings::JWT_AUDIENCE.value(platform).unwrap_or_else(|| USER_ROLE.to_string()),
             leeway_secs: DEFAULT_LEEWAY_SECS,
         })
     }
@@ -248,16 +248,13 @@ pub fn authenticate(request: &ApiRequest, platform: &dyn Platform) -> Result<Aut
     Ok(verify_access_token(token, &config, now_unix)?)
 }
 
-/// Whether anonymous sign-ins may spend the operator's money (`anonymous_paid_access`).
-pub const ANONYMOUS_PAID_ACCESS: &str = "anonymous_paid_access";
-
 /// The gate in front of everything that costs the operator money: a paid upstream call
 /// (OpenAI, ElevenLabs) or a purchase. Anonymous sign-ins are free and unlimited, so
 /// each would bring a fresh set of quotas; unless `anonymous_paid_access` is `true` they
 /// get 403 `anonymous_not_allowed` (free things, such as a tts cache hit or a local
 /// fallback, stay open to them).
 pub fn require_paid_access(platform: &dyn Platform, user: &AuthenticatedUser) -> Result<(), ApiError> {
-    if !user.is_anonymous || config::parsed(platform, ANONYMOUS_PAID_ACCESS, false)? {
+    if !user.is_anonymous || settings::ANONYMOUS_PAID_ACCESS.parse::<bool>(platform)? {
         return Ok(());
     }
     Err(ApiError::forbidden(

@@ -20,13 +20,8 @@ use serde_json::Value;
 use super::Jwks;
 use crate::db::{self, SqlParam};
 use crate::http::outbound::OutboundRequest;
-use crate::{config, ApiError, Platform};
+use crate::{settings, ApiError, Platform};
 
-/// A cached document older than this is refreshed (Supabase's own edge caches its JWKS
-/// for about ten minutes, and publishes a standby key well before it signs with it).
-pub const DEFAULT_MAX_AGE_SECONDS: i32 = 600;
-/// At most one fetch per this many seconds, whatever the tokens say.
-pub const DEFAULT_MIN_REFRESH_SECONDS: i32 = 30;
 /// A JWKS of a few keys is a few KiB; anything far larger is not one.
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 /// The fetch happens inside a user's request: it must not hold it for long.
@@ -41,14 +36,13 @@ pub struct RemoteJwks {
 
 impl RemoteJwks {
     pub fn from_platform(platform: &dyn Platform) -> Result<Option<RemoteJwks>, ApiError> {
-        let Some(url) = config::optional(platform, "supabase_jwks_url") else {
+        let Some(url) = settings::SUPABASE_JWKS_URL.value(platform) else {
             return Ok(None);
         };
         Ok(Some(RemoteJwks {
             url: url.trim().to_string(),
-            max_age_seconds: config::parsed(platform, "jwks_max_age_seconds", DEFAULT_MAX_AGE_SECONDS)?.max(0),
-            min_refresh_seconds: config::parsed(platform, "jwks_min_refresh_seconds", DEFAULT_MIN_REFRESH_SECONDS)?
-                .max(1),
+            max_age_seconds: settings::JWKS_MAX_AGE_SECONDS.parse::<i32>(platform)?.max(0),
+            min_refresh_seconds: settings::JWKS_MIN_REFRESH_SECONDS.parse::<i32>(platform)?.max(1),
         }))
     }
 

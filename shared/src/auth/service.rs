@@ -16,15 +16,12 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::{bearer_token, verified_claims, AuthConfig, AuthError, SERVICE_ROLE};
-use crate::{config, ApiError, ApiRequest, Platform};
+use crate::{settings, ApiError, ApiRequest, Platform};
 
 /// Supabase's secret API keys start with this.
 pub const SECRET_KEY_PREFIX: &str = "sb_secret_";
 /// Supabase's publishable (public) API key starts with this.
 pub const PUBLISHABLE_KEY_PREFIX: &str = "sb_publishable_";
-
-/// The Spin variable holding the project's secret keys.
-const SECRET_KEYS_VARIABLE: &str = "supabase_secret_keys";
 
 /// Ok when the request carries a server credential (see the module docs); otherwise the
 /// refusal of the first credential sent (`Authorization` before `apikey`), or 401
@@ -64,7 +61,7 @@ fn check(credential: &str, platform: &dyn Platform) -> Result<(), ApiError> {
         ));
     }
     if credential.starts_with(SECRET_KEY_PREFIX) {
-        let keys = config::list(platform, SECRET_KEYS_VARIABLE);
+        let keys = settings::SUPABASE_SECRET_KEYS.list(platform);
         if is_one_of(credential, &keys) {
             return Ok(());
         }

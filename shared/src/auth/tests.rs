@@ -132,9 +132,9 @@ fn anonymous_sign_ins_are_marked_and_kept_from_paid_calls() {
     assert_eq!((error.status, error.code), (403, "anonymous_not_allowed"));
     let regular = AuthenticatedUser { is_anonymous: false, ..anonymous.clone() };
     assert!(require_paid_access(&closed, &regular).is_ok());
-    let open = crate::fakes::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "true")]);
+    let open = crate::fakes::FakePlatform::with_vars(&[(crate::settings::ANONYMOUS_PAID_ACCESS.name, "true")]);
     assert!(require_paid_access(&open, &anonymous).is_ok());
-    let typo = crate::fakes::FakePlatform::with_vars(&[(ANONYMOUS_PAID_ACCESS, "yes")]);
+    let typo = crate::fakes::FakePlatform::with_vars(&[(crate::settings::ANONYMOUS_PAID_ACCESS.name, "yes")]);
     assert_eq!(require_paid_access(&typo, &anonymous).unwrap_err().code, "config_invalid");
 }
 

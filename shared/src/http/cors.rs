@@ -15,7 +15,7 @@ pub struct Cors {
 
 impl Cors {
     pub fn from_platform(platform: &dyn Platform) -> Self {
-        Self::parse(&platform.variable("allowed_origins").unwrap_or_else(|| "*".to_string()))
+        Self::parse(&crate::settings::ALLOWED_ORIGINS.value(platform).unwrap_or_default())
     }
 
     pub fn parse(setting: &str) -> Self {

@@ -159,7 +159,7 @@ fn deep_nesting_is_a_400_not_a_crash() {
 #[test]
 fn config_missing_names_the_variable_not_a_value() {
     let platform = FakePlatform::with_vars(&[("openai_api_key", "")]);
-    let error = crate::config::required(&platform, "openai_api_key").unwrap_err();
+    let error = crate::settings::OPENAI_API_KEY.require(&platform).unwrap_err();
     assert_eq!(error.status, 500);
     assert_eq!(error.code, "config_missing");
     assert!(error.message.contains("openai_api_key"));
@@ -168,10 +168,10 @@ fn config_missing_names_the_variable_not_a_value() {
 #[test]
 fn invalid_numeric_setting_is_config_invalid() {
     let platform = FakePlatform::with_vars(&[("ai_quota_free_per_hour", "lots")]);
-    let error = crate::config::parsed::<u32>(&platform, "ai_quota_free_per_hour", 30).unwrap_err();
+    let error = crate::settings::AI_QUOTA_FREE_PER_HOUR.parse::<u32>(&platform).unwrap_err();
     assert_eq!(error.code, "config_invalid");
     let platform = FakePlatform::with_vars(&[("ai_quota_free_per_hour", " 12 ")]);
-    assert_eq!(crate::config::parsed::<u32>(&platform, "ai_quota_free_per_hour", 30).unwrap(), 12);
+    assert_eq!(crate::settings::AI_QUOTA_FREE_PER_HOUR.parse::<u32>(&platform).unwrap(), 12);
 }
 
 #[test]

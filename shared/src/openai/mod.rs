@@ -14,16 +14,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::http::outbound::{ChunkReader, OutboundRequest};
+use crate::settings::{self, Setting};
 use crate::upstream::{Retrier, RetryPolicy, UpstreamError};
-use crate::{config, ApiError, Platform};
+use crate::{ApiError, Platform};
 
 pub use relay::SseRelay;
 pub use sse::SseParser;
-
-/// Variable prefix of the retry settings (`openai_retry_base_ms`, ...).
-pub const VARIABLE_PREFIX: &str = "openai";
-
-const DEFAULT_BASE_URL: &str = "https://api.openai.com";
 
 /// A chat answer is text of a few KiB; more than this is not an answer we can use.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -47,9 +43,9 @@ impl OpenAi {
     /// The client, or `None` when `openai_api_key` is empty (callers then use their
     /// local fallback). An invalid retry setting is a configuration error.
     pub fn from_platform(platform: &dyn Platform) -> Result<Option<OpenAi>, ApiError> {
-        let Some(api_key) = config::optional(platform, "openai_api_key") else { return Ok(None) };
-        let base_url = config::or_default(platform, "openai_base_url", DEFAULT_BASE_URL);
-        let policy = RetryPolicy::from_platform(platform, VARIABLE_PREFIX)?;
+        let Some(api_key) = settings::OPENAI_API_KEY.value(platform) else { return Ok(None) };
+        let base_url = settings::OPENAI_BASE_URL.value(platform).unwrap_or_default();
+        let policy = RetryPolicy::from_platform(platform, &settings::OPENAI_RETRY)?;
         Ok(Some(OpenAi { api_key, base_url, policy }))
     }
 
@@ -103,8 +99,8 @@ impl OpenAi {
 }
 
 /// The model name from a variable (`openai_chat_model`, `openai_script_model`).
-pub fn model(platform: &dyn Platform, variable: &str) -> String {
-    config::or_default(platform, variable, "gpt-4o-mini")
+pub fn model(platform: &dyn Platform, setting: &Setting) -> String {
+    setting.value(platform).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::db::{self, SqlParam};
 use crate::http::outbound::OutboundRequest;
 use crate::http::ApiError;
-use crate::Platform;
+use crate::{settings, Platform};
 
 /// The push services browsers use (host, and whether its subdomains count): Chrome and
 /// Android (FCM), Firefox (Mozilla autopush), Safari (Apple), Edge on Windows (WNS). A
@@ -118,7 +118,7 @@ pub fn check_endpoint(platform: &dyn Platform, endpoint: &str) -> Result<String,
     let (scheme, rest) = endpoint.split_once("://").ok_or_else(|| refuse("not a URL"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let origin = format!("{}://{}", scheme.to_ascii_lowercase(), authority.to_ascii_lowercase());
-    if let Some(extra) = platform.variable("push_extra_origin") {
+    if let Some(extra) = settings::PUSH_EXTRA_ORIGIN.value(platform) {
         if origin == extra.trim_end_matches('/').to_ascii_lowercase() {
             return Ok(origin);
         }
@@ -266,15 +266,12 @@ enum Outcome {
 
 /// Sends the reminders that are due now, within `limits`.
 pub fn send_due(platform: &dyn Platform, limits: Limits) -> Result<Report, ApiError> {
-    let key = platform
-        .variable("vapid_private_key")
-        .ok_or_else(|| ApiError::config_missing("vapid_private_key"))
-        .and_then(|k| {
-            vapid::VapidKey::from_private(&k).ok_or_else(|| {
-                ApiError::internal("vapid_private_key is not a P-256 private key (base64url); see `libero push keys`.")
-            })
-        })?;
-    let subject = platform.variable("vapid_subject").ok_or_else(|| ApiError::config_missing("vapid_subject"))?;
+    let key = settings::VAPID_PRIVATE_KEY.require(platform).and_then(|k| {
+        vapid::VapidKey::from_private(&k).ok_or_else(|| {
+            ApiError::internal("vapid_private_key is not a P-256 private key (base64url); see `libero push keys`.")
+        })
+    })?;
+    let subject = settings::VAPID_SUBJECT.require(platform)?;
     let started = platform.monotonic_ms();
     let out_of_time = || platform.monotonic_ms().saturating_sub(started) >= limits.max_millis;
     let mut report = Report::default();

@@ -169,10 +169,12 @@ impl Platform for SpinPlatform {
     fn query(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<SqlRow>, DbError> {
         let mut connection = self.connection.borrow_mut();
         if connection.is_none() {
-            let address = self.variable("database_url").ok_or(DbError::NotConfigured("database_url"))?;
+            let address = crate::settings::DATABASE_URL
+                .value(self)
+                .ok_or(DbError::NotConfigured(crate::settings::DATABASE_URL.name))?;
             *connection = Some(postgres::open(&address)?);
         }
-        let open = connection.as_ref().ok_or(DbError::NotConfigured("database_url"))?;
+        let open = connection.as_ref().ok_or(DbError::NotConfigured(crate::settings::DATABASE_URL.name))?;
         postgres::query(open, sql, params)
     }
 

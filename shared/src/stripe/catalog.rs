@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::db::{self, DbError, SqlParam};
+use crate::settings::{self, Setting};
 use crate::Platform;
 
 /// The product metadata key that marks a Stripe product (and the prices the sync makes)
@@ -44,8 +45,8 @@ pub struct Product {
     pub interval: Option<&'static str>,
     /// The Stripe lookup key of the price it is sold at (unique in a Stripe account).
     pub lookup_key: &'static str,
-    /// The Spin variable that may override the stored price id.
-    pub price_variable: &'static str,
+    /// The setting that may override the stored price id.
+    pub price_override: Setting,
 }
 
 pub const PRODUCTS: &[Product] = &[
@@ -59,7 +60,7 @@ pub const PRODUCTS: &[Product] = &[
         currency: "usd",
         interval: Some("month"),
         lookup_key: "libero_mystic_subscription",
-        price_variable: "stripe_price_mystic_subscription",
+        price_override: settings::STRIPE_PRICE_MYSTIC_SUBSCRIPTION,
     },
     Product {
         key: "tokens-small",
@@ -71,7 +72,7 @@ pub const PRODUCTS: &[Product] = &[
         currency: "usd",
         interval: None,
         lookup_key: "libero_tokens_small",
-        price_variable: "stripe_price_tokens_small",
+        price_override: settings::STRIPE_PRICE_TOKENS_SMALL,
     },
     Product {
         key: "tokens-medium",
@@ -83,7 +84,7 @@ pub const PRODUCTS: &[Product] = &[
         currency: "usd",
         interval: None,
         lookup_key: "libero_tokens_medium",
-        price_variable: "stripe_price_tokens_medium",
+        price_override: settings::STRIPE_PRICE_TOKENS_MEDIUM,
     },
     Product {
         key: "tokens-large",
@@ -95,7 +96,7 @@ pub const PRODUCTS: &[Product] = &[
         currency: "usd",
         interval: None,
         lookup_key: "libero_tokens_large",
-        price_variable: "stripe_price_tokens_large",
+        price_override: settings::STRIPE_PRICE_TOKENS_LARGE,
     },
 ];
 
@@ -179,7 +180,7 @@ pub struct Prices {
 impl Prices {
     /// The override ids that are set, as the jsonb array `stripe_catalog($1)` takes.
     pub fn overrides_param(platform: &dyn Platform) -> SqlParam {
-        let ids: Vec<String> = PRODUCTS.iter().filter_map(|p| platform.variable(p.price_variable)).collect();
+        let ids: Vec<String> = PRODUCTS.iter().filter_map(|p| p.price_override.value(platform)).collect();
         SqlParam::Jsonb(Value::from(ids).to_string().into_bytes())
     }
 
@@ -188,7 +189,7 @@ impl Prices {
         let prices = PRODUCTS
             .iter()
             .filter_map(|product| {
-                let price = match platform.variable(product.price_variable) {
+                let price = match product.price_override.value(platform) {
                     Some(id) => Price::from_stored(&stored["overrides"][&id]).filter(|p| p.id == id).unwrap_or(Price {
                         id,
                         unit_amount: None,

@@ -7,7 +7,7 @@ use super::catalog::{self, Price, Prices, Product, ProductKind};
 use super::client::{Form, StripeClient};
 use crate::auth::AuthenticatedUser;
 use crate::db::{self, SqlParam};
-use crate::{config, ApiError, Platform};
+use crate::{settings, ApiError, Platform};
 
 /// Longest redirect URL we pass to Stripe (Stripe's own limit is 5000).
 const MAX_URL_LEN: usize = 2048;
@@ -58,7 +58,7 @@ fn check_mode(product: &'static Product, mode: Option<&str>) -> Result<&'static 
 
 /// The allowed origins (`app_origins`), each as `scheme://host[:port]` without a slash.
 fn app_origins(platform: &dyn Platform) -> Vec<String> {
-    config::list(platform, "app_origins").into_iter().map(|o| o.trim_end_matches('/').to_string()).collect()
+    settings::APP_ORIGINS.list(platform).into_iter().map(|o| o.trim_end_matches('/').to_string()).collect()
 }
 
 /// A redirect URL the client chose, accepted only on one of the app's origins (no open
@@ -71,7 +71,7 @@ pub fn redirect_url(
 ) -> Result<String, ApiError> {
     let origins = app_origins(platform);
     let Some(url) = value else {
-        let first = origins.first().ok_or_else(|| ApiError::config_missing("app_origins"))?;
+        let first = origins.first().ok_or_else(|| ApiError::config_missing(settings::APP_ORIGINS.name))?;
         return Ok(format!("{first}{default_path}"));
     };
     let invalid = || {
@@ -154,7 +154,7 @@ impl CheckoutRequest {
         let price = prices.price(product).ok_or_else(|| {
             platform.log(&format!(
                 "stripe checkout: {} has no price to sell (run `libero stripe sync`, or set {})",
-                product.key, product.price_variable
+                product.key, product.price_override.name
             ));
             ApiError::conflict(
                 "product_unavailable",

@@ -11,15 +11,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http::outbound::{OutboundError, OutboundRequest};
-use crate::{config, ApiError, Platform};
+use crate::{settings, ApiError, Platform};
 
 /// The API version every request and the webhook endpoint use. Pinned, so a change of
 /// the account's default version cannot change the shapes we parse. (In this version a
 /// subscription's current period is on its items, and an invoice names its subscription
 /// under `parent.subscription_details`.)
 pub const STRIPE_VERSION: &str = "2025-03-31.basil";
-
-pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 
 /// Per attempt: connect, first byte, and each gap between body chunks. Stripe answers in
 /// well under a second; a request still waiting after this is better failed and retried.
@@ -177,8 +175,8 @@ pub struct StripeClient<'a> {
 impl<'a> StripeClient<'a> {
     /// From the Spin variables `stripe_secret_key` (required) and `stripe_api_base`.
     pub fn from_platform(platform: &'a dyn Platform) -> Result<Self, ApiError> {
-        let secret_key = config::required(platform, "stripe_secret_key")?;
-        let base = config::or_default(platform, "stripe_api_base", DEFAULT_API_BASE);
+        let secret_key = settings::STRIPE_SECRET_KEY.require(platform)?;
+        let base = settings::STRIPE_API_BASE.value(platform).unwrap_or_default();
         Ok(Self { platform, base: base.trim_end_matches('/').to_string(), secret_key })
     }
 

@@ -20,11 +20,7 @@ use super::events::{self, Event};
 use super::is_object_id;
 use crate::auth::AuthenticatedUser;
 use crate::db::{self, SqlParam};
-use crate::{config, ApiError, Platform};
-
-/// Status calls per user per clock hour (`stripe_session_status_per_hour`): a success page
-/// that polls every few seconds while a payment is `processing` stays far below it.
-pub const DEFAULT_PER_HOUR: i32 = 120;
+use crate::{settings, ApiError, Platform};
 
 /// Longest session id accepted: the synthetic event id must stay within the 200
 /// characters `stripe_begin_event` allows.
@@ -55,7 +51,7 @@ pub fn session_status(platform: &dyn Platform, user: &AuthenticatedUser, session
     if !is_session_id(session_id) {
         return Err(not_found());
     }
-    let per_hour = config::parsed(platform, "stripe_session_status_per_hour", DEFAULT_PER_HOUR)?.max(0);
+    let per_hour = settings::STRIPE_SESSION_STATUS_PER_HOUR.parse::<i32>(platform)?.max(0);
     let stored = db::query_json(
         platform,
         "select public.stripe_checkout_session_status($1::uuid, $2::text, $3::int4)",

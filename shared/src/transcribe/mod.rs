@@ -29,8 +29,9 @@ use crate::auth::AuthenticatedUser;
 use crate::elevenlabs::ElevenLabs;
 use crate::http::outbound::OutboundResponse;
 use crate::openai::OpenAi;
+use crate::settings::{self, Setting};
 use crate::upstream::UpstreamError;
-use crate::{config, validate, ApiError, ApiRequest, ApiResponse, Platform};
+use crate::{validate, ApiError, ApiRequest, ApiResponse, Platform};
 
 pub use sniff::AudioFormat;
 
@@ -43,9 +44,6 @@ pub const MAX_AUDIO_BYTES: usize = 25_000_000;
 pub const MAX_BODY_BYTES: usize = MAX_AUDIO_BYTES + 64 * 1024;
 /// Vocabulary hints are a sentence or a list of names, not a document.
 pub const MAX_PROMPT_CHARS: usize = 1000;
-pub const DEFAULT_MAX_DURATION_SECS: u32 = 300;
-pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4o-mini-transcribe";
-pub const DEFAULT_ELEVENLABS_MODEL: &str = "scribe_v1";
 /// A transcript of 25 minutes is tens of KiB; ElevenLabs adds per-word timings.
 const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
@@ -246,16 +244,14 @@ struct Settings {
 
 impl Settings {
     fn from_platform(platform: &dyn Platform) -> Result<Settings, ApiError> {
-        let model = |name: &str, default: &str| {
-            let value = config::or_default(platform, name, default);
-            validate::slug(name, &value, 64).map_err(|_| {
-                ApiError::new(500, "config_invalid", format!("The server setting `{name}` has an invalid value."))
-            })
+        let model = |setting: &Setting| {
+            let value = setting.value(platform).unwrap_or_default();
+            validate::slug(setting.name, &value, 64).map_err(|_| setting.invalid())
         };
         Ok(Settings {
-            max_duration_secs: config::parsed(platform, "transcribe_max_duration_seconds", DEFAULT_MAX_DURATION_SECS)?,
-            openai_model: model("openai_transcribe_model", DEFAULT_OPENAI_MODEL)?,
-            elevenlabs_model: model("elevenlabs_stt_model", DEFAULT_ELEVENLABS_MODEL)?,
+            max_duration_secs: settings::TRANSCRIBE_MAX_DURATION_SECONDS.parse(platform)?,
+            openai_model: model(&settings::OPENAI_TRANSCRIBE_MODEL)?,
+            elevenlabs_model: model(&settings::ELEVENLABS_STT_MODEL)?,
         })
     }
 }
@@ -376,13 +372,9 @@ pub fn transcribe(platform: &dyn Platform, user: &AuthenticatedUser, upload: &Up
 pub const SECONDS: crate::quota::Meter = crate::quota::Meter {
     name: "transcribe_seconds",
     unit: "seconds of audio",
-    free_variable: "transcribe_free_seconds_per_hour",
-    free_default: DEFAULT_FREE_SECONDS_PER_HOUR,
-    mystic_variable: "transcribe_mystic_seconds_per_hour",
-    mystic_default: DEFAULT_MYSTIC_SECONDS_PER_HOUR,
+    free: settings::TRANSCRIBE_FREE_SECONDS_PER_HOUR,
+    mystic: settings::TRANSCRIBE_MYSTIC_SECONDS_PER_HOUR,
 };
-pub const DEFAULT_FREE_SECONDS_PER_HOUR: i64 = 900;
-pub const DEFAULT_MYSTIC_SECONDS_PER_HOUR: i64 = 7200;
 
 /// The providers in turn: the transcript and the seconds the provider reports.
 fn chain(

@@ -186,7 +186,7 @@ fn openai_gets_the_recording_as_a_form() {
     let parts = parts_sent(&platform, 0);
     let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["model", "response_format", "prompt", "file"]);
-    assert_eq!(parts[0].1, DEFAULT_OPENAI_MODEL.as_bytes());
+    assert_eq!(parts[0].1, crate::settings::OPENAI_TRANSCRIBE_MODEL.default.unwrap().as_bytes());
     assert_eq!(parts[3].1, webm);
     let queries = platform.queries.borrow();
     assert!(queries[0].0.contains("ai_meter_take") && queries[1].0.contains("ai_quota_take"));

@@ -24,13 +24,8 @@
 use sha2::{Digest, Sha256};
 
 use crate::db::{self, SqlParam, SqlValue};
-use crate::{config, ApiError, Platform};
+use crate::{settings, ApiError, Platform};
 
-pub const DEFAULT_MAX_BYTES: i64 = 100 * 1024 * 1024;
-pub const DEFAULT_TTL_SECONDS: i32 = 7 * 24 * 60 * 60;
-/// About a minute of mp3 at 128 kbit/s: the cache is for the short lines an app repeats.
-/// With the default bound that is 1 % of the cache, so no few requests can fill it.
-pub const DEFAULT_MAX_ENTRY_BYTES: i64 = 1024 * 1024;
 /// Buckets, each its own lock and share of the bound.
 pub const MAX_BUCKETS: i64 = 16;
 /// A bucket holds at least this many full-size entries (fewer buckets when the bound is
@@ -48,9 +43,9 @@ pub struct CacheSettings {
 impl CacheSettings {
     pub fn from_platform(platform: &dyn Platform) -> Result<CacheSettings, ApiError> {
         Ok(CacheSettings {
-            max_bytes: config::parsed(platform, "tts_cache_max_bytes", DEFAULT_MAX_BYTES)?.max(0),
-            ttl_seconds: config::parsed(platform, "tts_cache_ttl_seconds", DEFAULT_TTL_SECONDS)?.max(0),
-            max_entry_bytes: config::parsed(platform, "tts_cache_max_entry_bytes", DEFAULT_MAX_ENTRY_BYTES)?.max(0),
+            max_bytes: settings::TTS_CACHE_MAX_BYTES.parse::<i64>(platform)?.max(0),
+            ttl_seconds: settings::TTS_CACHE_TTL_SECONDS.parse::<i32>(platform)?.max(0),
+            max_entry_bytes: settings::TTS_CACHE_MAX_ENTRY_BYTES.parse::<i64>(platform)?.max(0),
         })
     }
 
@@ -201,10 +196,7 @@ mod tests {
     fn tts_cache_settings() {
         let platform = crate::fakes::FakePlatform::with_vars(&[("tts_cache_max_bytes", "1000")]);
         let settings = CacheSettings::from_platform(&platform).unwrap();
-        assert_eq!(
-            (settings.max_bytes, settings.ttl_seconds, settings.entry_limit()),
-            (1000, DEFAULT_TTL_SECONDS, 1000)
-        );
+        assert_eq!((settings.max_bytes, settings.ttl_seconds, settings.entry_limit()), (1000, 7 * 24 * 60 * 60, 1000));
         assert_eq!((settings.buckets(), settings.bucket_of(&key(&parts("a")))), (1, 0));
         let off = crate::fakes::FakePlatform::with_vars(&[("tts_cache_ttl_seconds", "0")]);
         assert!(!CacheSettings::from_platform(&off).unwrap().enabled());
@@ -215,7 +207,7 @@ mod tests {
         let settings = CacheSettings::from_platform(&crate::fakes::FakePlatform::with_vars(&[])).unwrap();
         assert_eq!(settings.buckets(), 12);
         assert_eq!(settings.entry_limit(), 1024 * 1024);
-        assert!(settings.bucket_bytes() * settings.buckets() <= DEFAULT_MAX_BYTES);
+        assert!(settings.bucket_bytes() * settings.buckets() <= 100 * 1024 * 1024);
         assert!(settings.bucket_bytes() >= 8 * settings.entry_limit() as i64);
         let mut seen = std::collections::HashSet::new();
         for text in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"] {

@@ -24,8 +24,9 @@ use crate::auth::{self, AuthenticatedUser};
 use crate::elevenlabs::{self, ElevenLabs, Synthesis};
 use crate::openai::speech::SpeechRequest;
 use crate::openai::OpenAi;
+use crate::settings::{self, Setting};
 use crate::upstream::UpstreamError;
-use crate::{config, ApiError, ApiResponse, Platform};
+use crate::{ApiError, ApiResponse, Platform};
 
 use cache::{CacheSettings, KeyParts};
 use premium::{Charge, ModelSource};
@@ -33,13 +34,7 @@ use relay::CacheFill;
 
 /// OpenAI's limit on `input`, in characters.
 pub const MAX_TEXT_CHARS: usize = 4096;
-pub const DEFAULT_MODEL: &str = "gpt-4o-mini-tts";
 pub const DEFAULT_VOICE: &str = "alloy";
-/// OpenAI's speech voices, the default of `openai_tts_voices`.
-pub const DEFAULT_VOICES: &str = "alloy,ash,ballad,coral,echo,fable,nova,onyx,sage,shimmer,verse";
-/// OpenAI's speech models, the default of `openai_tts_models` (`openai_tts_model`, the
-/// operator's default, is always allowed).
-pub const DEFAULT_MODELS: &str = "gpt-4o-mini-tts,tts-1,tts-1-hd";
 
 /// OpenAI's `response_format`s and the content type each is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +118,11 @@ impl Speech {
     }
 }
 
-/// A list setting, or its default when unset.
-fn allowlist(platform: &dyn Platform, variable: &str, default: &str) -> Vec<String> {
-    let listed = config::list(platform, variable);
+/// A list setting, or its default when it lists nothing.
+fn allowlist(platform: &dyn Platform, setting: &Setting) -> Vec<String> {
+    let listed = setting.list(platform);
     if listed.is_empty() {
-        default.split(',').map(str::to_string).collect()
+        setting.default.unwrap_or_default().split(',').map(str::to_string).collect()
     } else {
         listed
     }
@@ -136,18 +131,18 @@ fn allowlist(platform: &dyn Platform, variable: &str, default: &str) -> Vec<Stri
 /// The OpenAI model for `speech`, after checking its voice and model against the
 /// allowlists: a 400 naming the allowed values, before any upstream call.
 pub fn checked_model(platform: &dyn Platform, speech: &Speech) -> Result<String, ApiError> {
-    let voices = allowlist(platform, "openai_tts_voices", DEFAULT_VOICES);
+    let voices = allowlist(platform, &settings::OPENAI_TTS_VOICES);
     if !voices.iter().any(|v| v.eq_ignore_ascii_case(&speech.voice)) {
         return Err(ApiError::bad_request(
             "invalid_field",
             format!("Field `voice` must be one of {}.", voices.join(", ")),
         ));
     }
-    let default_model = config::or_default(platform, "openai_tts_model", DEFAULT_MODEL);
+    let default_model = settings::OPENAI_TTS_MODEL.value(platform).unwrap_or_default();
     match &speech.model {
         None => Ok(default_model),
         Some(model) => {
-            let models = allowlist(platform, "openai_tts_models", DEFAULT_MODELS);
+            let models = allowlist(platform, &settings::OPENAI_TTS_MODELS);
             if *model == default_model || models.contains(model) {
                 Ok(model.clone())
             } else {
@@ -246,23 +241,15 @@ pub fn speak(platform: &dyn Platform, user: &AuthenticatedUser, speech: &Speech)
 pub const CHARS: crate::quota::Meter = crate::quota::Meter {
     name: "tts_chars",
     unit: "weighted characters of speech",
-    free_variable: "tts_free_chars_per_hour",
-    free_default: 20_000,
-    mystic_variable: "tts_mystic_chars_per_hour",
-    mystic_default: 200_000,
+    free: settings::TTS_FREE_CHARS_PER_HOUR,
+    mystic: settings::TTS_MYSTIC_CHARS_PER_HOUR,
 };
-
-/// What a character of each model costs the operator, relative to the cheapest (OpenAI's
-/// list prices: tts-1 $15 and tts-1-hd $30 a million characters; gpt-4o-mini-tts about
-/// $12 by its audio tokens). `name:weight`, comma separated (`openai_tts_model_weights`).
-pub const DEFAULT_MODEL_WEIGHTS: &str = "gpt-4o-mini-tts:1,tts-1:1,tts-1-hd:2";
 
 /// The weight of `model`; a model the list does not name counts as the dearest listed.
 pub fn model_weight(platform: &dyn Platform, model: &str) -> Result<i64, ApiError> {
-    let invalid =
-        || ApiError::new(500, "config_invalid", "The server setting `openai_tts_model_weights` has an invalid value.");
+    let invalid = || settings::OPENAI_TTS_MODEL_WEIGHTS.invalid();
     let mut weights = Vec::new();
-    for entry in allowlist(platform, "openai_tts_model_weights", DEFAULT_MODEL_WEIGHTS) {
+    for entry in allowlist(platform, &settings::OPENAI_TTS_MODEL_WEIGHTS) {
         let (name, weight) = entry.split_once(':').ok_or_else(invalid)?;
         let weight: i64 = weight.trim().parse().ok().filter(|w| (1..=1000).contains(w)).ok_or_else(invalid)?;
         weights.push((name.trim().to_string(), weight));
@@ -273,13 +260,12 @@ pub fn model_weight(platform: &dyn Platform, model: &str) -> Result<i64, ApiErro
 
 /// The ElevenLabs stand-in's monthly budget, in characters, across all users
 /// (`elevenlabs_free_fallback_chars_per_month`).
-pub const DEFAULT_FALLBACK_CHARS_PER_MONTH: i64 = 100_000;
 const FALLBACK_BUDGET: &str = "tts_elevenlabs_fallback_chars";
 
 /// Counts `chars` against the stand-in's budget: the month it counted in, or `None` when
 /// the budget is spent or cannot be read (then the premium voice is not used for free).
 fn fallback_budget_take(platform: &dyn Platform, chars: i64) -> Result<Option<String>, ApiError> {
-    let limit = config::parsed(platform, "elevenlabs_free_fallback_chars_per_month", DEFAULT_FALLBACK_CHARS_PER_MONTH)?;
+    let limit = settings::ELEVENLABS_FREE_FALLBACK_CHARS_PER_MONTH.parse::<i64>(platform)?;
     let answer = crate::db::query_json(
         platform,
         "select public.operator_budget_take($1, $2, $3)",

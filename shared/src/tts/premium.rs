@@ -10,11 +10,7 @@ use serde_json::Value;
 
 use crate::db::{self, SqlParam};
 use crate::quota;
-use crate::{config, ApiError, Platform};
-
-/// Characters of premium speech a mystic user may use per calendar month (UTC), unless
-/// `elevenlabs_mystic_chars_per_month` says otherwise: about 100 minutes of speech.
-pub const DEFAULT_MYSTIC_CHARS_PER_MONTH: i32 = 100_000;
+use crate::{settings, ApiError, Platform};
 
 /// What the charge did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +62,8 @@ pub fn charge(
     let reference = format!("elevenlabs-tts:{random}");
     let units =
         i32::try_from(chars).map_err(|_| ApiError::bad_request("invalid_field", "Field `text` is too long."))?;
-    let free = config::parsed(platform, "ai_quota_free_per_hour", quota::DEFAULT_FREE_PER_HOUR)?.max(0);
-    let mystic = config::parsed(platform, "ai_quota_mystic_per_hour", quota::DEFAULT_MYSTIC_PER_HOUR)?.max(0);
-    let budget = config::parsed(platform, "elevenlabs_mystic_chars_per_month", DEFAULT_MYSTIC_CHARS_PER_MONTH)?.max(0);
+    let calls = settings::CallQuota::from_platform(platform)?;
+    let budget = settings::ELEVENLABS_MYSTIC_CHARS_PER_MONTH.parse::<i32>(platform)?.max(0);
     let answer = db::query_json(
         platform,
         "select public.premium_tts_charge($1::uuid, $2, $3, $4, $5, $6, $7)",
@@ -77,8 +72,8 @@ pub fn charge(
             SqlParam::Int32(units),
             SqlParam::Text(reference.clone()),
             SqlParam::Text(model.to_string()),
-            SqlParam::Int32(free),
-            SqlParam::Int32(mystic),
+            SqlParam::Int32(calls.free_per_hour),
+            SqlParam::Int32(calls.mystic_per_hour),
             SqlParam::Int32(budget),
         ],
     )

@@ -19,8 +19,8 @@
 
 use std::time::Duration;
 
-use crate::config;
 use crate::http::outbound::{OutboundError, OutboundRequest, OutboundResponse};
+use crate::settings::RetrySettings;
 use crate::{ApiError, Platform};
 
 /// An attempt needs at least this much time left to be worth starting.
@@ -39,31 +39,15 @@ pub struct RetryPolicy {
     pub deadline_ms: u64,
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        // The numbers: 3 attempts; waits of ~0.5 s then ~1 s (each 50–100 % of nominal);
-        // a 60 s attempt timeout, since a long structured answer can take that long to
-        // start streaming; 90 s for everything, well within what a browser waits.
-        RetryPolicy {
-            max_attempts: 3,
-            base_ms: 500,
-            max_delay_ms: 8_000,
-            attempt_timeout_ms: 60_000,
-            deadline_ms: 90_000,
-        }
-    }
-}
-
 impl RetryPolicy {
-    /// The policy for the upstream whose variables start with `prefix` (`openai`).
-    pub fn from_platform(platform: &dyn Platform, prefix: &str) -> Result<RetryPolicy, ApiError> {
-        let d = RetryPolicy::default();
+    /// The policy of one upstream, from its settings (`settings::OPENAI_RETRY`).
+    pub fn from_platform(platform: &dyn Platform, settings: &RetrySettings) -> Result<RetryPolicy, ApiError> {
         let policy = RetryPolicy {
-            max_attempts: config::parsed(platform, &format!("{prefix}_max_attempts"), d.max_attempts)?.clamp(1, 10),
-            base_ms: config::parsed(platform, &format!("{prefix}_retry_base_ms"), d.base_ms)?,
-            max_delay_ms: config::parsed(platform, &format!("{prefix}_retry_max_ms"), d.max_delay_ms)?,
-            attempt_timeout_ms: config::parsed(platform, &format!("{prefix}_timeout_ms"), d.attempt_timeout_ms)?.max(1),
-            deadline_ms: config::parsed(platform, &format!("{prefix}_deadline_ms"), d.deadline_ms)?.max(1),
+            max_attempts: settings.max_attempts.parse::<u32>(platform)?.clamp(1, 10),
+            base_ms: settings.retry_base_ms.parse(platform)?,
+            max_delay_ms: settings.retry_max_ms.parse(platform)?,
+            attempt_timeout_ms: settings.timeout_ms.parse::<u64>(platform)?.max(1),
+            deadline_ms: settings.deadline_ms.parse::<u64>(platform)?.max(1),
         };
         Ok(policy)
     }
@@ -309,9 +293,12 @@ mod tests {
     #[test]
     fn policy_from_variables() {
         let platform = FakePlatform::with_vars(&[("openai_retry_base_ms", "5"), ("openai_deadline_ms", "2000")]);
-        let p = RetryPolicy::from_platform(&platform, "openai").unwrap();
+        let p = RetryPolicy::from_platform(&platform, &crate::settings::OPENAI_RETRY).unwrap();
         assert_eq!((p.base_ms, p.deadline_ms, p.max_attempts), (5, 2_000, 3));
         let bad = FakePlatform::with_vars(&[("openai_max_attempts", "many")]);
-        assert_eq!(RetryPolicy::from_platform(&bad, "openai").unwrap_err().code, "config_invalid");
+        assert_eq!(
+            RetryPolicy::from_platform(&bad, &crate::settings::OPENAI_RETRY).unwrap_err().code,
+            "config_invalid"
+        );
     }
 }

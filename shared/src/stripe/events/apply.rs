@@ -109,7 +109,7 @@ fn call_for(platform: &dyn Platform, event: &Event) -> Result<Call, ApiError> {
         Effect::Nothing(outcome) => Call::record(outcome),
         Effect::CheckoutPayment(mut p) => {
             verify_payment(platform, event, &mut p)?;
-            let price_override = catalog::find(p.product).and_then(|product| platform.variable(product.price_variable));
+            let price_override = catalog::find(p.product).and_then(|product| product.price_override.value(platform));
             Call::new("stripe_apply_checkout_payment")
                 .text(p.session_id)
                 .uuid(p.user_id)

@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::stripe::catalog::{self, ProductKind};
 use crate::stripe::is_object_id;
 use crate::stripe_signature::{self, DEFAULT_TOLERANCE_SECS};
-use crate::{config, validate, ApiError, Platform};
+use crate::{settings, validate, ApiError, Platform};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -19,7 +19,7 @@ pub struct Event {
 
 /// Checks `Stripe-Signature` over the raw body, before anything parses it.
 pub fn verify(platform: &dyn Platform, signature_header: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
-    let secrets = config::list(platform, "stripe_webhook_secrets");
+    let secrets = settings::STRIPE_WEBHOOK_SECRETS.list(platform);
     let now = platform.now_unix_ms().div_euclid(1000);
     stripe_signature::verify(body, signature_header.unwrap_or(""), &secrets, now, DEFAULT_TOLERANCE_SECS)?;
     Ok(())
