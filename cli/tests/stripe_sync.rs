@@ -512,7 +512,7 @@ async fn the_first_run_creates_everything_and_the_second_changes_nothing() {
         assert_eq!(sold[key], fake.holder(lookup), "{key}: the stored price is the one with the lookup key");
     }
     assert_eq!(portal.as_deref(), fake.state.lock().unwrap().portals[0]["id"].as_str());
-    // The portal has what the issue asks for.
+    // The portal is the catalog's: tagged as ours, and customers cannot edit their billing details there.
     let configuration = fake.state.lock().unwrap().portals[0].clone();
     assert_eq!(configuration["metadata"]["libero_portal"], "catalog");
     assert_eq!(configuration["features"]["customer_update"]["enabled"], false);
