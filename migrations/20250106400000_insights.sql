@@ -253,48 +253,6 @@ create function public.insights_percentile(p_metric text, p_value bigint) return
    where h.metric = p_metric
 $$;
 
--- Rebuilds the histogram from the last 30 days of rewarded sessions: one pass over them,
--- whatever the number of users. Run it on a schedule, e.g. on Supabase (pg_cron):
---   select cron.schedule('libero-insights', '*/15 * * * *', 'select public.insights_refresh()');
--- or `libero analytics --refresh` from cron. Concurrent calls run one after another;
--- readers see the previous histogram until it commits.
--- Returns {"refreshed_at", "population", "took_ms"}.
-create function public.insights_refresh() returns jsonb
-  language plpgsql
-  security definer
-  set search_path = public, pg_temp
-  as $$
-declare
-  v_started timestamptz := clock_timestamp();
-  v_population integer;
-  v_took integer;
-begin
-  perform pg_advisory_xact_lock(hashtextextended('public.insights_refresh', 0));
-  delete from public.insights_histograms;
-
-  with active as materialized (
-    select a.user_id,
-           a.minutes,
-           public.current_streak(p.session_streak, p.last_session_date, p.settings ->> 'timezone') as streak
-      from (select s.user_id, (sum(s.duration) / 60)::bigint as minutes
-              from public.sessions s
-             where s.rewarded and s.ended_at > now() - interval '30 days'
-             group by s.user_id) a
-      join public.user_profiles p on p.id = a.user_id
-  ), histogram as (
-    insert into public.insights_histograms (metric, bucket, users)
-    select 'minutes_30d', public.insights_bucket('minutes_30d', minutes), count(*) from active group by 2
-    union all
-    select 'current_streak', public.insights_bucket('current_streak', streak), count(*) from active group by 2
-  )
-  select count(*) into v_population from active;
-
-  v_took := (extract(epoch from clock_timestamp() - v_started) * 1000)::integer;
-  update public.insights_histogram_state
-     set refreshed_at = now(), population = v_population, took_ms = v_took;
-  return jsonb_build_object('refreshed_at', now(), 'population', v_population, 'took_ms', v_took);
-end
-$$;
 
 ------------------------------------------------------------------------------------------
 -- The insights endpoint's one statement
@@ -473,7 +431,5 @@ grant execute on function public.current_streak(integer, date, text) to authenti
 
 revoke all on function public.insights_bucket(text, bigint) from public, anon, authenticated, service_role;
 revoke all on function public.insights_percentile(text, bigint) from public, anon, authenticated, service_role;
-revoke all on function public.insights_refresh() from public, anon, authenticated, service_role;
 revoke all on function public.user_insights(uuid, integer) from public, anon, authenticated, service_role;
-grant execute on function public.insights_refresh() to service_role;
 grant execute on function public.user_insights(uuid, integer) to service_role;

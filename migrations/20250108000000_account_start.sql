@@ -7,7 +7,7 @@
 --   what it occupies against the user's other sessions, so the overlap check reads the
 --   same stored interval whichever of two sessions came first. A session that ended
 --   before the account existed is refused.
--- * current_streak(user): the run of days with a rewarded session that ends on the
+-- * reward_streak(user): the run of days with a rewarded session that ends on the
 --   user's latest such day (public.reward_days), while it can still be extended: the
 --   day a session ending now would count on (the open day holding now, else now's date
 --   in the user's zone) is at most the day after it, and the last session of that day
@@ -522,7 +522,7 @@ $$;
 -- zone, or on the latest day if that date is not after it (public.reward_day_for); it
 -- extends the run if that day is the run's last or the one after, and if it starts at
 -- most streak_max_gap() after the run's last session ended.
-create function public.current_streak(p_user uuid) returns integer
+create function public.reward_streak(p_user uuid) returns integer
   language sql
   stable
   set search_path = public, pg_temp
@@ -548,9 +548,9 @@ create function public.current_streak(p_user uuid) returns integer
 $$;
 
 revoke all on function public.streak_runs(uuid) from public, anon, authenticated, service_role;
-revoke all on function public.current_streak(uuid) from public, anon, authenticated, service_role;
+revoke all on function public.reward_streak(uuid) from public, anon, authenticated, service_role;
 grant execute on function public.streak_runs(uuid) to authenticated, service_role;
-grant execute on function public.current_streak(uuid) to authenticated, service_role;
+grant execute on function public.reward_streak(uuid) to authenticated, service_role;
 
 -- insights: the current and the longest streak from the runs above, and the days of the
 -- last 30 the ones the sessions counted on (sessions.local_date: a late session on the day
@@ -571,7 +571,7 @@ select
   p.level * 100 as next_level_experience,
   greatest(p.level * 100 - p.experience, 0) as experience_to_next_level,
   round(least(greatest(p.experience - (p.level - 1) * 100, 0), 100) / 100.0, 2) as level_progress,
-  public.current_streak(p.id) as current_streak,
+  public.reward_streak(p.id) as current_streak,
   -- Or the profile's streak if it says more (older profiles).
   greatest(coalesce(runs.longest, 0), p.session_streak::bigint) as longest_streak,
   p.tokens
@@ -638,7 +638,7 @@ select
   ua.unlocked_at,
   (case r.rules[i][2]
      when 'sessions' then p.sessions_completed
-     when 'streak' then public.current_streak(p.id)
+     when 'streak' then public.reward_streak(p.id)
      when 'level' then p.level
      when 'ego_states' then (select count(*) from jsonb_object_keys(p.ego_state_usage) k
                               join public.ego_states e on e.name = k)
@@ -653,7 +653,13 @@ left join public.user_achievements ua
 -- that ran it before compile it again.
 alter function public.user_insights(uuid, integer) set search_path = public, pg_temp;
 
--- The comparison histogram's streaks: the same current streak.
+-- Rebuilds the comparison histogram from the last 30 days of rewarded sessions: one pass
+-- over them, whatever the number of users, with the streak the rewards count. Run it on a
+-- schedule, e.g. on Supabase (pg_cron):
+--   select cron.schedule('libero-insights', '*/15 * * * *', 'select public.insights_refresh()');
+-- or `libero analytics --refresh` from cron. Concurrent calls run one after another;
+-- readers see the previous histogram until it commits.
+-- Returns {"refreshed_at", "population", "took_ms"}.
 create or replace function public.insights_refresh() returns jsonb
   language plpgsql
   security definer
@@ -670,7 +676,7 @@ begin
   with active as materialized (
     select a.user_id,
            a.minutes,
-           public.current_streak(a.user_id) as streak
+           public.reward_streak(a.user_id) as streak
       from (select s.user_id, (sum(s.duration) / 60)::bigint as minutes
               from public.sessions s
              where s.rewarded and s.ended_at > now() - interval '30 days'
@@ -690,3 +696,6 @@ begin
   return jsonb_build_object('refreshed_at', now(), 'population', v_population, 'took_ms', v_took);
 end
 $$;
+
+revoke all on function public.insights_refresh() from public, anon, authenticated, service_role;
+grant execute on function public.insights_refresh() to service_role;
