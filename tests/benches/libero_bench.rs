@@ -13,6 +13,8 @@
 #[path = "../tests/stripe_support/mod.rs"]
 mod stripe_support;
 
+#[path = "libero_bench/cpu.rs"]
+mod cpu;
 #[path = "libero_bench/reconcile.rs"]
 mod reconcile;
 #[path = "libero_bench/runtimes.rs"]
@@ -152,14 +154,40 @@ async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendReq
 /// Runs `concurrency` clients for warmup + measure; latencies of requests that start and
 /// end inside the measuring window count.
 async fn load(addr: SocketAddr, make: &MakeReq, expect: u16, concurrency: usize, s: &Settings) -> Result<Stats> {
+    Ok(load_cpu(addr, make, expect, concurrency, s, &cpu::Probes::default()).await?.0)
+}
+
+/// [`load`], and the CPU time `probes` spent over the measuring window per request that
+/// ended in it (at a steady rate the requests in flight at its two edges even out; the
+/// latencies count only requests that also started in it).
+async fn load_cpu(
+    addr: SocketAddr,
+    make: &MakeReq,
+    expect: u16,
+    concurrency: usize,
+    s: &Settings,
+    probes: &cpu::Probes,
+) -> Result<(Stats, cpu::PerRequest)> {
     let seq = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let from = start + s.warmup;
     let until = from + s.measure;
+    let sampler = (!probes.is_empty()).then(|| {
+        let probes = probes.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let (before, done_before) = (probes.read(&cpu::Snapshot::take()), done.load(Ordering::Relaxed));
+            tokio::time::sleep_until(until.into()).await;
+            let (after, done_after) = (probes.read(&cpu::Snapshot::take()), done.load(Ordering::Relaxed));
+            cpu::Probes::per_request(before, after, done_after - done_before)
+        })
+    });
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (seq, make, failure) = (seq.clone(), make.clone(), failure.clone());
+        let (seq, make, failure, done) = (seq.clone(), make.clone(), failure.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut sender = match connect(addr).await {
@@ -181,6 +209,7 @@ async fn load(addr: SocketAddr, make: &MakeReq, expect: u16, concurrency: usize,
                         if t0 >= from && t1 <= until {
                             latencies.push(t1 - t0);
                         }
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok((status, body)) => {
                         let mut f = failure.lock().unwrap();
@@ -210,7 +239,11 @@ async fn load(addr: SocketAddr, make: &MakeReq, expect: u16, concurrency: usize,
     if let Some(f) = failure.lock().unwrap().take() {
         bail!("unexpected answer: {f}");
     }
-    Ok(stats(all, s.measure))
+    let per_request = match sampler {
+        Some(sampler) => sampler.await?,
+        None => cpu::PerRequest::default(),
+    };
+    Ok((stats(all, s.measure), per_request))
 }
 
 fn stats(mut all: Vec<Duration>, window: Duration) -> Stats {
@@ -1076,6 +1109,15 @@ async fn run(s: Settings) -> Result<()> {
         with_user("/functions/v1/tts", tokens.clone(), json!({"text": "Breathe in, breathe out.", "voice": "nova"}));
     let spend =
         with_user("/functions/v1/elevenlabs-tts-proxy", tokens.clone(), json!({"text": "Relax your shoulders."}));
+    let insights: MakeReq = {
+        let tokens = tokens.clone();
+        Arc::new(move |i| Req {
+            method: "GET",
+            path: "/functions/v1/insights".into(),
+            headers: vec![("authorization", tokens[i as usize % tokens.len()].clone())],
+            body: Vec::new(),
+        })
+    };
 
     // Prime: one customer per user (as after each user's first checkout), the tts cache.
     {
@@ -1146,6 +1188,8 @@ async fn run(s: Settings) -> Result<()> {
         &completions,
         &tokens,
         &webhook,
+        &tts,
+        &insights,
         statement_completions.clone(),
         has_pg_stat_statements,
     )

@@ -260,6 +260,13 @@ impl DenoPeer {
     }
 }
 
+impl DenoPeer {
+    /// The peer's process id, the root of the processes its CPU time is read over.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
 impl Drop for DenoPeer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,6 +1,7 @@
 //! Real Spin, the bundled host and a Deno peer, measured in turn in one run with the same
 //! load generator, on the same database, plus the differential rows that say
-//! where a request's time goes under Spin.
+//! where a request's time goes under Spin; at c=32, the CPU time each request costs the
+//! runtime and Postgres, and what the statement costs Postgres sent as Spin sends it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -11,8 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use super::cpu::{self, PerRequest, Probes, Procs};
 use super::runtimes::{self, Completions, DenoPeer};
-use super::{fixed, load, median_by, ms, start_app, with_user, MakeReq, Settings, Stats, BUDGET_PASSES, JWT_SECRET};
+use super::{
+    fixed, load, load_cpu, median_by, ms, start_app, with_user, MakeReq, Settings, Stats, BUDGET_PASSES, JWT_SECRET,
+};
 
 /// Which server answered.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -43,6 +47,8 @@ pub enum What {
     Rejected400,
     SessionComplete,
     Webhook,
+    TtsCacheHit,
+    Insights,
 }
 
 impl What {
@@ -55,6 +61,8 @@ impl What {
             What::Rejected400 => "session-complete, refused with 400 (no database)",
             What::SessionComplete => "session-complete (rewarded)",
             What::Webhook => "stripe-webhook (verified delivery)",
+            What::TtsCacheHit => "tts (cache hit)",
+            What::Insights => "insights",
         }
     }
 }
@@ -67,6 +75,8 @@ struct Target {
     expect: u16,
     /// Measured at c=32 as well (the differential rows are c=1 only).
     c32: bool,
+    /// Whose CPU time the c=32 windows read.
+    probes: Probes,
 }
 
 pub struct SideRow {
@@ -74,6 +84,8 @@ pub struct SideRow {
     pub what: What,
     pub c1: Stats,
     pub c32: Option<Stats>,
+    /// CPU per request at c=32 (each figure the median of the passes').
+    pub cpu: Option<PerRequest>,
 }
 
 /// The statement alone (no runtime): `complete_session` over one tokio-postgres
@@ -86,6 +98,41 @@ pub struct Statement {
     pub durable_c32_rps: f64,
     pub async_commit: Stats,
     pub select1: Stats,
+    /// Postgres CPU per request from 32 connections, no runtime: each way of sending a
+    /// statement, with its requests/s.
+    pub sql: Vec<(Sql, f64, Option<f64>)>,
+}
+
+impl Statement {
+    pub fn sql(&self, which: Sql) -> Option<f64> {
+        self.sql.iter().find(|r| r.0 == which).and_then(|r| r.2)
+    }
+}
+
+/// How a statement is sent in the rows without a runtime.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Sql {
+    Select1Prepared,
+    Select1Prepare,
+    Select1ResetPrepare,
+    CompletePrepared,
+    CompleteResetPrepare,
+}
+
+impl Sql {
+    fn label(self) -> &'static str {
+        match self {
+            Sql::Select1Prepared => "`SELECT 1`, prepared once per connection",
+            Sql::Select1Prepare => "`SELECT 1`, prepared and closed on every request (as Spin does)",
+            Sql::Select1ResetPrepare => {
+                "the pool's 7-statement reset, then `SELECT 1` prepared and closed (Spin's wire traffic per request)"
+            }
+            Sql::CompletePrepared => "`complete_session`, prepared once per connection",
+            Sql::CompleteResetPrepare => {
+                "the reset, then `complete_session` prepared and closed (Spin's wire traffic per request)"
+            }
+        }
+    }
 }
 
 /// Per request under Spin at c=1, from `pg_stat_statements` (server-side execution only).
@@ -105,6 +152,9 @@ pub struct SideBySide {
     pub missing: Vec<String>,
     pub statement: Statement,
     pub server_side: Option<ServerSide>,
+    /// Whether the Postgres CPU figures are of a cluster the benchmark shares with others
+    /// (`--pg-from-env`).
+    pub pg_shared: bool,
 }
 
 impl SideBySide {
@@ -127,12 +177,23 @@ pub async fn run(
     completions: &Arc<Completions>,
     tokens: &Arc<Vec<String>>,
     webhook: &MakeReq,
+    tts: &MakeReq,
+    insights: &MakeReq,
     statement_users: Arc<Completions>,
     has_pg_stat_statements: bool,
 ) -> Result<SideBySide> {
     let say = |line: &str| eprintln!("bench: {line}");
     let mut missing = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
+    // The cluster's processes, when it runs on this machine.
+    let pg = match Procs::postgres(db_url).await {
+        Ok(pg) => Some(pg),
+        Err(e) => {
+            missing.push(format!("Postgres CPU time ({e:#})"));
+            None
+        }
+    };
+    let probes = |runtime: Option<Procs>| Probes { runtime, postgres: pg.clone() };
 
     let noop = fixed("GET", "/fixture/noop", vec![], Value::Null);
     let log = fixed("GET", "/fixture/log", vec![], Value::Null);
@@ -154,6 +215,10 @@ pub async fn run(
             spin_version = Some(runtimes::spin_version(path));
             let f = runtimes::start_spin(&spin_fixture_manifest()?, vars).await?;
             let a = runtimes::start_spin(&libero_tests::repo_root().join("spin.toml"), vars).await?;
+            let (f_procs, a_procs) = (Procs::spin_listening_on(f.addr), Procs::spin_listening_on(a.addr));
+            if f_procs.is_none() || a_procs.is_none() {
+                missing.push("Spin's CPU time (no `spin up --listen <addr>` process found in /proc)".into());
+            }
             for (what, make) in
                 [(What::Noop, &noop), (What::LogLine, &log), (What::LogLineOnce, &log_once), (What::Select1, &select1)]
             {
@@ -165,6 +230,7 @@ pub async fn run(
                     make: make.clone(),
                     expect: 200,
                     c32,
+                    probes: probes(f_procs.clone()),
                 });
             }
             targets.push(Target {
@@ -174,6 +240,7 @@ pub async fn run(
                 make: rejected.clone(),
                 expect: 400,
                 c32: false,
+                probes: probes(a_procs.clone()),
             });
             targets.push(Target {
                 runtime: Runtime::Spin,
@@ -182,15 +249,19 @@ pub async fn run(
                 make: complete.clone(),
                 expect: 200,
                 c32: true,
+                probes: probes(a_procs.clone()),
             });
-            targets.push(Target {
-                runtime: Runtime::Spin,
-                what: What::Webhook,
-                addr: a.addr,
-                make: webhook.clone(),
-                expect: 200,
-                c32: true,
-            });
+            for (what, make) in [(What::Webhook, webhook), (What::TtsCacheHit, tts), (What::Insights, insights)] {
+                targets.push(Target {
+                    runtime: Runtime::Spin,
+                    what,
+                    addr: a.addr,
+                    make: make.clone(),
+                    expect: 200,
+                    c32: true,
+                    probes: probes(a_procs.clone()),
+                });
+            }
             spin_fixture = Some(f);
             spin_app = Some(a);
         }
@@ -208,6 +279,7 @@ pub async fn run(
             make: make.clone(),
             expect: 200,
             c32: true,
+            probes: probes(None),
         });
     }
     targets.push(Target {
@@ -217,6 +289,7 @@ pub async fn run(
         make: complete.clone(),
         expect: 200,
         c32: true,
+        probes: probes(None),
     });
     targets.push(Target {
         runtime: Runtime::Host,
@@ -225,6 +298,7 @@ pub async fn run(
         make: webhook.clone(),
         expect: 200,
         c32: true,
+        probes: probes(None),
     });
 
     // The Deno peer.
@@ -239,6 +313,7 @@ pub async fn run(
                 make: complete.clone(),
                 expect: 200,
                 c32: true,
+                probes: probes(Some(Procs::Tree(peer.pid()))),
             });
             Some(peer)
         }
@@ -257,8 +332,8 @@ pub async fn run(
         });
     }
 
-    // Per target, each pass's statistics and, when measured, its second figure.
-    type Passes = Vec<(Stats, Option<Stats>)>;
+    // Per target, each pass's statistics and, when measured, its c=32 figures.
+    type Passes = Vec<(Stats, Option<(Stats, PerRequest)>)>;
     let mut passes: HashMap<(Runtime, What), Passes> = HashMap::new();
     for pass in 1..=BUDGET_PASSES {
         for t in &targets {
@@ -266,7 +341,7 @@ pub async fn run(
             let name = format!("{} {}", t.runtime.label(), t.what.label());
             let c1 = load(t.addr, &t.make, t.expect, 1, s).await.with_context(|| name.clone())?;
             let c32 = if t.c32 {
-                Some(load(t.addr, &t.make, t.expect, 32, s).await.with_context(|| name.clone())?)
+                Some(load_cpu(t.addr, &t.make, t.expect, 32, s, &t.probes).await.with_context(|| name.clone())?)
             } else {
                 None
             };
@@ -277,9 +352,11 @@ pub async fn run(
     for t in &targets {
         let Some(measured) = passes.remove(&(t.runtime, t.what)) else { continue };
         let c1 = median_by(measured.iter().map(|m| m.0).collect(), |st| st.p50);
-        let c32s: Vec<Stats> = measured.iter().filter_map(|m| m.1).collect();
+        let c32s: Vec<Stats> = measured.iter().filter_map(|m| m.1.map(|c| c.0)).collect();
         let c32 = (!c32s.is_empty()).then(|| median_by(c32s, |st| (st.rps * 1000.0) as u64));
-        rows.push(SideRow { runtime: t.runtime, what: t.what, c1, c32 });
+        let cpus: Vec<PerRequest> = measured.iter().filter_map(|m| m.1.map(|c| c.1)).collect();
+        let cpu = (!cpus.is_empty()).then(|| PerRequest::median_of(&cpus));
+        rows.push(SideRow { runtime: t.runtime, what: t.what, c1, c32, cpu });
     }
 
     // Where the time goes under Spin, server side: one more c=1 window of session
@@ -299,9 +376,9 @@ pub async fn run(
 
     say(&format!("session completions so far: {} of {} rewarded slots", completions.used(), completions.capacity()));
     say("the statement alone, durable and with synchronous_commit off");
-    let statement = statement_alone(db_url, statement_users, s).await?;
+    let statement = statement_alone(db_url, statement_users, s, &pg).await?;
 
-    Ok(SideBySide { rows, spin_version, deno_version, missing, statement, server_side })
+    Ok(SideBySide { rows, spin_version, deno_version, missing, statement, server_side, pg_shared: s.pg_from_env })
 }
 
 async fn server_side(addr: SocketAddr, complete: &MakeReq, db_url: &str, s: &Settings) -> Result<ServerSide> {
@@ -358,7 +435,7 @@ const COMPLETE_ALONE: &str =
 
 /// `complete_session` called back to back over one connection, as the endpoint calls it
 /// (for users of its own, so it takes no slot from the endpoints' completions).
-async fn statement_alone(db_url: &str, own: Arc<Completions>, s: &Settings) -> Result<Statement> {
+async fn statement_alone(db_url: &str, own: Arc<Completions>, s: &Settings, pg: &Option<Procs>) -> Result<Statement> {
     let client = libero_tests::db::connect(db_url).await?;
     let complete = client.prepare(COMPLETE_ALONE).await?;
     let select1 = client.prepare("SELECT 1").await?;
@@ -367,20 +444,92 @@ async fn statement_alone(db_url: &str, own: Arc<Completions>, s: &Settings) -> R
     let async_commit = statement_window(&client, Some(&complete), &select1, &own, s).await?;
     client.batch_execute("RESET synchronous_commit").await?;
     let select1 = statement_window(&client, None, &select1, &own, s).await?;
-    let durable_c32_rps = statement_c32(db_url, &own, s).await?;
-    Ok(Statement { durable, durable_c32_rps, async_commit, select1 })
+    let mut sql = Vec::new();
+    for which in [
+        Sql::Select1Prepared,
+        Sql::Select1Prepare,
+        Sql::Select1ResetPrepare,
+        Sql::CompletePrepared,
+        Sql::CompleteResetPrepare,
+    ] {
+        eprintln!("bench: no runtime, 32 connections: {}", which.label());
+        let (rps, pg_ms) = sql_c32(db_url, &own, s, which, pg).await?;
+        sql.push((which, rps, pg_ms));
+    }
+    let durable_c32_rps = sql.iter().find(|r| r.0 == Sql::CompletePrepared).map_or(0.0, |r| r.1);
+    Ok(Statement { durable, durable_c32_rps, async_commit, select1, sql })
 }
 
-/// The same statement from 32 connections at once, each back to back: total requests/s.
-async fn statement_c32(db_url: &str, own: &Completions, s: &Settings) -> Result<f64> {
-    let windows = (0..32).map(|_| async {
-        let client = libero_tests::db::connect(db_url).await?;
-        let complete = client.prepare(COMPLETE_ALONE).await?;
-        let select1 = client.prepare("SELECT 1").await?;
-        statement_window(&client, Some(&complete), &select1, own, s).await
+/// The batch deadpool's `RecyclingMethod::Clean` sends on every checkout (Spin's pool).
+const POOL_RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+                          SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
+
+/// One statement sent `which` way from 32 connections at once, each back to back, no
+/// runtime: total requests/s and Postgres CPU per request over the measuring window.
+async fn sql_c32(
+    db_url: &str,
+    own: &Completions,
+    s: &Settings,
+    which: Sql,
+    pg: &Option<Procs>,
+) -> Result<(f64, Option<f64>)> {
+    let clients = futures_util::future::try_join_all((0..32).map(|_| libero_tests::db::connect(db_url))).await?;
+    let start = Instant::now();
+    let (from, until) = (start + s.warmup, start + s.warmup + s.measure);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probes = Probes { runtime: None, postgres: pg.clone() };
+    let sampler = {
+        let (probes, done) = (probes.clone(), done.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            tokio::time::sleep_until(from.into()).await;
+            let (before, n0) = (probes.read(&cpu::Snapshot::take()), done.load(Relaxed));
+            tokio::time::sleep_until(until.into()).await;
+            let (after, n1) = (probes.read(&cpu::Snapshot::take()), done.load(Relaxed));
+            (Probes::per_request(before, after, n1 - n0), n1 - n0)
+        })
+    };
+    let windows = clients.iter().map(|client| {
+        let done = done.clone();
+        async move {
+            let prepared = match which {
+                Sql::Select1Prepared => Some(client.prepare("SELECT 1").await?),
+                Sql::CompletePrepared => Some(client.prepare(COMPLETE_ALONE).await?),
+                _ => None,
+            };
+            while Instant::now() < until {
+                if matches!(which, Sql::Select1ResetPrepare | Sql::CompleteResetPrepare) {
+                    client.batch_execute(POOL_RESET).await?;
+                }
+                match which {
+                    Sql::Select1Prepared | Sql::Select1Prepare | Sql::Select1ResetPrepare => {
+                        match &prepared {
+                            Some(st) => client.query_one(st, &[]).await?,
+                            None => client.query_one("SELECT 1", &[]).await?,
+                        };
+                    }
+                    Sql::CompletePrepared | Sql::CompleteResetPrepare => {
+                        let (user, started_ms, fingerprint) = own.next_sql_args();
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                            [&user, &fingerprint, &started_ms];
+                        let row = match &prepared {
+                            Some(st) => client.query_one(st, &params).await?,
+                            None => client.query_one(COMPLETE_ALONE, &params).await?,
+                        };
+                        let doc: Value = row.get(0);
+                        if doc["rewarded"] != json!(true) {
+                            anyhow::bail!("complete_session alone: not rewarded: {doc}");
+                        }
+                    }
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }
     });
-    let all = futures_util::future::try_join_all(windows).await?;
-    Ok(all.iter().map(|st| st.rps).sum())
+    futures_util::future::try_join_all(windows).await?;
+    let (per, n) = sampler.await?;
+    Ok((n as f64 / s.measure.as_secs_f64(), per.postgres))
 }
 
 /// One warm-up and measuring window of `complete` (or `SELECT 1` when None), back to back.
@@ -573,17 +722,28 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         )?;
     }
 
+    cpu_budgets(report, side)?;
+
     // The table.
-    writeln!(report, "\n| runtime | request | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms |")?;
-    writeln!(report, "|---|---|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        report,
+        "\n| runtime | request | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms | \
+         c=32 runtime CPU ms/req | c=32 Postgres CPU ms/req |"
+    )?;
+    writeln!(report, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for row in &side.rows {
         let (rps, p50, p99) = match row.c32 {
             Some(c) => (format!("{:.0}", c.rps), ms(c.p50), ms(c.p99)),
             None => ("".into(), "".into(), "".into()),
         };
+        let (rt, pg) = match (row.cpu, row.runtime) {
+            (Some(c), Runtime::Host) => ("(in the load generator's process)".into(), cpu_ms(c.postgres)),
+            (Some(c), _) => (cpu_ms(c.runtime), cpu_ms(c.postgres)),
+            (None, _) => (String::new(), String::new()),
+        };
         writeln!(
             report,
-            "| {} | {} | {} | {} | {rps} | {p50} | {p99} |",
+            "| {} | {} | {} | {} | {rps} | {p50} | {p99} | {rt} | {pg} |",
             row.runtime.label(),
             row.what.label(),
             ms(row.c1.p50),
@@ -592,18 +752,24 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
     }
     writeln!(
         report,
-        "| (no runtime) | `complete_session` alone, one connection, c=1 | {} | {} | | | |\n\
-         | (no runtime) | the same with `synchronous_commit = off` for that session | {} | {} | | | |\n\
-         | (no runtime) | `SELECT 1` alone, one connection, c=1 | {} | {} | | | |\n\
-         | (no runtime) | `complete_session` alone, 32 connections at once | | | {:.0} | | |",
+        "| (no runtime) | `complete_session` alone, one connection, c=1 | {} | {} | | | | | |\n\
+         | (no runtime) | the same with `synchronous_commit = off` for that session | {} | {} | | | | | |\n\
+         | (no runtime) | `SELECT 1` alone, one connection, c=1 | {} | {} | | | | | |",
         ms(st.durable.p50),
         ms(st.durable.p99),
         ms(st.async_commit.p50),
         ms(st.async_commit.p99),
         ms(st.select1.p50),
         ms(st.select1.p99),
-        st.durable_c32_rps
     )?;
+    for (which, rps, pg) in &st.sql {
+        writeln!(
+            report,
+            "| (no runtime) | {}, 32 connections at once | | | {rps:.0} | | | | {} |",
+            which.label(),
+            cpu_ms(*pg)
+        )?;
+    }
 
     // The breakdown.
     if let (Some(floor), Some(q), Some(sc)) = (spin_floor, spin_q, spin_sc) {
@@ -667,5 +833,148 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
                 .collect::<String>()
         )?;
     }
+    cpu_breakdown(report, side)?;
+    Ok(())
+}
+
+fn cpu_ms(x: Option<f64>) -> String {
+    x.map(msf).unwrap_or_else(|| "n/a".into())
+}
+
+/// The CPU figures of a row at c=32.
+fn cpu_of(side: &SideBySide, runtime: Runtime, what: What) -> Option<PerRequest> {
+    side.get(runtime, what).and_then(|r| r.cpu)
+}
+
+/// `a − b` when both were measured.
+fn minus(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? - b?)
+}
+
+/// The CPU budgets, as rows of the budget table above them.
+fn cpu_budgets(report: &mut String, side: &SideBySide) -> Result<()> {
+    let mark = |ok: bool| if ok { "met" } else { "**not met**" };
+    let (q, sc, deno) = (
+        cpu_of(side, Runtime::Spin, What::Select1),
+        cpu_of(side, Runtime::Spin, What::SessionComplete),
+        cpu_of(side, Runtime::Deno, What::SessionComplete),
+    );
+    let st = &side.statement;
+    let q_rt = q.and_then(|c| c.runtime);
+    if let (Some(own), Some(q_rt)) = (minus(sc.and_then(|c| c.runtime), q_rt), q_rt) {
+        writeln!(
+            report,
+            "| Spin's CPU per session-complete above its `SELECT 1` floor, c=32 | ≤ 0.15 ms | {} ms = {} − {} ms | {} | {} |",
+            msf(own),
+            msf(own + q_rt),
+            msf(q_rt),
+            mark(own <= 0.15),
+            if own <= 0.15 {
+                String::new()
+            } else {
+                "our guest code in Spin's process: a larger module's instance, the JWT check, JSON in and out, \
+                 validation, the log line, and the statement's parameters and answer across the pg interface \
+                 (see docs/benchmark-notes.md)"
+                    .to_string()
+            }
+        )?;
+    }
+    if let (Some(sc), Some(d)) = (sc.and_then(|c| c.postgres), deno.and_then(|c| c.postgres)) {
+        let r = sc / d;
+        let spin_extra = minus(st.sql(Sql::CompleteResetPrepare), st.sql(Sql::CompletePrepared));
+        let reason = match spin_extra {
+            Some(x) => format!(
+                "the same statement on the same database: without any runtime, Spin's wire traffic (the pool's \
+                 7-statement reset on every checkout, the statement prepared and closed on every request) costs \
+                 Postgres {} ms more per `complete_session` than sending it prepared once per connection, as the \
+                 Deno peer's postgres-js does; under Spin it costs {} ms more than under the peer",
+                msf(x),
+                msf(sc - d)
+            ),
+            None => String::new(),
+        };
+        writeln!(
+            report,
+            "| Postgres CPU per session-complete under Spin, c=32 | ≤ 1.1× the Deno peer's | {} ms = {r:.2}× {} ms | {} | {} |",
+            msf(sc),
+            msf(d),
+            mark(r <= 1.1),
+            if r <= 1.1 { String::new() } else { reason }
+        )?;
+    }
+    Ok(())
+}
+
+/// Where a request's CPU goes under Spin, by differences of the c=32 rows.
+fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
+    let spin = |w: What| cpu_of(side, Runtime::Spin, w);
+    let (Some(noop), Some(q)) = (spin(What::Noop), spin(What::Select1)) else { return Ok(()) };
+    let st = &side.statement;
+    writeln!(report, "\n### Where a request's CPU goes under Spin (c=32, ms per request)\n")?;
+    writeln!(
+        report,
+        "CPU time (`utime + stime` from `/proc`, reaped children included) over each c=32 measuring window, divided by \
+         the requests completed in it; the median of {BUDGET_PASSES} passes. Runtime: `spin up`'s process group (or the \
+         Deno peer's process). Postgres: the postmaster and every process it started (backends, WAL writer, \
+         checkpointer, autovacuum){}. The load generator's CPU (this process, with the fake upstreams the webhook \
+         calls) is in neither. Differences of medians, so the parts add up only roughly. Above the `SELECT 1` \
+         floor, the runtime column is the component's own share (its instance, its code, its bytes across the pg \
+         interface) and the Postgres column its statements' cost over `SELECT 1`.\n",
+        if side.pg_shared { "; **a cluster shared with other work (`--pg-from-env`): its figures include that work**" } else { "" }
+    )?;
+    writeln!(report, "| part | runtime CPU | Postgres CPU | from |")?;
+    writeln!(report, "|---|---:|---:|---|")?;
+    let mut line = |part: &str, rt: Option<f64>, pg: Option<f64>, from: &str| {
+        writeln!(report, "| {part} | {} | {} | {from} |", cpu_ms(rt), cpu_ms(pg))
+    };
+    line("Spin's per-request floor (instance, HTTP)", noop.runtime, noop.postgres, "no-op row")?;
+    line(
+        "Spin's Postgres path for one `SELECT 1` (checkout and reset, prepare, execute, close)",
+        minus(q.runtime, noop.runtime),
+        minus(q.postgres, noop.postgres),
+        "`SELECT 1` row − no-op row",
+    )?;
+    for (what, name) in [
+        (What::SessionComplete, "session-complete"),
+        (What::Webhook, "stripe-webhook"),
+        (What::TtsCacheHit, "tts (cache hit)"),
+        (What::Insights, "insights"),
+    ] {
+        if let Some(c) = spin(what) {
+            line(
+                &format!("**{name}, above the `SELECT 1` floor**"),
+                minus(c.runtime, q.runtime),
+                minus(c.postgres, q.postgres),
+                &format!("{name} row − `SELECT 1` row"),
+            )?;
+        }
+    }
+    if let (Some(sc), Some(d)) = (spin(What::SessionComplete), cpu_of(side, Runtime::Deno, What::SessionComplete)) {
+        line(
+            "session-complete under Spin − under the Deno peer (same statement)",
+            minus(sc.runtime, d.runtime),
+            minus(sc.postgres, d.postgres),
+            "the two session-complete rows",
+        )?;
+    }
+    let sql = |w: Sql| st.sql(w);
+    line(
+        "Postgres, no runtime: preparing and closing the statement on every request",
+        None,
+        minus(sql(Sql::Select1Prepare), sql(Sql::Select1Prepared)),
+        "`SELECT 1` prepared per request − prepared once",
+    )?;
+    line(
+        "Postgres, no runtime: the pool's 7-statement reset on every checkout",
+        None,
+        minus(sql(Sql::Select1ResetPrepare), sql(Sql::Select1Prepare)),
+        "reset + `SELECT 1` − `SELECT 1` prepared per request",
+    )?;
+    line(
+        "Postgres, no runtime: `complete_session` with Spin's traffic − prepared once",
+        None,
+        minus(sql(Sql::CompleteResetPrepare), sql(Sql::CompletePrepared)),
+        "the two `complete_session` rows without a runtime",
+    )?;
     Ok(())
 }
