@@ -81,3 +81,25 @@ pub async fn seed_reward_days(client: &Client, user: Uuid, zone: &str, days_ago:
         .await
         .expect("seeding reward days");
 }
+
+/// No user has two rewarded sessions whose wall-clock intervals overlap by more than the
+/// tolerance (30 s; a session shorter than a minute takes a minute). A session's interval
+/// is the part of it the economy credited (`credited_seconds`, none before the account).
+pub async fn assert_rewarded_sessions_do_not_overlap(client: &Client) {
+    let overlapping: i64 = client
+        .query_one(
+            "with r as (
+               select user_id, id, ended_at,
+                      ended_at - greatest(make_interval(secs => coalesce(credited_seconds, duration)),
+                                          interval '60 seconds') as began
+                 from public.sessions where rewarded
+             )
+             select count(*) from r a join r b on a.user_id = b.user_id and a.id < b.id
+              where least(a.ended_at, b.ended_at) - greatest(a.began, b.began) > interval '30 seconds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overlapping, 0, "rewarded sessions overlap");
+}

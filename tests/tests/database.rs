@@ -7,7 +7,9 @@
 //! checking that every balance equals the sum of its ledger.
 
 use libero_tests::db::{self, TestDb};
-use libero_tests::sql::{as_role, assert_denied, fresh, new_user, seed_reward_days};
+use libero_tests::sql::{
+    as_role, assert_denied, assert_rewarded_sessions_do_not_overlap, fresh, new_user, seed_reward_days,
+};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
@@ -221,28 +223,6 @@ async fn time_passes(client: &Client, user: Uuid, seconds: i32) {
         )
         .await
         .unwrap();
-}
-
-/// No user has two rewarded sessions whose wall-clock intervals overlap by more than the
-/// tolerance (30 s; a session shorter than a minute takes a minute). A session's interval
-/// is the part of it the economy credited (`credited_seconds`, none before the account).
-async fn assert_rewarded_sessions_do_not_overlap(client: &Client) {
-    let overlapping: i64 = client
-        .query_one(
-            "with r as (
-               select user_id, id, ended_at,
-                      ended_at - greatest(make_interval(secs => coalesce(credited_seconds, duration)),
-                                          interval '60 seconds') as began
-                 from sessions where rewarded
-             )
-             select count(*) from r a join r b on a.user_id = b.user_id and a.id < b.id
-              where least(a.ended_at, b.ended_at) - greatest(a.began, b.began) > interval '30 seconds'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(overlapping, 0, "rewarded sessions overlap");
 }
 
 // ---------------------------------------------------------------------------------------

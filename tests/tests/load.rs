@@ -278,22 +278,7 @@ async fn mixed_concurrent_traffic_keeps_every_invariant() {
         }
     }
     assert!(session_mismatch.is_empty(), "sessions lost or doubled: {session_mismatch:?}");
-    let overlapping: i64 = client
-        .query_one(
-            "WITH r AS (
-               SELECT user_id, id, ended_at,
-                      ended_at - greatest(make_interval(secs => coalesce(credited_seconds, duration)),
-                                          interval '60 seconds') AS began
-                 FROM public.sessions WHERE rewarded
-             )
-             SELECT count(*) FROM r a JOIN r b ON a.user_id = b.user_id AND a.id < b.id
-              WHERE least(a.ended_at, b.ended_at) - greatest(a.began, b.began) > interval '30 seconds'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(overlapping, 0, "rewarded sessions overlap");
+    libero_tests::sql::assert_rewarded_sessions_do_not_overlap(&client).await;
     assert!(purchase_mismatch.is_empty(), "purchases lost or doubled: {purchase_mismatch:?}");
     let events: i64 = client.query_one("SELECT count(*) FROM public.stripe_events", &[]).await.unwrap().get(0);
     assert_eq!(events, unique_events, "every event recorded exactly once");
