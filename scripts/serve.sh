@@ -23,7 +23,12 @@ if [ -z "${SPIN_VARIABLE_SUPABASE_JWT_SECRET:-}" ]; then
 fi
 if spin="$(scripts/find-spin.sh)"; then
   echo "serve.sh: serving with $("$spin" --version | head -n 1 | cut -d" " -f1,2) ($spin)" >&2
-  exec "$spin" up --listen "127.0.0.1:$port"
+  # Every setting in a runtime config (written afresh from SPIN_VARIABLE_* on each start):
+  # Spin then answers reads from memory, not from its environment provider
+  # (docs/deploy.md, "Settings from a runtime config").
+  mkdir -p .local
+  target/release/libero runtime-config --out .local/runtime-config.toml
+  exec "$spin" up --listen "127.0.0.1:$port" --runtime-config-file .local/runtime-config.toml
 fi
 # No Spin: the bundled host, optimized like release but without the release profile's
 # fat LTO (tuned for small .wasm), which would take minutes over wasmtime.

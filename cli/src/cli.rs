@@ -3,7 +3,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::{account, adopt, analytics, migrate, push, stripe};
+use crate::{account, adopt, analytics, migrate, push, runtime_config, stripe};
 
 /// The operator's commands: migrations, adopting the old app's database, Stripe, support
 /// requests, analytics and Web Push keys.
@@ -47,6 +47,13 @@ pub enum Command {
     /// Web Push reminders' keys
     #[command(subcommand)]
     Push(push::Command),
+    /// Write a Spin runtime config holding every setting, so requests read none from the environment
+    ///
+    /// Its static variables provider holds each setting's value from SPIN_VARIABLE_<NAME>, or
+    /// its default. Spin 4 answers a setting from the environment at a cost in CPU on every
+    /// request; from this file, from memory (docs/deploy.md, "Settings from a runtime
+    /// config"). Its values win over the environment: write it again after changing one.
+    RuntimeConfig(runtime_config::RuntimeConfigArgs),
     /// Print the completion script of a shell
     ///
     /// For example `libero completions bash > ~/.local/share/bash-completion/completions/libero`,
@@ -77,6 +84,7 @@ impl Cli {
             Command::Stripe(command) => stripe::command(command).await,
             Command::Account(command) => account::command(command).await,
             Command::Push(command) => push::command(command),
+            Command::RuntimeConfig(args) => runtime_config::command(args),
             Command::Completions { shell } => {
                 completions(shell, &mut std::io::stdout());
                 Ok(())

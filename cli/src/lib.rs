@@ -9,4 +9,5 @@ pub mod cli;
 pub mod migrate;
 pub mod pg;
 pub mod push;
+pub mod runtime_config;
 pub mod stripe;

@@ -23,6 +23,7 @@ const COMMANDS: &[(&str, &[&str])] = &[
     ("account export", &["<USER_ID>", "--database-url <URL>"]),
     ("account delete", &["<USER_ID>", "--database-url <URL>", "--api-base <URL>"]),
     ("push keys", &[]),
+    ("runtime-config", &["--out <FILE>"]),
     ("completions", &["<SHELL>", "bash", "zsh", "fish"]),
 ];
 

@@ -22,6 +22,9 @@ pub struct FakePlatform {
     pub upstream: RefCell<VecDeque<ScriptedUpstream>>,
     pub slept: RefCell<Vec<Duration>>,
     pub logs: RefCell<Vec<String>>,
+    /// Every variable read, in order: under Spin each is a host call that costs CPU
+    /// (docs/benchmark-notes.md), so tests can hold a request to the reads it needs.
+    pub variable_reads: RefCell<Vec<String>>,
     clock_ms: RefCell<u64>,
 }
 
@@ -46,6 +49,7 @@ impl FakePlatform {
 
 impl Platform for FakePlatform {
     fn variable(&self, name: &str) -> Option<String> {
+        self.variable_reads.borrow_mut().push(name.to_string());
         self.variables.get(name).filter(|v| !v.is_empty()).cloned()
     }
 

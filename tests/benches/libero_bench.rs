@@ -900,6 +900,11 @@ fn git_commit() -> String {
 // ---------------------------------------------------------------------------------------
 
 fn main() -> Result<()> {
+    // Operators do not run Spin with a backtrace variable set; with one (this machine sets
+    // RUST_BACKTRACE=1), Spin captures a backtrace for an error it makes on every request,
+    // about 4 % of its CPU under perf, which the runtimes started here would inherit.
+    std::env::remove_var("RUST_BACKTRACE");
+    std::env::remove_var("RUST_LIB_BACKTRACE");
     let s = settings();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(s))
@@ -965,6 +970,7 @@ name = "bench-fixture"
 [variables]
 database_url = {{ required = true, secret = true }}
 db_host = {{ default = "127.0.0.1:5432" }}
+bench_setting = {{ default = "" }}
 
 [[trigger.http]]
 route = "/fixture/..."
@@ -975,6 +981,7 @@ source = "{}"
 allowed_outbound_hosts = ["postgres://{{{{ db_host }}}}"]
 [component.fixture.variables]
 database_url = "{{{{ database_url }}}}"
+bench_setting = "{{{{ bench_setting }}}}"
 "#,
             wasm.display()
         ),

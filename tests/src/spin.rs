@@ -67,6 +67,24 @@ pub struct SpinApp {
 impl SpinApp {
     /// Starts `spin up` on `manifest` with these variables and waits until it serves.
     pub async fn start(manifest: &Path, variables: &HashMap<String, String>, echo_logs: bool) -> Result<SpinApp> {
+        Self::launch(manifest, variables, None, echo_logs).await
+    }
+
+    /// [`SpinApp::start`] with `spin up --runtime-config-file runtime_config`.
+    pub async fn start_with_runtime_config(
+        manifest: &Path,
+        variables: &HashMap<String, String>,
+        runtime_config: &Path,
+    ) -> Result<SpinApp> {
+        Self::launch(manifest, variables, Some(runtime_config), false).await
+    }
+
+    async fn launch(
+        manifest: &Path,
+        variables: &HashMap<String, String>,
+        runtime_config: Option<&Path>,
+        echo_logs: bool,
+    ) -> Result<SpinApp> {
         let spin = find_spin().context("LIBERO_RUNTIME=spin, but no Spin found (SPIN, PATH, ../shared/bin/spin)")?;
         let state_dir = tempfile::Builder::new().prefix("libero-spin-state").tempdir()?;
         let addr = free_loopback_addr()?;
@@ -79,6 +97,12 @@ impl SpinApp {
             .arg(addr.to_string())
             .arg("--state-dir")
             .arg(state_dir.path())
+            .args(
+                runtime_config
+                    .map(|path| [std::ffi::OsStr::new("--runtime-config-file"), path.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

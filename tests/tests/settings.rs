@@ -219,3 +219,58 @@ fn configuration_doc_is_generated_from_the_registry() {
          LIBERO_BLESS=1 cargo test -p libero-tests --test suite -- settings::"
     );
 }
+
+/// `libero runtime-config`'s file, served by real Spin: every setting comes from its
+/// static provider (no `SPIN_VARIABLE_*` given but a wrong secret, which the file
+/// outranks), values round-trip through TOML, and a signed-in completion is recorded.
+#[tokio::test]
+async fn a_runtime_config_from_the_cli_serves_every_setting_under_spin() {
+    use libero_tests::spin::{find_spin, SpinApp};
+    if find_spin().is_none() {
+        return libero_tests::testing::skip("no Spin found (SPIN, PATH, ../shared/bin/spin)");
+    }
+    let app = libero_tests::testing::TestApp::spawn().await;
+    // A value TOML must escape, in a setting the request reads.
+    let mut variables = app.variables.clone();
+    variables.insert("allowed_origins".into(), "https://a.example, \"quoted\\\"\nnext".into());
+    let text = libero_cli::runtime_config::render(&|name| variables.get(name).cloned()).expect("every setting");
+    let parsed: toml::Table = text.parse().expect("the file is TOML");
+    let values = parsed["variables_provider"][0]["values"].as_table().expect("static values");
+    assert_eq!(values.len(), ALL.len());
+    assert_eq!(values["allowed_origins"].as_str(), Some(variables["allowed_origins"].as_str()));
+    assert_eq!(values["openai_chat_model"].as_str(), settings::OPENAI_CHAT_MODEL.default);
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("runtime-config.toml");
+    std::fs::write(&file, &text).expect("writing the runtime config");
+    let environment = [("supabase_jwt_secret".to_string(), "not-the-secret-in-the-file".to_string())].into();
+    let spin = SpinApp::start_with_runtime_config(&repo_root().join("spin.toml"), &environment, &file)
+        .await
+        .expect("spin up with the runtime config");
+
+    let user = app.create_user().await;
+    let response = app
+        .client
+        .post(format!("http://{}/functions/v1/session-complete", spin.addr))
+        .bearer_auth(app.token_for(user))
+        .header("origin", "https://a.example")
+        .json(&serde_json::json!({
+            "session_id": uuid::Uuid::new_v4().to_string(), "ego_state": "guardian", "duration_seconds": 600,
+        }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200, "{:?}", spin.logs());
+    assert_eq!(
+        response.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://a.example")
+    );
+    let recorded: i64 = app
+        .db_client()
+        .await
+        .query_one("SELECT count(*) FROM public.sessions WHERE user_id = $1", &[&user])
+        .await
+        .expect("counting sessions")
+        .get(0);
+    assert_eq!(recorded, 1);
+}

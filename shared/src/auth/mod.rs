@@ -83,31 +83,49 @@ impl fmt::Debug for AuthConfig {
 }
 
 impl AuthConfig {
+    /// The whole configuration, checked: 500 `config_missing` when no way to verify a
+    /// token is configured, `config_invalid` when `supabase_jwks` is not a JWKS.
     pub fn from_platform(platform: &dyn Platform) -> Result<AuthConfig, ApiError> {
-        let hs256_secret = settings::SUPABASE_JWT_SECRET.value(platform).map(String::into_bytes);
-        let jwks = match settings::SUPABASE_JWKS.value(platform) {
-            None => None,
-            Some(document) => Some(Jwks::parse(&document).map_err(|reason| {
-                ApiError::new(
-                    500,
-                    "config_invalid",
-                    format!("The server setting `supabase_jwks` is not a usable JWKS document: {reason}."),
-                )
-            })?),
+        let config = AuthConfig {
+            hs256_secret: hs256_secret(platform),
+            jwks: pinned_jwks(platform)?,
+            remote_jwks: RemoteJwks::from_platform(platform)?,
+            audience: audience(platform),
+            leeway_secs: DEFAULT_LEEWAY_SECS,
         };
-        // `{"keys":[]}` (what a project without asymmetric keys publishes) verifies nothing.
-        let jwks = jwks.filter(|jwks| !jwks.is_empty());
-        let remote_jwks = RemoteJwks::from_platform(platform)?;
-        if hs256_secret.is_none() && jwks.is_none() && remote_jwks.is_none() {
+        if config.hs256_secret.is_none() && config.jwks.is_none() && config.remote_jwks.is_none() {
             return Err(ApiError::config_missing(settings::SUPABASE_JWT_SECRET.name));
         }
-        Ok(AuthConfig {
-            hs256_secret,
-            jwks,
-            remote_jwks,
-            audience: settings::JWT_AUDIENCE.value(platform).unwrap_or_else(|| USER_ROLE.to_string()),
+        Ok(config)
+    }
+
+    /// Only what `token` can be verified with: the HS256 secret for an HS256 token; for an
+    /// ES256 or RS256 one the pinned JWKS, and the fetched one's settings only when the
+    /// pinned keys lack its `kid`. Each setting read is a host call that costs CPU on every
+    /// request under Spin (docs/benchmark-notes.md), so a request reads no more than it
+    /// uses. Not checked for completeness: [`authenticate`] does that on any refusal.
+    fn for_token(platform: &dyn Platform, token: &str) -> Result<AuthConfig, ApiError> {
+        let hint = token_key_hint(token);
+        let (alg, kid) = hint.as_ref().map(|(alg, kid)| (alg.as_str(), kid.as_deref())).unwrap_or(("", None));
+        let mut config = AuthConfig {
+            hs256_secret: None,
+            jwks: None,
+            remote_jwks: None,
+            audience: audience(platform),
             leeway_secs: DEFAULT_LEEWAY_SECS,
-        })
+        };
+        match alg {
+            "HS256" => config.hs256_secret = hs256_secret(platform),
+            "ES256" | "RS256" => {
+                config.jwks = pinned_jwks(platform)?;
+                let pinned = kid.is_some_and(|kid| config.jwks.as_ref().is_some_and(|jwks| jwks.has_kid(kid)));
+                if !pinned {
+                    config.remote_jwks = RemoteJwks::from_platform(platform)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(config)
     }
 
     /// Adds the fetched JWKS (see `remote.rs`) to the keys, when `token` is an asymmetric
@@ -147,6 +165,30 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+fn hs256_secret(platform: &dyn Platform) -> Option<Vec<u8>> {
+    settings::SUPABASE_JWT_SECRET.value(platform).map(String::into_bytes)
+}
+
+/// `supabase_jwks`, when it holds keys: `{"keys":[]}` (what a project without asymmetric
+/// keys publishes) verifies nothing.
+fn pinned_jwks(platform: &dyn Platform) -> Result<Option<Jwks>, ApiError> {
+    let Some(document) = settings::SUPABASE_JWKS.value(platform) else {
+        return Ok(None);
+    };
+    let jwks = Jwks::parse(&document).map_err(|reason| {
+        ApiError::new(
+            500,
+            "config_invalid",
+            format!("The server setting `supabase_jwks` is not a usable JWKS document: {reason}."),
+        )
+    })?;
+    Ok(Some(jwks).filter(|jwks| !jwks.is_empty()))
+}
+
+fn audience(platform: &dyn Platform) -> String {
+    settings::JWT_AUDIENCE.value(platform).unwrap_or_else(|| USER_ROLE.to_string())
 }
 
 /// The `alg` and `kid` of a token's header, when it has a decodable one; nothing is
@@ -236,13 +278,23 @@ impl From<AuthError> for ApiError {
 /// The signed-in user behind a request, or the 401 to answer with (500 when the server's
 /// auth settings are missing or invalid).
 pub fn authenticate(request: &ApiRequest, platform: &dyn Platform) -> Result<AuthenticatedUser, ApiError> {
-    let mut config = AuthConfig::from_platform(platform)?;
+    // A refusal is given only once the whole configuration checks out, so a server that
+    // cannot verify anything answers 500 (its operator's problem), never a 401 that would
+    // sign the user out.
+    authenticate_user(request, platform).or_else(|refusal| {
+        AuthConfig::from_platform(platform)?;
+        Err(refusal)
+    })
+}
+
+fn authenticate_user(request: &ApiRequest, platform: &dyn Platform) -> Result<AuthenticatedUser, ApiError> {
     let token = bearer_token(request.header("authorization"))?;
     // Supabase's new API keys are not JWTs and never name a user: a client without a
     // session that sends one as a Bearer token is told so, not that the JWT is malformed.
     if token.starts_with(SECRET_KEY_PREFIX) || token.starts_with(PUBLISHABLE_KEY_PREFIX) {
         return Err(AuthError::WrongRole.into());
     }
+    let mut config = AuthConfig::for_token(platform, token)?;
     config.load_signing_keys(platform, token)?;
     let now_unix = platform.now_unix_ms().div_euclid(1000);
     Ok(verify_access_token(token, &config, now_unix)?)

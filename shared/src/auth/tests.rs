@@ -409,6 +409,47 @@ fn authenticate_reads_the_bearer_header() {
 }
 
 #[test]
+fn a_verified_token_reads_only_the_settings_its_algorithm_needs() {
+    let reads = |platform: &FakePlatform, token: &str| {
+        platform.variable_reads.borrow_mut().clear();
+        assert_eq!(authenticate(&request(Some(&format!("Bearer {token}"))), platform).unwrap().user_id, USER);
+        platform.variable_reads.take()
+    };
+    let document = json!({"keys": [jwk(&key(1), "k1")]}).to_string();
+    let platform = FakePlatform::with_vars(&[("supabase_jwt_secret", SECRET), ("supabase_jwks", &document)]);
+    assert_eq!(reads(&platform, &hs256(&claims())), ["jwt_audience", "supabase_jwt_secret"]);
+    assert_eq!(reads(&platform, &es256(&claims(), "k1", &key(1))), ["jwt_audience", "supabase_jwks"]);
+
+    // A kid the pinned keys lack: the fetched JWKS's settings too (no URL here, so a 401).
+    platform.variable_reads.borrow_mut().clear();
+    let unknown = es256(&claims(), "k2", &key(2));
+    let error = authenticate(&request(Some(&format!("Bearer {unknown}"))), &platform).unwrap_err();
+    assert_eq!(error.code, "unknown_key");
+    assert!(platform.variable_reads.borrow().contains(&"supabase_jwks_url".to_string()));
+}
+
+#[test]
+fn any_refusal_checks_the_whole_configuration_first() {
+    let token = hs256(&claims());
+    let bearer = format!("Bearer {token}");
+    for (vars, code) in [
+        (vec![], "config_missing"),
+        (vec![("supabase_jwks", r#"{"keys":[]}"#)], "config_missing"),
+        (vec![("supabase_jwks", "not json")], "config_invalid"),
+    ] {
+        for header in [None, Some(bearer.as_str()), Some("Bearer not-a-token")] {
+            let error = authenticate(&request(header), &FakePlatform::with_vars(&vars)).unwrap_err();
+            assert_eq!((error.status, error.code), (500, code), "{vars:?} {header:?}");
+        }
+    }
+    // A broken pinned JWKS does not stand in the way of the HS256 secret.
+    let platform = FakePlatform::with_vars(&[("supabase_jwt_secret", SECRET), ("supabase_jwks", "not json")]);
+    assert_eq!(authenticate(&request(Some(&bearer)), &platform).unwrap().user_id, USER);
+    let error = authenticate(&request(Some("Bearer not-a-token")), &platform).unwrap_err();
+    assert_eq!((error.status, error.code), (500, "config_invalid"));
+}
+
+#[test]
 fn authenticate_uses_the_platform_clock() {
     let mut platform = secret_platform();
     let token = hs256(&with(claims(), "exp", json!(NOW + 10)));

@@ -22,6 +22,9 @@ use super::{
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Runtime {
     Spin,
+    /// The same Spin with every setting in a `static` variables provider (`libero
+    /// runtime-config`), so no read reaches its environment provider.
+    SpinStatic,
     Host,
     Deno,
 }
@@ -30,6 +33,7 @@ impl Runtime {
     fn label(self) -> &'static str {
         match self {
             Runtime::Spin => "Spin",
+            Runtime::SpinStatic => "Spin, settings in a runtime config",
             Runtime::Host => "bundled host",
             Runtime::Deno => "Deno peer",
         }
@@ -42,6 +46,8 @@ pub enum What {
     Noop,
     LogLine,
     LogLineOnce,
+    VariableRead,
+    VariableReads,
     Select1,
     /// session-complete, signed in, refused before the database (JWT check, body, log line).
     Rejected400,
@@ -57,6 +63,8 @@ impl What {
             What::Noop => "floor: a component that does nothing",
             What::LogLine => "floor + one log line (`eprintln!`, two writes)",
             What::LogLineOnce => "floor + one log line (one write)",
+            What::VariableRead => "floor + one variable read",
+            What::VariableReads => "floor + 4 variable reads (as many as session-complete makes)",
             What::Select1 => "floor: one `SELECT 1`",
             What::Rejected400 => "session-complete, refused with 400 (no database)",
             What::SessionComplete => "session-complete (rewarded)",
@@ -152,9 +160,25 @@ pub struct SideBySide {
     pub missing: Vec<String>,
     pub statement: Statement,
     pub server_side: Option<ServerSide>,
+    pub cold: Option<ColdStart>,
     /// Whether the Postgres CPU figures are of a cluster the benchmark shares with others
     /// (`--pg-from-env`).
     pub pg_shared: bool,
+}
+
+/// The app's start under real Spin: how long `spin up` took to serve (its components
+/// compiled or loaded from Spin's cache), then each endpoint's first request (a new
+/// instance of a component no request has used, the first Postgres connection of the
+/// pool) and its second.
+pub struct ColdStart {
+    pub ready: Duration,
+    pub endpoints: Vec<ColdEndpoint>,
+}
+
+pub struct ColdEndpoint {
+    pub name: &'static str,
+    pub first: Duration,
+    pub second: Duration,
 }
 
 impl SideBySide {
@@ -198,6 +222,9 @@ pub async fn run(
     let noop = fixed("GET", "/fixture/noop", vec![], Value::Null);
     let log = fixed("GET", "/fixture/log", vec![], Value::Null);
     let log_once = fixed("GET", "/fixture/log-once", vec![], Value::Null);
+    let variable_read = fixed("GET", "/fixture/var?name=bench_setting", vec![], Value::Null);
+    let variable_reads = fixed("GET", "/fixture/var?name=bench_setting&times=4", vec![], Value::Null);
+    // Reads `database_url` (one variable read), then sends the statement.
     let select1 = fixed("GET", "/fixture/pg/select1", vec![], Value::Null);
     let rejected = with_user(
         "/functions/v1/session-complete",
@@ -208,21 +235,42 @@ pub async fn run(
 
     // Real Spin: the fixture for its floors, the app for the endpoints.
     let spin = runtimes::find_spin();
-    let (mut spin_fixture, mut spin_app, mut spin_version) = (None, None, None);
+    let (mut spin_fixture, mut spin_app, mut spin_version, mut cold) = (None, None, None, None);
+    let mut spin_static = None;
     match &spin {
         Some(path) => {
             say(&format!("real Spin: {} (the first start compiles every component)", path.display()));
             spin_version = Some(runtimes::spin_version(path));
             let f = runtimes::start_spin(&spin_fixture_manifest()?, vars).await?;
+            let starting = Instant::now();
             let a = runtimes::start_spin(&libero_tests::repo_root().join("spin.toml"), vars).await?;
+            let ready = starting.elapsed();
+            // Before any other request reaches the app: each endpoint's first request.
+            let mut endpoints = Vec::new();
+            for (name, make) in [
+                ("session-complete", &complete),
+                ("insights", insights),
+                ("tts (cache hit)", tts),
+                ("stripe-webhook", webhook),
+            ] {
+                let first = one_request(a.addr, make, 200).await.with_context(|| format!("{name}, first request"))?;
+                let second = one_request(a.addr, make, 200).await.with_context(|| format!("{name}, second request"))?;
+                endpoints.push(ColdEndpoint { name, first, second });
+            }
+            cold = Some(ColdStart { ready, endpoints });
             let (f_procs, a_procs) = (Procs::spin_listening_on(f.addr), Procs::spin_listening_on(a.addr));
             if f_procs.is_none() || a_procs.is_none() {
                 missing.push("Spin's CPU time (no `spin up --listen <addr>` process found in /proc)".into());
             }
-            for (what, make) in
-                [(What::Noop, &noop), (What::LogLine, &log), (What::LogLineOnce, &log_once), (What::Select1, &select1)]
-            {
-                let c32 = matches!(what, What::Noop | What::Select1);
+            for (what, make) in [
+                (What::Noop, &noop),
+                (What::LogLine, &log),
+                (What::LogLineOnce, &log_once),
+                (What::VariableRead, &variable_read),
+                (What::VariableReads, &variable_reads),
+                (What::Select1, &select1),
+            ] {
+                let c32 = !matches!(what, What::LogLine | What::LogLineOnce);
                 targets.push(Target {
                     runtime: Runtime::Spin,
                     what,
@@ -239,7 +287,7 @@ pub async fn run(
                 addr: a.addr,
                 make: rejected.clone(),
                 expect: 400,
-                c32: false,
+                c32: true,
                 probes: probes(a_procs.clone()),
             });
             targets.push(Target {
@@ -262,6 +310,27 @@ pub async fn run(
                     probes: probes(a_procs.clone()),
                 });
             }
+            // The same apps with every setting in a static provider, none in the environment.
+            let (f_static, a_static) = start_spin_static(vars).await?;
+            let (fs_procs, as_procs) =
+                (Procs::spin_listening_on(f_static.addr), Procs::spin_listening_on(a_static.addr));
+            for (what, app, make, procs, expect) in [
+                (What::VariableRead, &f_static, &variable_read, &fs_procs, 200),
+                (What::Select1, &f_static, &select1, &fs_procs, 200),
+                (What::Rejected400, &a_static, &rejected, &as_procs, 400),
+                (What::SessionComplete, &a_static, &complete, &as_procs, 200),
+            ] {
+                targets.push(Target {
+                    runtime: Runtime::SpinStatic,
+                    what,
+                    addr: app.addr,
+                    make: make.clone(),
+                    expect,
+                    c32: true,
+                    probes: probes(procs.clone()),
+                });
+            }
+            spin_static = Some((f_static, a_static));
             spin_fixture = Some(f);
             spin_app = Some(a);
         }
@@ -371,6 +440,7 @@ pub async fn run(
 
     drop(spin_app);
     drop(spin_fixture);
+    drop(spin_static);
     drop(deno);
     drop(host_fixture);
 
@@ -378,7 +448,47 @@ pub async fn run(
     say("the statement alone, durable and with synchronous_commit off");
     let statement = statement_alone(db_url, statement_users, s, &pg).await?;
 
-    Ok(SideBySide { rows, spin_version, deno_version, missing, statement, server_side, pg_shared: s.pg_from_env })
+    Ok(SideBySide { rows, spin_version, deno_version, missing, statement, server_side, cold, pg_shared: s.pg_from_env })
+}
+
+/// The fixture and the app under `spin` with every setting in a static variables
+/// provider (`libero runtime-config`'s file) and none in the environment.
+async fn start_spin_static(
+    vars: &HashMap<String, String>,
+) -> Result<(libero_tests::spin::SpinApp, libero_tests::spin::SpinApp)> {
+    use libero_cli::runtime_config;
+    let dir = libero_tests::repo_root().join("target/bench");
+    let fixture_config = dir.join("fixture-runtime-config.toml");
+    let fixture_values: Vec<(&str, String)> = ["database_url", "db_host", "bench_setting"]
+        .into_iter()
+        .map(|name| (name, vars.get(name).cloned().unwrap_or_default()))
+        .collect();
+    std::fs::write(&fixture_config, runtime_config::static_provider(&fixture_values))?;
+    let app_config = dir.join("app-runtime-config.toml");
+    std::fs::write(&app_config, runtime_config::render(&|name| vars.get(name).cloned())?)?;
+    let none = HashMap::new();
+    let mut started = Vec::new();
+    for (manifest, config) in
+        [(spin_fixture_manifest()?, fixture_config), (libero_tests::repo_root().join("spin.toml"), app_config)]
+    {
+        let app = libero_tests::spin::SpinApp::start_with_runtime_config(&manifest, &none, &config)
+            .await
+            .with_context(|| format!("spin up {} --runtime-config-file {}", manifest.display(), config.display()))?;
+        started.push(app);
+    }
+    let app = started.pop().expect("two started");
+    Ok((started.pop().expect("two started"), app))
+}
+
+/// One request on a new connection, timed from sending to the whole answer.
+async fn one_request(addr: SocketAddr, make: &MakeReq, expect: u16) -> Result<Duration> {
+    let mut sender = super::connect(addr).await?;
+    let request = make(0);
+    let started = Instant::now();
+    let (status, body) = super::send(&mut sender, addr, &request).await?;
+    let took = started.elapsed();
+    anyhow::ensure!(status == expect, "{status} {}", String::from_utf8_lossy(&body));
+    Ok(took)
 }
 
 async fn server_side(addr: SocketAddr, complete: &MakeReq, db_url: &str, s: &Settings) -> Result<ServerSide> {
@@ -778,11 +888,23 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         writeln!(report, "| part | ms | from |")?;
         writeln!(report, "|---|---:|---|")?;
         writeln!(report, "| Spin's per-request floor (instance, HTTP) | {} | the no-op row |", ms(floor.c1.p50))?;
-        if let Some(r) = spin_400 {
+        // From the runtime-config 400 row when there is one: with settings from the
+        // environment a keep-alive request that reads them can stall ~40 ms (below).
+        let static_400 = get(Runtime::SpinStatic, What::Rejected400);
+        let guest_400 = static_400.or(spin_400);
+        if let Some(r) = guest_400 {
             writeln!(
                 report,
-                "| our guest code before the database: JWT check, body, validation, the answer, the log line | {} | 400 row − no-op row |",
-                ms(r.c1.p50.saturating_sub(floor.c1.p50))
+                "| our guest code before the database: JWT check, body, validation, the answer, the log line | {} | {}400 row − no-op row |",
+                ms(r.c1.p50.saturating_sub(floor.c1.p50)),
+                if static_400.is_some() { "runtime-config " } else { "" }
+            )?;
+        }
+        if let (Some(env), Some(file)) = (spin_400, static_400) {
+            writeln!(
+                report,
+                "| not in the sum: the same 400 with its settings read from the environment, more | {} | 400 row − runtime-config 400 row (Spin's environment provider; docs/benchmark-notes.md) |",
+                msf(env.c1.p50.as_secs_f64() * 1e3 - file.c1.p50.as_secs_f64() * 1e3)
             )?;
         }
         if let (Some(l), Some(l1)) = (get(Runtime::Spin, What::LogLine), get(Runtime::Spin, What::LogLineOnce)) {
@@ -805,7 +927,7 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
             ms(commit)
         )?;
         let accounted = floor.c1.p50
-            + spin_400.map(|r| r.c1.p50.saturating_sub(floor.c1.p50)).unwrap_or_default()
+            + guest_400.map(|r| r.c1.p50.saturating_sub(floor.c1.p50)).unwrap_or_default()
             + q.c1.p50.saturating_sub(floor.c1.p50).saturating_sub(st.select1.p50)
             + st.durable.p50;
         writeln!(
@@ -834,6 +956,26 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
         )?;
     }
     cpu_breakdown(report, side)?;
+    cold_start(report, side)?;
+    Ok(())
+}
+
+fn cold_start(report: &mut String, side: &SideBySide) -> Result<()> {
+    let Some(cold) = &side.cold else { return Ok(()) };
+    writeln!(report, "\n### The app's start under Spin\n")?;
+    writeln!(
+        report,
+        "`spin up` of the app served after {} ms (its components compiled, or loaded from Spin's cache of an \
+         earlier run). Then, before any other request reached it, each endpoint's first request, each on a new \
+         connection: a component no request had used yet, and Postgres connections the pool had not opened yet \
+         (the first request opens one); then its second.\n",
+        ms(cold.ready)
+    )?;
+    writeln!(report, "| endpoint | first request ms | second request ms |")?;
+    writeln!(report, "|---|---:|---:|")?;
+    for e in &cold.endpoints {
+        writeln!(report, "| {} | {} | {} |", e.name, ms(e.first), ms(e.second))?;
+    }
     Ok(())
 }
 
@@ -853,18 +995,28 @@ fn minus(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 /// The CPU budgets, as rows of the budget table above them.
 fn cpu_budgets(report: &mut String, side: &SideBySide) -> Result<()> {
+    for runtime in [Runtime::Spin, Runtime::SpinStatic] {
+        cpu_budgets_of(report, side, runtime)?;
+    }
+    Ok(())
+}
+
+/// The two CPU budgets for Spin as `runtime` runs it (settings from the environment, or
+/// from a runtime config's static provider).
+fn cpu_budgets_of(report: &mut String, side: &SideBySide, runtime: Runtime) -> Result<()> {
     let mark = |ok: bool| if ok { "met" } else { "**not met**" };
     let (q, sc, deno) = (
-        cpu_of(side, Runtime::Spin, What::Select1),
-        cpu_of(side, Runtime::Spin, What::SessionComplete),
+        cpu_of(side, runtime, What::Select1),
+        cpu_of(side, runtime, What::SessionComplete),
         cpu_of(side, Runtime::Deno, What::SessionComplete),
     );
+    let who = runtime.label();
     let st = &side.statement;
     let q_rt = q.and_then(|c| c.runtime);
     if let (Some(own), Some(q_rt)) = (minus(sc.and_then(|c| c.runtime), q_rt), q_rt) {
         writeln!(
             report,
-            "| Spin's CPU per session-complete above its `SELECT 1` floor, c=32 | ≤ 0.15 ms | {} ms = {} − {} ms | {} | {} |",
+            "| {who}: CPU per session-complete above its `SELECT 1` floor, c=32 | ≤ 0.15 ms | {} ms = {} − {} ms | {} | {} |",
             msf(own),
             msf(own + q_rt),
             msf(q_rt),
@@ -872,9 +1024,10 @@ fn cpu_budgets(report: &mut String, side: &SideBySide) -> Result<()> {
             if own <= 0.15 {
                 String::new()
             } else {
-                "our guest code in Spin's process: a larger module's instance, the JWT check, JSON in and out, \
-                 validation, the log line, and the statement's parameters and answer across the pg interface \
-                 (see docs/benchmark-notes.md)"
+                "the component's work in Spin's process: a larger module's instance, its setting reads (each a \
+                 host call), the JWT check, JSON in and out, validation, the log line, and the statement's \
+                 parameters and answer across the pg interface (parts in the breakdown below; \
+                 docs/benchmark-notes.md)"
                     .to_string()
             }
         )?;
@@ -895,7 +1048,7 @@ fn cpu_budgets(report: &mut String, side: &SideBySide) -> Result<()> {
         };
         writeln!(
             report,
-            "| Postgres CPU per session-complete under Spin, c=32 | ≤ 1.1× the Deno peer's | {} ms = {r:.2}× {} ms | {} | {} |",
+            "| {who}: Postgres CPU per session-complete, c=32 | ≤ 1.1× the Deno peer's | {} ms = {r:.2}× {} ms | {} | {} |",
             msf(sc),
             msf(d),
             mark(r <= 1.1),
@@ -928,12 +1081,46 @@ fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
         writeln!(report, "| {part} | {} | {} | {from} |", cpu_ms(rt), cpu_ms(pg))
     };
     line("Spin's per-request floor (instance, HTTP)", noop.runtime, noop.postgres, "no-op row")?;
+    let (read, reads) = (spin(What::VariableRead), spin(What::VariableReads));
+    let further_read = minus(reads.and_then(|r| r.runtime), read.and_then(|r| r.runtime)).map(|d| d / 3.0);
+    if let Some(read) = read {
+        line(
+            "Spin's first variable read in a request (`variables::get`)",
+            minus(read.runtime, noop.runtime),
+            None,
+            "one-read row − no-op row",
+        )?;
+        line("each further variable read", further_read, None, "(4-read row − one-read row) / 3")?;
+    }
+    // The `SELECT 1` fixture reads `database_url` first: above the one-read row is the
+    // Postgres path alone.
+    let before_pg = read.unwrap_or(noop);
     line(
         "Spin's Postgres path for one `SELECT 1` (checkout and reset, prepare, execute, close)",
-        minus(q.runtime, noop.runtime),
+        minus(q.runtime, before_pg.runtime),
         minus(q.postgres, noop.postgres),
-        "`SELECT 1` row − no-op row",
+        if read.is_some() { "`SELECT 1` row − one-read row" } else { "`SELECT 1` row − no-op row" },
     )?;
+    // session-complete above the `SELECT 1` floor, in two parts that add up to it: up to
+    // its statement (the 400 row, above the floor's own first read), and from there on
+    // (above the 400 row and the Postgres path).
+    if let (Some(sc), Some(refused)) = (spin(What::SessionComplete), spin(What::Rejected400)) {
+        line(
+            "session-complete up to its statement, above the floor: its module's instance, 2 more variable reads, \
+             the JWT check, the body, the log line",
+            minus(refused.runtime, before_pg.runtime),
+            minus(refused.postgres, noop.postgres),
+            "400 row − one-read row",
+        )?;
+        line("of that, the 2 more variable reads", further_read.map(|f| 2.0 * f), None, "2 × each further read")?;
+        line(
+            "session-complete from its statement on: one more variable read (`database_url`), the parameters, the \
+             `jsonb` answer, the 200 document",
+            minus(minus(sc.runtime, refused.runtime), minus(q.runtime, before_pg.runtime)),
+            minus(sc.postgres, q.postgres),
+            "session-complete − 400 row − the Postgres path",
+        )?;
+    }
     for (what, name) in [
         (What::SessionComplete, "session-complete"),
         (What::Webhook, "stripe-webhook"),
@@ -970,6 +1157,32 @@ fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
         minus(sql(Sql::Select1ResetPrepare), sql(Sql::Select1Prepare)),
         "reset + `SELECT 1` − `SELECT 1` prepared per request",
     )?;
+    if let (Some(sq), Some(ssc), Some(sr)) = (
+        cpu_of(side, Runtime::SpinStatic, What::Select1),
+        cpu_of(side, Runtime::SpinStatic, What::SessionComplete),
+        cpu_of(side, Runtime::SpinStatic, What::VariableRead),
+    ) {
+        line(
+            "settings in a runtime config: a variable read (answered by the static provider)",
+            minus(sr.runtime, noop.runtime),
+            None,
+            "runtime-config one-read row − no-op row",
+        )?;
+        line(
+            "settings in a runtime config: Spin's `SELECT 1` floor, saved against the environment",
+            minus(q.runtime, sq.runtime),
+            None,
+            "`SELECT 1` row − runtime-config `SELECT 1` row",
+        )?;
+        if let Some(sc) = spin(What::SessionComplete) {
+            line(
+                "settings in a runtime config: session-complete, saved against the environment",
+                minus(sc.runtime, ssc.runtime),
+                minus(sc.postgres, ssc.postgres),
+                "session-complete row − runtime-config session-complete row",
+            )?;
+        }
+    }
     line(
         "Postgres, no runtime: `complete_session` with Spin's traffic − prepared once",
         None,
