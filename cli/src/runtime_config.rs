@@ -5,8 +5,8 @@
 //! Why: Spin 4 resolves each variable read through its providers in order, the
 //! environment provider last, and that provider runs every lookup in
 //! `tokio::task::block_in_place`, which hands the worker thread's runtime to another thread.
-//! A request that reads a setting from it pays that on every request (about 0.25 ms of CPU
-//! for the first read, and it caps a component's throughput; docs/benchmark-notes.md). A
+//! A request that reads settings from it pays for that every time (0.28 ms of Spin's CPU
+//! per session-complete, and ~44 ms stalls on keep-alive connections; docs/benchmark-notes.md). A
 //! `static` provider placed before it answers from memory, and a read it answers never
 //! reaches the environment provider, so every setting is in the file.
 
