@@ -97,12 +97,6 @@ impl SpinApp {
             .arg(addr.to_string())
             .arg("--state-dir")
             .arg(state_dir.path())
-            .args(
-                runtime_config
-                    .map(|path| [std::ffi::OsStr::new("--runtime-config-file"), path.as_os_str()])
-                    .into_iter()
-                    .flatten(),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -110,6 +104,9 @@ impl SpinApp {
             // a group of their own lets Drop stop both.
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(path) = runtime_config {
+            command.arg("--runtime-config-file").arg(path);
+        }
         // Only this test's variables: none inherited from the developer's shell.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("SPIN_VARIABLE_") {

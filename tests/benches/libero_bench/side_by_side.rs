@@ -466,18 +466,19 @@ async fn start_spin_static(
     std::fs::write(&fixture_config, runtime_config::static_provider(&fixture_values))?;
     let app_config = dir.join("app-runtime-config.toml");
     std::fs::write(&app_config, runtime_config::render(&|name| vars.get(name).cloned())?)?;
-    let none = HashMap::new();
-    let mut started = Vec::new();
-    for (manifest, config) in
-        [(spin_fixture_manifest()?, fixture_config), (libero_tests::repo_root().join("spin.toml"), app_config)]
-    {
-        let app = libero_tests::spin::SpinApp::start_with_runtime_config(&manifest, &none, &config)
-            .await
-            .with_context(|| format!("spin up {} --runtime-config-file {}", manifest.display(), config.display()))?;
-        started.push(app);
-    }
-    let app = started.pop().expect("two started");
-    Ok((started.pop().expect("two started"), app))
+    let fixture = start_spin_with_config(&spin_fixture_manifest()?, &fixture_config).await?;
+    let app = start_spin_with_config(&libero_tests::repo_root().join("spin.toml"), &app_config).await?;
+    Ok((fixture, app))
+}
+
+/// `spin up manifest --runtime-config-file config`, no variable in the environment.
+async fn start_spin_with_config(
+    manifest: &std::path::Path,
+    config: &std::path::Path,
+) -> Result<libero_tests::spin::SpinApp> {
+    libero_tests::spin::SpinApp::start_with_runtime_config(manifest, &HashMap::new(), config)
+        .await
+        .with_context(|| format!("spin up {} --runtime-config-file {}", manifest.display(), config.display()))
 }
 
 /// One request on a new connection, timed from sending to the whole answer.
@@ -1144,19 +1145,6 @@ fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
             "the two session-complete rows",
         )?;
     }
-    let sql = |w: Sql| st.sql(w);
-    line(
-        "Postgres, no runtime: preparing and closing the statement on every request",
-        None,
-        minus(sql(Sql::Select1Prepare), sql(Sql::Select1Prepared)),
-        "`SELECT 1` prepared per request − prepared once",
-    )?;
-    line(
-        "Postgres, no runtime: the pool's 7-statement reset on every checkout",
-        None,
-        minus(sql(Sql::Select1ResetPrepare), sql(Sql::Select1Prepare)),
-        "reset + `SELECT 1` − `SELECT 1` prepared per request",
-    )?;
     if let (Some(sq), Some(ssc), Some(sr)) = (
         cpu_of(side, Runtime::SpinStatic, What::Select1),
         cpu_of(side, Runtime::SpinStatic, What::SessionComplete),
@@ -1183,6 +1171,19 @@ fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
             )?;
         }
     }
+    let sql = |w: Sql| st.sql(w);
+    line(
+        "Postgres, no runtime: preparing and closing the statement on every request",
+        None,
+        minus(sql(Sql::Select1Prepare), sql(Sql::Select1Prepared)),
+        "`SELECT 1` prepared per request − prepared once",
+    )?;
+    line(
+        "Postgres, no runtime: the pool's 7-statement reset on every checkout",
+        None,
+        minus(sql(Sql::Select1ResetPrepare), sql(Sql::Select1Prepare)),
+        "reset + `SELECT 1` − `SELECT 1` prepared per request",
+    )?;
     line(
         "Postgres, no runtime: `complete_session` with Spin's traffic − prepared once",
         None,
