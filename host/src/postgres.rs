@@ -16,8 +16,10 @@
 //!   hangs and keeps its pooled connection. Here such a query traps the instance with
 //!   [`ZERO_ROWS_HANG`] in the message and is counted ([`Pools::zero_row_queries`]), so
 //!   the test that sent it fails instead of passing on a host kinder than Spin.
-//! * Connections are pooled per address (`AppOptions::pg_pool_size` at most: 64, Spin's
-//!   size, unless set) and recycled with deadpool's `Clean` method, as Spin does: session
+//! * Connections are pooled per component and address, as Spin keeps a pool for each
+//!   component (`AppOptions::pg_pool_size` at most: 64, Spin's size, unless set): a
+//!   component whose requests hold all of theirs leaves the others' untouched, and an app
+//!   may open that many connections for each component. They are recycled with deadpool's `Clean` method, as Spin does: session
 //!   state is reset but an open transaction survives into the next request that gets the
 //!   connection.
 //!
@@ -58,9 +60,9 @@ pub struct Connection {
     client: deadpool_postgres::Object,
 }
 
-/// The connection pools of one running app, one per address.
+/// The connection pools of one running app, one per component and address.
 pub struct Pools {
-    pools: Mutex<HashMap<String, Pool>>,
+    pools: Mutex<HashMap<(String, String), Pool>>,
     /// Connections per address at most.
     size: usize,
     /// Statements the guests ran (`query` and `execute` calls), for the benchmark's
@@ -75,9 +77,10 @@ impl Pools {
         Pools { pools: Mutex::default(), size, statements: AtomicU64::new(0), zero_row_queries: AtomicU64::new(0) }
     }
 
-    fn pool(&self, address: &str) -> anyhow::Result<Pool> {
+    fn pool(&self, component: &str, address: &str) -> anyhow::Result<Pool> {
         let mut pools = self.pools.lock().expect("pool map lock");
-        if let Some(pool) = pools.get(address) {
+        let key = (component.to_string(), address.to_string());
+        if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
         let config: tokio_postgres::Config = address.parse()?;
@@ -94,7 +97,7 @@ impl Pools {
         // opened. Which connection a request gets is not something a guest can observe
         // beyond what `Clean` recycling already allows (see the module docs).
         let pool = Pool::builder(manager).max_size(self.size).queue_mode(deadpool_postgres::QueueMode::Lifo).build()?;
-        pools.insert(address.to_string(), pool.clone());
+        pools.insert(key, pool.clone());
         Ok(pool)
     }
 
@@ -128,6 +131,8 @@ fn tls_connector() -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
 
 /// The per-request side of the interface.
 pub struct PgHost {
+    /// The component the request runs (its own pools).
+    pub component: String,
     pub pools: Arc<Pools>,
     pub allowed: Arc<AllowedHosts>,
     pub table: wasmtime::component::ResourceTable,
@@ -138,7 +143,8 @@ impl pg::Host for PgHost {}
 impl pg::HostConnection for PgHost {
     async fn open(&mut self, address: String) -> Result<Resource<Connection>, pg::Error> {
         self.ensure_allowed(&address)?;
-        let pool = self.pools.pool(&address).map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
+        let pool =
+            self.pools.pool(&self.component, &address).map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
         let client = pool.get().await.map_err(|e| pg::Error::ConnectionFailed(format!("{e:?}")))?;
         self.table.push(Connection { client }).map_err(|_| pg::Error::ConnectionFailed("too many connections".into()))
     }

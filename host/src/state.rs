@@ -50,7 +50,12 @@ impl RequestState {
                 component: shared.id.clone(),
             },
             vars: VariablesHost { component: shared.id.clone(), values: shared.variables.clone() },
-            pg: PgHost { pools: shared.pools.clone(), allowed: shared.allowed.clone(), table: ResourceTable::new() },
+            pg: PgHost {
+                component: shared.id.clone(),
+                pools: shared.pools.clone(),
+                allowed: shared.allowed.clone(),
+                table: ResourceTable::new(),
+            },
         }
     }
 }

@@ -140,7 +140,7 @@ impl ConnectionLimit {
     pub fn describe(self) -> &'static str {
         match self {
             ConnectionLimit::Server => {
-                "Postgres' max_connections is reached: raise it, or lower replicas x 64 (Spin's connections per process), or put a pooler in front"
+                "Postgres' max_connections is reached: raise it, or lower replicas x 64 x busy components (Spin's connections per component and process), or put a pooler in front"
             }
             ConnectionLimit::Role => {
                 "the CONNECTION LIMIT of the role in database_url is reached: raise it (ALTER ROLE ... CONNECTION LIMIT) or run fewer replicas"
@@ -149,10 +149,10 @@ impl ConnectionLimit {
                 "the CONNECTION LIMIT of the database is reached: raise it (ALTER DATABASE ... CONNECTION LIMIT) or run fewer replicas"
             }
             ConnectionLimit::PoolerClients => {
-                "the pooler's client connection limit is reached (PgBouncer max_client_conn, Supavisor max clients): allow at least replicas x 64 clients"
+                "the pooler's client connection limit is reached (PgBouncer max_client_conn, Supavisor max clients): allow at least replicas x 64 x busy components clients"
             }
             ConnectionLimit::PoolerPool => {
-                "the pooler's pool of server connections is full (PgBouncer default_pool_size/query_wait_timeout, Supavisor pool_size in session mode): in session mode every client connection Spin keeps open holds a server connection, so the pool needs replicas x 64"
+                "the pooler's pool of server connections is full (PgBouncer default_pool_size/query_wait_timeout, Supavisor pool_size in session mode): in session mode every client connection Spin keeps open holds a server connection, so the pool needs replicas x 64 x busy components"
             }
         }
     }

@@ -64,6 +64,10 @@ enum CompletionAnswer {
     UnknownUser,
 }
 
+/// The call `complete_session` makes (public for the benchmark's same-statement floor).
+pub const COMPLETE_SESSION_SQL: &str =
+    "select public.complete_session($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::int8 / 1000.0))";
+
 /// Records the session and grants its rewards, exactly once per client session id. Whether
 /// a session earns anything (no overlap with the user's rewarded sessions, the daily caps)
 /// is decided by `complete_session` in the same statement.
@@ -75,7 +79,7 @@ pub fn complete_session(
     let optional_uuid = |v: &Option<String>| v.clone().map(SqlParam::Uuid).unwrap_or(SqlParam::Null);
     let result = db::query_json(
         platform,
-        "select public.complete_session($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::int8 / 1000.0))",
+        COMPLETE_SESSION_SQL,
         &[
             SqlParam::Uuid(user_id.to_string()),
             SqlParam::Uuid(completion.client_session_id.as_str().to_string()),

@@ -6,7 +6,8 @@
 //! Flags (after `--`): `--quick` (shorter runs), `--skip-big` (no 1,000,000-row load),
 //! `--out <path>` (default `<repo>/BENCHMARKS.md`, `-` for none), `--only <text>` (the floors and the
 //! endpoint rows whose name contains it, printed; for profiling; `--only pool` for the
-//! smaller-pool rows; `--only reconcile` for the reconciliation-at-volume section alone).
+//! smaller-pool rows; `--only reconcile` for the reconciliation-at-volume section alone;
+//! `--only streams` for the memory with streamed chats alone).
 
 #![recursion_limit = "256"]
 
@@ -21,6 +22,8 @@ mod reconcile;
 mod runtimes;
 #[path = "libero_bench/side_by_side.rs"]
 mod side_by_side;
+#[path = "libero_bench/streams.rs"]
+mod streams;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -1071,6 +1074,12 @@ async fn run(s: Settings) -> Result<()> {
     create_users(&db, &users, 1_000_000).await?;
     let tokens = bearer_all(&users);
     let users = Arc::new(users);
+    if s.only.as_deref() == Some("streams") {
+        let mut section = String::new();
+        streams::write_report(&mut section, &streams::measure(&vars, &db.url, &tokens).await?)?;
+        println!("{section}");
+        return Ok(());
+    }
     // Session completions get users of their own, enough that each completion of the run
     // is a rewarded one (at most 12 a user, the daily cap); the statement-alone rows too.
     let completion_users: Vec<Uuid> = (0..COMPLETION_USERS).map(|_| Uuid::new_v4()).collect();
@@ -1219,6 +1228,13 @@ async fn run(s: Settings) -> Result<()> {
     let reconcile_section = if s.only.is_none() {
         say("reconciliation at volume");
         Some(reconcile::measure(&admin).await.context("reconciliation at volume")?)
+    } else {
+        None
+    };
+
+    let streams_section = if s.only.is_none() {
+        say("memory with streamed chats open");
+        Some(streams::measure(&vars, &db.url, &tokens).await.context("memory with streamed chats")?)
     } else {
         None
     };
@@ -1575,6 +1591,9 @@ async fn run(s: Settings) -> Result<()> {
     if let Some(section) = &reconcile_section {
         writeln!(report, "\n## Stripe reconciliation\n")?;
         report.push_str(section.trim_start_matches("### Reconciliation at volume\n\n"));
+    }
+    if let Some(section) = &streams_section {
+        streams::write_report(&mut report, section)?;
     }
 
     writeln!(report, "\n## Database statements per request\n")?;

@@ -701,31 +701,8 @@ async fn holding_openai() -> (String, tokio::sync::oneshot::Sender<()>, Arc<Atom
     let flag = released.clone();
     tokio::spawn(async move {
         let Ok((mut socket, _)) = listener.accept().await else { return };
-        // Read the request: headers, then content-length bytes of body.
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let body_start = loop {
-            let n = socket.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            buffer.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buffer[..body_start]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buffer.len() < body_start + length {
-            let n = socket.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            buffer.extend_from_slice(&chunk[..n]);
+        if !read_request(&mut socket).await {
+            return;
         }
         let chunked = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
         let first = format!(
@@ -742,6 +719,108 @@ async fn holding_openai() -> (String, tokio::sync::oneshot::Sender<()>, Arc<Atom
         let _ = socket.flush().await;
     });
     (base, release, released)
+}
+
+/// A fake OpenAI for any number of requests, each answered with its first SSE event and
+/// then held until `release` is sent. Returns its base URL and the release switch.
+async fn holding_openai_for_all() -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (release, released) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                if !read_request(&mut socket).await {
+                    return;
+                }
+                let chunked = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+                let first = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{}",
+                    chunked(&sse_delta("Hel"))
+                );
+                let _ = socket.write_all(first.as_bytes()).await;
+                let _ = socket.flush().await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), released.wait_for(|r| *r)).await;
+                let rest = format!("{}{}0\r\n\r\n", chunked(&sse_delta("lo")), chunked(SSE_END));
+                let _ = socket.write_all(rest.as_bytes()).await;
+                let _ = socket.flush().await;
+            });
+        }
+    });
+    (base, release)
+}
+
+/// Reads one HTTP request (headers, then content-length bytes of body); false when the
+/// connection closed first.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> bool {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let body_start = loop {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..body_start]).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    while buffer.len() < body_start + length {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    true
+}
+
+/// Spin pools 64 database connections per address for each component, and a connection
+/// goes back only when the guest drops it. Each chat takes its quota from the database
+/// before it streams: if it kept that connection through the stream, the 65th chat open
+/// at once would wait for the database until another ended.
+#[tokio::test]
+async fn open_streams_do_not_hold_database_connections() {
+    let (base, release) = holding_openai_for_all().await;
+    // The upstream's silence must not end a stream before the last one began.
+    let app = spawn(Some(&base), true, &[("openai_timeout_ms", "60000"), ("openai_deadline_ms", "60000")]).await;
+    let mut streams = Vec::new();
+    for _ in 0..=libero_host::postgres::SPIN_POOL_SIZE {
+        let user = app.create_user().await;
+        let request = app.client.post(app.url(CHAT)).bearer_auth(app.token_for(user)).json(&stream_body());
+        let began = tokio::time::timeout(Duration::from_secs(20), async {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            let mut body = response.bytes_stream();
+            let mut received = String::new();
+            while !received.contains(r#"{"delta":"Hel"}"#) {
+                match body.next().await {
+                    Some(Ok(bytes)) => received.push_str(&String::from_utf8_lossy(&bytes)),
+                    other => panic!("the stream ended before its first delta: {other:?} {received:?}"),
+                }
+            }
+            (body, received)
+        })
+        .await;
+        let Ok(stream) = began else {
+            panic!("with {} chats streaming, the next one did not begin within 20 s", streams.len());
+        };
+        streams.push(stream);
+    }
+
+    let _ = release.send(true);
+    for (mut body, mut received) in streams {
+        while let Some(Ok(bytes)) = body.next().await {
+            received.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        let data = sse_data(&received);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{received:?}");
+        assert!(!received.contains("error"), "a stream broke off: {received:?}");
+    }
 }
 
 #[tokio::test]

@@ -199,6 +199,64 @@ async fn a_required_variable_without_a_value_refuses_to_start() {
 
 // ---- postgres -----------------------------------------------------------------------
 
+/// Spin keeps a connection pool for each component (64 per database address), not one
+/// for the app: a component whose requests hold every connection of its pool leaves
+/// another component's free.
+#[tokio::test]
+async fn each_component_has_its_own_connection_pool() {
+    let second = format!(
+        r#"
+[[trigger.http]]
+route = "/second/..."
+component = "second"
+
+[component.second]
+source = "{}"
+allowed_outbound_hosts = ["postgres://{{{{ db_host }}}}"]
+[component.second.variables]
+database_url = "{{{{ database_url }}}}"
+"#,
+        libero_tests::fixture_wasm().display()
+    );
+    let f = &Fixture::start(&[], &second, true).await.unwrap();
+    let db = f.db.as_ref().unwrap().client().await;
+    let sleep = format!("/fixture/pg/query?sql={}", encode("SELECT 1 AS n FROM (SELECT pg_sleep(4)) s"));
+    let holders = futures_util::future::join_all((0..64).map(|_| f.get(&sleep)));
+    let rest = async {
+        // Every connection of the fixture's pool asleep.
+        let started = Instant::now();
+        loop {
+            let sleeping: i64 = db
+                .query_one("select count(*) from pg_stat_activity where wait_event = 'PgSleep'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if sleeping == 64 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "only {sleeping} of 64 requests asleep");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let asleep = Instant::now();
+        let timed = |path: &'static str| async move {
+            let answer = f.get(path).await;
+            (answer, asleep.elapsed())
+        };
+        tokio::join!(timed("/second/pg/select1"), timed("/fixture/pg/select1"))
+    };
+    let (answers, ((second, second_took), (same, same_took))) = tokio::join!(holders, rest);
+    assert!(answers.iter().all(|(status, body)| *status == 200 && body.get("ok").is_some()), "{answers:?}");
+    assert_eq!((second.0, same.0), (200, 200), "{second:?} {same:?}");
+    assert!(
+        second_took < Duration::from_secs(2),
+        "the second component waited {second_took:?} for a connection while the first held all of its own"
+    );
+    assert!(
+        same_took > Duration::from_secs(1),
+        "the first component got a connection at once ({same_took:?}): its pool was not full, the test shows nothing"
+    );
+}
+
 #[tokio::test]
 async fn every_postgres_type_round_trips() {
     let f = Fixture::start(&[], "", true).await.unwrap();

@@ -435,8 +435,8 @@ async fn backends(app: &TestApp, admin: &tokio_postgres::Client) -> i64 {
 
 /// 100 completions of one user at once: they queue on that user's row lock, each
 /// holding its connection while it waits, so the app opens as many connections as it
-/// may. Spin's pool allows 64 per database address per process (not configurable; the
-/// bundled host does the same), and keeps them open after the burst.
+/// may. Spin's pool allows 64 per database address per component per process (not
+/// configurable; the bundled host does the same), and keeps them open after the burst.
 #[tokio::test]
 async fn one_process_holds_at_most_64_connections_and_keeps_them_open() {
     let app = TestApp::spawn().await;

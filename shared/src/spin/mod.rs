@@ -36,6 +36,11 @@ pub fn serve(request: IncomingRequest, out: ResponseOutparam, endpoint: &Endpoin
         }
     };
     let status = response.status;
+    // A body may stream for minutes (a chat, audio). Spin's pool holds 64 connections per
+    // database address, shared by every component of the app, and a connection goes back
+    // only when the guest drops it: held through a stream, 64 open chats would leave
+    // every other request waiting for the database.
+    platform.release_database();
     write_response(out.into_inner(), response);
     platform.log(&format!(
         "{} {} status={} ms={}",
@@ -159,6 +164,14 @@ fn write_all(stream: &wasi::io::streams::OutputStream, bytes: &[u8]) -> bool {
 #[derive(Default)]
 struct SpinPlatform {
     connection: RefCell<Option<spin_sdk::pg4::Connection>>,
+}
+
+impl SpinPlatform {
+    /// Returns the request's database connection to Spin's pool (a later statement opens
+    /// another).
+    fn release_database(&self) {
+        self.connection.borrow_mut().take();
+    }
 }
 
 impl Platform for SpinPlatform {

@@ -4,14 +4,21 @@
 // access token. It does what the Rust endpoint does per request (token, body checks,
 // one statement), so the benchmark can compare runtimes rather than amounts of work.
 //
+// POST .../chatgpt-chat with `"stream": true` is the streamed chat the same way: the same
+// token check, the conversation sent to OPENAI_BASE_URL with `stream: true`, and each
+// upstream delta relayed as the Rust endpoint relays it (`data: {"delta": ...}`, a closing
+// summary, `[DONE]`), so the benchmark can compare what an open stream costs in memory.
+// It does not meter (the Rust endpoint takes and settles a quota around the stream).
+//
 // Started by tests/benches/libero_bench.rs:
 //   deno run --allow-net --allow-env --allow-read main.ts
-// with PORT, DATABASE_URL and SUPABASE_JWT_SECRET in the environment; prints
-// "listening" once it serves.
+// with PORT, DATABASE_URL, SUPABASE_JWT_SECRET and OPENAI_BASE_URL in the environment;
+// prints "listening" once it serves.
 
 import postgres from "postgres";
 
 const port = Number(Deno.env.get("PORT") ?? "8000");
+const openai = Deno.env.get("OPENAI_BASE_URL") ?? "";
 const secret = Deno.env.get("SUPABASE_JWT_SECRET") ?? "";
 // postgres-js's own defaults (10 connections, named prepared statements cached per
 // connection), as an edge function would use it.
@@ -60,10 +67,62 @@ async function authenticate(header: string | null): Promise<string | null> {
   }
 }
 
+/** The upstream's server-sent events relayed as the Rust endpoint relays them. */
+function relay(upstream: ReadableStream<Uint8Array>, model: string): ReadableStream<Uint8Array> {
+  const encoder = new TextEncoder();
+  const send = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`);
+  let buffer = "";
+  let usage: unknown = null;
+  return upstream.pipeThrough(new TextDecoderStream()).pipeThrough(
+    new TransformStream<string, Uint8Array>({
+      transform(text, out) {
+        buffer += text;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const event = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = event.startsWith("data: ") ? event.slice(6) : "";
+          if (data === "" || data === "[DONE]") continue;
+          const chunk = JSON.parse(data);
+          if (chunk.usage) usage = chunk.usage;
+          const delta = chunk.choices?.[0]?.delta?.content;
+          if (typeof delta === "string" && delta !== "") out.enqueue(send({ delta }));
+        }
+      },
+      flush(out) {
+        out.enqueue(send({ done: true, model, usage }));
+        out.enqueue(encoder.encode("data: [DONE]\n\n"));
+      },
+    }),
+  );
+}
+
+async function chat(req: Request): Promise<Response> {
+  let body;
+  try {
+    body = await req.json();
+  } catch {
+    return error(400, "invalid_json", "The body is not JSON.");
+  }
+  const messages = Array.isArray(body?.messages) ? body.messages : [];
+  if (messages.length === 0 || body.stream !== true) return error(400, "invalid_field", "messages, stream");
+  const model = "gpt-4o-mini";
+  const upstream = await fetch(`${openai}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "authorization": "Bearer sk-bench" },
+    body: JSON.stringify({ model, messages, max_tokens: 500, stream: true, stream_options: { include_usage: true } }),
+  });
+  if (!upstream.ok || !upstream.body) return error(502, "ai_unavailable", `upstream ${upstream.status}`);
+  return new Response(relay(upstream.body, model), {
+    headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+  });
+}
+
 Deno.serve({ port, hostname: "127.0.0.1", onListen: () => console.log("listening") }, async (req) => {
   if (req.method !== "POST") return error(405, "method_not_allowed", "Use POST.");
   const user = await authenticate(req.headers.get("authorization"));
   if (!user) return error(401, "invalid_token", "A valid access token is required.");
+  if (new URL(req.url).pathname.endsWith("/chatgpt-chat")) return chat(req);
   let body;
   try {
     body = await req.json();

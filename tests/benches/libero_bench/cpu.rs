@@ -26,6 +26,9 @@ struct Stat {
     pgid: i32,
     /// utime + stime + cutime + cstime, in clock ticks.
     ticks: u64,
+    /// Minor page faults, its own and its reaped children's (minflt + cminflt): each a
+    /// page of memory touched for the first time since it was mapped or reset.
+    faults: u64,
 }
 
 fn read_stat(pid: i32) -> Option<Stat> {
@@ -34,10 +37,17 @@ fn read_stat(pid: i32) -> Option<Stat> {
     // follow start after the last ')'.
     let rest = &text[text.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state): ppid is field 4, pgrp 5, utime 14 .. cstime 17.
+    // f[0] is field 3 (state): ppid is field 4, pgrp 5, minflt 10, cminflt 11, utime 14 ..
+    // cstime 17.
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
-    let ticks = (11..=14).map(|i| num(i).unwrap_or(0).max(0) as u64).sum();
-    Some(Stat { ppid: num(1)? as i32, pgid: num(2)? as i32, ticks })
+    let sum = |fields: &[usize]| fields.iter().map(|&i| num(i).unwrap_or(0).max(0) as u64).sum();
+    Some(Stat { ppid: num(1)? as i32, pgid: num(2)? as i32, ticks: sum(&[11, 12, 13, 14]), faults: sum(&[7, 8]) })
+}
+
+fn pss_kib(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn all_pids() -> Vec<i32> {
@@ -68,25 +78,45 @@ impl Snapshot {
 impl Procs {
     /// Their CPU time up to `at`.
     pub fn cpu(&self, at: &Snapshot) -> Duration {
+        Duration::from_secs_f64(self.sum(at, |s| s.ticks) as f64 / ticks_per_second())
+    }
+
+    /// Their minor page faults up to `at`.
+    pub fn faults(&self, at: &Snapshot) -> u64 {
+        self.sum(at, |s| s.faults)
+    }
+
+    /// Their memory at `at`: the proportional set size (`Pss` of `smaps_rollup`: each
+    /// shared page divided among the processes sharing it), summed, in KiB. None when no
+    /// process of the set could be read.
+    pub fn pss_kib(&self, at: &Snapshot) -> Option<u64> {
+        let figures: Vec<u64> = self.pids(at).into_iter().filter_map(pss_kib).collect();
+        (!figures.is_empty()).then(|| figures.iter().sum())
+    }
+
+    fn sum(&self, at: &Snapshot, field: impl Fn(&Stat) -> u64) -> u64 {
+        self.pids(at).iter().filter_map(|pid| at.0.get(pid)).map(field).sum()
+    }
+
+    fn pids(&self, at: &Snapshot) -> Vec<i32> {
         let stats = &at.0;
-        let ticks: u64 = match *self {
-            Procs::Group(g) => stats.values().filter(|s| s.pgid == g).map(|s| s.ticks).sum(),
+        match *self {
+            Procs::Group(g) => stats.iter().filter(|(_, s)| s.pgid == g).map(|(&pid, _)| pid).collect(),
             Procs::Tree(root) => {
                 let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
                 for (&pid, s) in stats {
                     children.entry(s.ppid).or_default().push(pid);
                 }
-                let (mut sum, mut todo) = (0, vec![root]);
+                let (mut tree, mut todo) = (Vec::new(), vec![root]);
                 while let Some(pid) = todo.pop() {
-                    if let Some(s) = stats.get(&pid) {
-                        sum += s.ticks;
+                    if stats.contains_key(&pid) {
+                        tree.push(pid);
                     }
                     todo.extend(children.get(&pid).into_iter().flatten());
                 }
-                sum
+                tree
             }
-        };
-        Duration::from_secs_f64(ticks as f64 / ticks_per_second())
+        }
     }
 
     /// `spin up --listen <addr>` (and the trigger process it starts, which inherits the
@@ -118,6 +148,8 @@ pub struct PerRequest {
     pub runtime: Option<f64>,
     /// The Postgres cluster.
     pub postgres: Option<f64>,
+    /// The runtime's minor page faults per request.
+    pub runtime_faults: Option<f64>,
 }
 
 /// The median of the measured figures (None when no pass measured it).
@@ -136,8 +168,17 @@ impl PerRequest {
         PerRequest {
             runtime: median(&passes.iter().map(|p| p.runtime).collect::<Vec<_>>()),
             postgres: median(&passes.iter().map(|p| p.postgres).collect::<Vec<_>>()),
+            runtime_faults: median(&passes.iter().map(|p| p.runtime_faults).collect::<Vec<_>>()),
         }
     }
+}
+
+/// The cumulative figures of a target's processes at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    runtime_ms: Option<f64>,
+    postgres_ms: Option<f64>,
+    runtime_faults: Option<f64>,
 }
 
 /// What a load window reads CPU time of.
@@ -152,22 +193,26 @@ impl Probes {
         self.runtime.is_none() && self.postgres.is_none()
     }
 
-    /// Each set's CPU time at `at`, in seconds.
-    pub fn read(&self, at: &Snapshot) -> (Option<f64>, Option<f64>) {
-        let f = |p: &Option<Procs>| p.as_ref().map(|p| p.cpu(at).as_secs_f64());
-        (f(&self.runtime), f(&self.postgres))
+    /// Each set's figures at `at`: CPU time in ms, and the runtime's page faults.
+    pub fn read(&self, at: &Snapshot) -> Reading {
+        let cpu_ms = |p: &Option<Procs>| p.as_ref().map(|p| p.cpu(at).as_secs_f64() * 1e3);
+        Reading {
+            runtime_ms: cpu_ms(&self.runtime),
+            postgres_ms: cpu_ms(&self.postgres),
+            runtime_faults: self.runtime.as_ref().map(|p| p.faults(at) as f64),
+        }
     }
 
-    /// Per request, in ms, between two readings over `requests` completed requests.
-    pub fn per_request(
-        before: (Option<f64>, Option<f64>),
-        after: (Option<f64>, Option<f64>),
-        requests: u64,
-    ) -> PerRequest {
+    /// Per request, between two readings over `requests` completed requests.
+    pub fn per_request(before: Reading, after: Reading, requests: u64) -> PerRequest {
         let per = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if requests > 0 => Some((b - a) * 1e3 / requests as f64),
+            (Some(a), Some(b)) if requests > 0 => Some((b - a) / requests as f64),
             _ => None,
         };
-        PerRequest { runtime: per(before.0, after.0), postgres: per(before.1, after.1) }
+        PerRequest {
+            runtime: per(before.runtime_ms, after.runtime_ms),
+            postgres: per(before.postgres_ms, after.postgres_ms),
+            runtime_faults: per(before.runtime_faults, after.runtime_faults),
+        }
     }
 }

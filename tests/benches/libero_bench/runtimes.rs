@@ -124,6 +124,26 @@ impl Completions {
         })
     }
 
+    /// GETs of the fixture's `/pg/complete-session` at `path`: session-complete's own
+    /// statement with the parameters the endpoint would send for the next completion.
+    pub fn make_statement(self: &Arc<Self>, path: &str) -> MakeReq {
+        let (this, path) = (self.clone(), path.to_string());
+        let sql = percent_encode(libero_shared::economy::COMPLETE_SESSION_SQL);
+        Arc::new(move |_| {
+            let (user, started_ms, fingerprint) = this.next_sql_args();
+            Req {
+                method: "GET",
+                path: format!(
+                    "{path}?sql={sql}&user={user}&session={}&started_ms={started_ms}&fingerprint={}",
+                    Uuid::new_v4(),
+                    percent_encode(&fingerprint)
+                ),
+                headers: vec![],
+                body: vec![],
+            }
+        })
+    }
+
     /// The next (user index, `started_at` in ms).
     fn slot(&self) -> (usize, i64) {
         let k = self.next.fetch_add(1, Ordering::Relaxed);
@@ -137,6 +157,15 @@ impl Completions {
         let (user, started_ms) = self.slot();
         (self.users[user], started_ms, format!("v1|guardian|calm|{DURATION_SECONDS}||started_at_ms={started_ms}"))
     }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Makes the profiles old enough for every slot's `started_at` (a session may not start
@@ -188,7 +217,8 @@ pub async fn start_spin(manifest: &Path, variables: &HashMap<String, String>) ->
 // The Deno peer
 // ---------------------------------------------------------------------------------------
 
-/// session-complete as a Supabase-style Deno edge function (`tests/benches/deno-peer`).
+/// session-complete and the streamed chat as a Supabase-style Deno edge function
+/// (`tests/benches/deno-peer`).
 pub struct DenoPeer {
     pub addr: SocketAddr,
     pub version: String,
@@ -224,7 +254,7 @@ fn deno_binary() -> Result<PathBuf> {
 }
 
 impl DenoPeer {
-    pub async fn start(database_url: &str, jwt_secret: &str) -> Result<DenoPeer> {
+    pub async fn start(database_url: &str, jwt_secret: &str, openai_base_url: &str) -> Result<DenoPeer> {
         let deno = deno_binary()?;
         let version = Command::new(&deno)
             .arg("--version")
@@ -239,6 +269,7 @@ impl DenoPeer {
             .env("PORT", addr.port().to_string())
             .env("DATABASE_URL", database_url)
             .env("SUPABASE_JWT_SECRET", jwt_secret)
+            .env("OPENAI_BASE_URL", openai_base_url)
             .env("DENO_NO_UPDATE_CHECK", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -49,6 +49,12 @@ pub enum What {
     VariableRead,
     VariableReads,
     Select1,
+    /// The fixture sending session-complete's own statement with its parameters, and
+    /// nothing else: Spin's floor for that statement.
+    SessionStatement,
+    /// The fixture making the host calls of the 400 below (headers, body, 3 variable
+    /// reads, the log line, a 400 answer) with almost no guest code.
+    RequestShape,
     /// session-complete, signed in, refused before the database (JWT check, body, log line).
     Rejected400,
     SessionComplete,
@@ -66,6 +72,12 @@ impl What {
             What::VariableRead => "floor + one variable read",
             What::VariableReads => "floor + 4 variable reads (as many as session-complete makes)",
             What::Select1 => "floor: one `SELECT 1`",
+            What::SessionStatement => {
+                "floor: session-complete's statement alone (its text and parameters, the answer passed on)"
+            }
+            What::RequestShape => {
+                "floor: a 400's host calls (headers, body, 3 variable reads, the log line, the answer)"
+            }
             What::Rejected400 => "session-complete, refused with 400 (no database)",
             What::SessionComplete => "session-complete (rewarded)",
             What::Webhook => "stripe-webhook (verified delivery)",
@@ -125,9 +137,24 @@ pub enum Sql {
     Select1ResetPrepare,
     CompletePrepared,
     CompleteResetPrepare,
+    /// Prepared once, from as many connections as the Deno peer's postgres-js opens.
+    CompletePreparedPeerPool,
 }
 
+/// postgres-js's default pool size (`max: 10`), which the Deno peer keeps.
+const PEER_POOL: usize = 10;
+
 impl Sql {
+    /// How many connections send it at once: 32, one per request in flight as under Spin
+    /// at c=32, or the Deno peer's pool.
+    fn connections(self) -> usize {
+        if self == Sql::CompletePreparedPeerPool {
+            PEER_POOL
+        } else {
+            32
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Sql::Select1Prepared => "`SELECT 1`, prepared once per connection",
@@ -135,7 +162,7 @@ impl Sql {
             Sql::Select1ResetPrepare => {
                 "the pool's 7-statement reset, then `SELECT 1` prepared and closed (Spin's wire traffic per request)"
             }
-            Sql::CompletePrepared => "`complete_session`, prepared once per connection",
+            Sql::CompletePrepared | Sql::CompletePreparedPeerPool => "`complete_session`, prepared once per connection",
             Sql::CompleteResetPrepare => {
                 "the reset, then `complete_session` prepared and closed (Spin's wire traffic per request)"
             }
@@ -226,11 +253,16 @@ pub async fn run(
     let variable_reads = fixed("GET", "/fixture/var?name=bench_setting&times=4", vec![], Value::Null);
     // Reads `database_url` (one variable read), then sends the statement.
     let select1 = fixed("GET", "/fixture/pg/select1", vec![], Value::Null);
+    // Reads `database_url`, then sends session-complete's statement for the next completion.
+    let statement = completions.make_statement("/fixture/pg/complete-session");
     let rejected = with_user(
         "/functions/v1/session-complete",
         tokens.clone(),
         json!({"ego_state": "guardian", "duration_seconds": 60}),
     );
+    // The same request to the fixture, which makes the same host calls with almost no code.
+    let request_shape =
+        with_user("/fixture/request-shape", tokens.clone(), json!({"ego_state": "guardian", "duration_seconds": 60}));
     let complete = completions.make("/functions/v1/session-complete");
 
     // Real Spin: the fixture for its floors, the app for the endpoints.
@@ -269,14 +301,16 @@ pub async fn run(
                 (What::VariableRead, &variable_read),
                 (What::VariableReads, &variable_reads),
                 (What::Select1, &select1),
+                (What::SessionStatement, &statement),
+                (What::RequestShape, &request_shape),
             ] {
-                let c32 = !matches!(what, What::LogLine | What::LogLineOnce);
+                let c32 = what != What::LogLine;
                 targets.push(Target {
                     runtime: Runtime::Spin,
                     what,
                     addr: f.addr,
                     make: make.clone(),
-                    expect: 200,
+                    expect: if what == What::RequestShape { 400 } else { 200 },
                     c32,
                     probes: probes(f_procs.clone()),
                 });
@@ -317,6 +351,8 @@ pub async fn run(
             for (what, app, make, procs, expect) in [
                 (What::VariableRead, &f_static, &variable_read, &fs_procs, 200),
                 (What::Select1, &f_static, &select1, &fs_procs, 200),
+                (What::SessionStatement, &f_static, &statement, &fs_procs, 200),
+                (What::RequestShape, &f_static, &request_shape, &fs_procs, 400),
                 (What::Rejected400, &a_static, &rejected, &as_procs, 400),
                 (What::SessionComplete, &a_static, &complete, &as_procs, 200),
             ] {
@@ -372,7 +408,7 @@ pub async fn run(
 
     // The Deno peer.
     let mut deno_version = None;
-    let deno = match DenoPeer::start(db_url, JWT_SECRET).await {
+    let deno = match DenoPeer::start(db_url, JWT_SECRET, &vars["openai_base_url"]).await {
         Ok(peer) => {
             deno_version = Some(peer.version.clone());
             targets.push(Target {
@@ -562,8 +598,9 @@ async fn statement_alone(db_url: &str, own: Arc<Completions>, s: &Settings, pg: 
         Sql::Select1ResetPrepare,
         Sql::CompletePrepared,
         Sql::CompleteResetPrepare,
+        Sql::CompletePreparedPeerPool,
     ] {
-        eprintln!("bench: no runtime, 32 connections: {}", which.label());
+        eprintln!("bench: no runtime, {} connections: {}", which.connections(), which.label());
         let (rps, pg_ms) = sql_c32(db_url, &own, s, which, pg).await?;
         sql.push((which, rps, pg_ms));
     }
@@ -575,7 +612,7 @@ async fn statement_alone(db_url: &str, own: Arc<Completions>, s: &Settings, pg: 
 const POOL_RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
                           SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
 
-/// One statement sent `which` way from 32 connections at once, each back to back, no
+/// One statement sent `which` way from [`Sql::connections`] connections at once, each back to back, no
 /// runtime: total requests/s and Postgres CPU per request over the measuring window.
 async fn sql_c32(
     db_url: &str,
@@ -584,7 +621,8 @@ async fn sql_c32(
     which: Sql,
     pg: &Option<Procs>,
 ) -> Result<(f64, Option<f64>)> {
-    let clients = futures_util::future::try_join_all((0..32).map(|_| libero_tests::db::connect(db_url))).await?;
+    let clients =
+        futures_util::future::try_join_all((0..which.connections()).map(|_| libero_tests::db::connect(db_url))).await?;
     let start = Instant::now();
     let (from, until) = (start + s.warmup, start + s.warmup + s.measure);
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -605,7 +643,7 @@ async fn sql_c32(
         async move {
             let prepared = match which {
                 Sql::Select1Prepared => Some(client.prepare("SELECT 1").await?),
-                Sql::CompletePrepared => Some(client.prepare(COMPLETE_ALONE).await?),
+                Sql::CompletePrepared | Sql::CompletePreparedPeerPool => Some(client.prepare(COMPLETE_ALONE).await?),
                 _ => None,
             };
             while Instant::now() < until {
@@ -619,7 +657,7 @@ async fn sql_c32(
                             None => client.query_one("SELECT 1", &[]).await?,
                         };
                     }
-                    Sql::CompletePrepared | Sql::CompleteResetPrepare => {
+                    Sql::CompletePrepared | Sql::CompleteResetPrepare | Sql::CompletePreparedPeerPool => {
                         let (user, started_ms, fingerprint) = own.next_sql_args();
                         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
                             [&user, &fingerprint, &started_ms];
@@ -839,22 +877,23 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
     writeln!(
         report,
         "\n| runtime | request | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms | \
-         c=32 runtime CPU ms/req | c=32 Postgres CPU ms/req |"
+         c=32 runtime CPU ms/req | c=32 Postgres CPU ms/req | c=32 runtime page faults/req |"
     )?;
-    writeln!(report, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(report, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for row in &side.rows {
         let (rps, p50, p99) = match row.c32 {
             Some(c) => (format!("{:.0}", c.rps), ms(c.p50), ms(c.p99)),
             None => ("".into(), "".into(), "".into()),
         };
-        let (rt, pg) = match (row.cpu, row.runtime) {
-            (Some(c), Runtime::Host) => ("(in the load generator's process)".into(), cpu_ms(c.postgres)),
-            (Some(c), _) => (cpu_ms(c.runtime), cpu_ms(c.postgres)),
-            (None, _) => (String::new(), String::new()),
+        let faults = |c: PerRequest| c.runtime_faults.map(|f| format!("{f:.0}")).unwrap_or_default();
+        let (rt, pg, pf) = match (row.cpu, row.runtime) {
+            (Some(c), Runtime::Host) => ("(in the load generator's process)".into(), cpu_ms(c.postgres), String::new()),
+            (Some(c), _) => (cpu_ms(c.runtime), cpu_ms(c.postgres), faults(c)),
+            (None, _) => (String::new(), String::new(), String::new()),
         };
         writeln!(
             report,
-            "| {} | {} | {} | {} | {rps} | {p50} | {p99} | {rt} | {pg} |",
+            "| {} | {} | {} | {} | {rps} | {p50} | {p99} | {rt} | {pg} | {pf} |",
             row.runtime.label(),
             row.what.label(),
             ms(row.c1.p50),
@@ -863,9 +902,9 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
     }
     writeln!(
         report,
-        "| (no runtime) | `complete_session` alone, one connection, c=1 | {} | {} | | | | | |\n\
-         | (no runtime) | the same with `synchronous_commit = off` for that session | {} | {} | | | | | |\n\
-         | (no runtime) | `SELECT 1` alone, one connection, c=1 | {} | {} | | | | | |",
+        "| (no runtime) | `complete_session` alone, one connection, c=1 | {} | {} | | | | | | |\n\
+         | (no runtime) | the same with `synchronous_commit = off` for that session | {} | {} | | | | | | |\n\
+         | (no runtime) | `SELECT 1` alone, one connection, c=1 | {} | {} | | | | | | |",
         ms(st.durable.p50),
         ms(st.durable.p99),
         ms(st.async_commit.p50),
@@ -876,8 +915,9 @@ pub fn write_report(report: &mut String, side: &SideBySide, durability: &str, co
     for (which, rps, pg) in &st.sql {
         writeln!(
             report,
-            "| (no runtime) | {}, 32 connections at once | | | {rps:.0} | | | | {} |",
+            "| (no runtime) | {}, {} connections at once | | | {rps:.0} | | | | {} | |",
             which.label(),
+            which.connections(),
             cpu_ms(*pg)
         )?;
     }
@@ -1006,28 +1046,28 @@ fn cpu_budgets(report: &mut String, side: &SideBySide) -> Result<()> {
 /// from a runtime config's static provider).
 fn cpu_budgets_of(report: &mut String, side: &SideBySide, runtime: Runtime) -> Result<()> {
     let mark = |ok: bool| if ok { "met" } else { "**not met**" };
-    let (q, sc, deno) = (
-        cpu_of(side, runtime, What::Select1),
+    let (floor, sc, deno) = (
+        cpu_of(side, runtime, What::SessionStatement),
         cpu_of(side, runtime, What::SessionComplete),
         cpu_of(side, Runtime::Deno, What::SessionComplete),
     );
     let who = runtime.label();
     let st = &side.statement;
-    let q_rt = q.and_then(|c| c.runtime);
-    if let (Some(own), Some(q_rt)) = (minus(sc.and_then(|c| c.runtime), q_rt), q_rt) {
+    let floor_rt = floor.and_then(|c| c.runtime);
+    if let (Some(own), Some(floor_rt)) = (minus(sc.and_then(|c| c.runtime), floor_rt), floor_rt) {
         writeln!(
             report,
-            "| {who}: CPU per session-complete above its `SELECT 1` floor, c=32 | ≤ 0.15 ms | {} ms = {} − {} ms | {} | {} |",
+            "| {who}: CPU per session-complete above its same-statement floor, c=32 | ≤ 0.15 ms | {} ms = {} − {} ms | {} | {} |",
             msf(own),
-            msf(own + q_rt),
-            msf(q_rt),
+            msf(own + floor_rt),
+            msf(floor_rt),
             mark(own <= 0.15),
             if own <= 0.15 {
                 String::new()
             } else {
-                "the component's work in Spin's process: a larger module's instance, its setting reads (each a \
-                 host call), the JWT check, JSON in and out, validation, the log line, and the statement's \
-                 parameters and answer across the pg interface (parts in the breakdown below; \
+                "the component's work in Spin's process beyond sending the statement: a larger module's instance \
+                 and the memory it touches, 3 more setting reads (each a host call), the request's headers and body, \
+                 the JWT check, JSON in and out, the log line (parts in the breakdown below; \
                  docs/benchmark-notes.md)"
                     .to_string()
             }
@@ -1071,56 +1111,98 @@ fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
          the requests completed in it; the median of {BUDGET_PASSES} passes. Runtime: `spin up`'s process group (or the \
          Deno peer's process). Postgres: the postmaster and every process it started (backends, WAL writer, \
          checkpointer, autovacuum){}. The load generator's CPU (this process, with the fake upstreams the webhook \
-         calls) is in neither. Differences of medians, so the parts add up only roughly. Above the `SELECT 1` \
-         floor, the runtime column is the component's own share (its instance, its code, its bytes across the pg \
-         interface) and the Postgres column its statements' cost over `SELECT 1`.\n",
+         calls) is in neither. Page faults: the runtime's minor faults (`minflt` + `cminflt`), each a page of memory \
+         touched for the first time since it was mapped or an instance's memory was reset. Differences of medians, so \
+         the parts add up only roughly. Above the same-statement floor (the fixture sending session-complete's own \
+         statement and nothing else), the runtime column is the component's own share.\n",
         if side.pg_shared { "; **a cluster shared with other work (`--pg-from-env`): its figures include that work**" } else { "" }
     )?;
-    writeln!(report, "| part | runtime CPU | Postgres CPU | from |")?;
-    writeln!(report, "|---|---:|---:|---|")?;
-    let mut line = |part: &str, rt: Option<f64>, pg: Option<f64>, from: &str| {
-        writeln!(report, "| {part} | {} | {} | {from} |", cpu_ms(rt), cpu_ms(pg))
+    writeln!(report, "| part | runtime CPU | Postgres CPU | runtime page faults | from |")?;
+    writeln!(report, "|---|---:|---:|---:|---|")?;
+    let mut line = |part: &str, x: PerRequest, from: &str| {
+        let faults = x.runtime_faults.map(|f| format!("{f:.0}")).unwrap_or_default();
+        writeln!(report, "| {part} | {} | {} | {faults} | {from} |", cpu_ms(x.runtime), cpu_ms(x.postgres))
     };
-    line("Spin's per-request floor (instance, HTTP)", noop.runtime, noop.postgres, "no-op row")?;
+    let runtime_only = |runtime: Option<f64>| PerRequest { runtime, ..PerRequest::default() };
+    line("Spin's per-request floor (instance, HTTP)", noop, "no-op row")?;
     let (read, reads) = (spin(What::VariableRead), spin(What::VariableReads));
     let further_read = minus(reads.and_then(|r| r.runtime), read.and_then(|r| r.runtime)).map(|d| d / 3.0);
     if let Some(read) = read {
         line(
             "Spin's first variable read in a request (`variables::get`)",
-            minus(read.runtime, noop.runtime),
-            None,
+            sub(read, noop),
             "one-read row − no-op row",
         )?;
-        line("each further variable read", further_read, None, "(4-read row − one-read row) / 3")?;
+        line("each further variable read", runtime_only(further_read), "(4-read row − one-read row) / 3")?;
     }
-    // The `SELECT 1` fixture reads `database_url` first: above the one-read row is the
+    // The fixture's statements read `database_url` first: above the one-read row is the
     // Postgres path alone.
     let before_pg = read.unwrap_or(noop);
+    let before_pg_row = if read.is_some() { "one-read row" } else { "no-op row" };
     line(
         "Spin's Postgres path for one `SELECT 1` (checkout and reset, prepare, execute, close)",
-        minus(q.runtime, before_pg.runtime),
-        minus(q.postgres, noop.postgres),
-        if read.is_some() { "`SELECT 1` row − one-read row" } else { "`SELECT 1` row − no-op row" },
+        sub(q, before_pg),
+        &format!("`SELECT 1` row − {before_pg_row}"),
     )?;
-    // session-complete above the `SELECT 1` floor, in two parts that add up to it: up to
-    // its statement (the 400 row, above the floor's own first read), and from there on
-    // (above the 400 row and the Postgres path).
-    if let (Some(sc), Some(refused)) = (spin(What::SessionComplete), spin(What::Rejected400)) {
+    let statement = spin(What::SessionStatement);
+    if let Some(statement) = statement {
         line(
-            "session-complete up to its statement, above the floor: its module's instance, 2 more variable reads, \
-             the JWT check, the body, the log line",
-            minus(refused.runtime, before_pg.runtime),
-            minus(refused.postgres, noop.postgres),
+            "Spin's path for session-complete's statement over `SELECT 1`: 8 parameters in, the `jsonb` answer out, \
+             a statement that runs 1 ms instead of 0.03 (and the database's own work, in its column)",
+            sub(statement, q),
+            "same-statement row − `SELECT 1` row",
+        )?;
+    }
+    // session-complete above its same-statement floor, in parts that add up to it: up to
+    // its statement (the 400 row above the floor's own first read), split into the host
+    // calls a 400 makes and our code, and from the statement on.
+    for runtime in [Runtime::Spin, Runtime::SpinStatic] {
+        let row = |w: What| cpu_of(side, runtime, w);
+        let (Some(sc), Some(refused), Some(statement), Some(read)) =
+            (row(What::SessionComplete), row(What::Rejected400), row(What::SessionStatement), row(What::VariableRead))
+        else {
+            continue;
+        };
+        let who = if runtime == Runtime::Spin { String::new() } else { "settings in a runtime config: ".to_string() };
+        line(
+            &format!("{who}session-complete up to its statement, above the floor's variable read"),
+            sub(refused, read),
             "400 row − one-read row",
         )?;
-        line("of that, the 2 more variable reads", further_read.map(|f| 2.0 * f), None, "2 × each further read")?;
+        if let Some(shape) = row(What::RequestShape) {
+            line(
+                &format!(
+                    "{who}of that, a 400's host calls without our code: the headers, the body, 2 more variable reads, \
+                     one log line, the answer"
+                ),
+                sub(shape, read),
+                "request-shape row − one-read row",
+            )?;
+            line(
+                &format!(
+                    "{who}of that, our code: the larger module's instance, the JWT check, the body's JSON, \
+                     validation, the 400 document"
+                ),
+                sub(refused, shape),
+                "400 row − request-shape row",
+            )?;
+        }
         line(
-            "session-complete from its statement on: one more variable read (`database_url`), the parameters, the \
-             `jsonb` answer, the 200 document",
-            minus(minus(sc.runtime, refused.runtime), minus(q.runtime, before_pg.runtime)),
-            minus(sc.postgres, q.postgres),
-            "session-complete − 400 row − the Postgres path",
+            &format!(
+                "{who}session-complete from its statement on, above sending it: one more variable read \
+                 (`database_url`), the parameters built from the request, the answer parsed, the 200 document"
+            ),
+            sub(sub(sc, refused), sub(statement, read)),
+            "session-complete − 400 row − (same-statement row − one-read row)",
         )?;
+        line(
+            &format!("**{who}session-complete, above its same-statement floor**"),
+            sub(sc, statement),
+            "session-complete row − same-statement row",
+        )?;
+    }
+    if let Some(log) = spin(What::LogLineOnce) {
+        line("one log line (one write to stderr), in any request", sub(log, noop), "one-write log row − no-op row")?;
     }
     for (what, name) in [
         (What::SessionComplete, "session-complete"),
@@ -1131,64 +1213,65 @@ fn cpu_breakdown(report: &mut String, side: &SideBySide) -> Result<()> {
         if let Some(c) = spin(what) {
             line(
                 &format!("**{name}, above the `SELECT 1` floor**"),
-                minus(c.runtime, q.runtime),
-                minus(c.postgres, q.postgres),
+                sub(c, q),
                 &format!("{name} row − `SELECT 1` row"),
             )?;
         }
     }
     if let (Some(sc), Some(d)) = (spin(What::SessionComplete), cpu_of(side, Runtime::Deno, What::SessionComplete)) {
+        let d = PerRequest { runtime_faults: None, ..d };
         line(
             "session-complete under Spin − under the Deno peer (same statement)",
-            minus(sc.runtime, d.runtime),
-            minus(sc.postgres, d.postgres),
+            sub(sc, d),
             "the two session-complete rows",
         )?;
     }
-    if let (Some(sq), Some(ssc), Some(sr)) = (
-        cpu_of(side, Runtime::SpinStatic, What::Select1),
-        cpu_of(side, Runtime::SpinStatic, What::SessionComplete),
-        cpu_of(side, Runtime::SpinStatic, What::VariableRead),
-    ) {
+    let on_static = |w: What| cpu_of(side, Runtime::SpinStatic, w);
+    if let Some(sr) = on_static(What::VariableRead) {
         line(
             "settings in a runtime config: a variable read (answered by the static provider)",
-            minus(sr.runtime, noop.runtime),
-            None,
+            sub(sr, noop),
             "runtime-config one-read row − no-op row",
         )?;
-        line(
-            "settings in a runtime config: Spin's `SELECT 1` floor, saved against the environment",
-            minus(q.runtime, sq.runtime),
-            None,
-            "`SELECT 1` row − runtime-config `SELECT 1` row",
-        )?;
-        if let Some(sc) = spin(What::SessionComplete) {
+    }
+    for (what, name) in [
+        (What::Select1, "Spin's `SELECT 1` floor"),
+        (What::SessionStatement, "the same-statement floor"),
+        (What::SessionComplete, "session-complete"),
+    ] {
+        if let (Some(env), Some(on_static)) = (spin(what), on_static(what)) {
             line(
-                "settings in a runtime config: session-complete, saved against the environment",
-                minus(sc.runtime, ssc.runtime),
-                minus(sc.postgres, ssc.postgres),
-                "session-complete row − runtime-config session-complete row",
+                &format!("settings in a runtime config: {name}, saved against the environment"),
+                sub(env, on_static),
+                &format!("{name}: Spin row − runtime-config row"),
             )?;
         }
     }
     let sql = |w: Sql| st.sql(w);
+    let postgres_only = |postgres: Option<f64>| PerRequest { postgres, ..PerRequest::default() };
     line(
         "Postgres, no runtime: preparing and closing the statement on every request",
-        None,
-        minus(sql(Sql::Select1Prepare), sql(Sql::Select1Prepared)),
+        postgres_only(minus(sql(Sql::Select1Prepare), sql(Sql::Select1Prepared))),
         "`SELECT 1` prepared per request − prepared once",
     )?;
     line(
         "Postgres, no runtime: the pool's 7-statement reset on every checkout",
-        None,
-        minus(sql(Sql::Select1ResetPrepare), sql(Sql::Select1Prepare)),
+        postgres_only(minus(sql(Sql::Select1ResetPrepare), sql(Sql::Select1Prepare))),
         "reset + `SELECT 1` − `SELECT 1` prepared per request",
     )?;
     line(
         "Postgres, no runtime: `complete_session` with Spin's traffic − prepared once",
-        None,
-        minus(sql(Sql::CompleteResetPrepare), sql(Sql::CompletePrepared)),
+        postgres_only(minus(sql(Sql::CompleteResetPrepare), sql(Sql::CompletePrepared))),
         "the two `complete_session` rows without a runtime",
     )?;
     Ok(())
+}
+
+/// `a − b` in every figure both measured.
+fn sub(a: PerRequest, b: PerRequest) -> PerRequest {
+    PerRequest {
+        runtime: minus(a.runtime, b.runtime),
+        postgres: minus(a.postgres, b.postgres),
+        runtime_faults: minus(a.runtime_faults, b.runtime_faults),
+    }
 }
