@@ -1,6 +1,7 @@
 //! Memory with streamed chats open: `chatgpt-chat` with `"stream": true` under real Spin and
-//! the Deno peer's streamed chat, each relaying a slow fake OpenAI stream, with 0, 100 and
-//! 400 streams open at once. What an open stream costs a node is memory, not CPU: every
+//! the Deno peer's streamed chat, each relaying a slow fake OpenAI stream, and Spin's floor
+//! (a component streaming as many chunks with no upstream), with 0, 100 and 400 streams
+//! open at once. What an open stream costs a node is memory, not CPU: every
 //! stream holds an instance (under Spin) or a request's objects (under Deno) for as long
 //! as the model talks.
 
@@ -48,6 +49,57 @@ pub struct Level {
     pub first_failure: Option<String>,
 }
 
+/// What is streamed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `chatgpt-chat` (or the Deno peer's) relaying the slow fake OpenAI.
+    Chat,
+    /// The fixture sending as many chunks as far apart, from a component with no upstream
+    /// and no database: Spin's own floor for an open stream.
+    Floor,
+}
+
+impl Kind {
+    /// Bytes that mark the stream's first delta.
+    fn marker(self) -> &'static [u8] {
+        match self {
+            Kind::Chat => b"\"delta\":",
+            Kind::Floor => b"data: chunk",
+        }
+    }
+
+    fn request(self, addr: SocketAddr, path: &str, bearer: &str) -> Result<hyper::Request<Full<Bytes>>> {
+        let builder = hyper::Request::builder().uri(path).header("host", addr.to_string());
+        Ok(match self {
+            Kind::Chat => {
+                let body =
+                    json!({"messages": [{"role": "user", "content": "Help me breathe slowly."}], "stream": true});
+                builder
+                    .method("POST")
+                    .header("authorization", bearer)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))?
+            }
+            Kind::Floor => builder.method("GET").body(Full::new(Bytes::new()))?,
+        })
+    }
+
+    /// An error unless the stream was whole.
+    fn check(self, text: &str) -> Result<()> {
+        let deltas = text.matches(std::str::from_utf8(self.marker())?).count();
+        let whole = match self {
+            Kind::Chat => text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\""),
+            Kind::Floor => true,
+        };
+        anyhow::ensure!(
+            deltas == DELTAS && whole,
+            "an incomplete stream ({deltas} of {DELTAS} deltas): …{}",
+            text.chars().rev().take(200).collect::<String>().chars().rev().collect::<String>()
+        );
+        Ok(())
+    }
+}
+
 pub struct RuntimeStreams {
     pub runtime: String,
     pub levels: Vec<Level>,
@@ -70,11 +122,20 @@ pub async fn measure(vars: &HashMap<String, String>, db_url: &str, tokens: &Arc<
 
     match runtimes::find_spin() {
         Some(_) => {
+            say("real Spin, its floor");
+            let fixture = runtimes::start_spin(&super::fixture_manifest()?, &vars).await?;
+            let procs = Procs::spin_listening_on(fixture.addr).context("no `spin up --listen` process in /proc")?;
+            let path = format!("/fixture/stream?n={DELTAS}&delay_ms={}", DELTA_INTERVAL.as_millis());
+            let levels = measure_levels(Kind::Floor, fixture.addr, &path, &procs, tokens, &users).await?;
+            let runtime = format!("Spin floor: a component streaming {DELTAS} chunks, no upstream, no database");
+            runtimes_measured.push(RuntimeStreams { runtime, levels });
+            drop(fixture);
             say("real Spin");
             let app = runtimes::start_spin(&libero_tests::repo_root().join("spin.toml"), &vars).await?;
             let procs = Procs::spin_listening_on(app.addr).context("no `spin up --listen` process in /proc")?;
-            let levels = levels(app.addr, "/functions/v1/chatgpt-chat", &procs, tokens, &users).await?;
-            runtimes_measured.push(RuntimeStreams { runtime: "Spin".into(), levels });
+            let levels =
+                measure_levels(Kind::Chat, app.addr, "/functions/v1/chatgpt-chat", &procs, tokens, &users).await?;
+            runtimes_measured.push(RuntimeStreams { runtime: "Spin: chatgpt-chat".into(), levels });
         }
         None => missing.push("real Spin".to_string()),
     }
@@ -82,28 +143,36 @@ pub async fn measure(vars: &HashMap<String, String>, db_url: &str, tokens: &Arc<
         Ok(peer) => {
             say("the Deno peer");
             let procs = Procs::Tree(peer.pid());
-            let levels = levels(peer.addr, "/functions/v1/chatgpt-chat", &procs, tokens, &users).await?;
-            runtimes_measured.push(RuntimeStreams { runtime: format!("Deno peer ({})", peer.version), levels });
+            let levels =
+                measure_levels(Kind::Chat, peer.addr, "/functions/v1/chatgpt-chat", &procs, tokens, &users).await?;
+            runtimes_measured.push(RuntimeStreams {
+                runtime: format!(
+                    "Deno peer: its streamed chat ({})",
+                    peer.version.split(" (").next().unwrap_or_default()
+                ),
+                levels,
+            });
         }
         Err(e) => missing.push(format!("the Deno peer ({e:#})")),
     }
     Ok(Streams { runtimes: runtimes_measured, missing })
 }
 
-async fn levels(
+async fn measure_levels(
+    kind: Kind,
     addr: SocketAddr,
     path: &str,
     procs: &Procs,
     tokens: &Arc<Vec<String>>,
     users: &Arc<AtomicUsize>,
 ) -> Result<Vec<Level>> {
-    let warm = level(addr, path, procs, tokens, users, WARM_STREAMS).await?;
+    let warm = level(kind, addr, path, procs, tokens, users, WARM_STREAMS).await?;
     anyhow::ensure!(warm.failures == 0, "warming up: {}", warm.first_failure.unwrap_or_default());
     let mut out = Vec::new();
     for streams in LEVELS {
         tokio::time::sleep(Duration::from_secs(1)).await;
         eprintln!("bench: streams: {streams} at once");
-        out.push(level(addr, path, procs, tokens, users, streams).await?);
+        out.push(level(kind, addr, path, procs, tokens, users, streams).await?);
     }
     Ok(out)
 }
@@ -111,6 +180,7 @@ async fn levels(
 /// `n` streams started at once and read to their end, the runtime's memory sampled
 /// throughout.
 async fn level(
+    kind: Kind,
     addr: SocketAddr,
     path: &str,
     procs: &Procs,
@@ -135,7 +205,7 @@ async fn level(
                     let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
                     most_open.fetch_max(now_open, Ordering::Relaxed);
                 };
-                one_stream(addr, &path, &token, &mut on_first_delta).await
+                one_stream(kind, addr, &path, &token, &mut on_first_delta).await
             };
             if began {
                 open.fetch_sub(1, Ordering::Relaxed);
@@ -169,9 +239,10 @@ async fn level(
     })
 }
 
-/// One streamed chat read to its end; an error unless it was whole: 200, every delta, the
-/// closing `[DONE]` and no error event.
+/// One stream read to its end; an error unless it was whole (200, and for a chat every
+/// delta, the closing `[DONE]` and no error event).
 async fn one_stream(
+    kind: Kind,
     addr: SocketAddr,
     path: &str,
     bearer: &str,
@@ -181,21 +252,14 @@ async fn one_stream(
     tcp.set_nodelay(true)?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(connection);
-    let body = json!({"messages": [{"role": "user", "content": "Help me breathe slowly."}], "stream": true});
-    let request = hyper::Request::post(path)
-        .header("host", addr.to_string())
-        .header("authorization", bearer)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let response = sender.send_request(request).await?;
+    let response = sender.send_request(kind.request(addr, path, bearer)?).await?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
-    let mut seen = Vec::new();
-    let mut began = false;
+    let (mut seen, mut began, marker) = (Vec::new(), false, kind.marker());
     while let Some(frame) = body.frame().await {
         if let Some(data) = frame.context("the stream broke off")?.data_ref() {
             seen.extend_from_slice(data);
-            if !began && status == 200 && seen.windows(8).any(|w| w == b"\"delta\":") {
+            if !began && status == 200 && seen.windows(marker.len()).any(|w| w == marker) {
                 began = true;
                 on_first_delta();
             }
@@ -203,13 +267,7 @@ async fn one_stream(
     }
     let text = String::from_utf8_lossy(&seen);
     anyhow::ensure!(status == 200, "{status}: {}", text.chars().take(300).collect::<String>());
-    let deltas = text.matches("\"delta\":").count();
-    anyhow::ensure!(
-        deltas == DELTAS && text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\""),
-        "an incomplete stream ({deltas} of {DELTAS} deltas): …{}",
-        text.chars().rev().take(200).collect::<String>().chars().rev().collect::<String>()
-    );
-    Ok(())
+    kind.check(&text)
 }
 
 /// A fake OpenAI whose streamed chat answers send `DELTAS` deltas `DELTA_INTERVAL` apart,
@@ -271,7 +329,8 @@ pub fn write_report(report: &mut String, streams: &Streams) -> std::fmt::Result 
         "`chatgpt-chat` with `\"stream\": true` under real Spin (the app's `spin.toml`, settings from the environment) \
          and the Deno peer's streamed chat (`tests/benches/deno-peer`: the same token check, the upstream's deltas \
          relayed in the same events; it does not meter), each relaying a fake OpenAI on loopback that sends {DELTAS} \
-         deltas {} ms apart. Each level starts its streams at once, each on its own connection and for a user of its \
+         deltas {} ms apart; and Spin's floor, the fixture component sending as many chunks as far apart with no \
+         upstream and no database (`/fixture/stream`). Each level starts its streams at once, each on its own connection and for a user of its \
          own, and reads them to the end; {WARM_STREAMS} streams ran before the first level. Memory: the proportional \
          set size (`Pss` in `/proc/<pid>/smaps_rollup`) summed over the runtime's processes (`spin up`'s process \
          group; the Deno process), sampled every 100 ms, the highest sample of the level. A stream fails unless it \
