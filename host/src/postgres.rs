@@ -19,9 +19,9 @@
 //! * Connections are pooled per component and address, as Spin keeps a pool for each
 //!   component (`AppOptions::pg_pool_size` at most: 64, Spin's size, unless set): a
 //!   component whose requests hold all of theirs leaves the others' untouched, and an app
-//!   may open that many connections for each component. They are recycled with deadpool's `Clean` method, as Spin does: session
-//!   state is reset but an open transaction survives into the next request that gets the
-//!   connection.
+//!   may open that many connections for each component. They are recycled with
+//!   deadpool's `Clean` method, as Spin does: session state is reset but an open
+//!   transaction survives into the next request that gets the connection.
 //!
 //! Range types (`range-int32`, ...) are not supported here (the app does not use them):
 //! such parameters fail with `bad-parameter` and such columns read as `unsupported`.

@@ -36,10 +36,10 @@ pub fn serve(request: IncomingRequest, out: ResponseOutparam, endpoint: &Endpoin
         }
     };
     let status = response.status;
-    // A body may stream for minutes (a chat, audio). Spin's pool holds 64 connections per
-    // database address, shared by every component of the app, and a connection goes back
-    // only when the guest drops it: held through a stream, 64 open chats would leave
-    // every other request waiting for the database.
+    // A body may stream for minutes (a chat, audio). Spin pools 64 connections per
+    // database address for each component, and a connection goes back only when the guest
+    // drops it: held through a stream, 64 open chats would leave every further request of
+    // the component waiting for the database.
     platform.release_database();
     write_response(out.into_inner(), response);
     platform.log(&format!(
