@@ -415,6 +415,20 @@ impl Drop for Instance {
 }
 
 /// `host:port` of a Postgres URL (for the `db_host` variable).
+/// How much further back to move a run of sessions reaching `span` into the past so that
+/// all of them fall on one UTC day, the day whose caps a user without a time zone has:
+/// nothing, unless it is less than `span` past midnight UTC; then enough that the run
+/// ends a minute before midnight.
+pub fn one_utc_day_shift(span: chrono::Duration) -> chrono::Duration {
+    let now = chrono::Utc::now();
+    let since_midnight = now - now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
+    if since_midnight <= span {
+        since_midnight + chrono::Duration::minutes(1)
+    } else {
+        chrono::Duration::zero()
+    }
+}
+
 pub fn db_host(url: &str) -> String {
     let config: tokio_postgres::Config = url.parse().expect("a valid Postgres URL");
     let host = match config.get_hosts().first() {

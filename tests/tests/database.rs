@@ -1257,7 +1257,9 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
     let alice = new_user(&client).await;
     make_account_a_day_old(&client, alice).await;
 
-    // Twenty 10-minute sessions, one every 11 minutes over the last 220 minutes.
+    // Twenty 10-minute sessions, one every 11 minutes over the last 220 minutes (or before
+    // midnight UTC, when they would straddle it: one day's cap is counted).
+    let shift = libero_tests::testing::one_utc_day_shift(chrono::Duration::minutes(220)).num_minutes();
     let results = in_parallel(
         &test_db,
         (1..=20)
@@ -1265,7 +1267,7 @@ async fn concurrent_completions_for_one_user_lose_no_update() {
                 format!(
                     "select complete_session('{alice}', gen_random_uuid(), 'guardian', null, 600, null, 'fp',
                                          now() - interval '{}' minute)",
-                    k * 11
+                    k * 11 + shift
                 )
             })
             .collect(),

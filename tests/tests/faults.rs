@@ -147,22 +147,27 @@ async fn postgres_stopped_every_endpoint_503_then_retries_apply_exactly_once() {
     app.grant_tokens(user, 50).await;
 
     // Warm: the pool holds live connections when the database goes away.
-    let first = session_body();
+    // Thirteen 10-minute sessions, one every 11 minutes, the last ending a minute ago (or
+    // before midnight UTC, when they would straddle it: one day's cap is counted).
+    let shift = libero_tests::testing::one_utc_day_shift(chrono::Duration::minutes(11 * 13));
+    let started = |k: i64| json!((chrono::Utc::now() - shift - chrono::Duration::minutes(11 * k)).to_rfc3339());
+    app.db_client()
+        .await
+        .execute("UPDATE public.user_profiles SET created_at = now() - interval '1 day' WHERE id = $1", &[&user])
+        .await
+        .unwrap();
+    let mut first = session_body();
+    first["started_at"] = started(1);
     let (status, _, body) = post_json(&app, "/functions/v1/session-complete", Some(&token), &first).await;
     assert_eq!(status, 200, "{body}");
 
     // A burst of completions with the database killed in the middle of it: sessions done
     // back to back while offline and reported at once, each with its start (the account
     // is a day old), so each could be rewarded, up to the daily cap of 12.
-    app.db_client()
-        .await
-        .execute("UPDATE public.user_profiles SET created_at = now() - interval '1 day' WHERE id = $1", &[&user])
-        .await
-        .unwrap();
     let burst: Vec<Value> = (2..14)
         .map(|k| {
             let mut body = session_body();
-            body["started_at"] = json!((chrono::Utc::now() - chrono::Duration::minutes(11 * k)).to_rfc3339());
+            body["started_at"] = started(k);
             body
         })
         .collect();

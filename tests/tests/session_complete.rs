@@ -437,14 +437,9 @@ async fn fifty_concurrent_completions_lose_no_update() {
     let user = app.create_user().await;
     set_profile(&app, user, "created_at = now() - interval '1 day'").await;
 
-    // Fifty 10-minute sessions, one every 11 minutes, the last ending a minute ago; or,
-    // when that would reach back past midnight UTC (the user's day, whose cap this is),
-    // the last ending a minute before midnight, all of them on the day before.
-    let now = chrono::Utc::now();
-    let since_midnight = now - now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
-    let span = chrono::Duration::minutes(11 * 50);
-    let shift =
-        if since_midnight <= span { since_midnight + chrono::Duration::minutes(1) } else { chrono::Duration::zero() };
+    // Fifty 10-minute sessions, one every 11 minutes, the last ending a minute ago (or
+    // before midnight UTC, when they would straddle it: one day's cap is counted).
+    let shift = libero_tests::testing::one_utc_day_shift(chrono::Duration::minutes(11 * 50));
     let results = join_all((1..=50).map(|k| {
         let mut body = session(600);
         body["started_at"] = json!(started(shift + chrono::Duration::minutes(11 * k)));
