@@ -312,6 +312,22 @@ async fn subscribe_refuses_endpoints_outside_the_push_services() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.json::<Value>().await.unwrap(), json!({"removed": true}));
     assert_eq!(subscriptions_in(&app).await, 3);
+
+    // An endpoint no push service could have (Postgres refuses text holding NUL): a 400,
+    // found by the contract check, not a 500.
+    for endpoint in ["\u{e8}\u{0} ", "", &"x".repeat(2049)] {
+        let response = app
+            .client
+            .delete(app.url(&format!("{BASE}/subscription")))
+            .bearer_auth(app.token_for(user))
+            .json(&json!({ "endpoint": endpoint }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{endpoint:?}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "invalid_field");
+    }
+    assert_eq!(subscriptions_in(&app).await, 3);
 }
 
 #[tokio::test]
