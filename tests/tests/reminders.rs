@@ -315,7 +315,7 @@ async fn subscribe_refuses_endpoints_outside_the_push_services() {
 
     // An endpoint no push service could have (Postgres refuses text holding NUL): a 400,
     // found by the contract check, not a 500.
-    for endpoint in ["\u{e8}\u{0} ", "", &"x".repeat(2049)] {
+    for endpoint in ["\u{e8}\u{0} ", "]\u{f}", "a\nb", "", &"x".repeat(2049)] {
         let response = app
             .client
             .delete(app.url(&format!("{BASE}/subscription")))
