@@ -283,55 +283,72 @@ async fn statements_per_request(app: &RunningApp, make: &MakeReq, expect: u16, n
 // ---------------------------------------------------------------------------------------
 
 async fn fake_upstreams() -> Result<SocketAddr> {
+    let counter = Arc::new(AtomicU64::new(0));
+    serve_loopback(hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let path = req.uri().path().to_string();
+                let _ = req.into_body().collect().await;
+                let (ct, body): (&str, Vec<u8>) = if path == "/v1/customers" {
+                    (
+                        "application/json",
+                        json!({"id": format!("cus_Bench{n:06}"), "object": "customer"}).to_string().into(),
+                    )
+                } else if path == "/v1/checkout/sessions" {
+                    let id = format!("cs_test_a1Bench{n:08}");
+                    let url = format!("https://checkout.stripe.com/c/pay/{id}");
+                    ("application/json", json!({"id": id, "object": "checkout.session", "url": url, "status": "open", "payment_status": "unpaid"}).to_string().into())
+                } else if path.starts_with("/v1/checkout/sessions/") && path.ends_with("/line_items") {
+                    // Every benchmarked purchase is tokens-small at the catalog's price.
+                    let (price, amount) =
+                        (stripe_support::price_of("tokens-small"), stripe_support::amount_of("tokens-small"));
+                    ("application/json", stripe_support::line_items(price, amount, "usd", 1).to_string().into())
+                } else if path == "/v1/chat/completions" {
+                    ("application/json", json!({
+                        "id": "chatcmpl-bench", "object": "chat.completion", "model": "gpt-bench",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Breathe slowly; you are safe."}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+                    }).to_string().into())
+                } else if path == "/v1/audio/speech" || path.starts_with("/v1/text-to-speech/") {
+                    ("audio/mpeg", b"ID3\x04\x00bench-mp3-audio-bytes".to_vec())
+                } else {
+                    ("application/json", b"{}".to_vec())
+                };
+                let status = if ct == "application/json" && body == b"{}" { 404 } else { 200 };
+                Ok::<_, std::convert::Infallible>(
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", ct)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap(),
+                )
+            }
+    }))
+    .await
+}
+
+/// Serves HTTP/1.1 with `service` on a free loopback port (`TCP_NODELAY` on each
+/// connection, as the runtimes measured set it), until the benchmark ends.
+pub(crate) async fn serve_loopback<S, B>(service: S) -> Result<SocketAddr>
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let counter = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
-            let counter = counter.clone();
+            let service = service.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let _ = req.into_body().collect().await;
-                        let (ct, body): (&str, Vec<u8>) = if path == "/v1/customers" {
-                            (
-                                "application/json",
-                                json!({"id": format!("cus_Bench{n:06}"), "object": "customer"}).to_string().into(),
-                            )
-                        } else if path == "/v1/checkout/sessions" {
-                            let id = format!("cs_test_a1Bench{n:08}");
-                            let url = format!("https://checkout.stripe.com/c/pay/{id}");
-                            ("application/json", json!({"id": id, "object": "checkout.session", "url": url, "status": "open", "payment_status": "unpaid"}).to_string().into())
-                        } else if path.starts_with("/v1/checkout/sessions/") && path.ends_with("/line_items") {
-                            // Every benchmarked purchase is tokens-small at the catalog's price.
-                            let (price, amount) =
-                                (stripe_support::price_of("tokens-small"), stripe_support::amount_of("tokens-small"));
-                            ("application/json", stripe_support::line_items(price, amount, "usd", 1).to_string().into())
-                        } else if path == "/v1/chat/completions" {
-                            ("application/json", json!({
-                                "id": "chatcmpl-bench", "object": "chat.completion", "model": "gpt-bench",
-                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Breathe slowly; you are safe."}, "finish_reason": "stop"}],
-                                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-                            }).to_string().into())
-                        } else if path == "/v1/audio/speech" || path.starts_with("/v1/text-to-speech/") {
-                            ("audio/mpeg", b"ID3\x04\x00bench-mp3-audio-bytes".to_vec())
-                        } else {
-                            ("application/json", b"{}".to_vec())
-                        };
-                        let status = if ct == "application/json" && body == b"{}" { 404 } else { 200 };
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", ct)
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
@@ -659,56 +676,37 @@ async fn native_server(
     endpoint: &'static Endpoint,
     reset: bool,
 ) -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    async move {
-                        let method = req.method().to_string();
-                        let headers: Vec<(String, String)> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
-                            .collect();
-                        let body = req.into_body().collect().await?.to_bytes().to_vec();
-                        // On this worker thread (no hand-off to a blocking thread), as the
-                        // host runs a guest on the worker that took its request.
-                        tokio::task::block_in_place(move || -> Result<hyper::Response<Full<Bytes>>> {
-                            let platform = platform.lock().unwrap();
-                            if reset {
-                                platform.batch(POOL_RESET_SQL)?;
-                            }
-                            let request_id = ApiRequest::choose_request_id(None, &platform.random_bytes(12));
-                            let request = ApiRequest {
-                                method,
-                                path: "/".into(),
-                                query: String::new(),
-                                headers,
-                                body,
-                                request_id,
-                            };
-                            let response = dispatch(endpoint, &request, &*platform);
-                            let libero_shared::http::Body::Bytes(bytes) = response.body else {
-                                bail!("native server: streamed bodies are not benchmarked");
-                            };
-                            let mut builder = hyper::Response::builder().status(response.status);
-                            for (name, value) in &response.headers {
-                                builder = builder.header(name, value);
-                            }
-                            Ok(builder.body(Full::new(Bytes::from(bytes)))?)
-                        })
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
+    serve_loopback(hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        async move {
+            let method = req.method().to_string();
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect();
+            let body = req.into_body().collect().await?.to_bytes().to_vec();
+            // On this worker thread (no hand-off to a blocking thread), as the
+            // host runs a guest on the worker that took its request.
+            tokio::task::block_in_place(move || -> Result<hyper::Response<Full<Bytes>>> {
+                let platform = platform.lock().unwrap();
+                if reset {
+                    platform.batch(POOL_RESET_SQL)?;
+                }
+                let request_id = ApiRequest::choose_request_id(None, &platform.random_bytes(12));
+                let request = ApiRequest { method, path: "/".into(), query: String::new(), headers, body, request_id };
+                let response = dispatch(endpoint, &request, &*platform);
+                let libero_shared::http::Body::Bytes(bytes) = response.body else {
+                    bail!("native server: streamed bodies are not benchmarked");
+                };
+                let mut builder = hyper::Response::builder().status(response.status);
+                for (name, value) in &response.headers {
+                    builder = builder.header(name, value);
+                }
+                Ok(builder.body(Full::new(Bytes::from(bytes)))?)
+            })
         }
-    });
-    Ok(addr)
+    }))
+    .await
 }
 
 /// The native figures (all at c=1).

@@ -18,12 +18,14 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 
 use super::cpu::{Procs, Snapshot};
 use super::runtimes::{self, DenoPeer};
 use super::JWT_SECRET;
+
+const CHAT: &str = "/functions/v1/chatgpt-chat";
 
 /// The levels measured, in streams open at once.
 pub const LEVELS: [usize; 3] = [0, 100, 400];
@@ -61,10 +63,10 @@ enum Kind {
 
 impl Kind {
     /// Bytes that mark the stream's first delta.
-    fn marker(self) -> &'static [u8] {
+    fn marker(self) -> &'static str {
         match self {
-            Kind::Chat => b"\"delta\":",
-            Kind::Floor => b"data: chunk",
+            Kind::Chat => "\"delta\":",
+            Kind::Floor => "data: chunk",
         }
     }
 
@@ -86,7 +88,7 @@ impl Kind {
 
     /// An error unless the stream was whole.
     fn check(self, text: &str) -> Result<()> {
-        let deltas = text.matches(std::str::from_utf8(self.marker())?).count();
+        let deltas = text.matches(self.marker()).count();
         let whole = match self {
             Kind::Chat => text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\""),
             Kind::Floor => true,
@@ -97,6 +99,27 @@ impl Kind {
             text.chars().rev().take(200).collect::<String>().chars().rev().collect::<String>()
         );
         Ok(())
+    }
+}
+
+/// Where a runtime's streams go, and whose memory is read.
+struct Target<'a> {
+    kind: Kind,
+    addr: SocketAddr,
+    path: &'a str,
+    procs: Procs,
+}
+
+/// Who sends the streams: each stream a user of its own, in turn across every level and
+/// runtime.
+struct Senders<'a> {
+    tokens: &'a [String],
+    next: AtomicUsize,
+}
+
+impl Senders<'_> {
+    fn next_token(&self) -> String {
+        self.tokens[self.next.fetch_add(1, Ordering::Relaxed) % self.tokens.len()].clone()
     }
 }
 
@@ -117,7 +140,7 @@ pub async fn measure(vars: &HashMap<String, String>, db_url: &str, tokens: &Arc<
     let upstream = format!("http://{}", slow_openai().await?);
     let mut vars = vars.clone();
     vars.insert("openai_base_url".into(), upstream.clone());
-    let users = Arc::new(AtomicUsize::new(0));
+    let senders = Senders { tokens, next: AtomicUsize::new(0) };
     let (mut runtimes_measured, mut missing) = (Vec::new(), Vec::new());
 
     match runtimes::find_spin() {
@@ -126,15 +149,16 @@ pub async fn measure(vars: &HashMap<String, String>, db_url: &str, tokens: &Arc<
             let fixture = runtimes::start_spin(&super::fixture_manifest()?, &vars).await?;
             let procs = Procs::spin_listening_on(fixture.addr).context("no `spin up --listen` process in /proc")?;
             let path = format!("/fixture/stream?n={DELTAS}&delay_ms={}", DELTA_INTERVAL.as_millis());
-            let levels = measure_levels(Kind::Floor, fixture.addr, &path, &procs, tokens, &users).await?;
+            let target = Target { kind: Kind::Floor, addr: fixture.addr, path: &path, procs };
+            let levels = measure_levels(&target, &senders).await?;
             let runtime = format!("Spin floor: a component streaming {DELTAS} chunks, no upstream, no database");
             runtimes_measured.push(RuntimeStreams { runtime, levels });
             drop(fixture);
             say("real Spin");
             let app = runtimes::start_spin(&libero_tests::repo_root().join("spin.toml"), &vars).await?;
             let procs = Procs::spin_listening_on(app.addr).context("no `spin up --listen` process in /proc")?;
-            let levels =
-                measure_levels(Kind::Chat, app.addr, "/functions/v1/chatgpt-chat", &procs, tokens, &users).await?;
+            let target = Target { kind: Kind::Chat, addr: app.addr, path: CHAT, procs };
+            let levels = measure_levels(&target, &senders).await?;
             runtimes_measured.push(RuntimeStreams { runtime: "Spin: chatgpt-chat".into(), levels });
         }
         None => missing.push("real Spin".to_string()),
@@ -142,9 +166,8 @@ pub async fn measure(vars: &HashMap<String, String>, db_url: &str, tokens: &Arc<
     match DenoPeer::start(db_url, JWT_SECRET, &upstream).await {
         Ok(peer) => {
             say("the Deno peer");
-            let procs = Procs::Tree(peer.pid());
-            let levels =
-                measure_levels(Kind::Chat, peer.addr, "/functions/v1/chatgpt-chat", &procs, tokens, &users).await?;
+            let target = Target { kind: Kind::Chat, addr: peer.addr, path: CHAT, procs: Procs::Tree(peer.pid()) };
+            let levels = measure_levels(&target, &senders).await?;
             runtimes_measured.push(RuntimeStreams {
                 runtime: format!(
                     "Deno peer: its streamed chat ({})",
@@ -158,44 +181,30 @@ pub async fn measure(vars: &HashMap<String, String>, db_url: &str, tokens: &Arc<
     Ok(Streams { runtimes: runtimes_measured, missing })
 }
 
-async fn measure_levels(
-    kind: Kind,
-    addr: SocketAddr,
-    path: &str,
-    procs: &Procs,
-    tokens: &Arc<Vec<String>>,
-    users: &Arc<AtomicUsize>,
-) -> Result<Vec<Level>> {
-    let warm = level(kind, addr, path, procs, tokens, users, WARM_STREAMS).await?;
+async fn measure_levels(target: &Target<'_>, senders: &Senders<'_>) -> Result<Vec<Level>> {
+    let warm = level(target, senders, WARM_STREAMS).await?;
     anyhow::ensure!(warm.failures == 0, "warming up: {}", warm.first_failure.unwrap_or_default());
     let mut out = Vec::new();
     for streams in LEVELS {
         tokio::time::sleep(Duration::from_secs(1)).await;
         eprintln!("bench: streams: {streams} at once");
-        out.push(level(kind, addr, path, procs, tokens, users, streams).await?);
+        out.push(level(target, senders, streams).await?);
     }
     Ok(out)
 }
 
 /// `n` streams started at once and read to their end, the runtime's memory sampled
 /// throughout.
-async fn level(
-    kind: Kind,
-    addr: SocketAddr,
-    path: &str,
-    procs: &Procs,
-    tokens: &Arc<Vec<String>>,
-    users: &Arc<AtomicUsize>,
-    n: usize,
-) -> Result<Level> {
+async fn level(target: &Target<'_>, senders: &Senders<'_>, n: usize) -> Result<Level> {
+    let (kind, addr, procs) = (target.kind, target.addr, &target.procs);
     let (open, most_open, first_delta) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let token = tokens[users.fetch_add(1, Ordering::Relaxed) % tokens.len()].clone();
+        let token = senders.next_token();
         let (path, open, most_open, first_delta) =
-            (path.to_string(), open.clone(), most_open.clone(), first_delta.clone());
+            (target.path.to_string(), open.clone(), most_open.clone(), first_delta.clone());
         tasks.push(tokio::spawn(async move {
             let mut began = false;
             let result = {
@@ -255,7 +264,7 @@ async fn one_stream(
     let response = sender.send_request(kind.request(addr, path, bearer)?).await?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
-    let (mut seen, mut began, marker) = (Vec::new(), false, kind.marker());
+    let (mut seen, mut began, marker) = (Vec::new(), false, kind.marker().as_bytes());
     while let Some(frame) = body.frame().await {
         if let Some(data) = frame.context("the stream broke off")?.data_ref() {
             seen.extend_from_slice(data);
@@ -273,29 +282,17 @@ async fn one_stream(
 /// A fake OpenAI whose streamed chat answers send `DELTAS` deltas `DELTA_INTERVAL` apart,
 /// then the usage and `[DONE]`, as OpenAI does with `stream_options.include_usage`.
 async fn slow_openai() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let _ = req.into_body().collect().await;
-                    let response = if path == "/v1/chat/completions" {
-                        hyper::Response::builder().header("content-type", "text/event-stream").body(slow_answer())
-                    } else {
-                        hyper::Response::builder().status(404).body(Full::new(Bytes::new()).boxed())
-                    };
-                    Ok::<_, Infallible>(response.expect("a valid response"))
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    Ok(addr)
+    super::serve_loopback(hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_string();
+        let _ = req.into_body().collect().await;
+        let response = if path == "/v1/chat/completions" {
+            hyper::Response::builder().header("content-type", "text/event-stream").body(slow_answer())
+        } else {
+            hyper::Response::builder().status(404).body(Full::new(Bytes::new()).boxed())
+        };
+        Ok::<_, Infallible>(response.expect("a valid response"))
+    }))
+    .await
 }
 
 fn slow_answer() -> BoxBody<Bytes, Infallible> {
